@@ -1,0 +1,146 @@
+//! Linting one file: load → schema → typed model → semantic rules.
+//!
+//! [`Linter`] is built once (it owns the compiled schema) and is shared by
+//! every thread of a lint run; [`Linter::lint`] is pure and allocation-light
+//! so that a monorepo of ten thousand specs lints in well under a second.
+
+use crate::diag::{Code, Diagnostic};
+use crate::registry::Registry;
+use crate::schema::{SchemaError, Schemas, describe};
+use crate::spec::Spec;
+use crate::validate;
+use crate::yaml::{self, Limits};
+
+/// What linting one file found.
+#[derive(Debug, Default)]
+pub struct FileLint {
+    /// Findings, ordered by position.
+    pub diagnostics: Vec<Diagnostic>,
+    /// The file is YAML but not a rollwright spec (only when asked to skip those).
+    pub skipped: bool,
+}
+
+/// A reusable linter: registry, compiled schema and loader limits.
+#[derive(Debug)]
+pub struct Linter {
+    registry: Registry,
+    schemas: Schemas,
+    limits: Limits,
+}
+
+impl Linter {
+    /// Compiles the schema for `registry`.
+    ///
+    /// # Errors
+    /// When a shipped schema is broken (a bug caught by the tests).
+    pub fn new(registry: Registry, limits: Limits) -> Result<Self, SchemaError> {
+        let schemas = Schemas::new(&registry)?;
+        Ok(Linter {
+            registry,
+            schemas,
+            limits,
+        })
+    }
+
+    /// The step registry.
+    #[must_use]
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
+    /// Lints the contents of one file. With `skip_foreign`, a YAML document
+    /// that is not a rollwright spec (no `rollwright.dev/` apiVersion and no
+    /// Rollout/Strategy kind) is reported as skipped instead of linted: what
+    /// directory walks in a monorepo want.
+    #[must_use]
+    pub fn lint(&self, bytes: &[u8], skip_foreign: bool) -> FileLint {
+        let doc = match yaml::load_bytes(bytes, &self.limits) {
+            Ok(d) => d,
+            Err(diagnostics) => {
+                return FileLint {
+                    diagnostics,
+                    skipped: false,
+                };
+            }
+        };
+        if skip_foreign && !looks_like_spec(&doc.value) {
+            return FileLint {
+                diagnostics: Vec::new(),
+                skipped: true,
+            };
+        }
+        let (mut diagnostics, schema_errors) = self.schemas.check(&doc);
+        let (secret_findings, secrets) = validate::secrets(&doc);
+        diagnostics.extend(secret_findings);
+        let spec = match serde_path_to_error::deserialize::<_, Spec>(&doc.value) {
+            Ok(spec) => spec,
+            Err(e) if schema_errors.is_empty() => {
+                // The schema accepted what the types refuse: report it rather than hide it.
+                let mut ptr = String::new();
+                for seg in e.path().iter() {
+                    match seg {
+                        serde_path_to_error::Segment::Seq { index } => {
+                            ptr.push('/');
+                            ptr.push_str(&index.to_string());
+                        }
+                        serde_path_to_error::Segment::Map { key } => {
+                            yaml::push_pointer_segment(&mut ptr, key)
+                        }
+                        _ => {}
+                    }
+                }
+                diagnostics.push(Diagnostic::new(
+                    Code::Schema,
+                    doc.spans.locate(&ptr),
+                    format!("{}: {}", describe(&ptr), e.inner()),
+                ));
+                Spec::lenient(&doc.value)
+            }
+            Err(_) => Spec::lenient(&doc.value),
+        };
+        let cx = validate::Context {
+            spec: &spec,
+            doc: &doc,
+            registry: &self.registry,
+            schema_errors: &schema_errors,
+        };
+        diagnostics.extend(validate::check(&cx));
+        if !secrets.is_empty() {
+            for d in &mut diagnostics {
+                scrub(d, &secrets);
+            }
+        }
+        diagnostics.sort_by(|a, b| a.span.cmp(&b.span).then(a.code.cmp(&b.code)));
+        FileLint {
+            diagnostics,
+            skipped: false,
+        }
+    }
+}
+
+fn looks_like_spec(v: &serde_json::Value) -> bool {
+    let api = v.get("apiVersion").and_then(|a| a.as_str());
+    let kind = v.get("kind").and_then(|k| k.as_str());
+    api.is_some_and(|a| a.starts_with("rollwright.dev/")) || matches!(kind, Some("Rollout" | "Strategy"))
+}
+
+/// Removes secret values from every text of a diagnostic.
+fn scrub(d: &mut Diagnostic, secrets: &[String]) {
+    let clean = |s: &mut String| {
+        for secret in secrets {
+            if s.contains(secret.as_str()) {
+                *s = s.replace(secret.as_str(), "[redacted]");
+            }
+        }
+    };
+    clean(&mut d.message);
+    if let Some(l) = &mut d.label {
+        clean(l);
+    }
+    if let Some(h) = &mut d.help {
+        clean(h);
+    }
+    for r in &mut d.related {
+        clean(&mut r.label);
+    }
+}

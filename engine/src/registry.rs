@@ -1,0 +1,146 @@
+//! The registry of step kinds.
+//!
+//! The engine knows no concrete step. What the semantic rules need to know
+//! about a kind (is it a gate? does it change what production serves? what
+//! canary weight does it set? how long does it hold?) is asked through the
+//! [`StepKind`] trait; the `steps` crate implements one kind per module and
+//! builds the one [`Registry`] the CLI passes in. Adding a kind is one module
+//! there plus one schema file, registered in one place.
+
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::diag::Code;
+
+/// What a step kind does to the target, as far as the safety rules care.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// Checks that the model version may be deployed.
+    Gate,
+    /// Changes what the target serves (apply, shift-traffic): in production
+    /// it must be dominated by a passing gate.
+    Promote,
+    /// Returns the target to its last known-good state (rollback).
+    Restore,
+    /// Reads or waits only (hold, wait-ready, verify, approval, notify).
+    Observe,
+}
+
+/// A step-kind-specific finding, located relative to the step's `with`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Finding {
+    /// JSON pointer relative to `with` (`""` for `with` itself).
+    pub pointer: String,
+    /// Stable code.
+    pub code: Code,
+    /// Message.
+    pub message: String,
+    /// Optional help.
+    pub help: Option<String>,
+}
+
+impl Finding {
+    /// A finding at `pointer` (relative to `with`).
+    #[must_use]
+    pub fn new(pointer: impl Into<String>, code: Code, message: impl Into<String>) -> Self {
+        Finding {
+            pointer: pointer.into(),
+            code,
+            message: message.into(),
+            help: None,
+        }
+    }
+
+    /// Adds a help line.
+    #[must_use]
+    pub fn with_help(mut self, help: impl Into<String>) -> Self {
+        self.help = Some(help.into());
+        self
+    }
+}
+
+/// A kind of step. Implementations live in the `steps` crate.
+pub trait StepKind: Send + Sync + 'static {
+    /// The `type:` name, e.g. `shift-traffic`.
+    fn name(&self) -> &'static str;
+    /// One line for `rollwright schema` and the README.
+    fn summary(&self) -> &'static str;
+    /// The JSON Schema (draft 2020-12) of `with`, as committed in `schemas/steps/`.
+    fn schema(&self) -> &'static str;
+    /// What the kind does to the target.
+    fn role(&self) -> Role;
+    /// Semantic checks of a schema-valid `with` (durations, cross-field rules).
+    fn check(&self, with: &Value) -> Vec<Finding>;
+    /// The canary weight this step sets, when it sets one.
+    fn canary_weight(&self, _with: &Value) -> Option<u64> {
+        None
+    }
+    /// A recorded justification for going straight to 100 %.
+    fn justification<'a>(&self, _with: &'a Value) -> Option<&'a str> {
+        None
+    }
+    /// How long the step holds at least (a hold's `duration`).
+    fn min_duration(&self, _with: &Value) -> Option<Duration> {
+        None
+    }
+    /// Step ids this step refers to, with their pointers relative to `with`
+    /// (e.g. a rollback's `restore: [deploy]`).
+    fn step_refs(&self, _with: &Value) -> Vec<(String, String)> {
+        Vec::new()
+    }
+}
+
+/// The set of known step kinds, in registration order.
+#[derive(Default)]
+pub struct Registry {
+    kinds: Vec<Box<dyn StepKind>>,
+}
+
+impl std::fmt::Debug for Registry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list()
+            .entries(self.kinds.iter().map(|k| k.name()))
+            .finish()
+    }
+}
+
+impl Registry {
+    /// An empty registry.
+    #[must_use]
+    pub fn new() -> Self {
+        Registry::default()
+    }
+
+    /// Registers a kind.
+    ///
+    /// # Panics
+    /// When a kind with the same name is already registered: two modules
+    /// claiming one `type:` is a programming error caught by the tests.
+    #[must_use]
+    pub fn with(mut self, kind: impl StepKind) -> Self {
+        assert!(
+            self.get(kind.name()).is_none(),
+            "step kind `{}` registered twice",
+            kind.name()
+        );
+        self.kinds.push(Box::new(kind));
+        self
+    }
+
+    /// The kind named `name`.
+    #[must_use]
+    pub fn get(&self, name: &str) -> Option<&dyn StepKind> {
+        self.kinds.iter().find(|k| k.name() == name).map(|k| &**k)
+    }
+
+    /// All kinds, in registration order.
+    pub fn iter(&self) -> impl Iterator<Item = &dyn StepKind> {
+        self.kinds.iter().map(|k| &**k)
+    }
+
+    /// All kind names.
+    pub fn names(&self) -> impl Iterator<Item = &'static str> + '_ {
+        self.kinds.iter().map(|k| k.name())
+    }
+}

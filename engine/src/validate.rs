@@ -1,0 +1,804 @@
+//! Semantic rules: what a JSON Schema cannot say.
+//!
+//! Each rule is a function over the typed [`Spec`] and the loaded
+//! [`Document`] (for spans) that *appends* diagnostics; [`check`] runs all of
+//! them and never stops early, so a spec with five problems shows five
+//! findings. Graph rules (dominance, canary order) run only when the `needs`
+//! graph is acyclic, because on a cycle "every path from the start" has no
+//! meaning; the cycle itself is reported instead.
+//!
+//! Gate dominance uses petgraph's dominator tree over the DAG plus a virtual
+//! start node: a production change is safe only if *every* path from the
+//! start to it passes a gate-check, which is exactly "a gate dominates it".
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::OnceLock;
+
+use petgraph::algo::dominators;
+use petgraph::graph::{DiGraph, NodeIndex};
+use regex::RegexSet;
+use serde_json::Value;
+
+use crate::diag::{Code, Diagnostic, Span, did_you_mean};
+use crate::duration;
+use crate::registry::{Registry, Role, StepKind};
+use crate::retry::RetryPolicy;
+use crate::spec::{Spec, Step};
+use crate::yaml::{Document, push_pointer_segment};
+
+/// Everything the rules need.
+pub struct Context<'a> {
+    /// The typed spec.
+    pub spec: &'a Spec,
+    /// The loaded document, for spans and raw values.
+    pub doc: &'a Document,
+    /// Known step kinds.
+    pub registry: &'a Registry,
+    /// Pointers at which the schema already reported a problem; rules skip
+    /// what lies under them so one mistake is not reported twice.
+    pub schema_errors: &'a [String],
+}
+
+impl Context<'_> {
+    fn schema_bad(&self, pointer: &str) -> bool {
+        self.schema_errors.iter().any(|p| {
+            p == pointer || (p.starts_with(pointer) && p.as_bytes().get(pointer.len()) == Some(&b'/'))
+        })
+    }
+
+    fn span(&self, pointer: &str) -> Span {
+        self.doc.spans.locate(pointer)
+    }
+}
+
+/// Runs every semantic rule.
+#[must_use]
+pub fn check(cx: &Context<'_>) -> Vec<Diagnostic> {
+    let mut out = Vec::new();
+    check_policies(cx, &mut out);
+    check_step_configs(cx, &mut out);
+    let graph = check_ids_and_needs(cx, &mut out);
+    check_step_refs(cx, &mut out);
+    check_hold_timeouts(cx, &mut out);
+    if !check_cycles(cx, &graph, &mut out) {
+        check_canary_order(cx, &graph, &mut out);
+        if cx.spec.is_production() {
+            check_production(cx, &graph, &mut out);
+        }
+    }
+    if cx.spec.is_production() {
+        check_failure_paths(cx, &mut out);
+    }
+    out.sort_by(|a, b| a.span.cmp(&b.span).then(a.code.cmp(&b.code)));
+    out
+}
+
+/// Timeouts and retry policies everywhere they may appear.
+fn check_policies(cx: &Context<'_>, out: &mut Vec<Diagnostic>) {
+    let mut retry = |ptr: String, v: Option<&Value>| {
+        let Some(v) = v else { return };
+        if cx.schema_bad(&ptr) {
+            return;
+        }
+        if let Err(errors) = RetryPolicy::from_value(v) {
+            for e in errors {
+                out.push(Diagnostic::new(
+                    Code::InvalidRetry,
+                    cx.span(&format!("{ptr}{}", e.pointer)),
+                    e.message,
+                ));
+            }
+        }
+    };
+    retry("/defaults/retry".into(), cx.spec.defaults.retry.as_ref());
+    for (i, s) in cx.spec.steps.iter().enumerate() {
+        retry(format!("/steps/{i}/retry"), s.retry.as_ref());
+        if let Some(c) = &s.compensate {
+            retry(format!("/steps/{i}/compensate/retry"), c.retry.as_ref());
+        }
+    }
+    for (i, h) in cx.spec.on_failure.iter().enumerate() {
+        retry(format!("/on-failure/{i}/retry"), h.retry.as_ref());
+    }
+}
+
+/// Each kind's own semantic checks of its `with`.
+fn check_step_configs(cx: &Context<'_>, out: &mut Vec<Diagnostic>) {
+    let mut run = |base: String, kind: &str, with: &Value| {
+        let Some(k) = cx.registry.get(kind) else { return };
+        let with_ptr = format!("{base}/with");
+        if cx.schema_bad(&with_ptr) || cx.schema_bad(&format!("{base}/type")) {
+            return;
+        }
+        for f in k.check(with) {
+            let mut d = Diagnostic::new(f.code, cx.span(&format!("{with_ptr}{}", f.pointer)), f.message);
+            d.help = f.help;
+            out.push(d);
+        }
+    };
+    for (i, s) in cx.spec.steps.iter().enumerate() {
+        run(format!("/steps/{i}"), &s.kind, &s.with);
+        if let Some(c) = &s.compensate {
+            run(format!("/steps/{i}/compensate"), &c.kind, &c.with);
+        }
+    }
+    for (i, h) in cx.spec.on_failure.iter().enumerate() {
+        run(format!("/on-failure/{i}"), &h.kind, &h.with);
+    }
+}
+
+/// The `needs` graph: node 0 is the virtual start, node `i + 1` is step `i`
+/// (first occurrence of each id).
+struct Graph {
+    g: DiGraph<Option<usize>, ()>,
+    start: NodeIndex,
+    node_of: HashMap<String, NodeIndex>,
+    /// (step index, needs index) of the edge, for locating cycle reports.
+    edge_origin: HashMap<(NodeIndex, NodeIndex), (usize, usize)>,
+}
+
+impl Graph {
+    fn step(&self, n: NodeIndex) -> Option<usize> {
+        self.g[n]
+    }
+}
+
+fn check_ids_and_needs(cx: &Context<'_>, out: &mut Vec<Diagnostic>) -> Graph {
+    let mut first: HashMap<&str, String> = HashMap::new();
+    let ids = cx
+        .spec
+        .steps
+        .iter()
+        .enumerate()
+        .map(|(i, s)| (format!("/steps/{i}/id"), s.id.as_str()))
+        .chain(
+            cx.spec
+                .on_failure
+                .iter()
+                .enumerate()
+                .map(|(i, h)| (format!("/on-failure/{i}/id"), h.id.as_str())),
+        );
+    for (ptr, id) in ids {
+        if let Some(prev) = first.get(id) {
+            let prev_span = cx.span(prev);
+            out.push(
+                Diagnostic::new(
+                    Code::DuplicateStepId,
+                    cx.span(&ptr),
+                    format!("duplicate step id `{id}` (first defined at {})", prev_span.start),
+                )
+                .with_label("defined again here")
+                .with_related(prev_span, "first defined here")
+                .with_help("step ids must be unique within a spec; rename one of them"),
+            );
+        } else {
+            first.insert(id, ptr);
+        }
+    }
+
+    let mut g = DiGraph::new();
+    let start = g.add_node(None);
+    let mut node_of = HashMap::new();
+    for (i, s) in cx.spec.steps.iter().enumerate() {
+        if !node_of.contains_key(&s.id) {
+            node_of.insert(s.id.clone(), g.add_node(Some(i)));
+        }
+    }
+    let mut graph = Graph {
+        g,
+        start,
+        node_of,
+        edge_origin: HashMap::new(),
+    };
+    let known: Vec<&str> = cx.spec.steps.iter().map(|s| s.id.as_str()).collect();
+    for (i, s) in cx.spec.steps.iter().enumerate() {
+        let me = graph.node_of[&s.id];
+        if graph.step(me) != Some(i) {
+            continue; // a duplicate, already reported
+        }
+        let mut has_edge = false;
+        for (j, need) in s.needs.iter().enumerate() {
+            let ptr = format!("/steps/{i}/needs/{j}");
+            match graph.node_of.get(need) {
+                Some(&dep) => {
+                    graph.g.update_edge(dep, me, ());
+                    graph.edge_origin.entry((dep, me)).or_insert((i, j));
+                    has_edge = true;
+                }
+                None => {
+                    let mut d = Diagnostic::new(
+                        Code::UnknownNeeds,
+                        cx.span(&ptr),
+                        format!("step `{}` needs `{need}`, but no step has that id", s.id),
+                    )
+                    .with_label("unknown step");
+                    if let Some(h) = did_you_mean(need, known.iter().copied()) {
+                        d.help = Some(format!("did you mean `{h}`?"));
+                    } else if cx.spec.on_failure.iter().any(|h| &h.id == need) {
+                        d.help = Some("on-failure handlers cannot be needed by steps".into());
+                    }
+                    out.push(d);
+                }
+            }
+        }
+        if !has_edge {
+            graph.g.add_edge(start, me, ());
+        }
+    }
+    graph
+}
+
+/// Reports every cycle as a path; returns whether there was one.
+fn check_cycles(cx: &Context<'_>, graph: &Graph, out: &mut Vec<Diagnostic>) -> bool {
+    let mut found = false;
+    for scc in petgraph::algo::tarjan_scc(&graph.g) {
+        let self_loop = scc.len() == 1 && graph.g.contains_edge(scc[0], scc[0]);
+        if scc.len() < 2 && !self_loop {
+            continue;
+        }
+        found = true;
+        // Start at the step that comes first in the file, follow `needs`
+        // (edges backwards) inside the component until we are back.
+        let Some(&first) = scc.iter().min_by_key(|n| graph.step(**n)) else {
+            continue;
+        };
+        let path = cycle_path(graph, &scc, first);
+        let names: Vec<&str> = path
+            .iter()
+            .filter_map(|n| graph.step(*n).map(|i| cx.spec.steps[i].id.as_str()))
+            .collect();
+        // The `needs` entry of `path[0]` that points at `path[1]`.
+        let (si, ni) = graph.edge_origin[&(path[1], path[0])];
+        let mut d = Diagnostic::new(
+            Code::Cycle,
+            cx.span(&format!("/steps/{si}/needs/{ni}")),
+            format!("dependency cycle: {}", names.join(" -> ")),
+        )
+        .with_label("this `needs` closes the cycle")
+        .with_help("`a -> b` means `a` needs `b`; remove one of these `needs` so the steps can run in order");
+        for w in path.windows(2).skip(1) {
+            if let Some(&(si, ni)) = graph.edge_origin.get(&(w[1], w[0])) {
+                d = d.with_related(cx.span(&format!("/steps/{si}/needs/{ni}")), "part of the cycle");
+            }
+        }
+        out.push(d);
+    }
+    found
+}
+
+/// A path `first -> … -> first` following `needs` inside one component.
+fn cycle_path(graph: &Graph, scc: &[NodeIndex], first: NodeIndex) -> Vec<NodeIndex> {
+    // BFS over "needs" edges (incoming edges of the graph) inside the SCC.
+    let mut prev: HashMap<NodeIndex, NodeIndex> = HashMap::new();
+    let mut queue = VecDeque::from([first]);
+    while let Some(n) = queue.pop_front() {
+        for dep in graph.g.neighbors_directed(n, petgraph::Direction::Incoming) {
+            if !scc.contains(&dep) {
+                continue;
+            }
+            if dep == first {
+                let mut path = vec![first];
+                let mut cur = n;
+                while cur != first {
+                    path.push(cur);
+                    cur = prev[&cur];
+                }
+                path.push(first);
+                // path is first, …, n reversed except the ends: rebuild in order.
+                let inner: Vec<NodeIndex> = path[1..path.len() - 1].iter().rev().copied().collect();
+                let mut ordered = vec![first];
+                ordered.extend(inner);
+                ordered.push(first);
+                return ordered;
+            }
+            if let std::collections::hash_map::Entry::Vacant(e) = prev.entry(dep) {
+                e.insert(n);
+                queue.push_back(dep);
+            }
+        }
+    }
+    vec![first, first]
+}
+
+/// Canary weights never decrease along a path.
+fn check_canary_order(cx: &Context<'_>, graph: &Graph, out: &mut Vec<Diagnostic>) {
+    let weight = |i: usize| -> Option<u64> {
+        let s = &cx.spec.steps[i];
+        if cx.schema_bad(&format!("/steps/{i}/with")) {
+            return None;
+        }
+        cx.registry.get(&s.kind)?.canary_weight(&s.with)
+    };
+    let shifts: Vec<(NodeIndex, usize, u64)> = graph
+        .g
+        .node_indices()
+        .filter_map(|n| graph.step(n).and_then(|i| weight(i).map(|w| (n, i, w))))
+        .collect();
+    let mut reported = std::collections::HashSet::new();
+    for &(from, fi, fw) in &shifts {
+        // BFS forward, remembering the way back for the message.
+        let mut prev: HashMap<NodeIndex, NodeIndex> = HashMap::new();
+        let mut queue = VecDeque::from([from]);
+        while let Some(n) = queue.pop_front() {
+            for next in graph.g.neighbors(n) {
+                if next == from || prev.contains_key(&next) {
+                    continue;
+                }
+                prev.insert(next, n);
+                queue.push_back(next);
+            }
+        }
+        for &(to, ti, tw) in &shifts {
+            if to == from || tw >= fw || !prev.contains_key(&to) || !reported.insert(ti) {
+                continue;
+            }
+            let mut path = vec![to];
+            let mut cur = to;
+            while cur != from {
+                cur = prev[&cur];
+                path.push(cur);
+            }
+            path.reverse();
+            let names: Vec<&str> = path
+                .iter()
+                .filter_map(|n| graph.step(*n).map(|i| cx.spec.steps[i].id.as_str()))
+                .collect();
+            let from_span = cx.span(&format!("/steps/{fi}/with/canary"));
+            out.push(
+                Diagnostic::new(
+                    Code::CanaryDecreases,
+                    cx.span(&format!("/steps/{ti}/with/canary")),
+                    format!(
+                        "canary weight decreases from {fw}% to {tw}% along {}",
+                        names.join(" -> ")
+                    ),
+                )
+                .with_label(format!("{tw}% after {fw}%"))
+                .with_related(from_span, format!("set to {fw}% here"))
+                .with_help("weights must not decrease along a path; returning traffic to stable is the rollback's job"),
+            );
+        }
+    }
+}
+
+fn kind_of<'r>(cx: &'r Context<'_>, s: &Step) -> Option<&'r dyn StepKind> {
+    cx.registry.get(&s.kind)
+}
+
+/// Gate dominance and canary-by-default, for production targets.
+fn check_production(cx: &Context<'_>, graph: &Graph, out: &mut Vec<Diagnostic>) {
+    let doms = dominators::simple_fast(&graph.g, graph.start);
+    let is_gate = |i: usize| {
+        let s = &cx.spec.steps[i];
+        kind_of(cx, s).is_some_and(|k| k.role() == Role::Gate) && !s.continue_on_failure
+    };
+    let has_gate = cx
+        .spec
+        .steps
+        .iter()
+        .any(|s| kind_of(cx, s).is_some_and(|k| k.role() == Role::Gate));
+    for (i, s) in cx.spec.steps.iter().enumerate() {
+        let Some(k) = kind_of(cx, s) else { continue };
+        if k.role() == Role::Gate && s.continue_on_failure {
+            out.push(
+                Diagnostic::new(
+                    Code::GateCannotStop,
+                    cx.span(&format!("/steps/{i}/continue-on-failure")),
+                    format!("gate-check `{}` has `continue-on-failure: true`: a failing gate would not stop a production rollout", s.id),
+                )
+                .with_help("remove `continue-on-failure` from the gate"),
+            );
+        }
+    }
+    for n in graph.g.node_indices() {
+        let Some(i) = graph.step(n) else { continue };
+        let s = &cx.spec.steps[i];
+        let Some(k) = kind_of(cx, s) else { continue };
+        let chain: Vec<usize> = doms
+            .dominators(n)
+            .map(|it| it.filter_map(|d| graph.step(d)).filter(|&d| d != i).collect())
+            .unwrap_or_default();
+        if k.role() == Role::Promote && !chain.iter().any(|&d| is_gate(d)) {
+            let msg = if has_gate {
+                let path = path_avoiding_gates(cx, graph, n, &is_gate);
+                format!(
+                    "step `{}` ({}) changes production, but a path reaches it without passing a gate-check: {}",
+                    s.id,
+                    s.kind,
+                    path.join(" -> ")
+                )
+            } else {
+                format!(
+                    "step `{}` ({}) changes production, but this rollout has no gate-check",
+                    s.id, s.kind
+                )
+            };
+            out.push(
+                Diagnostic::new(
+                    Code::UngatedProductionChange,
+                    cx.span(&format!("/steps/{i}/type")),
+                    msg,
+                )
+                .with_label("not guarded by a gate")
+                .with_help(
+                    "make it depend (directly or through its `needs`) on a gate-check for this model version",
+                ),
+            );
+        }
+        if !cx.schema_bad(&format!("/steps/{i}/with")) && k.canary_weight(&s.with) == Some(100) {
+            let partial_before = chain.iter().any(|&d| {
+                let ds = &cx.spec.steps[d];
+                kind_of(cx, ds)
+                    .and_then(|dk| dk.canary_weight(&ds.with))
+                    .is_some_and(|w| w > 0 && w < 100)
+            });
+            if !partial_before {
+                let at = cx.span(&format!("/steps/{i}/with/canary"));
+                out.push(match k.justification(&s.with) {
+                    Some(why) => Diagnostic::new(
+                        Code::JustifiedStraightToFull,
+                        at,
+                        format!("step `{}` sends 100% of production traffic to the new version without a canary (justified: {why})", s.id),
+                    ),
+                    None => Diagnostic::new(
+                        Code::StraightToFull,
+                        at,
+                        format!(
+                            "step `{}` sends 100% of production traffic to the new version without a canary step before it",
+                            s.id
+                        ),
+                    )
+                    .with_help("ramp up first (e.g. 5 -> 20 -> 50 -> 100), or add `justification:` to this step's `with`"),
+                });
+            }
+        }
+    }
+}
+
+/// Ids along some path from the start to `target` that passes no gate.
+fn path_avoiding_gates(
+    cx: &Context<'_>,
+    graph: &Graph,
+    target: NodeIndex,
+    is_gate: &dyn Fn(usize) -> bool,
+) -> Vec<String> {
+    let mut prev: HashMap<NodeIndex, NodeIndex> = HashMap::new();
+    let mut queue = VecDeque::from([target]);
+    while let Some(n) = queue.pop_front() {
+        for dep in graph.g.neighbors_directed(n, petgraph::Direction::Incoming) {
+            if prev.contains_key(&dep) || graph.step(dep).is_some_and(is_gate) {
+                continue;
+            }
+            prev.insert(dep, n);
+            if dep == graph.start {
+                let mut names = vec!["start".to_owned()];
+                let mut cur = n;
+                loop {
+                    if let Some(i) = graph.step(cur) {
+                        names.push(cx.spec.steps[i].id.clone());
+                    }
+                    if cur == target {
+                        return names;
+                    }
+                    cur = prev[&cur];
+                }
+            }
+            queue.push_back(dep);
+        }
+    }
+    vec!["start".into(), "…".into()]
+}
+
+/// In production, failure paths (compensations, on-failure) must not promote.
+fn check_failure_paths(cx: &Context<'_>, out: &mut Vec<Diagnostic>) {
+    let mut flag = |ptr: String, kind: &str, what: &str| {
+        if cx.registry.get(kind).is_some_and(|k| k.role() == Role::Promote) {
+            out.push(
+                Diagnostic::new(
+                    Code::MutatingFailureHandler,
+                    cx.span(&format!("{ptr}/type")),
+                    format!("{what} of type `{kind}` would change production on a failure path, where no gate protects it"),
+                )
+                .with_help("use `rollback` to return to the last known-good state, or `notify`"),
+            );
+        }
+    };
+    for (i, s) in cx.spec.steps.iter().enumerate() {
+        if let Some(c) = &s.compensate {
+            flag(format!("/steps/{i}/compensate"), &c.kind, "compensation");
+        }
+    }
+    for (i, h) in cx.spec.on_failure.iter().enumerate() {
+        flag(format!("/on-failure/{i}"), &h.kind, "on-failure handler");
+    }
+}
+
+/// Step ids named inside `with` (rollback `restore`) must exist and be restorable.
+fn check_step_refs(cx: &Context<'_>, out: &mut Vec<Diagnostic>) {
+    let ids: Vec<&str> = cx.spec.steps.iter().map(|s| s.id.as_str()).collect();
+    let mut run = |base: String, kind: &str, with: &Value| {
+        let Some(k) = cx.registry.get(kind) else { return };
+        if cx.schema_bad(&format!("{base}/with")) {
+            return;
+        }
+        for (rel, id) in k.step_refs(with) {
+            let span = cx.span(&format!("{base}/with{rel}"));
+            match cx.spec.steps.iter().find(|s| s.id == id) {
+                None => {
+                    let mut d = Diagnostic::new(
+                        Code::UnknownCompensation,
+                        span,
+                        format!("`{kind}` refers to step `{id}`, but no step has that id"),
+                    );
+                    if let Some(h) = did_you_mean(&id, ids.iter().copied()) {
+                        d.help = Some(format!("did you mean `{h}`?"));
+                    }
+                    out.push(d);
+                }
+                Some(s) if kind_of(cx, s).is_some_and(|k| k.role() != Role::Promote) => {
+                    out.push(
+                        Diagnostic::new(
+                            Code::UnknownCompensation,
+                            span,
+                            format!("`{kind}` refers to step `{id}` ({}), which changes nothing that could be restored", s.kind),
+                        )
+                        .with_help("list the apply and shift-traffic steps whose changes to undo"),
+                    );
+                }
+                Some(_) => {}
+            }
+        }
+    };
+    for (i, s) in cx.spec.steps.iter().enumerate() {
+        run(format!("/steps/{i}"), &s.kind, &s.with);
+        if let Some(c) = &s.compensate {
+            run(format!("/steps/{i}/compensate"), &c.kind, &c.with);
+        }
+    }
+    for (i, h) in cx.spec.on_failure.iter().enumerate() {
+        run(format!("/on-failure/{i}"), &h.kind, &h.with);
+    }
+}
+
+/// A hold cannot finish inside a timeout shorter than its duration.
+fn check_hold_timeouts(cx: &Context<'_>, out: &mut Vec<Diagnostic>) {
+    for (i, s) in cx.spec.steps.iter().enumerate() {
+        let Some(k) = kind_of(cx, s) else { continue };
+        if cx.schema_bad(&format!("/steps/{i}/with")) {
+            continue;
+        }
+        let Some(hold) = k.min_duration(&s.with) else {
+            continue;
+        };
+        let (timeout, ptr) = match (&s.timeout, &cx.spec.defaults.timeout) {
+            (Some(t), _) => (t, format!("/steps/{i}/timeout")),
+            (None, Some(t)) => (t, "/defaults/timeout".to_owned()),
+            (None, None) => continue,
+        };
+        let Ok(t) = duration::parse(timeout) else { continue };
+        if t < hold {
+            let inherited = s.timeout.is_none();
+            let mut d = Diagnostic::new(
+                Code::TimeoutShorterThanHold,
+                if inherited {
+                    cx.span(&format!("/steps/{i}/type"))
+                } else {
+                    cx.span(&ptr)
+                },
+                format!(
+                    "step `{}` holds for {} but its timeout is {}{}: it can never succeed",
+                    s.id,
+                    duration::Display(hold),
+                    duration::Display(t),
+                    if inherited {
+                        " (from `defaults.timeout`)"
+                    } else {
+                        ""
+                    }
+                ),
+            )
+            .with_related(cx.span(&format!("/steps/{i}/with/duration")), "hold duration")
+            .with_help("raise the step's `timeout` above the hold duration (plus time for analysis)");
+            if inherited {
+                d = d.with_related(cx.span(&ptr), "default timeout");
+            }
+            out.push(d);
+        }
+    }
+}
+
+/// Key names whose values are credentials.
+fn sensitive_key(key: &str) -> bool {
+    let k: String = key
+        .chars()
+        .filter(|c| *c != '-' && *c != '_')
+        .flat_map(char::to_lowercase)
+        .collect();
+    const ENDS: &[&str] = &[
+        "password",
+        "passwd",
+        "secret",
+        "token",
+        "apikey",
+        "accesskey",
+        "secretkey",
+        "privatekey",
+        "credential",
+        "credentials",
+        "clientsecret",
+        "authorization",
+    ];
+    ENDS.iter().any(|e| k.ends_with(e))
+}
+
+fn token_patterns() -> &'static (RegexSet, Vec<&'static str>) {
+    static SET: OnceLock<(RegexSet, Vec<&'static str>)> = OnceLock::new();
+    SET.get_or_init(|| {
+        let pats: &[(&str, &str)] = &[
+            (r"\b(?:AKIA|ASIA)[0-9A-Z]{16}\b", "an AWS access key id"),
+            (r"\bgh[pousr]_[A-Za-z0-9]{36,}", "a GitHub token"),
+            (r"\bgithub_pat_[A-Za-z0-9_]{22,}", "a GitHub token"),
+            (r"\bxox[abposr]-[A-Za-z0-9-]{10,}", "a Slack token"),
+            (
+                r"hooks\.slack\.com/services/T[A-Za-z0-9]+/B[A-Za-z0-9]+/[A-Za-z0-9]+",
+                "a Slack webhook URL",
+            ),
+            (r"-----BEGIN [A-Z ]*PRIVATE KEY-----", "a private key"),
+            (
+                r"\beyJ[A-Za-z0-9_-]{8,}\.eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}",
+                "a JSON Web Token",
+            ),
+            (r"\bAIza[0-9A-Za-z_-]{35}", "a Google API key"),
+            (r"\bsk-(?:proj-)?[A-Za-z0-9_-]{20,}", "an API secret key"),
+            (r"\b[rs]k_live_[A-Za-z0-9]{16,}", "a Stripe key"),
+            (r"\bhf_[A-Za-z0-9]{30,}", "a Hugging Face token"),
+            (
+                r"[a-zA-Z][a-zA-Z0-9+.-]*://[^/\s:@]+:[^/\s@{}]+@",
+                "a URL with an embedded password",
+            ),
+            (r"(?i)\bbearer\s+[A-Za-z0-9._~+/-]{16,}", "a bearer token"),
+        ];
+        let set = RegexSet::new(pats.iter().map(|(p, _)| *p)).unwrap_or_else(|_| RegexSet::empty());
+        (set, pats.iter().map(|(_, n)| *n).collect())
+    })
+}
+
+fn is_template(s: &str) -> bool {
+    let t = s.trim();
+    t.starts_with("{{") && t.ends_with("}}")
+}
+
+/// Literal secrets and credential-shaped values anywhere in the document.
+/// Returns the findings and the secret values themselves, so that the
+/// caller can scrub them from every other message before printing.
+#[must_use]
+pub fn secrets(doc: &Document) -> (Vec<Diagnostic>, Vec<String>) {
+    let mut out = Vec::new();
+    let mut found = Vec::new();
+    let mut ptr = String::new();
+    walk_secrets(doc, &doc.value, &mut ptr, &mut out, &mut found);
+    found.sort();
+    found.dedup();
+    (out, found)
+}
+
+fn literal_secret(doc: &Document, ptr: &str, message: String, help: String) -> Diagnostic {
+    let sp = doc.spans.locate(ptr);
+    Diagnostic::new(Code::LiteralSecret, sp, message)
+        .with_label("literal secret")
+        .with_redaction(sp)
+        .with_help(help)
+}
+
+fn walk_secrets(
+    doc: &Document,
+    v: &Value,
+    ptr: &mut String,
+    out: &mut Vec<Diagnostic>,
+    found: &mut Vec<String>,
+) {
+    match v {
+        Value::Object(m) => {
+            // Kubernetes env entries: {name: API_TOKEN, value: "literal"}.
+            if let (Some(Value::String(name)), Some(Value::String(val))) = (m.get("name"), m.get("value"))
+                && sensitive_key(name)
+                && !val.is_empty()
+                && !is_template(val)
+            {
+                found.push(val.clone());
+                out.push(literal_secret(
+                    doc,
+                    &format!("{ptr}/value"),
+                    format!("environment variable `{name}` has a literal secret value"),
+                    "use `valueFrom: {secretKeyRef: {name: …, key: …}}`".into(),
+                ));
+            }
+            for (k, child) in m {
+                let len = ptr.len();
+                push_pointer_segment(ptr, k);
+                let literal = match child {
+                    Value::String(s) if !s.is_empty() && !is_template(s) => Some(s.clone()),
+                    Value::Number(n) => Some(n.to_string()),
+                    _ => None,
+                };
+                match literal {
+                    Some(text) if sensitive_key(k) => {
+                        found.push(text);
+                        out.push(literal_secret(
+                            doc,
+                            ptr,
+                            format!("`{k}` has a literal value; secrets must be references"),
+                            format!("write `{k}: {{secretRef: NAME}}` or `{k}: {{env: VARIABLE}}`"),
+                        ));
+                    }
+                    _ => walk_secrets(doc, child, ptr, out, found),
+                }
+                ptr.truncate(len);
+            }
+        }
+        Value::Array(a) => {
+            for (i, child) in a.iter().enumerate() {
+                let len = ptr.len();
+                ptr.push('/');
+                ptr.push_str(&i.to_string());
+                walk_secrets(doc, child, ptr, out, found);
+                ptr.truncate(len);
+            }
+        }
+        Value::String(s) => {
+            let (set, names) = token_patterns();
+            if let Some(i) = set.matches(s).iter().next() {
+                found.push(s.clone());
+                let sp = doc.spans.locate(ptr);
+                out.push(
+                    Diagnostic::new(Code::TokenShapedValue, sp, format!("value looks like {}", names[i]))
+                        .with_label("credential-shaped value")
+                        .with_redaction(sp)
+                        .with_help(
+                            "never commit credentials: reference them with `{secretRef: NAME}` or `{env: VARIABLE}`, and rotate this one",
+                        ),
+                );
+            }
+        }
+        _ => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sensitive_keys() {
+        for k in [
+            "password",
+            "api-key",
+            "apiKey",
+            "webhook_token",
+            "clientSecret",
+            "Authorization",
+        ] {
+            assert!(sensitive_key(k), "{k}");
+        }
+        for k in [
+            "secretRef",
+            "secretName",
+            "token-url",
+            "maxTokens",
+            "auth-policy",
+            "name",
+        ] {
+            assert!(!sensitive_key(k), "{k}");
+        }
+    }
+
+    #[test]
+    fn token_shapes() {
+        let (set, _) = token_patterns();
+        assert!(set.is_match("ghp_0123456789abcdefghijklmnopqrstuvwxyzAB"));
+        assert!(set.is_match("AKIAIOSFODNN7EXAMPLE"));
+        assert!(set.is_match("https://user:hunter2@example.com/x"));
+        assert!(!set.is_match("https://example.com/{{params.x}}"));
+        assert!(!set.is_match("fraud-detector"));
+    }
+}

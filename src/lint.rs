@@ -1,0 +1,270 @@
+//! `rollwright lint [PATH…]`: expand paths, lint files in parallel, print.
+//!
+//! Files are linted in batches on all cores (rayon) and printed in path
+//! order after each batch, so memory stays flat in the number of files:
+//! only diagnostics (and, for `json`/`sarif`, their records) are kept.
+//! Explicitly named files are always linted; files found by walking a
+//! directory are linted only if they are rollwright specs (a monorepo holds
+//! plenty of other YAML), and the summary says how many were skipped.
+
+use std::io::{self, IsTerminal, Write};
+use std::path::{Path, PathBuf};
+
+use clap::{Args, ValueEnum};
+use rayon::prelude::*;
+use rollwright_engine::{Diagnostic, Limits, Linter, Severity};
+
+use crate::render::{self, Record};
+use crate::{ColorChoice, exit};
+
+/// Output format.
+#[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
+pub enum Format {
+    /// rustc-like snippets with a caret.
+    Human,
+    /// One JSON object with every diagnostic.
+    Json,
+    /// SARIF 2.1.0, for code scanning.
+    Sarif,
+    /// GitHub Actions workflow commands (`::error file=…`).
+    Github,
+}
+
+#[derive(Args)]
+pub struct LintArgs {
+    /// Files, directories (searched recursively for *.yaml and *.yml) or glob patterns.
+    #[arg(value_name = "PATH", default_value = ".")]
+    paths: Vec<String>,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = Format::Human)]
+    format: Format,
+    /// Exit with 1 on warnings too.
+    #[arg(long)]
+    deny_warnings: bool,
+    /// Largest accepted spec file, in bytes.
+    #[arg(long, value_name = "BYTES", default_value_t = 1024 * 1024)]
+    max_file_size: usize,
+    /// Worker threads (default: all cores).
+    #[arg(long, short = 'j', value_name = "N")]
+    jobs: Option<usize>,
+    /// Colour for human output.
+    #[arg(long, value_enum, default_value_t = ColorChoice::Auto)]
+    color: ColorChoice,
+}
+
+/// A file to lint and how it was found.
+struct Input {
+    path: PathBuf,
+    /// Found by walking a directory: skip non-rollwright YAML.
+    walked: bool,
+}
+
+/// What linting one file produced, ready to print.
+pub struct Outcome {
+    pub path: String,
+    pub diagnostics: Vec<Diagnostic>,
+    pub skipped: bool,
+    pub io_error: bool,
+    /// Pre-rendered human text (rendered where the source is at hand).
+    pub human: String,
+}
+
+const BATCH: usize = 2048;
+
+pub fn run(args: &LintArgs) -> u8 {
+    let inputs = match expand(&args.paths) {
+        Ok(i) => i,
+        Err(msg) => {
+            eprintln!("error: {msg}");
+            return exit::USAGE;
+        }
+    };
+    let limits = Limits {
+        max_bytes: args.max_file_size,
+        ..Limits::default()
+    };
+    let linter = match Linter::new(rollwright_steps::registry(), limits) {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return exit::USAGE;
+        }
+    };
+    let pool = match rayon::ThreadPoolBuilder::new()
+        .num_threads(args.jobs.unwrap_or(0))
+        .build()
+    {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("error: cannot start worker threads: {e}");
+            return exit::USAGE;
+        }
+    };
+    let color = match args.color {
+        ColorChoice::Always => true,
+        ColorChoice::Never => false,
+        ColorChoice::Auto => io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none(),
+    };
+    let human = args.format == Format::Human;
+    let renderer = render::Human::new(color);
+
+    let stdout = io::stdout();
+    let mut out = io::BufWriter::new(stdout.lock());
+    let (mut files, mut skipped, mut errors, mut warnings, mut io_errors) =
+        (0usize, 0usize, 0usize, 0usize, 0usize);
+    let mut records: Vec<Record> = Vec::new();
+    for batch in inputs.chunks(BATCH) {
+        let outcomes: Vec<Outcome> = pool.install(|| {
+            batch
+                .par_iter()
+                .map(|input| lint_one(&linter, input, human.then_some(&renderer)))
+                .collect()
+        });
+        for o in outcomes {
+            if o.skipped {
+                skipped += 1;
+                continue;
+            }
+            files += 1;
+            io_errors += usize::from(o.io_error);
+            for d in &o.diagnostics {
+                match d.severity {
+                    Severity::Error => errors += 1,
+                    Severity::Warning => warnings += 1,
+                }
+            }
+            let written = match args.format {
+                Format::Human => out.write_all(o.human.as_bytes()),
+                Format::Github => render::github(&mut out, &o.path, &o.diagnostics),
+                Format::Json | Format::Sarif => {
+                    records.extend(o.diagnostics.into_iter().map(|d| Record {
+                        file: o.path.clone(),
+                        d,
+                    }));
+                    Ok(())
+                }
+            };
+            if written.is_err() {
+                return exit::USAGE; // stdout closed (e.g. piped into `head`)
+            }
+        }
+    }
+    let summary = render::Summary {
+        files,
+        skipped,
+        errors,
+        warnings,
+    };
+    let written = match args.format {
+        Format::Human => render::human_summary(&mut out, &summary, color),
+        Format::Github => render::github_summary(&mut out, &summary),
+        Format::Json => render::json(&mut out, &summary, &records),
+        Format::Sarif => render::sarif(&mut out, &records),
+    };
+    if written.and_then(|()| out.flush()).is_err() {
+        return exit::USAGE;
+    }
+    if io_errors > 0 {
+        exit::USAGE
+    } else if errors > 0 || (args.deny_warnings && warnings > 0) {
+        exit::FINDINGS
+    } else {
+        exit::OK
+    }
+}
+
+fn lint_one(linter: &Linter, input: &Input, human: Option<&render::Human>) -> Outcome {
+    let path = display_path(&input.path);
+    let (bytes, diagnostics, skipped, io_error) = match std::fs::read(&input.path) {
+        Ok(bytes) => {
+            let r = linter.lint(&bytes, input.walked);
+            (bytes, r.diagnostics, r.skipped, false)
+        }
+        Err(e) => {
+            let d = Diagnostic::new(
+                rollwright_engine::Code::Io,
+                rollwright_engine::diag::Span::point(rollwright_engine::diag::Pos { line: 1, col: 1 }),
+                format!("cannot read file: {e}"),
+            );
+            (Vec::new(), vec![d], false, true)
+        }
+    };
+    let human = match human {
+        Some(r) if !diagnostics.is_empty() => r.render_file(&path, &bytes, &diagnostics),
+        _ => String::new(),
+    };
+    Outcome {
+        path,
+        diagnostics,
+        skipped,
+        io_error,
+        human,
+    }
+}
+
+fn display_path(p: &Path) -> String {
+    let s = p.to_string_lossy();
+    s.strip_prefix("./").unwrap_or(&s).to_owned()
+}
+
+fn is_yaml(p: &Path) -> bool {
+    matches!(p.extension().and_then(|e| e.to_str()), Some("yaml" | "yml"))
+}
+
+/// Expands files, directories and globs; any path that names nothing is an error.
+fn expand(paths: &[String]) -> Result<Vec<Input>, String> {
+    let mut inputs = Vec::new();
+    for p in paths {
+        if p.contains(['*', '?', '[']) {
+            let matches = glob::glob(p).map_err(|e| format!("invalid glob pattern `{p}`: {e}"))?;
+            let mut n = 0;
+            for m in matches {
+                let m = m.map_err(|e| format!("cannot read `{}`: {}", e.path().display(), e.error()))?;
+                if m.is_dir() {
+                    n += walk(&m, &mut inputs)?;
+                } else {
+                    inputs.push(Input {
+                        path: m,
+                        walked: false,
+                    });
+                    n += 1;
+                }
+            }
+            if n == 0 {
+                return Err(format!("pattern `{p}` matched no files"));
+            }
+            continue;
+        }
+        let path = PathBuf::from(p);
+        match std::fs::metadata(&path) {
+            Ok(m) if m.is_dir() => {
+                walk(&path, &mut inputs)?;
+            }
+            Ok(_) => inputs.push(Input { path, walked: false }),
+            Err(e) => return Err(format!("cannot read `{p}`: {e}")),
+        }
+    }
+    inputs.sort_by(|a, b| a.path.cmp(&b.path).then(a.walked.cmp(&b.walked)));
+    inputs.dedup_by(|a, b| a.path == b.path);
+    Ok(inputs)
+}
+
+/// Adds every *.yaml / *.yml below `dir`, skipping hidden directories.
+fn walk(dir: &Path, inputs: &mut Vec<Input>) -> Result<usize, String> {
+    let mut n = 0;
+    let it = walkdir::WalkDir::new(dir)
+        .follow_links(true)
+        .into_iter()
+        .filter_entry(|e| e.depth() == 0 || !e.file_name().to_str().is_some_and(|s| s.starts_with('.')));
+    for entry in it {
+        let entry = entry.map_err(|e| format!("cannot walk `{}`: {e}", dir.display()))?;
+        if entry.file_type().is_file() && is_yaml(entry.path()) {
+            inputs.push(Input {
+                path: entry.into_path(),
+                walked: true,
+            });
+            n += 1;
+        }
+    }
+    Ok(n)
+}

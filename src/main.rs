@@ -1,0 +1,69 @@
+//! The `rollwright` command line: thin wiring over the engine and the steps.
+//!
+//! Exit codes are owned here, in one place ([`exit`]), and documented in the
+//! README; library crates report *what* failed with their own error types.
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+mod lint;
+mod render;
+mod schema_cmd;
+
+/// Stable exit codes.
+pub mod exit {
+    /// Success: no findings, or the command did what it was asked.
+    pub const OK: u8 = 0;
+    /// Lint found errors (or warnings with `--deny-warnings`).
+    pub const FINDINGS: u8 = 1;
+    /// Usage error, missing path, unreadable file, or another I/O error.
+    pub const USAGE: u8 = 2;
+}
+
+#[derive(Parser)]
+#[command(
+    name = "rollwright",
+    version,
+    about = "Deploy approved ML model versions to Kubernetes with safe, declarative rollouts",
+    propagate_version = true
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Check spec files: YAML, schema and semantic rules, every problem located.
+    Lint(lint::LintArgs),
+    /// Print the JSON Schema of specs, or of one step kind's `with`.
+    Schema(schema_cmd::SchemaArgs),
+}
+
+/// When to colour human output.
+#[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
+pub enum ColorChoice {
+    /// When stdout is a terminal and NO_COLOR is unset.
+    Auto,
+    /// Always.
+    Always,
+    /// Never.
+    Never,
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let code = if e.use_stderr() { exit::USAGE } else { exit::OK };
+            let _ = e.print();
+            return ExitCode::from(code);
+        }
+    };
+    let code = match cli.command {
+        Command::Lint(args) => lint::run(&args),
+        Command::Schema(args) => schema_cmd::run(&args),
+    };
+    ExitCode::from(code)
+}

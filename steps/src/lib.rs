@@ -1,0 +1,38 @@
+//! rollwright's step kinds: one module per `type:`.
+//!
+//! Each module has the kind's `XxxConfig` (the serde model of its `with`,
+//! `deny_unknown_fields`, mirroring `schemas/steps/<type>.schema.json`), a
+//! unit struct implementing [`rollwright_engine::StepKind`] (role, semantic
+//! checks, the facts the engine's rules ask about), and its tests. The one
+//! place where kinds are registered is [`registry`].
+
+use rollwright_engine::Registry;
+
+mod common;
+
+pub mod apply;
+pub mod approval;
+pub mod gate_check;
+pub mod hold;
+pub mod notify;
+pub mod rollback;
+pub mod shift_traffic;
+pub mod verify_inference;
+pub mod wait_ready;
+
+pub use common::SecretRef;
+
+/// Every step kind this build knows, in the order the docs list them.
+#[must_use]
+pub fn registry() -> Registry {
+    Registry::new()
+        .with(gate_check::GateCheck)
+        .with(apply::Apply)
+        .with(wait_ready::WaitReady)
+        .with(shift_traffic::ShiftTraffic)
+        .with(hold::Hold)
+        .with(verify_inference::VerifyInference)
+        .with(rollback::Rollback)
+        .with(approval::Approval)
+        .with(notify::Notify)
+}
