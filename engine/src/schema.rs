@@ -242,6 +242,16 @@ impl Schemas {
                 if expected == "a string" && instance.is_number() {
                     d.help = Some(format!("quote it: \"{instance}\""));
                 }
+                if expected == "a boolean"
+                    && instance.as_str().is_some_and(|s| {
+                        matches!(
+                            s.to_ascii_lowercase().as_str(),
+                            "yes" | "no" | "on" | "off" | "y" | "n"
+                        )
+                    })
+                {
+                    d.help = Some("YAML 1.2 reads yes/no/on/off as strings: write `true` or `false`".into());
+                }
                 d
             }
             ValidationErrorKind::Enum { options } => {

@@ -51,7 +51,7 @@ pub struct Metric {
     /// Name.
     pub name: String,
     /// Provider.
-    pub provider: String,
+    pub provider: Provider,
     /// Query.
     #[serde(default)]
     pub query: Option<String>,
@@ -70,6 +70,30 @@ pub struct Metric {
     /// Auth token.
     #[serde(default)]
     pub token: Option<SecretRef>,
+}
+
+/// Where a metric's value comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Provider {
+    /// A PromQL query against the Prometheus HTTP API.
+    Prometheus,
+    /// Synthetic requests sent by rollwright itself.
+    Probe,
+    /// Pod and workload health read from the Kubernetes API.
+    Kubernetes,
+}
+
+impl Provider {
+    /// The name used in specs.
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Provider::Prometheus => "prometheus",
+            Provider::Probe => "probe",
+            Provider::Kubernetes => "kubernetes",
+        }
+    }
 }
 
 fn thirty_seconds() -> String {
@@ -156,12 +180,13 @@ impl StepKind for Hold {
                     .with_help("add `max`, `min` or `max-increase-over-stable`"),
                 );
             }
-            let known: &[&str] = match m.provider.as_str() {
-                "probe" => PROBE_QUANTITIES,
-                "kubernetes" => KUBERNETES_QUANTITIES,
-                _ => &[],
+            let provider = m.provider.as_str();
+            let known: &[&str] = match m.provider {
+                Provider::Probe => PROBE_QUANTITIES,
+                Provider::Kubernetes => KUBERNETES_QUANTITIES,
+                Provider::Prometheus => &[],
             };
-            match (&m.query, m.provider.as_str()) {
+            match (&m.query, provider) {
                 (None, "prometheus") => out.push(Finding::new(
                     at.clone(),
                     Code::InvalidStepConfig,
@@ -171,7 +196,7 @@ impl StepKind for Hold {
                     Finding::new(
                         at.clone(),
                         Code::InvalidStepConfig,
-                        format!("{} metric `{}` needs a `query`", m.provider, m.name),
+                        format!("{provider} metric `{}` needs a `query`", m.name),
                     )
                     .with_help(format!("one of: {}", known.join(", "))),
                 ),
@@ -179,13 +204,13 @@ impl StepKind for Hold {
                     Finding::new(
                         format!("{at}/query"),
                         Code::InvalidStepConfig,
-                        format!("{} cannot measure `{q}`", m.provider),
+                        format!("{provider} cannot measure `{q}`"),
                     )
                     .with_help(format!("one of: {}", known.join(", "))),
                 ),
                 _ => {}
             }
-            if m.address.is_some() && m.provider != "prometheus" {
+            if m.address.is_some() && m.provider != Provider::Prometheus {
                 out.push(Finding::new(
                     format!("{at}/address"),
                     Code::InvalidStepConfig,

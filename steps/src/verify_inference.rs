@@ -11,11 +11,11 @@ use crate::common::{SecretRef, config};
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct VerifyInferenceConfig {
-    /// kserve-v1, v2 or http.
-    pub protocol: String,
-    /// canary or stable.
+    /// Request protocol.
+    pub protocol: Protocol,
+    /// Which version to address.
     #[serde(default)]
-    pub target: Option<String>,
+    pub target: Target,
     /// Path (http).
     #[serde(default)]
     pub path: Option<String>,
@@ -34,6 +34,31 @@ pub struct VerifyInferenceConfig {
     /// Auth header by reference.
     #[serde(default)]
     pub auth: Option<SecretRef>,
+}
+
+/// Request protocol.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+pub enum Protocol {
+    /// KServe v1 `:predict`.
+    #[serde(rename = "kserve-v1")]
+    KserveV1,
+    /// Open Inference Protocol v2 `/infer`.
+    #[serde(rename = "v2")]
+    V2,
+    /// Plain HTTP/JSON.
+    #[serde(rename = "http")]
+    Http,
+}
+
+/// Which version a verification addresses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Target {
+    /// The new version.
+    #[default]
+    Canary,
+    /// The current version.
+    Stable,
 }
 
 fn one() -> u32 {
@@ -61,7 +86,7 @@ impl StepKind for VerifyInference {
         let Some(c) = config::<VerifyInferenceConfig>(with, &mut out) else {
             return out;
         };
-        if c.protocol == "http" && c.path.is_none() {
+        if c.protocol == Protocol::Http && c.path.is_none() {
             out.push(
                 Finding::new("", Code::InvalidStepConfig, "the http protocol needs a `path`")
                     .with_help("e.g. `path: /predict`"),

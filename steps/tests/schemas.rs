@@ -1,0 +1,148 @@
+//! The committed schemas and the Rust types agree, and the generated
+//! `schemas/rollout.schema.json` has not drifted from its sources.
+//! Run with `UPDATE_SCHEMAS=1` to rewrite the generated file.
+
+use std::path::{Path, PathBuf};
+
+use rollwright_engine::schema;
+use rollwright_engine::spec::Spec;
+use rollwright_engine::yaml::{Limits, load_str};
+use serde_json::Value;
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+#[test]
+fn generated_rollout_schema_is_committed() {
+    let registry = rollwright_steps::registry();
+    let generated = schema::to_pretty(&schema::rollout_schema(&registry).unwrap());
+    let path = root().join("schemas/rollout.schema.json");
+    if std::env::var_os("UPDATE_SCHEMAS").is_some() {
+        std::fs::write(&path, &generated).unwrap();
+    }
+    let committed = std::fs::read_to_string(&path).unwrap_or_default();
+    assert!(
+        committed == generated,
+        "schemas/rollout.schema.json is out of date: run `UPDATE_SCHEMAS=1 cargo test -p rollwright-steps --test schemas`"
+    );
+}
+
+#[test]
+fn every_step_kind_has_its_schema_file() {
+    let registry = rollwright_steps::registry();
+    let dir = root().join("schemas/steps");
+    let mut files: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    files.sort();
+    let mut expected: Vec<String> = registry.names().map(|n| format!("{n}.schema.json")).collect();
+    expected.sort();
+    assert_eq!(
+        files, expected,
+        "one schema file per registered step kind, and no other"
+    );
+    for kind in registry.iter() {
+        let on_disk = std::fs::read_to_string(dir.join(format!("{}.schema.json", kind.name()))).unwrap();
+        assert_eq!(
+            on_disk,
+            kind.schema(),
+            "{} embeds its committed schema",
+            kind.name()
+        );
+        let v: Value = serde_json::from_str(kind.schema()).unwrap();
+        assert_eq!(v["title"], kind.name());
+    }
+}
+
+fn yaml_files(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            out.extend(yaml_files(&p));
+        } else if p.extension().is_some_and(|x| x == "yaml") {
+            out.push(p);
+        }
+    }
+    out.sort();
+    out
+}
+
+#[test]
+fn shipped_specs_validate_and_deserialize() {
+    let registry = rollwright_steps::registry();
+    let schemas = schema::Schemas::new(&registry).unwrap();
+    let files = yaml_files(&root().join("specs"));
+    assert!(files.len() >= 3);
+    for f in files {
+        let text = std::fs::read_to_string(&f).unwrap();
+        let doc = load_str(&text, &Limits::default()).unwrap();
+        let (diags, _) = schemas.check(&doc);
+        assert!(diags.is_empty(), "{}: {diags:?}", f.display());
+        let spec: Spec =
+            serde_json::from_value(doc.value.clone()).unwrap_or_else(|e| panic!("{}: {e}", f.display()));
+        for s in &spec.steps {
+            let kind = registry.get(&s.kind).unwrap();
+            assert!(kind.check(&s.with).is_empty(), "{}: step {}", f.display(), s.id);
+        }
+    }
+}
+
+/// Structurally wrong documents: the schema and the types must both refuse
+/// each of them.
+#[test]
+fn schema_invalid_documents_are_refused_by_both() {
+    let registry = rollwright_steps::registry();
+    let schemas = schema::Schemas::new(&registry).unwrap();
+    let base = "apiVersion: rollwright.dev/v1alpha1\nkind: Rollout\nmetadata: {name: x}\n\
+                model: {name: m, version: \"1\"}\ntarget: {context: c, namespace: n, environment: dev}\n";
+    let cases = [
+        "steps: [{id: a, type: hold, with: {duration: 1m}, bogus: 1}]",
+        "steps: [{id: a}]",
+        "steps: [{id: a, type: hold, continue-on-failure: maybe, with: {duration: 1m}}]",
+        "steps: [{id: a, type: hold, needs: a, with: {duration: 1m}}]",
+        "steps: []\ndefaults: {timeout: 5m, extra: 1}",
+        "steps: []\non-failure: [{id: n, type: notify, needs: [a], with: {webhook: {env: X}}}]",
+        "steps: [{id: a, type: hold, compensate: {type: rollback, id: x}, with: {duration: 1m}}]",
+    ];
+    for tail in cases {
+        let text = format!("{base}{tail}\n");
+        let doc = load_str(&text, &Limits::default()).unwrap();
+        let (diags, _) = schemas.check(&doc);
+        assert!(!diags.is_empty(), "schema accepts: {tail}");
+        assert!(
+            serde_json::from_value::<Spec>(doc.value.clone()).is_err(),
+            "types accept: {tail}"
+        );
+    }
+    // Kind-specific `with`: the kind's config type refuses what its schema refuses.
+    let with_cases = [
+        ("shift-traffic", r#"{"canary": "5"}"#),
+        ("hold", r#"{"duration": 5}"#),
+        (
+            "hold",
+            r#"{"duration": "1m", "analysis": {"metrics": [{"name": "x"}]}}"#,
+        ),
+        ("notify", r#"{"webhook": "https://example.invalid"}"#),
+        ("apply", r#"{"template": "a", "replicas": 3}"#),
+        ("gate-check", r#"{"evals": {"auc": {"minimum": 0.9}}}"#),
+        ("rollback", r#"{"restore": "deploy"}"#),
+        ("approval", r#"{"approvers": "two"}"#),
+        ("verify-inference", r#"{"protocol": "grpc"}"#),
+        ("wait-ready", r#"{"resources": "Deployment/x"}"#),
+    ];
+    for (kind, with) in with_cases {
+        let text = format!("{base}steps: [{{id: a, type: {kind}, with: {with}}}]\n");
+        let doc = load_str(&text, &Limits::default()).unwrap();
+        let (diags, _) = schemas.check(&doc);
+        assert!(!diags.is_empty(), "schema accepts {kind} {with}");
+        let k = registry.get(kind).unwrap();
+        let findings = k.check(&serde_json::from_str(with).unwrap());
+        assert!(
+            findings.iter().any(|f| f.code == rollwright_engine::Code::Schema),
+            "type accepts {kind} {with}: {findings:?}"
+        );
+    }
+}

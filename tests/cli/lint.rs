@@ -1,0 +1,256 @@
+//! `rollwright lint`: formats, exit codes, path handling, loader limits.
+
+use serde_json::Value;
+
+use crate::{rollwright, rollwright_in, stderr, stdout};
+
+const GOOD: &str = "apiVersion: rollwright.dev/v1alpha1
+kind: Rollout
+metadata: {name: ok}
+model: {name: m, version: \"1\"}
+target: {context: dev, namespace: ns, environment: dev}
+steps:
+  - {id: deploy, type: apply, with: {template: x.yaml.hbs}}
+";
+
+#[test]
+fn shipped_specs_lint_clean() {
+    let out = rollwright(&["lint", "specs"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stdout(&out));
+    assert!(stdout(&out).starts_with("checked "), "{}", stdout(&out));
+    assert!(stdout(&out).contains(": 0 errors, 0 warnings"));
+    assert!(stderr(&out).is_empty());
+}
+
+#[test]
+fn human_output_is_a_located_snippet() {
+    let out = rollwright(&["lint", "tests/fixtures/lint/unknown-needs.yaml"]);
+    assert_eq!(out.status.code(), Some(1));
+    let text = stdout(&out);
+    let expected = "\
+error[RW041]: step `deploy` needs `gat`, but no step has that id
+  --> tests/fixtures/lint/unknown-needs.yaml:11:13
+   |
+11 |     needs: [gat]
+   |             ^^^ unknown step
+   |
+   = help: did you mean `gate`?
+";
+    assert!(text.starts_with(expected), "{text}");
+    assert!(text.ends_with("checked 1 file: 2 errors, 0 warnings\n"), "{text}");
+}
+
+#[test]
+fn json_format() {
+    let out = rollwright(&[
+        "lint",
+        "--format",
+        "json",
+        "tests/fixtures/lint/cycle.yaml",
+        "specs/examples",
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    let v: Value = serde_json::from_str(&stdout(&out)).unwrap();
+    assert_eq!(v["files"], 4);
+    assert_eq!(v["errors"], 2);
+    assert_eq!(v["warnings"], 0);
+    let d = &v["diagnostics"][0];
+    assert_eq!(d["file"], "tests/fixtures/lint/cycle.yaml");
+    assert_eq!(d["line"], 9);
+    assert_eq!(d["column"], 13);
+    assert_eq!(d["severity"], "error");
+    assert_eq!(d["code"], "RW042");
+    assert_eq!(d["message"], "dependency cycle: a -> c -> b -> a");
+}
+
+#[test]
+fn sarif_format() {
+    let out = rollwright(&[
+        "lint",
+        "--format",
+        "sarif",
+        "tests/fixtures/lint/justified-100.yaml",
+        "tests/fixtures/lint/no-gate.yaml",
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    let v: Value = serde_json::from_str(&stdout(&out)).unwrap();
+    assert_eq!(v["version"], "2.1.0");
+    let run = &v["runs"][0];
+    assert_eq!(run["tool"]["driver"]["name"], "rollwright");
+    let rules = run["tool"]["driver"]["rules"].as_array().unwrap();
+    let results = run["results"].as_array().unwrap();
+    assert_eq!(results.len(), 3);
+    for r in results {
+        let idx = r["ruleIndex"].as_u64().unwrap() as usize;
+        assert_eq!(rules[idx]["id"], r["ruleId"]);
+        let region = &r["locations"][0]["physicalLocation"]["region"];
+        assert!(region["startLine"].as_u64().unwrap() > 0);
+    }
+    assert_eq!(results[0]["ruleId"], "RW052");
+    assert_eq!(results[0]["level"], "warning");
+    assert_eq!(
+        results[0]["locations"][0]["physicalLocation"]["artifactLocation"]["uri"],
+        "tests/fixtures/lint/justified-100.yaml"
+    );
+}
+
+#[test]
+fn github_format() {
+    let out = rollwright(&[
+        "lint",
+        "--format",
+        "github",
+        "tests/fixtures/lint/justified-100.yaml",
+    ]);
+    assert_eq!(out.status.code(), Some(0), "a warning alone passes");
+    let text = stdout(&out);
+    assert!(
+        text.starts_with("::warning file=tests/fixtures/lint/justified-100.yaml,line=16,col=20,endLine=16,endColumn=23,title=RW052::step `all-in` sends 100%25 of production traffic"),
+        "{text}"
+    );
+    assert!(text.ends_with("rollwright lint: 1 files, 0 errors, 1 warnings\n"));
+}
+
+#[test]
+fn deny_warnings_turns_warnings_into_failure() {
+    let out = rollwright(&[
+        "lint",
+        "--deny-warnings",
+        "tests/fixtures/lint/justified-100.yaml",
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+}
+
+#[test]
+fn missing_path_is_a_usage_error_not_a_pass() {
+    let out = rollwright(&["lint", "specs/nope.yaml"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).starts_with("error: cannot read `specs/nope.yaml`: No such file or directory"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(stdout(&out).is_empty());
+    let out = rollwright(&["lint", "specs/**/*.yml"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(stderr(&out), "error: pattern `specs/**/*.yml` matched no files\n");
+    let out = rollwright(&["lint", "--format", "xml", "specs"]);
+    assert_eq!(out.status.code(), Some(2));
+}
+
+#[test]
+fn globs_and_directories() {
+    let out = rollwright(&["lint", "--format", "json", "specs/examples/*.yaml"]);
+    assert_eq!(out.status.code(), Some(0));
+    let v: Value = serde_json::from_str(&stdout(&out)).unwrap();
+    assert_eq!(v["files"], 3);
+}
+
+#[test]
+fn directory_walks_skip_foreign_yaml_and_hidden_directories() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path();
+    std::fs::create_dir_all(p.join("deep/er")).unwrap();
+    std::fs::create_dir_all(p.join(".git")).unwrap();
+    std::fs::write(p.join("deep/er/spec.yml"), GOOD).unwrap();
+    std::fs::write(p.join("deep/k8s.yaml"), "apiVersion: apps/v1\nkind: Deployment\n").unwrap();
+    std::fs::write(p.join(".git/bad.yaml"), "{{{").unwrap();
+    std::fs::write(p.join("notes.txt"), "{{{").unwrap();
+    let out = rollwright_in(p, &["lint", "."]);
+    assert_eq!(out.status.code(), Some(0), "{}", stdout(&out));
+    assert_eq!(
+        stdout(&out),
+        "checked 1 file: 0 errors, 0 warnings (1 YAML file skipped: not rollwright specs)\n"
+    );
+    // Named explicitly, a foreign file is linted.
+    let out = rollwright_in(p, &["lint", "deep/k8s.yaml"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stdout(&out).contains("RW023"), "{}", stdout(&out));
+}
+
+#[test]
+fn dangling_symlink_in_a_directory_is_an_io_error() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("a.yaml"), GOOD).unwrap();
+    std::os::unix::fs::symlink(dir.path().join("gone.yaml"), dir.path().join("b.yaml")).unwrap();
+    let out = rollwright_in(dir.path(), &["lint", "."]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).contains("gone.yaml") || stderr(&out).contains("b.yaml"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn hostile_files_are_refused_quickly_and_cleanly() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path();
+    std::fs::write(p.join("deep.yaml"), "- ".repeat(20_000) + "x\n").unwrap();
+    std::fs::write(
+        p.join("latin1.yaml"),
+        b"apiVersion: rollwright.dev/v1alpha1\nkind: Rollout # caf\xe9\n",
+    )
+    .unwrap();
+    std::fs::write(p.join("big.yaml"), format!("{GOOD}# {}\n", "x".repeat(2000))).unwrap();
+    let codes = |args: &[&str]| -> (Value, Vec<(String, String, u64, u64)>) {
+        let out = rollwright_in(p, args);
+        assert_eq!(out.status.code(), Some(1));
+        let v: Value = serde_json::from_str(&stdout(&out)).unwrap();
+        let got = v["diagnostics"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|d| {
+                (
+                    d["file"].as_str().unwrap().to_owned(),
+                    d["code"].as_str().unwrap().to_owned(),
+                    d["line"].as_u64().unwrap(),
+                    d["column"].as_u64().unwrap(),
+                )
+            })
+            .collect();
+        (v, got)
+    };
+    let (_, got) = codes(&["lint", "--format", "json", "deep.yaml", "latin1.yaml"]);
+    assert_eq!(
+        got,
+        vec![
+            ("deep.yaml".into(), "RW006".into(), 1, 129),
+            ("latin1.yaml".into(), "RW003".into(), 2, 20)
+        ]
+    );
+    let (v, got) = codes(&["lint", "--format", "json", "--max-file-size", "1000", "big.yaml"]);
+    assert_eq!(got, vec![("big.yaml".into(), "RW002".into(), 1, 1)]);
+    assert!(
+        v["diagnostics"][0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("over the limit of 1000 bytes")
+    );
+}
+
+#[test]
+fn secrets_never_reach_any_output() {
+    let fixture = "tests/fixtures/lint/literal-secrets.yaml";
+    for format in ["human", "json", "sarif", "github"] {
+        let out = rollwright(&["lint", "--format", format, fixture]);
+        assert_eq!(out.status.code(), Some(1));
+        let all = stdout(&out) + &stderr(&out);
+        for secret in [
+            "hunter2-but-longer",
+            "abcdef123456",
+            "ghp_0123456789abcdefghijklmnopqrstuvwxyzAB",
+        ] {
+            assert!(!all.contains(secret), "{format} leaks {secret}:\n{all}");
+        }
+        assert!(all.contains("RW060") && all.contains("RW061"), "{format}: {all}");
+    }
+}
+
+#[test]
+fn output_does_not_depend_on_thread_count() {
+    let one = rollwright(&["lint", "-j", "1", "--format", "json", "tests/fixtures/lint"]);
+    let many = rollwright(&["lint", "-j", "4", "--format", "json", "tests/fixtures/lint"]);
+    assert_eq!(stdout(&one), stdout(&many));
+}
