@@ -7,6 +7,11 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
+/// Lint allocates many small strings and maps per file; mimalloc is ~2x
+/// faster than glibc malloc for that pattern (measured in `benches/`).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 mod lint;
 mod render;
 mod schema_cmd;

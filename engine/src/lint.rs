@@ -4,6 +4,8 @@
 //! every thread of a lint run; [`Linter::lint`] is pure and allocation-light
 //! so that a monorepo of ten thousand specs lints in well under a second.
 
+use serde::Deserialize;
+
 use crate::diag::{Code, Diagnostic};
 use crate::registry::Registry;
 use crate::schema::{SchemaError, Schemas, describe};
@@ -72,7 +74,10 @@ impl Linter {
         let (mut diagnostics, schema_errors) = self.schemas.check(&doc);
         let (secret_findings, secrets) = validate::secrets(&doc);
         diagnostics.extend(secret_findings);
-        let spec = match serde_path_to_error::deserialize::<_, Spec>(&doc.value) {
+        // Fast path without path tracking; re-run with it only to explain a failure.
+        let strict = Spec::deserialize(&doc.value)
+            .or_else(|_| serde_path_to_error::deserialize::<_, Spec>(&doc.value));
+        let spec = match strict {
             Ok(spec) => spec,
             Err(e) if schema_errors.is_empty() => {
                 // The schema accepted what the types refuse: report it rather than hide it.
@@ -91,7 +96,7 @@ impl Linter {
                 }
                 diagnostics.push(Diagnostic::new(
                     Code::Schema,
-                    doc.spans.locate(&ptr),
+                    doc.locate(&ptr),
                     format!("{}: {}", describe(&ptr), e.inner()),
                 ));
                 Spec::lenient(&doc.value)

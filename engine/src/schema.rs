@@ -192,7 +192,7 @@ impl Schemas {
         out: &mut Vec<Diagnostic>,
     ) {
         let field = describe(pointer);
-        let at = doc.spans.locate(pointer);
+        let at = doc.locate(pointer);
         let is_duration = keyword_at.contains("/$defs/duration/");
         let d = match kind {
             ValidationErrorKind::AdditionalProperties { unexpected } => {
@@ -202,7 +202,7 @@ impl Schemas {
                     crate::yaml::push_pointer_segment(&mut child, name);
                     let mut d = Diagnostic::new(
                         Code::SchemaUnknownField,
-                        doc.spans.locate_key(&child),
+                        doc.locate_key(&child),
                         format!("unknown field `{name}` in {field}"),
                     )
                     .with_label("not a known field");
@@ -219,7 +219,7 @@ impl Schemas {
                 let name = property.as_str().unwrap_or_default();
                 Diagnostic::new(
                     Code::SchemaRequired,
-                    doc.spans.locate_key(pointer),
+                    doc.locate_key(pointer),
                     format!("missing required field `{name}` in {field}"),
                 )
             }
@@ -350,7 +350,7 @@ impl Schemas {
             }
             ValidationErrorKind::FalseSchema => Diagnostic::new(
                 Code::SchemaUnknownField,
-                doc.spans.locate_key(pointer),
+                doc.locate_key(pointer),
                 format!("{field} is not allowed here"),
             ),
             other => Diagnostic::new(Code::Schema, at, format!("{field}: {}", other_message(other))),

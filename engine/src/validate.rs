@@ -12,6 +12,7 @@
 //! start to it passes a gate-check, which is exactly "a gate dominates it".
 
 use std::collections::{HashMap, VecDeque};
+use std::fmt::Write as _;
 use std::sync::OnceLock;
 
 use petgraph::algo::dominators;
@@ -47,7 +48,7 @@ impl Context<'_> {
     }
 
     fn span(&self, pointer: &str) -> Span {
-        self.doc.spans.locate(pointer)
+        self.doc.locate(pointer)
     }
 }
 
@@ -607,13 +608,10 @@ fn check_hold_timeouts(cx: &Context<'_>, out: &mut Vec<Diagnostic>) {
     }
 }
 
-/// Key names whose values are credentials.
+/// Key names whose values are credentials: the name, ignoring case, `-`
+/// and `_`, ends with one of these words (`apiKey`, `webhook_token`, …) —
+/// but not `secretRef`, `token-url` or `maxTokens`.
 fn sensitive_key(key: &str) -> bool {
-    let k: String = key
-        .chars()
-        .filter(|c| *c != '-' && *c != '_')
-        .flat_map(char::to_lowercase)
-        .collect();
     const ENDS: &[&str] = &[
         "password",
         "passwd",
@@ -628,7 +626,26 @@ fn sensitive_key(key: &str) -> bool {
         "clientsecret",
         "authorization",
     ];
-    ENDS.iter().any(|e| k.ends_with(e))
+    // Compare from the end, skipping separators, without allocating; most
+    // keys are rejected by their last letter.
+    let last = key
+        .bytes()
+        .rev()
+        .find(|b| *b != b'-' && *b != b'_')
+        .map(|b| b.to_ascii_lowercase());
+    if !matches!(last, Some(b'd' | b't' | b'n' | b'y' | b'l' | b's')) {
+        return false;
+    }
+    let letters = || {
+        key.bytes()
+            .rev()
+            .filter(|b| *b != b'-' && *b != b'_')
+            .map(|b| b.to_ascii_lowercase())
+    };
+    ENDS.iter().any(|e| {
+        let mut it = letters();
+        e.bytes().rev().all(|c| it.next() == Some(c))
+    })
 }
 
 fn token_patterns() -> &'static (RegexSet, Vec<&'static str>) {
@@ -653,12 +670,14 @@ fn token_patterns() -> &'static (RegexSet, Vec<&'static str>) {
             (r"\b[rs]k_live_[A-Za-z0-9]{16,}", "a Stripe key"),
             (r"\bhf_[A-Za-z0-9]{30,}", "a Hugging Face token"),
             (
-                r"[a-zA-Z][a-zA-Z0-9+.-]*://[^/\s:@]+:[^/\s@{}]+@",
+                r"[a-zA-Z][a-zA-Z0-9+.-]*://[^/\s:@]+:[^/\s@{}]{4,}@",
                 "a URL with an embedded password",
             ),
             (r"(?i)\bbearer\s+[A-Za-z0-9._~+/-]{16,}", "a bearer token"),
         ];
-        let set = RegexSet::new(pats.iter().map(|(p, _)| *p)).unwrap_or_else(|_| RegexSet::empty());
+        let set = RegexSet::new(pats.iter().map(|(p, _)| *p))
+            // Constant patterns: a failure is a bug that `token_shapes` catches.
+            .expect("token patterns compile");
         (set, pats.iter().map(|(_, n)| *n).collect())
     })
 }
@@ -683,7 +702,7 @@ pub fn secrets(doc: &Document) -> (Vec<Diagnostic>, Vec<String>) {
 }
 
 fn literal_secret(doc: &Document, ptr: &str, message: String, help: String) -> Diagnostic {
-    let sp = doc.spans.locate(ptr);
+    let sp = doc.locate(ptr);
     Diagnostic::new(Code::LiteralSecret, sp, message)
         .with_label("literal secret")
         .with_redaction(sp)
@@ -739,17 +758,17 @@ fn walk_secrets(
         Value::Array(a) => {
             for (i, child) in a.iter().enumerate() {
                 let len = ptr.len();
-                ptr.push('/');
-                ptr.push_str(&i.to_string());
+                let _ = write!(ptr, "/{i}");
                 walk_secrets(doc, child, ptr, out, found);
                 ptr.truncate(len);
             }
         }
-        Value::String(s) => {
+        // Every pattern needs at least 12 characters.
+        Value::String(s) if s.len() >= 12 => {
             let (set, names) = token_patterns();
-            if let Some(i) = set.matches(s).iter().next() {
+            if let Some(i) = set.is_match(s).then(|| set.matches(s).iter().next()).flatten() {
                 found.push(s.clone());
-                let sp = doc.spans.locate(ptr);
+                let sp = doc.locate(ptr);
                 out.push(
                     Diagnostic::new(Code::TokenShapedValue, sp, format!("value looks like {}", names[i]))
                         .with_label("credential-shaped value")

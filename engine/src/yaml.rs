@@ -57,21 +57,58 @@ pub struct NodeSpan {
     pub key: Option<Span>,
 }
 
-/// JSON pointer → source span, for every node of a loaded document.
+/// Where every node of a loaded document came from: a tree of spans
+/// parallel to the value (children in the value's order), so that loading
+/// allocates nothing per node for positions; pointers are resolved only
+/// when a diagnostic needs a location.
 #[derive(Debug, Default, Clone)]
 pub struct SpanMap {
-    map: HashMap<String, NodeSpan>,
+    nodes: Vec<SpanNode>,
+    kids: Vec<u32>,
+    root: Option<u32>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct SpanNode {
+    at: NodeSpan,
+    first_kid: u32,
+    n_kids: u32,
 }
 
 impl SpanMap {
-    /// The span recorded for exactly this pointer.
+    /// Number of recorded nodes.
     #[must_use]
-    pub fn get(&self, pointer: &str) -> Option<&NodeSpan> {
-        self.map.get(pointer)
+    pub fn len(&self) -> usize {
+        self.nodes.len()
+    }
+
+    /// Whether nothing was recorded.
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.nodes.is_empty()
+    }
+}
+
+/// A loaded document: the value and where each part of it came from.
+#[derive(Debug, Clone)]
+pub struct Document {
+    /// The document as JSON.
+    pub value: Value,
+    /// Positions, parallel to `value`.
+    pub spans: SpanMap,
+}
+
+impl Document {
+    /// The span recorded for exactly this pointer, if the node exists and
+    /// has its own position (nodes inside an alias expansion do not).
+    #[must_use]
+    pub fn node(&self, pointer: &str) -> Option<NodeSpan> {
+        let (n, exact) = self.walk(pointer);
+        exact.then(|| self.spans.nodes[n as usize].at)
     }
 
     /// The span of the node at `pointer`, or of its nearest recorded
-    /// ancestor (a node inside an alias expansion, a missing field).
+    /// ancestor (a missing field, a node inside an alias expansion).
     #[must_use]
     pub fn locate(&self, pointer: &str) -> Span {
         self.nearest(pointer).span
@@ -86,43 +123,52 @@ impl SpanMap {
     }
 
     fn nearest(&self, pointer: &str) -> NodeSpan {
-        let mut p = pointer;
-        loop {
-            if let Some(s) = self.map.get(p) {
-                return *s;
-            }
-            match p.rfind('/') {
-                Some(i) => p = &p[..i],
-                None => {
-                    return NodeSpan {
-                        span: Span::point(Pos { line: 1, col: 1 }),
-                        key: None,
-                    };
-                }
-            }
+        if self.spans.root.is_none() {
+            return NodeSpan {
+                span: Span::point(Pos { line: 1, col: 1 }),
+                key: None,
+            };
         }
+        let (n, _) = self.walk(pointer);
+        self.spans.nodes[n as usize].at
     }
 
-    /// Number of recorded nodes.
-    #[must_use]
-    pub fn len(&self) -> usize {
-        self.map.len()
+    /// Follows `pointer` as far as nodes exist; returns the last node and
+    /// whether the whole pointer was found.
+    fn walk(&self, pointer: &str) -> (u32, bool) {
+        let Some(mut n) = self.spans.root else {
+            return (0, false);
+        };
+        let mut v = &self.value;
+        if pointer.is_empty() {
+            return (n, true);
+        }
+        for raw in pointer.split('/').skip(1) {
+            let seg = if raw.contains('~') {
+                std::borrow::Cow::Owned(raw.replace("~1", "/").replace("~0", "~"))
+            } else {
+                std::borrow::Cow::Borrowed(raw)
+            };
+            let (idx, child) = match v {
+                Value::Object(m) => match m.iter().position(|(k, _)| *k == *seg) {
+                    Some(i) => (i, &m[&*seg]),
+                    None => return (n, false),
+                },
+                Value::Array(a) => match seg.parse::<usize>().ok().and_then(|i| a.get(i).map(|c| (i, c))) {
+                    Some(found) => found,
+                    None => return (n, false),
+                },
+                _ => return (n, false),
+            };
+            let node = self.spans.nodes[n as usize];
+            if idx >= node.n_kids as usize {
+                return (n, false);
+            }
+            n = self.spans.kids[node.first_kid as usize + idx];
+            v = child;
+        }
+        (n, true)
     }
-
-    /// Whether nothing was recorded.
-    #[must_use]
-    pub fn is_empty(&self) -> bool {
-        self.map.is_empty()
-    }
-}
-
-/// A loaded document: the value and where each part of it came from.
-#[derive(Debug, Clone)]
-pub struct Document {
-    /// The document as JSON.
-    pub value: Value,
-    /// Pointer → span.
-    pub spans: SpanMap,
 }
 
 /// Escapes one JSON pointer segment (`~` → `~0`, `/` → `~1`).
@@ -217,31 +263,31 @@ enum Frame {
         items: Vec<Value>,
         start: Pos,
         anchor: usize,
-        /// Length of the pointer of this collection.
-        base: usize,
         key: Option<Span>,
+        /// Length of `Builder::pending` when this collection started.
+        mark: usize,
     },
     Map {
         map: Map<String, Value>,
         start: Pos,
         anchor: usize,
-        base: usize,
         key: Option<Span>,
-        /// The key read, waiting for its value.
-        pending: Option<(String, Span)>,
-        /// Where each key was first seen, for duplicate reports.
-        key_spans: Vec<(String, Span)>,
+        mark: usize,
+        /// The key read, waiting for its value; `dup` when it repeats a key.
+        pending: Option<(String, Span, bool)>,
     },
 }
 
 struct Builder<'l> {
     limits: &'l Limits,
     stack: Vec<Frame>,
-    ptr: String,
-    spans: HashMap<String, NodeSpan>,
+    nodes: Vec<SpanNode>,
+    kids: Vec<u32>,
+    /// Span nodes of completed children of the open collections.
+    pending: Vec<u32>,
     anchors: HashMap<usize, (Value, usize)>,
     alias_nodes: usize,
-    root: Option<Value>,
+    root: Option<(Value, u32)>,
     errors: Vec<Diagnostic>,
 }
 
@@ -258,8 +304,9 @@ impl<'l> Builder<'l> {
         Builder {
             limits,
             stack: Vec::new(),
-            ptr: String::new(),
-            spans: HashMap::new(),
+            nodes: Vec::new(),
+            kids: Vec::new(),
+            pending: Vec::new(),
             anchors: HashMap::new(),
             alias_nodes: 0,
             root: None,
@@ -306,7 +353,7 @@ impl<'l> Builder<'l> {
                     })
                 }
                 Event::Scalar(value, style, anchor, tag) => {
-                    self.scalar(&value, style, anchor, tag.as_deref(), sp)
+                    self.scalar(value, style, anchor, tag.as_deref(), sp)
                 }
                 Event::Alias(id) => self.alias(id, sp),
                 Event::SequenceStart(anchor, tag) => self.start(false, anchor, tag.as_deref(), sp),
@@ -322,7 +369,7 @@ impl<'l> Builder<'l> {
             return Err(self.errors);
         }
         match self.root {
-            None | Some(Value::Null) => Err(vec![
+            None | Some((Value::Null, _)) => Err(vec![
                 Diagnostic::new(
                     Code::Empty,
                     Span::point(last.start),
@@ -330,36 +377,24 @@ impl<'l> Builder<'l> {
                 )
                 .with_help("a spec starts with `apiVersion: rollwright.dev/v1alpha1`"),
             ]),
-            Some(value) => Ok(Document {
+            Some((value, root)) => Ok(Document {
                 value,
-                spans: SpanMap { map: self.spans },
+                spans: SpanMap {
+                    nodes: self.nodes,
+                    kids: self.kids,
+                    root: Some(root),
+                },
             }),
         }
     }
 
-    /// Positions `self.ptr` for the next node and says what it is.
-    fn slot(&mut self) -> Slot {
-        match self.stack.last_mut() {
-            None => {
-                self.ptr.clear();
-                Slot::Value(None)
-            }
-            Some(Frame::Seq { items, base, .. }) => {
-                self.ptr.truncate(*base);
-                let i = items.len();
-                self.ptr.push('/');
-                self.ptr.push_str(itoa_usize(i).as_str());
-                Slot::Value(None)
-            }
-            Some(Frame::Map { pending, base, .. }) => match pending {
+    /// Says what the next node is.
+    fn slot(&self) -> Slot {
+        match self.stack.last() {
+            None | Some(Frame::Seq { .. }) => Slot::Value(None),
+            Some(Frame::Map { pending, .. }) => match pending {
                 None => Slot::Key,
-                Some((k, ks)) => {
-                    let ks = *ks;
-                    self.ptr.truncate(*base);
-                    let k = k.clone();
-                    push_pointer_segment(&mut self.ptr, &k);
-                    Slot::Value(Some(ks))
-                }
+                Some((_, ks, _)) => Slot::Value(Some(*ks)),
             },
         }
     }
@@ -394,24 +429,23 @@ impl<'l> Builder<'l> {
             }
             Slot::Value(k) => k,
         };
-        let base = self.ptr.len();
+        let mark = self.pending.len();
         self.stack.push(if is_map {
             Frame::Map {
                 map: Map::new(),
                 start: sp.start,
                 anchor,
-                base,
                 key,
+                mark,
                 pending: None,
-                key_spans: Vec::new(),
             }
         } else {
             Frame::Seq {
                 items: Vec::new(),
                 start: sp.start,
                 anchor,
-                base,
                 key,
+                mark,
             }
         });
         None
@@ -419,42 +453,44 @@ impl<'l> Builder<'l> {
 
     fn end(&mut self, sp: Span) -> Option<Diagnostic> {
         let frame = self.stack.pop()?;
-        let (value, start, anchor, base, key) = match frame {
+        let (value, start, anchor, key, mark) = match frame {
             Frame::Seq {
                 items,
                 start,
                 anchor,
-                base,
                 key,
-            } => (Value::Array(items), start, anchor, base, key),
+                mark,
+            } => (Value::Array(items), start, anchor, key, mark),
             Frame::Map {
                 map,
                 start,
                 anchor,
-                base,
                 key,
+                mark,
                 ..
-            } => (Value::Object(map), start, anchor, base, key),
+            } => (Value::Object(map), start, anchor, key, mark),
         };
-        self.ptr.truncate(base);
-        self.spans.insert(
-            self.ptr.clone(),
-            NodeSpan {
+        let first_kid = to_u32(self.kids.len());
+        self.kids.extend(self.pending.drain(mark..));
+        let node = SpanNode {
+            at: NodeSpan {
                 span: Span { start, end: sp.end },
                 key,
             },
-        );
+            first_kid,
+            n_kids: to_u32(self.kids.len()) - first_kid,
+        };
         if anchor != 0 {
             let n = count_nodes(&value);
             self.anchors.insert(anchor, (value.clone(), n));
         }
-        self.attach(value, sp);
+        self.attach(value, node);
         None
     }
 
     fn scalar(
         &mut self,
-        text: &str,
+        text: std::borrow::Cow<'_, str>,
         style: ScalarStyle,
         anchor: usize,
         tag: Option<&Tag>,
@@ -475,10 +511,10 @@ impl<'l> Builder<'l> {
                 if let Some(t) = tag.filter(|t| !(t.is_yaml_core_schema() && t.suffix == "str")) {
                     return Some(unsupported_tag(t, sp));
                 }
-                self.key(text.to_owned(), sp);
                 if anchor != 0 {
-                    self.anchors.insert(anchor, (Value::String(text.to_owned()), 1));
+                    self.anchors.insert(anchor, (Value::String(text.to_string()), 1));
                 }
+                self.key(text.into_owned(), sp);
                 None
             }
             Slot::Value(key) => {
@@ -486,11 +522,10 @@ impl<'l> Builder<'l> {
                     Ok(v) => v,
                     Err(d) => return Some(d),
                 };
-                self.spans.insert(self.ptr.clone(), NodeSpan { span: sp, key });
                 if anchor != 0 {
                     self.anchors.insert(anchor, (value.clone(), 1));
                 }
-                self.attach(value, sp);
+                self.attach(value, leaf(sp, key));
                 None
             }
         }
@@ -532,20 +567,22 @@ impl<'l> Builder<'l> {
                 )),
             },
             Slot::Value(key) => {
-                self.spans.insert(self.ptr.clone(), NodeSpan { span: sp, key });
-                self.attach(value, sp);
+                self.attach(value, leaf(sp, key));
                 None
             }
         }
     }
 
     fn key(&mut self, k: String, sp: Span) {
-        if let Some(Frame::Map {
-            pending, key_spans, ..
+        let Some(Frame::Map {
+            map, pending, mark, ..
         }) = self.stack.last_mut()
-        {
-            if let Some((_, first)) = key_spans.iter().find(|(seen, _)| *seen == k) {
-                let first = *first;
+        else {
+            return;
+        };
+        let dup = match map.keys().position(|seen| *seen == k) {
+            Some(i) => {
+                let first = self.nodes[self.pending[*mark + i] as usize].at.key.unwrap_or(sp);
                 self.errors.push(
                     Diagnostic::new(
                         Code::DuplicateKey,
@@ -556,29 +593,42 @@ impl<'l> Builder<'l> {
                     .with_related(first, "first defined here")
                     .with_help("remove one of them; YAML keys must be unique"),
                 );
-            } else {
-                key_spans.push((k.clone(), sp));
+                true
             }
-            *pending = Some((k, sp));
-        }
+            None => false,
+        };
+        *pending = Some((k, sp, dup));
     }
 
-    fn attach(&mut self, value: Value, _sp: Span) {
+    /// Hangs a completed node under its parent (or makes it the root).
+    fn attach(&mut self, value: Value, node: SpanNode) {
+        let id = to_u32(self.nodes.len());
+        self.nodes.push(node);
         match self.stack.last_mut() {
-            None => self.root = Some(value),
-            Some(Frame::Seq { items, .. }) => items.push(value),
+            None => self.root = Some((value, id)),
+            Some(Frame::Seq { items, .. }) => {
+                items.push(value);
+                self.pending.push(id);
+            }
             Some(Frame::Map { map, pending, .. }) => {
-                if let Some((k, _)) = pending.take() {
+                if let Some((k, _, dup)) = pending.take() {
                     // On a duplicate key the first value stays (an error is reported anyway).
-                    map.entry(k).or_insert(value);
+                    if !dup {
+                        map.insert(k, value);
+                        self.pending.push(id);
+                    }
                 }
             }
         }
     }
 }
 
-fn itoa_usize(i: usize) -> String {
-    i.to_string()
+fn leaf(span: Span, key: Option<Span>) -> SpanNode {
+    SpanNode {
+        at: NodeSpan { span, key },
+        first_kid: 0,
+        n_kids: 0,
+    }
 }
 
 fn count_nodes(v: &Value) -> usize {
@@ -599,11 +649,16 @@ fn unsupported_tag(t: &Tag, sp: Span) -> Diagnostic {
 }
 
 /// Resolves a scalar with the YAML 1.2 core schema.
-fn resolve_scalar(text: &str, style: ScalarStyle, tag: Option<&Tag>, sp: Span) -> Result<Value, Diagnostic> {
+fn resolve_scalar(
+    text: std::borrow::Cow<'_, str>,
+    style: ScalarStyle,
+    tag: Option<&Tag>,
+    sp: Span,
+) -> Result<Value, Diagnostic> {
     if let Some(t) = tag {
         // The non-specific tag `! value` forces a string.
         if (t.handle.is_empty() && t.suffix == "!") || (t.handle == "!" && t.suffix.is_empty()) {
-            return Ok(Value::String(text.to_owned()));
+            return Ok(Value::String(text.into_owned()));
         }
         if !t.is_yaml_core_schema() {
             return Err(unsupported_tag(t, sp));
@@ -616,11 +671,11 @@ fn resolve_scalar(text: &str, style: ScalarStyle, tag: Option<&Tag>, sp: Span) -
             )
         };
         return match t.suffix.as_str() {
-            "str" => Ok(Value::String(text.to_owned())),
-            "null" => resolve_null(text).ok_or_else(|| bad("null")),
-            "bool" => resolve_bool(text).ok_or_else(|| bad("boolean")),
-            "int" => resolve_int(text).ok_or_else(|| bad("integer")),
-            "float" => match resolve_int(text).or_else(|| resolve_float(text)) {
+            "str" => Ok(Value::String(text.into_owned())),
+            "null" => resolve_null(&text).ok_or_else(|| bad("null")),
+            "bool" => resolve_bool(&text).ok_or_else(|| bad("boolean")),
+            "int" => resolve_int(&text).ok_or_else(|| bad("integer")),
+            "float" => match resolve_int(&text).or_else(|| resolve_float(&text)) {
                 Some(Value::Number(n)) => Ok(Value::Number(
                     Number::from_f64(n.as_f64().unwrap_or(0.0)).unwrap_or(n),
                 )),
@@ -631,15 +686,26 @@ fn resolve_scalar(text: &str, style: ScalarStyle, tag: Option<&Tag>, sp: Span) -
         };
     }
     if style != ScalarStyle::Plain {
-        return Ok(Value::String(text.to_owned()));
+        return Ok(Value::String(text.into_owned()));
     }
-    if let Some(v) = resolve_null(text).or_else(|| resolve_bool(text)) {
+    // Only scalars starting like a number, a boolean or null can be one.
+    let maybe_special = text.bytes().next().is_none_or(|b| {
+        b.is_ascii_digit()
+            || matches!(
+                b,
+                b'-' | b'+' | b'.' | b'~' | b'n' | b'N' | b't' | b'T' | b'f' | b'F'
+            )
+    });
+    if !maybe_special {
+        return Ok(Value::String(text.into_owned()));
+    }
+    if let Some(v) = resolve_null(&text).or_else(|| resolve_bool(&text)) {
         return Ok(v);
     }
-    if let Some(v) = resolve_int(text) {
+    if let Some(v) = resolve_int(&text) {
         return Ok(v);
     }
-    match text {
+    match &*text {
         ".inf" | ".Inf" | ".INF" | "+.inf" | "+.Inf" | "+.INF" | "-.inf" | "-.Inf" | "-.INF" | ".nan"
         | ".NaN" | ".NAN" => {
             return Err(Diagnostic::new(
@@ -651,7 +717,10 @@ fn resolve_scalar(text: &str, style: ScalarStyle, tag: Option<&Tag>, sp: Span) -
         }
         _ => {}
     }
-    Ok(resolve_float(text).unwrap_or_else(|| Value::String(text.to_owned())))
+    Ok(match resolve_float(&text) {
+        Some(v) => v,
+        None => Value::String(text.into_owned()),
+    })
 }
 
 fn resolve_null(text: &str) -> Option<Value> {
@@ -773,25 +842,28 @@ mod tests {
     #[test]
     fn spans_for_every_pointer() {
         let d = load("apiVersion: v1\nsteps:\n  - id: gate\n    needs: [a, b]\n");
-        let s = d.spans.get("/steps/0/id").unwrap();
+        let s = d.node("/steps/0/id").unwrap();
         assert_eq!(s.span.start, Pos { line: 3, col: 9 });
         assert_eq!(s.key.unwrap().start, Pos { line: 3, col: 5 });
         assert_eq!(
-            d.spans.get("/steps/0/needs/1").unwrap().span.start,
+            d.node("/steps/0/needs/1").unwrap().span.start,
             Pos { line: 4, col: 16 }
         );
         // Missing nodes fall back to the nearest ancestor.
         assert_eq!(
-            d.spans.locate("/steps/0/needs/7"),
-            d.spans.get("/steps/0/needs").unwrap().span
+            d.locate("/steps/0/needs/7"),
+            d.node("/steps/0/needs").unwrap().span
         );
-        assert_eq!(d.spans.locate("/nope").start, Pos { line: 1, col: 1 });
+        assert_eq!(d.locate("/nope").start, Pos { line: 1, col: 1 });
+        assert_eq!(d.locate_key("/steps/0/needs").start, Pos { line: 4, col: 5 });
+        assert_eq!(d.spans.len(), 8);
     }
 
     #[test]
     fn pointer_segments_are_escaped() {
         let d = load("\"a/b\": {\"c~d\": 1}\n");
-        assert!(d.spans.get("/a~1b/c~0d").is_some());
+        assert!(d.node("/a~1b/c~0d").is_some());
+        assert!(d.node("/a~1b/zz").is_none());
     }
 
     #[test]

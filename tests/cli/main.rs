@@ -36,3 +36,34 @@ pub fn stdout(o: &Output) -> String {
 pub fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
+
+#[path = "../../benches/corpus.rs"]
+mod corpus;
+
+/// The benchmark's generator makes 80–150-line specs, and lint flags exactly
+/// the ones it broke.
+#[test]
+fn corpus_generator_and_lint_agree() {
+    let dir = tempfile::tempdir().unwrap();
+    let n = 400;
+    let invalid = corpus::write(dir.path(), n, 7).unwrap();
+    let mut lines = Vec::new();
+    for i in 0..n {
+        let g = corpus::spec(7, i, 50);
+        lines.push(g.text.lines().count());
+    }
+    let (min, max) = (lines.iter().min().unwrap(), lines.iter().max().unwrap());
+    assert!(*min >= 80 && *max <= 150, "spec lengths {min}..{max}");
+    assert!((5..=40).contains(&invalid), "about 5% invalid: {invalid}");
+    let out = rollwright_in(dir.path(), &["lint", "--format", "json", "."]);
+    assert_eq!(out.status.code(), Some(1));
+    let v: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
+    let flagged: std::collections::BTreeSet<&str> = v["diagnostics"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["file"].as_str().unwrap())
+        .collect();
+    assert_eq!(flagged.len() as u64, invalid);
+    assert_eq!(v["files"].as_u64(), Some(n));
+}
