@@ -67,3 +67,13 @@ fn corpus_generator_and_lint_agree() {
     assert_eq!(flagged.len() as u64, invalid);
     assert_eq!(v["files"].as_u64(), Some(n));
 }
+
+/// The README's code table lists every diagnostic code, with its severity.
+#[test]
+fn readme_documents_every_diagnostic_code() {
+    let readme = std::fs::read_to_string(root().join("README.md")).unwrap();
+    for code in rollwright_engine::Code::ALL {
+        let row = format!("| {} | {} |", code.as_str(), code.severity().as_str());
+        assert!(readme.contains(&row), "README lacks `{row}`");
+    }
+}
