@@ -74,6 +74,49 @@ pub fn check(cx: &Context<'_>) -> Vec<Diagnostic> {
     out
 }
 
+/// Anything that names a step kind: steps, their compensations, handlers.
+struct Configured<'a> {
+    /// JSON pointer of the object (`/steps/3/compensate`).
+    base: String,
+    kind: &'a str,
+    with: &'a Value,
+    retry: Option<&'a Value>,
+    /// How to call it in a message.
+    what: &'static str,
+}
+
+fn configured(spec: &Spec) -> Vec<Configured<'_>> {
+    let mut out = Vec::new();
+    for (i, s) in spec.steps.iter().enumerate() {
+        out.push(Configured {
+            base: format!("/steps/{i}"),
+            kind: &s.kind,
+            with: &s.with,
+            retry: s.retry.as_ref(),
+            what: "step",
+        });
+        if let Some(c) = &s.compensate {
+            out.push(Configured {
+                base: format!("/steps/{i}/compensate"),
+                kind: &c.kind,
+                with: &c.with,
+                retry: c.retry.as_ref(),
+                what: "compensation",
+            });
+        }
+    }
+    for (i, h) in spec.on_failure.iter().enumerate() {
+        out.push(Configured {
+            base: format!("/on-failure/{i}"),
+            kind: &h.kind,
+            with: &h.with,
+            retry: h.retry.as_ref(),
+            what: "on-failure handler",
+        });
+    }
+    out
+}
+
 /// Timeouts and retry policies everywhere they may appear.
 fn check_policies(cx: &Context<'_>, out: &mut Vec<Diagnostic>) {
     let mut retry = |ptr: String, v: Option<&Value>| {
@@ -92,39 +135,26 @@ fn check_policies(cx: &Context<'_>, out: &mut Vec<Diagnostic>) {
         }
     };
     retry("/defaults/retry".into(), cx.spec.defaults.retry.as_ref());
-    for (i, s) in cx.spec.steps.iter().enumerate() {
-        retry(format!("/steps/{i}/retry"), s.retry.as_ref());
-        if let Some(c) = &s.compensate {
-            retry(format!("/steps/{i}/compensate/retry"), c.retry.as_ref());
-        }
-    }
-    for (i, h) in cx.spec.on_failure.iter().enumerate() {
-        retry(format!("/on-failure/{i}/retry"), h.retry.as_ref());
+    for c in configured(cx.spec) {
+        retry(format!("{}/retry", c.base), c.retry);
     }
 }
 
 /// Each kind's own semantic checks of its `with`.
 fn check_step_configs(cx: &Context<'_>, out: &mut Vec<Diagnostic>) {
-    let mut run = |base: String, kind: &str, with: &Value| {
-        let Some(k) = cx.registry.get(kind) else { return };
-        let with_ptr = format!("{base}/with");
-        if cx.schema_bad(&with_ptr) || cx.schema_bad(&format!("{base}/type")) {
-            return;
+    for c in configured(cx.spec) {
+        let Some(k) = cx.registry.get(c.kind) else {
+            continue;
+        };
+        let with_ptr = format!("{}/with", c.base);
+        if cx.schema_bad(&with_ptr) || cx.schema_bad(&format!("{}/type", c.base)) {
+            continue;
         }
-        for f in k.check(with) {
+        for f in k.check(c.with) {
             let mut d = Diagnostic::new(f.code, cx.span(&format!("{with_ptr}{}", f.pointer)), f.message);
             d.help = f.help;
             out.push(d);
         }
-    };
-    for (i, s) in cx.spec.steps.iter().enumerate() {
-        run(format!("/steps/{i}"), &s.kind, &s.with);
-        if let Some(c) = &s.compensate {
-            run(format!("/steps/{i}/compensate"), &c.kind, &c.with);
-        }
-    }
-    for (i, h) in cx.spec.on_failure.iter().enumerate() {
-        run(format!("/on-failure/{i}"), &h.kind, &h.with);
     }
 }
 
@@ -492,38 +522,37 @@ fn path_avoiding_gates(
 
 /// In production, failure paths (compensations, on-failure) must not promote.
 fn check_failure_paths(cx: &Context<'_>, out: &mut Vec<Diagnostic>) {
-    let mut flag = |ptr: String, kind: &str, what: &str| {
-        if cx.registry.get(kind).is_some_and(|k| k.role() == Role::Promote) {
-            out.push(
-                Diagnostic::new(
-                    Code::MutatingFailureHandler,
-                    cx.span(&format!("{ptr}/type")),
-                    format!("{what} of type `{kind}` would change production on a failure path, where no gate protects it"),
-                )
-                .with_help("use `rollback` to return to the last known-good state, or `notify`"),
-            );
+    for c in configured(cx.spec) {
+        if c.what == "step" || !cx.registry.get(c.kind).is_some_and(|k| k.role() == Role::Promote) {
+            continue;
         }
-    };
-    for (i, s) in cx.spec.steps.iter().enumerate() {
-        if let Some(c) = &s.compensate {
-            flag(format!("/steps/{i}/compensate"), &c.kind, "compensation");
-        }
-    }
-    for (i, h) in cx.spec.on_failure.iter().enumerate() {
-        flag(format!("/on-failure/{i}"), &h.kind, "on-failure handler");
+        out.push(
+            Diagnostic::new(
+                Code::MutatingFailureHandler,
+                cx.span(&format!("{}/type", c.base)),
+                format!(
+                    "{} of type `{}` would change production on a failure path, where no gate protects it",
+                    c.what, c.kind
+                ),
+            )
+            .with_help("use `rollback` to return to the last known-good state, or `notify`"),
+        );
     }
 }
 
 /// Step ids named inside `with` (rollback `restore`) must exist and be restorable.
 fn check_step_refs(cx: &Context<'_>, out: &mut Vec<Diagnostic>) {
     let ids: Vec<&str> = cx.spec.steps.iter().map(|s| s.id.as_str()).collect();
-    let mut run = |base: String, kind: &str, with: &Value| {
-        let Some(k) = cx.registry.get(kind) else { return };
-        if cx.schema_bad(&format!("{base}/with")) {
-            return;
+    for c in configured(cx.spec) {
+        let Some(k) = cx.registry.get(c.kind) else {
+            continue;
+        };
+        if cx.schema_bad(&format!("{}/with", c.base)) {
+            continue;
         }
-        for (rel, id) in k.step_refs(with) {
-            let span = cx.span(&format!("{base}/with{rel}"));
+        for (rel, id) in k.step_refs(c.with) {
+            let span = cx.span(&format!("{}/with{rel}", c.base));
+            let kind = c.kind;
             match cx.spec.steps.iter().find(|s| s.id == id) {
                 None => {
                     let mut d = Diagnostic::new(
@@ -541,7 +570,10 @@ fn check_step_refs(cx: &Context<'_>, out: &mut Vec<Diagnostic>) {
                         Diagnostic::new(
                             Code::UnknownCompensation,
                             span,
-                            format!("`{kind}` refers to step `{id}` ({}), which changes nothing that could be restored", s.kind),
+                            format!(
+                                "`{kind}` refers to step `{id}` ({}), which changes nothing that could be restored",
+                                s.kind
+                            ),
                         )
                         .with_help("list the apply and shift-traffic steps whose changes to undo"),
                     );
@@ -549,15 +581,6 @@ fn check_step_refs(cx: &Context<'_>, out: &mut Vec<Diagnostic>) {
                 Some(_) => {}
             }
         }
-    };
-    for (i, s) in cx.spec.steps.iter().enumerate() {
-        run(format!("/steps/{i}"), &s.kind, &s.with);
-        if let Some(c) = &s.compensate {
-            run(format!("/steps/{i}/compensate"), &c.kind, &c.with);
-        }
-    }
-    for (i, h) in cx.spec.on_failure.iter().enumerate() {
-        run(format!("/on-failure/{i}"), &h.kind, &h.with);
     }
 }
 
