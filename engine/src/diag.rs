@@ -10,6 +10,7 @@
 //! be echoed into a CI log.
 
 use std::fmt;
+use std::sync::Arc;
 
 /// A position in a source file: 1-based line and 1-based column, counted in
 /// characters (not bytes), as editors show them.
@@ -48,6 +49,32 @@ impl Span {
             },
         }
     }
+}
+
+/// A place: a span in a file. `file: None` is the file being checked; a
+/// finding caused by a strategy names the strategy's file instead.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Default, Hash)]
+pub struct Loc {
+    /// Another file than the one being checked.
+    pub file: Option<Arc<str>>,
+    /// Where in it.
+    pub span: Span,
+}
+
+impl From<Span> for Loc {
+    fn from(span: Span) -> Self {
+        Loc { file: None, span }
+    }
+}
+
+/// Maps a JSON pointer of a checked value to the place it came from.
+/// A loaded [`crate::yaml::Document`] locates in its own file; an expanded
+/// plan locates each step in the file (strategy or rollout) that wrote it.
+pub trait Locate {
+    /// The node at `pointer`, or its nearest located ancestor.
+    fn locate(&self, pointer: &str) -> Loc;
+    /// For a mapping value, its key; otherwise as [`Locate::locate`].
+    fn locate_key(&self, pointer: &str) -> Loc;
 }
 
 /// How bad a finding is.
@@ -180,6 +207,8 @@ impl fmt::Display for Code {
 /// A secondary place a diagnostic refers to.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Related {
+    /// In which file, when not the one being checked.
+    pub file: Option<Arc<str>>,
     /// Where.
     pub span: Span,
     /// What is there ("first defined here").
@@ -195,6 +224,8 @@ pub struct Diagnostic {
     pub severity: Severity,
     /// The message, one sentence, no trailing period.
     pub message: String,
+    /// The file of the offending text, when not the one being checked.
+    pub file: Option<Arc<str>>,
     /// The offending text.
     pub span: Span,
     /// A short label under the caret.
@@ -210,12 +241,14 @@ pub struct Diagnostic {
 impl Diagnostic {
     /// A diagnostic with the code's severity.
     #[must_use]
-    pub fn new(code: Code, span: Span, message: impl Into<String>) -> Self {
+    pub fn new(code: Code, at: impl Into<Loc>, message: impl Into<String>) -> Self {
+        let at = at.into();
         Diagnostic {
             code,
             severity: code.severity(),
             message: message.into(),
-            span,
+            file: at.file,
+            span: at.span,
             label: None,
             related: Vec::new(),
             help: None,
@@ -239,12 +272,23 @@ impl Diagnostic {
 
     /// Adds a related place.
     #[must_use]
-    pub fn with_related(mut self, span: Span, label: impl Into<String>) -> Self {
+    pub fn with_related(mut self, at: impl Into<Loc>, label: impl Into<String>) -> Self {
+        let at = at.into();
         self.related.push(Related {
-            span,
+            file: at.file,
+            span: at.span,
             label: label.into(),
         });
         self
+    }
+
+    /// Where the diagnostic points.
+    #[must_use]
+    pub fn loc(&self) -> Loc {
+        Loc {
+            file: self.file.clone(),
+            span: self.span,
+        }
     }
 
     /// Marks a span whose text must never be shown.

@@ -105,7 +105,7 @@ impl Linter {
         };
         let cx = validate::Context {
             spec: &spec,
-            doc: &doc,
+            locate: &doc,
             registry: &self.registry,
             schema_errors: &schema_errors,
         };

@@ -21,7 +21,7 @@ use jsonschema::error::{TypeKind, ValidationErrorKind};
 use jsonschema::{JsonType, Validator};
 use serde_json::{Value, json};
 
-use crate::diag::{Code, Diagnostic, did_you_mean};
+use crate::diag::{Code, Diagnostic, Locate, did_you_mean};
 use crate::duration;
 use crate::registry::Registry;
 use crate::yaml::Document;
@@ -147,19 +147,33 @@ impl Schemas {
     /// skip what is already reported.
     #[must_use]
     pub fn check(&self, doc: &Document) -> (Vec<Diagnostic>, Vec<String>) {
-        if self.validator.is_valid(&doc.value) {
+        self.check_value(&doc.value, doc, false)
+    }
+
+    /// Validates any spec value, locating through `locate`. With
+    /// `tolerate_templates`, a string holding `{{…}}` where another type or
+    /// value is expected is not reported: it is checked after expansion.
+    #[must_use]
+    pub fn check_value(&self, value: &Value, locate: &dyn Locate, tolerate_templates: bool) -> (Vec<Diagnostic>, Vec<String>) {
+        if self.validator.is_valid(value) {
             return (Vec::new(), Vec::new());
         }
         let mut out = Vec::new();
         let mut pointers = Vec::new();
-        for err in self.validator.iter_errors(&doc.value) {
+        for err in self.validator.iter_errors(value) {
+            if tolerate_templates
+                && err.instance().as_str().is_some_and(|s| s.contains("{{"))
+                && !matches!(err.kind(), ValidationErrorKind::AdditionalProperties { .. } | ValidationErrorKind::Required { .. })
+            {
+                continue;
+            }
             let pointer = err.instance_path().as_str();
             pointers.push(pointer.to_owned());
             let keyword_at = err
                 .absolute_keyword_location()
                 .map(|u| u.as_str().to_owned())
                 .unwrap_or_default();
-            self.convert(doc, pointer, &keyword_at, err.kind(), err.instance(), &mut out);
+            self.convert(locate, pointer, &keyword_at, err.kind(), err.instance(), &mut out);
         }
         out.sort_by(|a, b| a.span.cmp(&b.span).then(a.message.cmp(&b.message)));
         out.dedup_by(|a, b| a.span == b.span && a.message == b.message);
@@ -184,7 +198,7 @@ impl Schemas {
 
     fn convert(
         &self,
-        doc: &Document,
+        doc: &dyn Locate,
         pointer: &str,
         keyword_at: &str,
         kind: &ValidationErrorKind,

@@ -20,7 +20,7 @@ use petgraph::graph::{DiGraph, NodeIndex};
 use regex::RegexSet;
 use serde_json::Value;
 
-use crate::diag::{Code, Diagnostic, Span, did_you_mean};
+use crate::diag::{Code, Diagnostic, Loc, Locate, did_you_mean};
 use crate::duration;
 use crate::registry::{Registry, Role, StepKind};
 use crate::retry::RetryPolicy;
@@ -31,8 +31,8 @@ use crate::yaml::{Document, push_pointer_segment};
 pub struct Context<'a> {
     /// The typed spec.
     pub spec: &'a Spec,
-    /// The loaded document, for spans and raw values.
-    pub doc: &'a Document,
+    /// Where each pointer of the (expanded) spec came from.
+    pub locate: &'a dyn Locate,
     /// Known step kinds.
     pub registry: &'a Registry,
     /// Pointers at which the schema already reported a problem; rules skip
@@ -47,8 +47,16 @@ impl Context<'_> {
         })
     }
 
-    fn span(&self, pointer: &str) -> Span {
-        self.doc.locate(pointer)
+    fn span(&self, pointer: &str) -> Loc {
+        self.locate.locate(pointer)
+    }
+}
+
+/// `line:col`, or `file:line:col` for another file.
+fn where_(l: &Loc) -> String {
+    match &l.file {
+        Some(f) => format!("{f}:{}", l.span.start),
+        None => l.span.start.to_string(),
     }
 }
 
@@ -192,14 +200,15 @@ fn check_ids_and_needs(cx: &Context<'_>, out: &mut Vec<Diagnostic>) -> Graph {
     for (ptr, id) in ids {
         if let Some(prev) = first.get(id) {
             let prev_span = cx.span(prev);
+            let prev_span_c = prev_span.clone();
             out.push(
                 Diagnostic::new(
                     Code::DuplicateStepId,
                     cx.span(&ptr),
-                    format!("duplicate step id `{id}` (first defined at {})", prev_span.start),
+                    format!("duplicate step id `{id}` (first defined at {})", where_(&prev_span)),
                 )
                 .with_label("defined again here")
-                .with_related(prev_span, "first defined here")
+                .with_related(prev_span_c, "first defined here")
                 .with_help("step ids must be unique within a spec; rename one of them"),
             );
         } else {

@@ -171,6 +171,15 @@ impl Document {
     }
 }
 
+impl crate::diag::Locate for Document {
+    fn locate(&self, pointer: &str) -> crate::diag::Loc {
+        Document::locate(self, pointer).into()
+    }
+    fn locate_key(&self, pointer: &str) -> crate::diag::Loc {
+        Document::locate_key(self, pointer).into()
+    }
+}
+
 /// Escapes one JSON pointer segment (`~` → `~0`, `/` → `~1`).
 pub fn push_pointer_segment(ptr: &mut String, segment: &str) {
     ptr.push('/');
