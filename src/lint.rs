@@ -177,7 +177,7 @@ fn lint_one(linter: &Linter, input: &Input, human: Option<&render::Human>) -> Ou
     let path = display_path(&input.path);
     let (bytes, diagnostics, skipped, io_error) = match std::fs::read(&input.path) {
         Ok(bytes) => {
-            let r = linter.lint(&bytes, input.walked);
+            let r = linter.lint(&input.path, &bytes, input.walked);
             (bytes, r.diagnostics, r.skipped, false)
         }
         Err(e) => {

@@ -3,6 +3,7 @@
 //! commands. Text inside a diagnostic's redaction span (a literal secret)
 //! is replaced before any source line is printed.
 
+use std::collections::HashMap;
 use std::io::{self, Write};
 
 use annotate_snippets::{AnnotationKind, Group, Level, Renderer, Snippet};
@@ -38,25 +39,52 @@ impl Human {
         Human { renderer }
     }
 
-    /// Renders every diagnostic of one file.
+    /// Renders every diagnostic of one file. Diagnostics may point into
+    /// other files (a strategy it uses); those are read for their snippets.
     pub fn render_file(&self, path: &str, bytes: &[u8], diags: &[Diagnostic]) -> String {
-        let text = String::from_utf8_lossy(bytes);
-        let lines: Vec<&str> = text.split('\n').collect();
-        let redactions: Vec<Span> = diags.iter().filter_map(|d| d.redact).collect();
+        let mut texts: HashMap<Option<&str>, String> = HashMap::new();
+        texts.insert(None, String::from_utf8_lossy(bytes).into_owned());
+        for d in diags {
+            for f in std::iter::once(d.file.as_deref()).chain(d.related.iter().map(|r| r.file.as_deref())) {
+                texts.entry(f).or_insert_with(|| {
+                    f.and_then(|f| std::fs::read_to_string(f).ok())
+                        .unwrap_or_default()
+                });
+            }
+        }
+        let lines: HashMap<Option<&str>, Vec<&str>> =
+            texts.iter().map(|(k, t)| (*k, t.split('\n').collect())).collect();
         let mut s = String::new();
         for d in diags {
-            s.push_str(&self.render(path, &lines, &redactions, d));
+            s.push_str(&self.render(path, &lines, diags, d));
             s.push_str("\n\n");
         }
         s
     }
 
-    fn render(&self, path: &str, lines: &[&str], redactions: &[Span], d: &Diagnostic) -> String {
+    fn render(
+        &self,
+        path: &str,
+        files: &HashMap<Option<&str>, Vec<&str>>,
+        all: &[Diagnostic],
+        d: &Diagnostic,
+    ) -> String {
+        let empty: Vec<&str> = Vec::new();
+        // Redactions apply to the file they were found in.
+        let redactions_for = |file: Option<&str>| -> Vec<Span> {
+            all.iter()
+                .filter(|x| x.file.as_deref() == file)
+                .filter_map(|x| x.redact)
+                .collect()
+        };
+        let lines = files.get(&d.file.as_deref()).unwrap_or(&empty);
+        let redactions = redactions_for(d.file.as_deref());
+        let dpath = d.file.as_deref().unwrap_or(path);
         let level = match d.severity {
             Severity::Error => Level::ERROR,
             Severity::Warning => Level::WARNING,
         };
-        let (src, range) = line_snippet(lines, d.span, redactions);
+        let (src, range) = line_snippet(lines, d.span, &redactions);
         let mut primary = AnnotationKind::Primary.span(range);
         if let Some(l) = &d.label {
             primary = primary.label(l.as_str());
@@ -67,15 +95,16 @@ impl Human {
             .element(
                 Snippet::source(src)
                     .line_start(d.span.start.line as usize)
-                    .path(path)
+                    .path(dpath)
                     .annotation(primary),
             );
         for r in &d.related {
-            let (rsrc, rrange) = line_snippet(lines, r.span, redactions);
+            let rlines = files.get(&r.file.as_deref()).unwrap_or(&empty);
+            let (rsrc, rrange) = line_snippet(rlines, r.span, &redactions_for(r.file.as_deref()));
             group = group.element(
                 Snippet::source(rsrc)
                     .line_start(r.span.start.line as usize)
-                    .path(path)
+                    .path(r.file.as_deref().unwrap_or(path))
                     .annotation(AnnotationKind::Context.span(rrange).label(r.label.as_str())),
             );
         }
@@ -369,7 +398,7 @@ pub fn github(out: &mut impl Write, file: &str, diags: &[Diagnostic]) -> io::Res
         writeln!(
             out,
             "::{cmd} file={},line={},col={},endLine={},endColumn={},title={}::{}",
-            gh_prop(file),
+            gh_prop(d.file.as_deref().unwrap_or(file)),
             d.span.start.line,
             d.span.start.col,
             d.span.end.line.max(d.span.start.line),

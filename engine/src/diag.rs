@@ -196,6 +196,16 @@ codes! {
     TimeoutShorterThanHold = "RW070", Error, "timeout shorter than the hold duration";
     /// A step's `with` has a value the step kind rejects beyond its schema.
     InvalidStepConfig = "RW071", Error, "invalid step configuration";
+    /// `uses` names a file that cannot be read or is not a Strategy.
+    UnknownStrategy = "RW080", Error, "strategy cannot be used";
+    /// `uses` chains form a cycle.
+    UsesCycle = "RW081", Error, "`uses` cycle";
+    /// A parameter value or declaration is wrong (unknown, missing, mistyped).
+    InvalidParam = "RW082", Error, "invalid parameter";
+    /// `customize` names a step that does not exist, or is misused.
+    InvalidCustomize = "RW083", Error, "invalid customization";
+    /// A template names an unknown variable, or does not render.
+    Template = "RW084", Error, "template error";
 }
 
 impl fmt::Display for Code {

@@ -18,6 +18,7 @@
 
 pub mod diag;
 pub mod duration;
+pub mod expand;
 pub mod lint;
 pub mod registry;
 pub mod retry;

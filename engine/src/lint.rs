@@ -4,9 +4,13 @@
 //! every thread of a lint run; [`Linter::lint`] is pure and allocation-light
 //! so that a monorepo of ten thousand specs lints in well under a second.
 
-use serde::Deserialize;
+use std::path::Path;
 
-use crate::diag::{Code, Diagnostic};
+use serde::Deserialize;
+use serde_json::Value;
+
+use crate::diag::{Code, Diagnostic, Locate, Related};
+use crate::expand::{self, Env, Expanded};
 use crate::registry::Registry;
 use crate::schema::{SchemaError, Schemas, describe};
 use crate::spec::Spec;
@@ -50,12 +54,13 @@ impl Linter {
         &self.registry
     }
 
-    /// Lints the contents of one file. With `skip_foreign`, a YAML document
-    /// that is not a rollwright spec (no `rollwright.dev/` apiVersion and no
+    /// Lints the contents of one file. `path` locates the strategies and
+    /// templates it refers to. With `skip_foreign`, a YAML document that is
+    /// not a rollwright spec (no `rollwright.dev/` apiVersion and no
     /// Rollout/Strategy kind) is reported as skipped instead of linted: what
     /// directory walks in a monorepo want.
     #[must_use]
-    pub fn lint(&self, bytes: &[u8], skip_foreign: bool) -> FileLint {
+    pub fn lint(&self, path: &Path, bytes: &[u8], skip_foreign: bool) -> FileLint {
         let doc = match yaml::load_bytes(bytes, &self.limits) {
             Ok(d) => d,
             Err(diagnostics) => {
@@ -71,13 +76,94 @@ impl Linter {
                 skipped: true,
             };
         }
-        let (mut diagnostics, schema_errors) = self.schemas.check(&doc);
-        let (secret_findings, secrets) = validate::secrets(&doc);
+        let needs_expansion = expand::needed(&doc.value);
+        let (mut diagnostics, schema_errors) = self.schemas.check_value(&doc.value, &doc, needs_expansion);
+        let (secret_findings, mut secrets) = validate::secrets(&doc);
         diagnostics.extend(secret_findings);
+        if needs_expansion {
+            let env = Env {
+                registry: &self.registry,
+                limits: &self.limits,
+                overrides: &[],
+                // A Strategy's manifest paths come from the Rollout's parameters.
+                render_manifests: doc.value.get("kind").and_then(Value::as_str) == Some("Rollout"),
+            };
+            let (expanded, errors) = expand::expand(path, doc, &env);
+            diagnostics.extend(errors);
+            if let Some(exp) = expanded {
+                self.check_expanded(&exp, &mut diagnostics, &mut secrets);
+            }
+        } else {
+            let spec = self.typed(&doc.value, &doc, &schema_errors, &mut diagnostics);
+            let cx = validate::Context {
+                spec: &spec,
+                locate: &doc,
+                registry: &self.registry,
+                schema_errors: &schema_errors,
+            };
+            diagnostics.extend(validate::check(&cx));
+        }
+        if !secrets.is_empty() {
+            for d in &mut diagnostics {
+                scrub(d, &secrets);
+            }
+        }
+        diagnostics.sort_by(|a, b| a.loc().cmp(&b.loc()).then(a.code.cmp(&b.code)));
+        diagnostics.dedup_by(|a, b| a.loc() == b.loc() && a.code == b.code);
+        FileLint {
+            diagnostics,
+            skipped: false,
+        }
+    }
+
+    /// Checks an expanded plan: schema of the resolved values, semantic
+    /// rules, secrets of every strategy file; findings in a strategy get an
+    /// "instantiated here" note pointing at `uses`.
+    fn check_expanded(&self, exp: &Expanded, diagnostics: &mut Vec<Diagnostic>, secrets: &mut Vec<String>) {
+        let before = diagnostics.len();
+        let (schema_diags, schema_errors) = self.schemas.check_value(&exp.value, exp, false);
+        diagnostics.extend(schema_diags);
+        for (i, src) in exp.sources.iter().enumerate().skip(1) {
+            let (found, values) = validate::secrets(&src.doc);
+            secrets.extend(values);
+            for mut d in found {
+                d.file = Some(src.display.clone());
+                diagnostics.push(d);
+            }
+            let _ = i;
+        }
+        let spec = self.typed(&exp.value, exp, &schema_errors, diagnostics);
+        let cx = validate::Context {
+            spec: &spec,
+            locate: exp,
+            registry: &self.registry,
+            schema_errors: &schema_errors,
+        };
+        diagnostics.extend(validate::check(&cx));
+        if let Some(uses) = exp.uses_span() {
+            for d in &mut diagnostics[before..] {
+                if d.file.is_some() {
+                    d.related.push(Related {
+                        file: None,
+                        span: uses,
+                        label: "instantiated by this `uses`".into(),
+                    });
+                }
+            }
+        }
+    }
+
+    /// The typed model of a checked value: strict when possible, lenient
+    /// (so that rules still run) when the schema already complained.
+    fn typed(
+        &self,
+        value: &Value,
+        locate: &dyn Locate,
+        schema_errors: &[String],
+        diagnostics: &mut Vec<Diagnostic>,
+    ) -> Spec {
         // Fast path without path tracking; re-run with it only to explain a failure.
-        let strict = Spec::deserialize(&doc.value)
-            .or_else(|_| serde_path_to_error::deserialize::<_, Spec>(&doc.value));
-        let spec = match strict {
+        match Spec::deserialize(value).or_else(|_| serde_path_to_error::deserialize::<_, Spec>(value)) {
             Ok(spec) => spec,
             Err(e) if schema_errors.is_empty() => {
                 // The schema accepted what the types refuse: report it rather than hide it.
@@ -96,29 +182,12 @@ impl Linter {
                 }
                 diagnostics.push(Diagnostic::new(
                     Code::Schema,
-                    doc.locate(&ptr),
+                    locate.locate(&ptr),
                     format!("{}: {}", describe(&ptr), e.inner()),
                 ));
-                Spec::lenient(&doc.value)
+                Spec::lenient(value)
             }
-            Err(_) => Spec::lenient(&doc.value),
-        };
-        let cx = validate::Context {
-            spec: &spec,
-            locate: &doc,
-            registry: &self.registry,
-            schema_errors: &schema_errors,
-        };
-        diagnostics.extend(validate::check(&cx));
-        if !secrets.is_empty() {
-            for d in &mut diagnostics {
-                scrub(d, &secrets);
-            }
-        }
-        diagnostics.sort_by(|a, b| a.span.cmp(&b.span).then(a.code.cmp(&b.code)));
-        FileLint {
-            diagnostics,
-            skipped: false,
+            Err(_) => Spec::lenient(value),
         }
     }
 }

@@ -84,6 +84,11 @@ pub trait StepKind: Send + Sync + 'static {
     fn min_duration(&self, _with: &Value) -> Option<Duration> {
         None
     }
+    /// Keys of the outputs a run of this kind records, which later steps
+    /// may reference as `{{steps.<id>.outputs.<key>}}`.
+    fn outputs(&self) -> &'static [&'static str] {
+        &[]
+    }
     /// Step ids this step refers to, with their pointers relative to `with`
     /// (e.g. a rollback's `restore: [deploy]`).
     fn step_refs(&self, _with: &Value) -> Vec<(String, String)> {

@@ -154,7 +154,12 @@ impl Schemas {
     /// `tolerate_templates`, a string holding `{{…}}` where another type or
     /// value is expected is not reported: it is checked after expansion.
     #[must_use]
-    pub fn check_value(&self, value: &Value, locate: &dyn Locate, tolerate_templates: bool) -> (Vec<Diagnostic>, Vec<String>) {
+    pub fn check_value(
+        &self,
+        value: &Value,
+        locate: &dyn Locate,
+        tolerate_templates: bool,
+    ) -> (Vec<Diagnostic>, Vec<String>) {
         if self.validator.is_valid(value) {
             return (Vec::new(), Vec::new());
         }
@@ -163,7 +168,10 @@ impl Schemas {
         for err in self.validator.iter_errors(value) {
             if tolerate_templates
                 && err.instance().as_str().is_some_and(|s| s.contains("{{"))
-                && !matches!(err.kind(), ValidationErrorKind::AdditionalProperties { .. } | ValidationErrorKind::Required { .. })
+                && !matches!(
+                    err.kind(),
+                    ValidationErrorKind::AdditionalProperties { .. } | ValidationErrorKind::Required { .. }
+                )
             {
                 continue;
             }

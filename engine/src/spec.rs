@@ -30,6 +30,9 @@ pub struct Spec {
     /// Relative path of a Strategy this Rollout instantiates.
     #[serde(default)]
     pub uses: Option<String>,
+    /// Changes to the used strategy (consumed by expansion).
+    #[serde(default)]
+    pub customize: Option<Value>,
     /// Parameter values (Rollout) or declarations (Strategy).
     #[serde(default)]
     pub params: Map<String, Value>,
@@ -281,6 +284,7 @@ impl Spec {
                 annotations: BTreeMap::new(),
             }),
             uses: field(v, "uses"),
+            customize: v.get("customize").cloned(),
             params: field(v, "params").unwrap_or_default(),
             model: field(v, "model"),
             target: field(v, "target"),

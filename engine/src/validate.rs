@@ -205,7 +205,10 @@ fn check_ids_and_needs(cx: &Context<'_>, out: &mut Vec<Diagnostic>) -> Graph {
                 Diagnostic::new(
                     Code::DuplicateStepId,
                     cx.span(&ptr),
-                    format!("duplicate step id `{id}` (first defined at {})", where_(&prev_span)),
+                    format!(
+                        "duplicate step id `{id}` (first defined at {})",
+                        where_(&prev_span)
+                    ),
                 )
                 .with_label("defined again here")
                 .with_related(prev_span_c, "first defined here")

@@ -53,6 +53,9 @@ impl StepKind for Apply {
     fn role(&self) -> Role {
         Role::Promote
     }
+    fn outputs(&self) -> &'static [&'static str] {
+        &["objects", "revision"]
+    }
     fn check(&self, with: &Value) -> Vec<Finding> {
         let mut out = Vec::new();
         let Some(c) = config::<ApplyConfig>(with, &mut out) else {

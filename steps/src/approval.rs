@@ -45,6 +45,9 @@ impl StepKind for Approval {
     fn role(&self) -> Role {
         Role::Observe
     }
+    fn outputs(&self) -> &'static [&'static str] {
+        &["approvers"]
+    }
     fn check(&self, with: &Value) -> Vec<Finding> {
         let mut out = Vec::new();
         let Some(c) = config::<ApprovalConfig>(with, &mut out) else {

@@ -69,6 +69,9 @@ impl StepKind for GateCheck {
     fn role(&self) -> Role {
         Role::Gate
     }
+    fn outputs(&self) -> &'static [&'static str] {
+        &["version", "digest", "approvers"]
+    }
     fn check(&self, with: &Value) -> Vec<Finding> {
         let mut out = Vec::new();
         let Some(c) = config::<GateCheckConfig>(with, &mut out) else {

@@ -12,6 +12,9 @@ use crate::common::config;
 pub struct ShiftTrafficConfig {
     /// Percent to the canary.
     pub canary: u8,
+    /// Percent of traffic mirrored to the canary.
+    #[serde(default)]
+    pub mirror: u8,
     /// Router override.
     #[serde(default)]
     pub provider: Option<String>,
@@ -40,6 +43,9 @@ impl StepKind for ShiftTraffic {
         let mut out = Vec::new();
         let _ = config::<ShiftTrafficConfig>(with, &mut out);
         out
+    }
+    fn outputs(&self) -> &'static [&'static str] {
+        &["previous-split"]
     }
     fn canary_weight(&self, with: &Value) -> Option<u64> {
         with.get("canary").and_then(Value::as_u64)

@@ -81,6 +81,9 @@ impl StepKind for VerifyInference {
     fn role(&self) -> Role {
         Role::Observe
     }
+    fn outputs(&self) -> &'static [&'static str] {
+        &["answered-by", "latency-p99"]
+    }
     fn check(&self, with: &Value) -> Vec<Finding> {
         let mut out = Vec::new();
         let Some(c) = config::<VerifyInferenceConfig>(with, &mut out) else {

@@ -71,18 +71,32 @@ fn yaml_files(dir: &Path) -> Vec<PathBuf> {
 }
 
 #[test]
-fn shipped_specs_validate_and_deserialize() {
+fn shipped_specs_lint_clean_and_their_expansions_deserialize() {
     let registry = rollwright_steps::registry();
-    let schemas = schema::Schemas::new(&registry).unwrap();
+    let linter = rollwright_engine::Linter::new(rollwright_steps::registry(), Limits::default()).unwrap();
     let files = yaml_files(&root().join("specs"));
-    assert!(files.len() >= 3);
+    assert!(files.len() >= 8, "examples and strategies");
     for f in files {
-        let text = std::fs::read_to_string(&f).unwrap();
-        let doc = load_str(&text, &Limits::default()).unwrap();
-        let (diags, _) = schemas.check(&doc);
-        assert!(diags.is_empty(), "{}: {diags:?}", f.display());
+        let bytes = std::fs::read(&f).unwrap();
+        let lint = linter.lint(&f, &bytes, false);
+        assert!(
+            lint.diagnostics.is_empty(),
+            "{}: {:?}",
+            f.display(),
+            lint.diagnostics
+        );
+        let doc = load_str(std::str::from_utf8(&bytes).unwrap(), &Limits::default()).unwrap();
+        let env = rollwright_engine::expand::Env {
+            registry: &registry,
+            limits: &Limits::default(),
+            overrides: &[],
+            render_manifests: false,
+        };
+        let (exp, errors) = rollwright_engine::expand::expand(&f, doc, &env);
+        assert!(errors.is_empty(), "{}: {errors:?}", f.display());
+        let exp = exp.unwrap();
         let spec: Spec =
-            serde_json::from_value(doc.value.clone()).unwrap_or_else(|e| panic!("{}: {e}", f.display()));
+            serde_json::from_value(exp.value.clone()).unwrap_or_else(|e| panic!("{}: {e}", f.display()));
         for s in &spec.steps {
             let kind = registry.get(&s.kind).unwrap();
             assert!(kind.check(&s.with).is_empty(), "{}: step {}", f.display(), s.id);
