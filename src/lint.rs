@@ -138,7 +138,8 @@ pub fn run(args: &LintArgs) -> u8 {
                 Format::Github => render::github(&mut out, &o.path, &o.diagnostics),
                 Format::Json | Format::Sarif => {
                     records.extend(o.diagnostics.into_iter().map(|d| Record {
-                        file: o.path.clone(),
+                        file: d.file.as_deref().map_or_else(|| o.path.clone(), str::to_owned),
+                        spec: o.path.clone(),
                         d,
                     }));
                     Ok(())

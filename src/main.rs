@@ -13,6 +13,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 mod lint;
+mod plan_cmd;
 mod render;
 mod schema_cmd;
 
@@ -42,6 +43,8 @@ struct Cli {
 enum Command {
     /// Check spec files: YAML, schema and semantic rules, every problem located.
     Lint(lint::LintArgs),
+    /// Show the fully expanded plan: steps, gates, rollback path, manifests, timing budget.
+    Plan(plan_cmd::PlanArgs),
     /// Print the JSON Schema of specs, or of one step kind's `with`.
     Schema(schema_cmd::SchemaArgs),
 }
@@ -68,6 +71,7 @@ fn main() -> ExitCode {
     };
     let code = match cli.command {
         Command::Lint(args) => lint::run(&args),
+        Command::Plan(args) => plan_cmd::run(&args),
         Command::Schema(args) => schema_cmd::run(&args),
     };
     ExitCode::from(code)

@@ -20,7 +20,10 @@ pub struct Summary {
 
 /// A diagnostic with its file, for the collected formats.
 pub struct Record {
+    /// Where the diagnostic points.
     pub file: String,
+    /// The spec being linted (differs from `file` for a strategy's problem).
+    pub spec: String,
     pub d: Diagnostic,
 }
 
@@ -177,6 +180,7 @@ pub fn human_summary(out: &mut impl Write, s: &Summary, color: bool) -> io::Resu
 #[derive(Serialize)]
 struct JsonDiagnostic<'a> {
     file: &'a str,
+    spec: &'a str,
     line: u32,
     column: u32,
     end_line: u32,
@@ -207,6 +211,7 @@ pub fn json(out: &mut impl Write, s: &Summary, records: &[Record]) -> io::Result
             .iter()
             .map(|r| JsonDiagnostic {
                 file: &r.file,
+                spec: &r.spec,
                 line: r.d.span.start.line,
                 column: r.d.span.start.col,
                 end_line: r.d.span.end.line,

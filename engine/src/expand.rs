@@ -116,12 +116,6 @@ impl Expanded {
             span,
         }
     }
-
-    /// The `uses` line of the spec, for "instantiated here" notes.
-    #[must_use]
-    pub fn uses_span(&self) -> Option<Span> {
-        self.sources[0].doc.node("/uses").map(|n| n.key.unwrap_or(n.span))
-    }
 }
 
 impl Locate for Expanded {
@@ -213,11 +207,12 @@ pub fn resolve_relative(file: &Path, rel: &str) -> PathBuf {
     let mut out = file.parent().map(Path::to_path_buf).unwrap_or_default();
     for comp in Path::new(rel).components() {
         match comp {
-            std::path::Component::ParentDir => {
-                if !out.pop() || out.as_os_str().is_empty() {
-                    out.push("..");
+            std::path::Component::ParentDir => match out.components().next_back() {
+                Some(std::path::Component::Normal(_)) => {
+                    out.pop();
                 }
-            }
+                _ => out.push(".."),
+            },
             std::path::Component::CurDir => {}
             other => out.push(other),
         }
@@ -242,7 +237,9 @@ pub fn expand(path: &Path, root: Document, env: &Env<'_>) -> (Option<Expanded>, 
     if !ok {
         return (None, cx.errors);
     }
+    let param_errors = cx.errors.len();
     let params = resolve_params(&mut cx);
+    let params_ok = cx.errors.len() == param_errors;
     let (items, handlers) = assemble(&mut cx);
     let (steps, origins) = unroll(&mut cx, items, &params);
     let layers = cx.sources.len();
@@ -297,7 +294,9 @@ pub fn expand(path: &Path, root: Document, env: &Env<'_>) -> (Option<Expanded>, 
         manifests: Vec::new(),
     };
     render_values(&mut expanded, env, &mut cx.errors);
-    if env.render_manifests {
+    // Manifest paths often come from parameters: with a parameter missing
+    // or wrong, reading them would only repeat that error.
+    if env.render_manifests && params_ok {
         render_manifests(&mut expanded, &mut cx.errors);
     }
     (Some(expanded), cx.errors)
@@ -545,32 +544,32 @@ fn resolve_params(cx: &mut Ctx<'_>) -> Map<String, Value> {
         }
         if let Some(def) = d.get("default") {
             values.insert(name.clone(), def.clone());
-        } else if !is_rollout {
-            // Checking a Strategy alone: a typed placeholder stands in for a
-            // value only a Rollout can give.
-            let placeholder = match d.get("type").and_then(Value::as_str).unwrap_or("string") {
-                "integer" | "number" => json!(1),
-                "boolean" => json!(false),
-                "duration" => json!("1s"),
-                "array" => json!([]),
-                _ => json!(name),
-            };
-            values.insert(name.clone(), placeholder);
-        } else if d.get("required").and_then(Value::as_bool).unwrap_or(true) {
+            continue;
+        }
+        let required = d.get("required").and_then(Value::as_bool).unwrap_or(true);
+        if is_rollout && !required {
+            continue;
+        }
+        // A typed placeholder stands in for a value only a Rollout can give
+        // (checking a Strategy alone), or that is missing (reported once
+        // here, not again by every template that uses it).
+        let placeholder = match d.get("type").and_then(Value::as_str).unwrap_or("string") {
+            "integer" | "number" => json!(1),
+            "boolean" => json!(false),
+            "duration" => json!("1s"),
+            "array" => json!([]),
+            _ => json!(name),
+        };
+        values.insert(name.clone(), placeholder);
+        if is_rollout {
             let decl_at = cx.key_at(*src, &format!("/params/{name}"));
-            let at = if is_rollout {
-                cx.key_at(0, "/uses")
-            } else {
-                decl_at.clone()
-            };
-            if is_rollout {
-                cx.error(
-                    Code::InvalidParam,
-                    at,
-                    format!("missing required parameter `{name}`"),
-                )
-                .with_related_mut(decl_at, "declared here");
-            }
+            let at = cx.key_at(0, "/uses");
+            cx.error(
+                Code::InvalidParam,
+                at,
+                format!("missing required parameter `{name}`"),
+            )
+            .with_related_mut(decl_at, "declared here");
         }
     }
     values

@@ -20,6 +20,7 @@ pub mod diag;
 pub mod duration;
 pub mod expand;
 pub mod lint;
+pub mod plan;
 pub mod registry;
 pub mod retry;
 pub mod schema;

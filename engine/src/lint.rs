@@ -11,6 +11,7 @@ use serde_json::Value;
 
 use crate::diag::{Code, Diagnostic, Locate, Related};
 use crate::expand::{self, Env, Expanded};
+use crate::plan::{self, Plan};
 use crate::registry::Registry;
 use crate::schema::{SchemaError, Schemas, describe};
 use crate::spec::Spec;
@@ -61,6 +62,59 @@ impl Linter {
     /// directory walks in a monorepo want.
     #[must_use]
     pub fn lint(&self, path: &Path, bytes: &[u8], skip_foreign: bool) -> FileLint {
+        self.lint_with(path, bytes, skip_foreign, &[])
+    }
+
+    /// Plans a spec: lints it (with `--set` overrides) and, when it is
+    /// clean of errors, builds the expanded plan.
+    ///
+    /// # Errors
+    /// Every diagnostic when the spec has errors.
+    pub fn plan(
+        &self,
+        path: &Path,
+        bytes: &[u8],
+        overrides: &[(String, Value)],
+    ) -> Result<(Plan, Vec<Diagnostic>), Vec<Diagnostic>> {
+        let lint = self.lint_with(path, bytes, false, overrides);
+        if lint
+            .diagnostics
+            .iter()
+            .any(|d| d.severity == crate::Severity::Error)
+        {
+            return Err(lint.diagnostics);
+        }
+        let doc = yaml::load_bytes(bytes, &self.limits)?;
+        let env = Env {
+            registry: &self.registry,
+            limits: &self.limits,
+            overrides,
+            render_manifests: doc.value.get("kind").and_then(Value::as_str) == Some("Rollout"),
+        };
+        let (exp, errors) = expand::expand(path, doc, &env);
+        let exp = match exp {
+            Some(e) if errors.is_empty() => e,
+            _ => return Err(errors),
+        };
+        let spec = Spec::deserialize(&exp.value).map_err(|e| {
+            vec![Diagnostic::new(
+                Code::Schema,
+                exp.locate(""),
+                format!("the expanded spec does not fit the model: {e}"),
+            )]
+        })?;
+        Ok((plan::build(&exp, &spec, &self.registry), lint.diagnostics))
+    }
+
+    /// As [`Self::lint`], with `--set` parameter overrides.
+    #[must_use]
+    pub fn lint_with(
+        &self,
+        path: &Path,
+        bytes: &[u8],
+        skip_foreign: bool,
+        overrides: &[(String, Value)],
+    ) -> FileLint {
         let doc = match yaml::load_bytes(bytes, &self.limits) {
             Ok(d) => d,
             Err(diagnostics) => {
@@ -76,7 +130,7 @@ impl Linter {
                 skipped: true,
             };
         }
-        let needs_expansion = expand::needed(&doc.value);
+        let needs_expansion = !overrides.is_empty() || expand::needed(&doc.value);
         let (mut diagnostics, schema_errors) = self.schemas.check_value(&doc.value, &doc, needs_expansion);
         let (secret_findings, mut secrets) = validate::secrets(&doc);
         diagnostics.extend(secret_findings);
@@ -84,7 +138,7 @@ impl Linter {
             let env = Env {
                 registry: &self.registry,
                 limits: &self.limits,
-                overrides: &[],
+                overrides,
                 // A Strategy's manifest paths come from the Rollout's parameters.
                 render_manifests: doc.value.get("kind").and_then(Value::as_str) == Some("Rollout"),
             };
@@ -121,7 +175,9 @@ impl Linter {
     /// "instantiated here" note pointing at `uses`.
     fn check_expanded(&self, exp: &Expanded, diagnostics: &mut Vec<Diagnostic>, secrets: &mut Vec<String>) {
         let before = diagnostics.len();
-        let (schema_diags, schema_errors) = self.schemas.check_value(&exp.value, exp, false);
+        // A value still holding `{{…}}` is a runtime reference (checked by
+        // expansion) or a template that failed (already reported).
+        let (schema_diags, schema_errors) = self.schemas.check_value(&exp.value, exp, true);
         diagnostics.extend(schema_diags);
         for (i, src) in exp.sources.iter().enumerate().skip(1) {
             let (found, values) = validate::secrets(&src.doc);
@@ -140,13 +196,19 @@ impl Linter {
             schema_errors: &schema_errors,
         };
         diagnostics.extend(validate::check(&cx));
-        if let Some(uses) = exp.uses_span() {
-            for d in &mut diagnostics[before..] {
-                if d.file.is_some() {
+        // The instantiation chain: every `uses` from this spec down to the
+        // strategy that holds the problem.
+        for d in &mut diagnostics[before..] {
+            let Some(file) = d.file.clone() else { continue };
+            let Some(k) = exp.sources.iter().position(|s| s.display == file) else {
+                continue;
+            };
+            for (j, src) in exp.sources[..k].iter().enumerate() {
+                if let Some(n) = src.doc.node("/uses") {
                     d.related.push(Related {
-                        file: None,
-                        span: uses,
-                        label: "instantiated by this `uses`".into(),
+                        file: (j != 0).then(|| src.display.clone()),
+                        span: n.key.unwrap_or(n.span),
+                        label: format!("instantiated by this `uses` ({})", exp.sources[j + 1].display),
                     });
                 }
             }

@@ -166,6 +166,9 @@ impl Schemas {
         let mut out = Vec::new();
         let mut pointers = Vec::new();
         for err in self.validator.iter_errors(value) {
+            let pointer = err.instance_path().as_str();
+            // Rules skip what lies under a reported (or tolerated) problem.
+            pointers.push(pointer.to_owned());
             if tolerate_templates
                 && err.instance().as_str().is_some_and(|s| s.contains("{{"))
                 && !matches!(
@@ -175,8 +178,6 @@ impl Schemas {
             {
                 continue;
             }
-            let pointer = err.instance_path().as_str();
-            pointers.push(pointer.to_owned());
             let keyword_at = err
                 .absolute_keyword_location()
                 .map(|u| u.as_str().to_owned())

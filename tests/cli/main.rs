@@ -3,6 +3,7 @@
 
 mod fixtures;
 mod lint;
+mod plan;
 mod schema;
 
 use std::path::{Path, PathBuf};

@@ -1,0 +1,310 @@
+//! `rollwright plan SPEC [--set key=value]… [--format text|json|dot|mermaid]`.
+
+use std::fmt::Write as _;
+use std::io::{IsTerminal, Write};
+use std::path::PathBuf;
+
+use clap::{Args, ValueEnum};
+use rollwright_engine::duration::Display;
+use rollwright_engine::plan::{Plan, PlanStep};
+use rollwright_engine::{Limits, Linter};
+use serde_json::Value;
+
+use crate::{exit, render};
+
+/// Output format.
+#[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
+pub enum Format {
+    /// A readable report: steps, gates, rollback path, manifests, budget.
+    Text,
+    /// The whole plan as JSON.
+    Json,
+    /// Graphviz.
+    Dot,
+    /// Mermaid flowchart (for docs and pull requests).
+    Mermaid,
+}
+
+#[derive(Args)]
+pub struct PlanArgs {
+    /// The Rollout (or Strategy) to plan.
+    #[arg(value_name = "SPEC")]
+    spec: PathBuf,
+    /// Override a parameter; the value is read as YAML (`weights=[5, 50]`).
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    set: Vec<String>,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = Format::Text)]
+    format: Format,
+}
+
+fn parse_set(s: &str) -> Result<(String, Value), String> {
+    let (k, v) = s
+        .split_once('=')
+        .ok_or_else(|| format!("--set `{s}`: expected KEY=VALUE"))?;
+    if k.is_empty() {
+        return Err(format!("--set `{s}`: the key is empty"));
+    }
+    let value = if v.trim().is_empty() {
+        Value::String(String::new())
+    } else {
+        rollwright_engine::yaml::load_str(v, &Limits::default())
+            .map(|d| d.value)
+            .map_err(|e| format!("--set {k}: `{v}` is not a YAML value: {}", e[0].message))?
+    };
+    Ok((k.to_owned(), value))
+}
+
+pub fn run(args: &PlanArgs) -> u8 {
+    let overrides: Vec<(String, Value)> = match args.set.iter().map(|s| parse_set(s)).collect() {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return exit::USAGE;
+        }
+    };
+    let bytes = match std::fs::read(&args.spec) {
+        Ok(b) => b,
+        Err(e) => {
+            eprintln!("error: cannot read `{}`: {e}", args.spec.display());
+            return exit::USAGE;
+        }
+    };
+    let linter = match Linter::new(rollwright_steps::registry(), Limits::default()) {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return exit::USAGE;
+        }
+    };
+    let path = args.spec.to_string_lossy().into_owned();
+    let color = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
+    let human = render::Human::new(color);
+    let (plan, warnings) = match linter.plan(&args.spec, &bytes, &overrides) {
+        Ok(p) => p,
+        Err(diags) => {
+            eprint!("{}", human.render_file(&path, &bytes, &diags));
+            eprintln!("error: `{path}` has errors; nothing to plan");
+            return exit::FINDINGS;
+        }
+    };
+    if !warnings.is_empty() {
+        eprint!("{}", human.render_file(&path, &bytes, &warnings));
+    }
+    let text = match args.format {
+        Format::Text => text(&plan),
+        Format::Json => serde_json::to_string_pretty(&plan)
+            .map(|s| s + "\n")
+            .unwrap_or_default(),
+        Format::Dot => dot(&plan),
+        Format::Mermaid => mermaid(&plan),
+    };
+    if std::io::stdout().lock().write_all(text.as_bytes()).is_err() {
+        return exit::USAGE;
+    }
+    exit::OK
+}
+
+fn compact(v: &Value) -> String {
+    serde_json::to_string(v).unwrap_or_default()
+}
+
+fn opt(d: Option<std::time::Duration>) -> String {
+    d.map_or_else(|| "none".into(), |d| Display(d).to_string())
+}
+
+fn text(p: &Plan) -> String {
+    let mut s = String::new();
+    let _ = writeln!(s, "Plan: {}", p.name);
+    let _ = writeln!(s, "  spec:    {}", p.sources[0]);
+    if p.sources.len() > 1 {
+        let _ = writeln!(s, "  uses:    {}", p.sources[1..].join(" -> "));
+    }
+    let _ = writeln!(s, "  model:   {}", compact(&p.model));
+    let _ = writeln!(s, "  target:  {}", compact(&p.target));
+    let _ = writeln!(s, "  serving: {}", compact(&p.serving));
+    if !p.params.is_empty() {
+        let _ = writeln!(s, "  params:  {}", compact(&Value::Object(p.params.clone())));
+    }
+    let _ = writeln!(
+        s,
+        "\nSteps ({}, in execution order; t+ is the earliest start):",
+        p.steps.len()
+    );
+    for (i, st) in p.steps.iter().enumerate() {
+        step_line(&mut s, i + 1, st);
+    }
+    if !p.on_failure.is_empty() {
+        let _ = writeln!(s, "\nOn failure, after compensation:");
+        for (i, st) in p.on_failure.iter().enumerate() {
+            step_line(&mut s, i + 1, st);
+        }
+    }
+    let _ = writeln!(s, "\nGates:");
+    if p.gates.is_empty() {
+        let _ = writeln!(s, "  none");
+    }
+    for g in &p.gates {
+        let _ = writeln!(
+            s,
+            "  {} guards {}",
+            g.step,
+            if g.guards.is_empty() {
+                "nothing".into()
+            } else {
+                g.guards.join(", ")
+            }
+        );
+    }
+    let _ = writeln!(s, "\nRollback path (compensations in reverse completion order):");
+    if p.rollback_path.is_empty() {
+        let _ = writeln!(s, "  none: no step has a compensation");
+    } else {
+        let _ = writeln!(s, "  {}", p.rollback_path.join(" -> "));
+    }
+    let b = &p.budget;
+    let _ = writeln!(s, "\nTiming budget:");
+    let _ = writeln!(
+        s,
+        "  minimum time to 100%:        {}{}",
+        opt(b.to_full_promotion),
+        if b.critical_path.is_empty() {
+            String::new()
+        } else {
+            format!(" (holds: {})", b.critical_path.join(" + "))
+        }
+    );
+    let _ = writeln!(s, "  minimum time to completion:  {}", Display(b.to_completion));
+    let _ = writeln!(s, "  worst-case detection:        {}", opt(b.detection));
+    let _ = writeln!(s, "  worst-case rollback:         {}", opt(b.rollback));
+    let _ = writeln!(
+        s,
+        "  worst-case reaction:         {}{}",
+        opt(b.reaction),
+        b.worst_hold
+            .as_ref()
+            .map(|h| format!(" (a regression during {h})"))
+            .unwrap_or_default()
+    );
+    for n in &b.notes {
+        let _ = writeln!(s, "  note: {n}");
+    }
+    for m in &p.manifests {
+        let _ = writeln!(s, "\nManifest of {} ({}):", m.step, m.template);
+        for line in m.text.lines() {
+            let _ = writeln!(s, "  | {line}");
+        }
+    }
+    s
+}
+
+fn step_line(s: &mut String, n: usize, st: &PlanStep) {
+    let _ = writeln!(
+        s,
+        "  {n:>2}. {:<24} {:<17} t+{}",
+        st.id,
+        st.kind,
+        Display(st.earliest_start)
+    );
+    if !st.needs.is_empty() {
+        let _ = writeln!(s, "        needs:      {}", st.needs.join(", "));
+    }
+    if st.with.as_object().is_some_and(|m| !m.is_empty()) {
+        let _ = writeln!(s, "        with:       {}", compact(&st.with));
+    }
+    let _ = writeln!(
+        s,
+        "        timeout:    {}   attempts: {}",
+        opt(st.timeout),
+        st.attempts
+    );
+    if let Some(c) = &st.compensate {
+        let _ = writeln!(s, "        compensate: {c}");
+    }
+    if st.continue_on_failure {
+        let _ = writeln!(s, "        continue-on-failure");
+    }
+    let _ = writeln!(s, "        from:       {}", st.source);
+}
+
+fn label(st: &PlanStep) -> String {
+    match st.with.get("canary").and_then(Value::as_u64) {
+        Some(w) => format!("{}\\n{} {w}%", st.id, st.kind),
+        None => match st.with.get("duration").and_then(Value::as_str) {
+            Some(d) => format!("{}\\n{} {d}", st.id, st.kind),
+            None => format!("{}\\n{}", st.id, st.kind),
+        },
+    }
+}
+
+fn dot_escape(s: &str) -> String {
+    s.replace('"', "\\\"")
+}
+
+fn dot(p: &Plan) -> String {
+    let mut s = String::from("digraph plan {\n  rankdir=LR;\n  node [shape=box, fontname=\"Helvetica\"];\n");
+    for st in &p.steps {
+        let shape = match st.kind.as_str() {
+            "gate-check" | "approval" => "diamond",
+            "hold" => "ellipse",
+            _ => "box",
+        };
+        let _ = writeln!(
+            s,
+            "  \"{}\" [label=\"{}\", shape={shape}];",
+            dot_escape(&st.id),
+            dot_escape(&label(st))
+        );
+    }
+    for st in &p.steps {
+        for n in &st.needs {
+            let _ = writeln!(s, "  \"{}\" -> \"{}\";", dot_escape(n), dot_escape(&st.id));
+        }
+        if let Some(c) = &st.compensate {
+            let undo = format!("undo {}", st.id);
+            let _ = writeln!(
+                s,
+                "  \"{}\" [label=\"{c}\", shape=box, style=dashed];",
+                dot_escape(&undo)
+            );
+            let _ = writeln!(
+                s,
+                "  \"{}\" -> \"{}\" [style=dashed, label=\"compensate\"];",
+                dot_escape(&st.id),
+                dot_escape(&undo)
+            );
+        }
+    }
+    s.push_str("}\n");
+    s
+}
+
+fn mermaid(p: &Plan) -> String {
+    let ids: std::collections::HashMap<&str, String> = p
+        .steps
+        .iter()
+        .enumerate()
+        .map(|(i, st)| (st.id.as_str(), format!("s{i}")))
+        .collect();
+    let mut s = String::from("flowchart LR\n");
+    for (i, st) in p.steps.iter().enumerate() {
+        let text = label(st).replace("\\n", "<br/>").replace('"', "#quot;");
+        let node = match st.kind.as_str() {
+            "gate-check" | "approval" => format!("s{i}{{\"{text}\"}}"),
+            "hold" => format!("s{i}([\"{text}\"])"),
+            _ => format!("s{i}[\"{text}\"]"),
+        };
+        let _ = writeln!(s, "  {node}");
+    }
+    for (i, st) in p.steps.iter().enumerate() {
+        for n in &st.needs {
+            if let Some(from) = ids.get(n.as_str()) {
+                let _ = writeln!(s, "  {from} --> s{i}");
+            }
+        }
+        if let Some(c) = &st.compensate {
+            let _ = writeln!(s, "  s{i} -. compensate .-> u{i}[/\"{c}\"/]");
+        }
+    }
+    s
+}
