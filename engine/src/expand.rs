@@ -623,6 +623,16 @@ fn assemble(cx: &mut Ctx<'_>) -> (Vec<Item>, Vec<Item>) {
         let Some(Value::Object(c)) = cx.sources[i].doc.value.get("customize").cloned() else {
             continue;
         };
+        if i == last {
+            let at = cx.key_at(i, "/customize");
+            cx.error(
+                Code::InvalidCustomize,
+                at,
+                "`customize` changes a strategy, but this spec has no `uses`",
+            )
+            .help = Some("edit the steps directly, or add `uses:`".into());
+            continue;
+        }
         if let Some(Value::Array(remove)) = c.get("remove") {
             for (j, id) in remove.iter().enumerate() {
                 let id = id.as_str().unwrap_or_default();
