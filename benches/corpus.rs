@@ -188,8 +188,16 @@ fn mutate(s: &str, which: usize) -> String {
     }
 }
 
-/// Writes `n` specs into `dir`, in 100 subdirectories; returns how many are invalid.
+/// Writes `n` specs into `dir`, in 100 subdirectories, with the manifest
+/// templates they use; returns how many are invalid.
 pub fn write(dir: &Path, n: u64, seed: u64) -> std::io::Result<u64> {
+    std::fs::create_dir_all(dir.join("manifests"))?;
+    for name in ["kserve-isvc", "deployment-canary"] {
+        std::fs::write(
+            dir.join(format!("manifests/{name}.yaml.hbs")),
+            "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: \"{{model.name}}-{{model.version}}\"}\n",
+        )?;
+    }
     let mut invalid = 0;
     for i in 0..n {
         let sub = dir.join(format!("team-{:02}", i % 100));

@@ -196,7 +196,9 @@ impl Ctx<'_> {
     }
 }
 
-fn display_path(p: &Path) -> String {
+/// A path as shown to users: without a leading `./`.
+#[must_use]
+pub fn display_path(p: &Path) -> String {
     let s = p.to_string_lossy();
     s.strip_prefix("./").unwrap_or(&s).to_owned()
 }
@@ -340,7 +342,11 @@ fn follow_uses(cx: &mut Ctx<'_>) -> bool {
                 cx.error(
                     Code::UnknownStrategy,
                     at,
-                    format!("cannot read strategy `{}`: {e}", display_path(&path)),
+                    format!(
+                        "cannot read strategy `{}`: {}",
+                        display_path(&path),
+                        io_reason(&e)
+                    ),
                 )
                 .help = Some("`uses` is a path relative to the file that contains it".into());
                 return false;
@@ -1134,6 +1140,15 @@ fn bad_runtime_ref(exp: &Expanded, ptr: &str, path: &str, ctx: &Map<String, Valu
     Diagnostic::new(Code::Template, exp.locate(ptr), msg)
 }
 
+/// An I/O error as a stable phrase (no OS error numbers in messages).
+fn io_reason(e: &std::io::Error) -> String {
+    match e.kind() {
+        std::io::ErrorKind::NotFound => "no such file".into(),
+        std::io::ErrorKind::PermissionDenied => "permission denied".into(),
+        _ => e.to_string(),
+    }
+}
+
 /// Renders `apply` manifest templates with the shared context.
 fn render_manifests(exp: &mut Expanded, errors: &mut Vec<Diagnostic>) {
     let hb = handlebars();
@@ -1174,7 +1189,11 @@ fn render_manifests(exp: &mut Expanded, errors: &mut Vec<Diagnostic>) {
                     Diagnostic::new(
                         Code::Template,
                         exp.locate(&ptr),
-                        format!("cannot read manifest template `{}`: {e}", display_path(&path)),
+                        format!(
+                            "cannot read manifest template `{}`: {}",
+                            display_path(&path),
+                            io_reason(&e)
+                        ),
                     )
                     .with_help("`template` is a path relative to the file that contains it"),
                 );

@@ -156,6 +156,9 @@ impl Linter {
                 schema_errors: &schema_errors,
             };
             diagnostics.extend(validate::check(&cx));
+            if spec.kind == crate::spec::Kind::Rollout {
+                missing_templates(path, &spec, &doc, &mut diagnostics);
+            }
         }
         if !secrets.is_empty() {
             for d in &mut diagnostics {
@@ -250,6 +253,33 @@ impl Linter {
                 Spec::lenient(value)
             }
             Err(_) => Spec::lenient(value),
+        }
+    }
+}
+
+/// Without expansion there is nothing to render, but a manifest template
+/// that does not exist is still an error (expansion renders them all).
+fn missing_templates(path: &Path, spec: &Spec, doc: &yaml::Document, out: &mut Vec<Diagnostic>) {
+    for (i, s) in spec.steps.iter().enumerate() {
+        if s.kind != "apply" {
+            continue;
+        }
+        let Some(t) = s.with.get("template").and_then(Value::as_str) else {
+            continue;
+        };
+        let file = expand::resolve_relative(path, t);
+        if !file.is_file() {
+            out.push(
+                Diagnostic::new(
+                    Code::Template,
+                    doc.locate(&format!("/steps/{i}/with/template")),
+                    format!(
+                        "cannot read manifest template `{}`: no such file",
+                        expand::display_path(&file)
+                    ),
+                )
+                .with_help("`template` is a path relative to the file that contains it"),
+            );
         }
     }
 }

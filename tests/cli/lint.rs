@@ -153,6 +153,7 @@ fn directory_walks_skip_foreign_yaml_and_hidden_directories() {
     std::fs::create_dir_all(p.join("deep/er")).unwrap();
     std::fs::create_dir_all(p.join(".git")).unwrap();
     std::fs::write(p.join("deep/er/spec.yml"), GOOD).unwrap();
+    std::fs::write(p.join("deep/er/x.yaml.hbs"), "kind: ConfigMap\n").unwrap();
     std::fs::write(p.join("deep/k8s.yaml"), "apiVersion: apps/v1\nkind: Deployment\n").unwrap();
     std::fs::write(p.join(".git/bad.yaml"), "{{{").unwrap();
     std::fs::write(p.join("notes.txt"), "{{{").unwrap();
