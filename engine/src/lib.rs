@@ -10,7 +10,12 @@
 //! 3. [`spec`] is the typed model (`rollwright.dev/v1alpha1`).
 //! 4. [`validate`] runs the semantic rules a schema cannot express: ids,
 //!    `needs`, cycles, gate dominance, canary order, secrets, timeouts.
-//! 5. [`lint`] ties these together for one file; the CLI fans it out.
+//! 5. [`expand`] turns `uses`, params, `customize`, `for-each` and templates
+//!    into one flat spec that remembers where every step was written.
+//! 6. [`lint`] ties these together for one file; the CLI fans it out.
+//! 7. [`plan`] shows the expanded DAG with its timing budget.
+//! 8. [`exec`] runs a DAG of [`exec::Step`]s: retries, timeouts,
+//!    compensation in reverse order (the journal and the CLI come next).
 //!
 //! Step kinds are described to the engine through [`registry::StepKind`];
 //! the `steps` crate provides them. Every finding is a [`diag::Diagnostic`]
@@ -18,6 +23,7 @@
 
 pub mod diag;
 pub mod duration;
+pub mod exec;
 pub mod expand;
 pub mod lint;
 pub mod plan;

@@ -1,0 +1,892 @@
+//! The executor core: runs a DAG of steps with bounded concurrency,
+//! per-attempt timeouts, per-step and per-run deadlines, retries with
+//! backoff on transient errors only, and compensation in reverse completion
+//! order when the run fails.
+//!
+//! Why steps return [`Progress::Wait`] instead of sleeping: the caller owns
+//! the clock. The CLI sleeps; a future Kubernetes controller requeues. Long
+//! steps (hold, wait-ready, approval) therefore never block inside `run`, and
+//! one executor serves both. Every `.await` of a step is a cancellation
+//! point: when the run fails, running steps are dropped at their next await.
+//!
+//! This module knows no journal and no display: it reports [`Event`]s to a
+//! sink, which the journal, the progress display and the report consume.
+
+use std::collections::{HashMap, HashSet};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::{Map, Value};
+use tokio::task::JoinSet;
+use tokio::time::{Instant, sleep, timeout};
+
+use crate::retry::RetryPolicy;
+
+/// A boxed, sendable future (steps are trait objects).
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// What a run of a step achieved.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Progress {
+    /// Finished, with outputs later steps may reference.
+    Done {
+        /// `{{steps.<id>.outputs.<key>}}` values.
+        outputs: Map<String, Value>,
+    },
+    /// Not finished: call `run` again after `after` (the step never sleeps).
+    Wait {
+        /// When to look again.
+        after: Duration,
+        /// What it waits for, for the display.
+        reason: String,
+    },
+}
+
+/// How an error should be treated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorClass {
+    /// Worth retrying (a 503, a timeout, a conflict).
+    Transient,
+    /// A domain "no" (gate closed, SLO breached): never retried.
+    Rejected,
+    /// Broken for good (bad config, 4xx): never retried.
+    Failed,
+}
+
+/// A step's error, classified.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct StepError {
+    /// Retry or not.
+    pub class: ErrorClass,
+    /// What happened, for people.
+    pub message: String,
+}
+
+impl StepError {
+    /// A transient error.
+    pub fn transient(message: impl Into<String>) -> Self {
+        StepError {
+            class: ErrorClass::Transient,
+            message: message.into(),
+        }
+    }
+    /// A rejection.
+    pub fn rejected(message: impl Into<String>) -> Self {
+        StepError {
+            class: ErrorClass::Rejected,
+            message: message.into(),
+        }
+    }
+    /// A permanent failure.
+    pub fn failed(message: impl Into<String>) -> Self {
+        StepError {
+            class: ErrorClass::Failed,
+            message: message.into(),
+        }
+    }
+}
+
+/// What a step sees of the run.
+#[derive(Debug, Clone)]
+pub struct StepContext {
+    /// The step's id.
+    pub step_id: String,
+    /// 1-based attempt number.
+    pub attempt: u32,
+    /// Outputs of the steps completed so far.
+    pub outputs: Arc<HashMap<String, Map<String, Value>>>,
+}
+
+/// A runnable step.
+///
+/// Contract:
+/// - `run` is idempotent: after a crash or a timeout it may be called again
+///   for an attempt whose effect already happened, and must converge.
+/// - `run` never sleeps to wait for the world: it returns
+///   [`Progress::Wait`].
+/// - `compensate` undoes the step. Expected flow: called once, after `run`
+///   completed, when a later step failed. Guarantees: idempotent; tolerates a
+///   `run` that never started or failed halfway (it restores what was
+///   recorded, and does nothing when nothing was). Caveats: every `.await` is
+///   a cancellation point.
+pub trait Step: Send + Sync {
+    /// Makes progress.
+    fn run<'a>(&'a self, cx: &'a StepContext) -> BoxFuture<'a, Result<Progress, StepError>>;
+    /// Undoes the effect of `run`.
+    fn compensate<'a>(&'a self, cx: &'a StepContext) -> BoxFuture<'a, Result<(), StepError>> {
+        let _ = cx;
+        Box::pin(async { Ok(()) })
+    }
+}
+
+/// Limits of one step (or compensation, or handler).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Limits {
+    /// Deadline of each call to `run`.
+    pub attempt_timeout: Option<Duration>,
+    /// Deadline of the whole step, waits and retries included.
+    pub deadline: Option<Duration>,
+    /// Retries on transient errors.
+    pub retry: RetryPolicy,
+}
+
+/// A step of the plan, ready to execute.
+pub struct Node {
+    /// Id.
+    pub id: String,
+    /// Dependencies.
+    pub needs: Vec<String>,
+    /// The step.
+    pub step: Arc<dyn Step>,
+    /// Its limits.
+    pub limits: Limits,
+    /// Its compensation, with its own limits.
+    pub compensation: Option<(Arc<dyn Step>, Limits)>,
+    /// A failure does not fail the run.
+    pub continue_on_failure: bool,
+}
+
+/// Executor settings.
+#[derive(Debug, Clone, Copy)]
+pub struct Options {
+    /// Steps running at once.
+    pub concurrency: usize,
+    /// Deadline of the whole run (compensation excluded).
+    pub run_deadline: Option<Duration>,
+    /// Seed of the backoff jitter (tests pin it; `None` disables jitter).
+    pub jitter_seed: Option<u64>,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            concurrency: 8,
+            run_deadline: None,
+            jitter_seed: Some(0x5EED),
+        }
+    }
+}
+
+/// How a run ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FinalState {
+    /// Every step succeeded (or failed with `continue-on-failure`).
+    Succeeded,
+    /// A step failed and every compensation succeeded.
+    RolledBack,
+    /// A step failed and a compensation failed too: a human must look.
+    RollbackFailed,
+}
+
+/// What happened, for the journal, the display and the report.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Event {
+    /// An attempt started.
+    Started { step: String, attempt: u32 },
+    /// The step asked to be called again later.
+    Waiting {
+        step: String,
+        after: Duration,
+        reason: String,
+    },
+    /// A transient error; the next attempt follows after `delay`.
+    Retrying {
+        step: String,
+        attempt: u32,
+        delay: Duration,
+        error: String,
+    },
+    /// Done.
+    Succeeded {
+        step: String,
+        outputs: Map<String, Value>,
+    },
+    /// Failed for good.
+    Failed {
+        step: String,
+        error: String,
+        tolerated: bool,
+    },
+    /// Stopped because the run failed elsewhere.
+    Cancelled { step: String },
+    /// A compensation ran.
+    Compensated { step: String, error: Option<String> },
+    /// An on-failure handler ran.
+    Handled { handler: String, error: Option<String> },
+    /// The end.
+    Finished { state: FinalState },
+}
+
+/// The outcome of a run.
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    /// Final state.
+    pub state: FinalState,
+    /// The error that failed the run, if any.
+    pub failure: Option<(String, String)>,
+    /// Steps in completion order.
+    pub completed: Vec<String>,
+    /// Compensations that failed, with their errors: what a human must fix.
+    pub left_over: Vec<(String, String)>,
+    /// Outputs of completed steps.
+    pub outputs: HashMap<String, Map<String, Value>>,
+}
+
+/// Outputs, or the final error of a step.
+type StepResult = Result<Map<String, Value>, String>;
+
+/// Receives events.
+pub type Sink = Arc<dyn Fn(&Event) + Send + Sync>;
+
+struct Jitter(Option<u64>);
+
+impl Jitter {
+    /// Equal jitter: half the delay fixed, half random.
+    fn apply(&mut self, d: Duration, enabled: bool) -> Duration {
+        let Some(state) = self.0.as_mut().filter(|_| enabled) else {
+            return d;
+        };
+        *state ^= *state << 13;
+        *state ^= *state >> 7;
+        *state ^= *state << 17;
+        let half = d / 2;
+        let frac = (*state % 1_000) as f64 / 1_000.0;
+        half + half.mul_f64(frac)
+    }
+}
+
+/// Runs one step to completion: attempts, waits, retries, deadlines.
+async fn drive(
+    id: String,
+    step: Arc<dyn Step>,
+    limits: Limits,
+    outputs: Arc<HashMap<String, Map<String, Value>>>,
+    sink: Sink,
+    mut jitter: Jitter,
+) -> Result<Map<String, Value>, String> {
+    let body = async {
+        let mut attempt = 1u32;
+        loop {
+            sink(&Event::Started {
+                step: id.clone(),
+                attempt,
+            });
+            let cx = StepContext {
+                step_id: id.clone(),
+                attempt,
+                outputs: outputs.clone(),
+            };
+            let result = match limits.attempt_timeout {
+                Some(t) => match timeout(t, step.run(&cx)).await {
+                    Ok(r) => r,
+                    Err(_) => Err(StepError::transient(format!(
+                        "attempt timed out after {}",
+                        crate::duration::Display(t)
+                    ))),
+                },
+                None => step.run(&cx).await,
+            };
+            match result {
+                Ok(Progress::Done { outputs }) => return Ok(outputs),
+                Ok(Progress::Wait { after, reason }) => {
+                    sink(&Event::Waiting {
+                        step: id.clone(),
+                        after,
+                        reason,
+                    });
+                    sleep(after).await;
+                }
+                Err(e) if e.class == ErrorClass::Transient && attempt < limits.retry.attempts => {
+                    let base = limits.retry.delay_after(attempt);
+                    let delay = jitter.apply(base, limits.retry.jitter);
+                    sink(&Event::Retrying {
+                        step: id.clone(),
+                        attempt,
+                        delay,
+                        error: e.message.clone(),
+                    });
+                    sleep(delay).await;
+                    attempt += 1;
+                }
+                Err(e) if e.class == ErrorClass::Transient && attempt > 1 => {
+                    return Err(format!("gave up after {attempt} attempts: {}", e.message));
+                }
+                Err(e) => return Err(e.message),
+            }
+        }
+    };
+    match limits.deadline {
+        Some(d) => timeout(d, body).await.unwrap_or_else(|_| {
+            Err(format!(
+                "step deadline of {} exceeded",
+                crate::duration::Display(d)
+            ))
+        }),
+        None => body.await,
+    }
+}
+
+/// Executes `nodes` (a DAG, already validated), then compensations and
+/// `handlers` if a step fails.
+pub async fn execute(nodes: Vec<Node>, handlers: Vec<Node>, options: Options, sink: Sink) -> Outcome {
+    let start = Instant::now();
+    let index: HashMap<String, usize> = nodes.iter().enumerate().map(|(i, n)| (n.id.clone(), i)).collect();
+    let mut done: HashSet<usize> = HashSet::new();
+    let mut started: HashSet<usize> = HashSet::new();
+    let mut completed: Vec<String> = Vec::new();
+    let mut outputs: HashMap<String, Map<String, Value>> = HashMap::new();
+    let mut failure: Option<(String, String)> = None;
+    let mut running: JoinSet<(usize, StepResult)> = JoinSet::new();
+    let mut seed = options.jitter_seed;
+    let mut next_jitter = || {
+        let j = Jitter(seed);
+        seed = seed.map(|s| s.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1));
+        j
+    };
+    let deadline = options.run_deadline.map(|d| start + d);
+    loop {
+        // Start what is ready, up to the concurrency bound.
+        if failure.is_none() {
+            for (i, n) in nodes.iter().enumerate() {
+                if running.len() >= options.concurrency.max(1) {
+                    break;
+                }
+                if started.contains(&i)
+                    || !n
+                        .needs
+                        .iter()
+                        .all(|d| index.get(d).is_some_and(|j| done.contains(j)))
+                {
+                    continue;
+                }
+                started.insert(i);
+                let snapshot = Arc::new(outputs.clone());
+                let (id, step, limits, sink, jitter) = (
+                    n.id.clone(),
+                    n.step.clone(),
+                    n.limits,
+                    sink.clone(),
+                    next_jitter(),
+                );
+                running.spawn(async move { (i, drive(id, step, limits, snapshot, sink, jitter).await) });
+            }
+        }
+        if running.is_empty() {
+            break;
+        }
+        let joined = match deadline {
+            Some(d) => tokio::select! {
+                j = running.join_next() => j,
+                () = tokio::time::sleep_until(d) => {
+                    failure = Some(("run".into(), format!("run deadline of {} exceeded", crate::duration::Display(options.run_deadline.unwrap_or_default()))));
+                    None
+                }
+            },
+            None => running.join_next().await,
+        };
+        let Some(joined) = joined else { break };
+        let Ok((i, result)) = joined else { continue };
+        let n = &nodes[i];
+        match result {
+            Ok(out) => {
+                sink(&Event::Succeeded {
+                    step: n.id.clone(),
+                    outputs: out.clone(),
+                });
+                outputs.insert(n.id.clone(), out);
+                done.insert(i);
+                completed.push(n.id.clone());
+            }
+            Err(e) => {
+                sink(&Event::Failed {
+                    step: n.id.clone(),
+                    error: e.clone(),
+                    tolerated: n.continue_on_failure,
+                });
+                if n.continue_on_failure {
+                    done.insert(i);
+                } else if failure.is_none() {
+                    failure = Some((n.id.clone(), e));
+                }
+            }
+        }
+        if failure.is_some() {
+            break;
+        }
+    }
+    // Cancel what still runs: dropped at its next await.
+    if failure.is_some() {
+        for (i, n) in nodes.iter().enumerate() {
+            if started.contains(&i) && !done.contains(&i) && failure.as_ref().is_some_and(|f| f.0 != n.id) {
+                sink(&Event::Cancelled { step: n.id.clone() });
+            }
+        }
+    }
+    running.abort_all();
+    while running.join_next().await.is_some() {}
+
+    let Some(fail) = failure else {
+        sink(&Event::Finished {
+            state: FinalState::Succeeded,
+        });
+        return Outcome {
+            state: FinalState::Succeeded,
+            failure: None,
+            completed,
+            left_over: Vec::new(),
+            outputs,
+        };
+    };
+    // Compensate completed steps, newest first; each with its own limits.
+    let shared = Arc::new(outputs.clone());
+    let mut left_over = Vec::new();
+    for id in completed.iter().rev() {
+        let n = &nodes[index[id]];
+        let Some((comp, limits)) = &n.compensation else {
+            continue;
+        };
+        let undo = Arc::new(Undo(comp.clone()));
+        let r = drive(
+            id.clone(),
+            undo,
+            *limits,
+            shared.clone(),
+            sink.clone(),
+            next_jitter(),
+        )
+        .await;
+        let error = r.err();
+        sink(&Event::Compensated {
+            step: id.clone(),
+            error: error.clone(),
+        });
+        if let Some(e) = error {
+            left_over.push((id.clone(), e));
+        }
+    }
+    // Handlers: each bounded, a failure never blocks the end of the run.
+    for h in &handlers {
+        let r = drive(
+            h.id.clone(),
+            h.step.clone(),
+            h.limits,
+            shared.clone(),
+            sink.clone(),
+            next_jitter(),
+        )
+        .await;
+        sink(&Event::Handled {
+            handler: h.id.clone(),
+            error: r.err(),
+        });
+    }
+    let state = if left_over.is_empty() {
+        FinalState::RolledBack
+    } else {
+        FinalState::RollbackFailed
+    };
+    sink(&Event::Finished { state });
+    Outcome {
+        state,
+        failure: Some(fail),
+        completed,
+        left_over,
+        outputs,
+    }
+}
+
+/// Runs a compensation through the same retry machinery as `run`.
+struct Undo(Arc<dyn Step>);
+
+impl Step for Undo {
+    fn run<'a>(&'a self, cx: &'a StepContext) -> BoxFuture<'a, Result<Progress, StepError>> {
+        Box::pin(async move {
+            self.0.compensate(cx).await?;
+            Ok(Progress::Done { outputs: Map::new() })
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    use super::*;
+    use crate::retry::Backoff;
+
+    /// A scripted step: each call pops the next result; records call times.
+    struct Script {
+        results: Mutex<Vec<Result<Progress, StepError>>>,
+        calls: Mutex<Vec<Duration>>,
+        start: Instant,
+        compensations: Arc<Mutex<Vec<String>>>,
+        id: String,
+        fail_compensation: bool,
+        hang: bool,
+    }
+
+    impl Step for Script {
+        fn run<'a>(&'a self, _cx: &'a StepContext) -> BoxFuture<'a, Result<Progress, StepError>> {
+            Box::pin(async move {
+                self.calls.lock().unwrap().push(self.start.elapsed());
+                if self.hang {
+                    sleep(Duration::from_secs(3600)).await;
+                }
+                let mut r = self.results.lock().unwrap();
+                if r.is_empty() {
+                    Ok(Progress::Done { outputs: Map::new() })
+                } else {
+                    r.remove(0)
+                }
+            })
+        }
+        fn compensate<'a>(&'a self, _cx: &'a StepContext) -> BoxFuture<'a, Result<(), StepError>> {
+            Box::pin(async move {
+                self.compensations.lock().unwrap().push(self.id.clone());
+                if self.fail_compensation {
+                    Err(StepError::failed("cannot restore"))
+                } else {
+                    Ok(())
+                }
+            })
+        }
+    }
+
+    struct Bed {
+        comps: Arc<Mutex<Vec<String>>>,
+        events: Arc<Mutex<Vec<Event>>>,
+        start: Instant,
+    }
+
+    impl Bed {
+        fn new() -> Self {
+            Bed {
+                comps: Arc::default(),
+                events: Arc::default(),
+                start: Instant::now(),
+            }
+        }
+        fn script(&self, id: &str, results: Vec<Result<Progress, StepError>>) -> Arc<Script> {
+            Arc::new(Script {
+                results: Mutex::new(results),
+                calls: Mutex::default(),
+                start: self.start,
+                compensations: self.comps.clone(),
+                id: id.into(),
+                fail_compensation: false,
+                hang: false,
+            })
+        }
+        fn node(&self, id: &str, needs: &[&str], step: Arc<Script>, limits: Limits) -> Node {
+            Node {
+                id: id.into(),
+                needs: needs.iter().map(|s| (*s).to_owned()).collect(),
+                step: step.clone(),
+                limits,
+                compensation: Some((step, Limits::default())),
+                continue_on_failure: false,
+            }
+        }
+        fn sink(&self) -> Sink {
+            let ev = self.events.clone();
+            Arc::new(move |e: &Event| ev.lock().unwrap().push(e.clone()))
+        }
+    }
+
+    fn retry(attempts: u32, backoff: Backoff, initial: u64, max: u64) -> Limits {
+        Limits {
+            retry: RetryPolicy {
+                attempts,
+                backoff,
+                initial: Duration::from_secs(initial),
+                max: Duration::from_secs(max),
+                jitter: false,
+            },
+            ..Limits::default()
+        }
+    }
+
+    fn no_jitter() -> Options {
+        Options {
+            jitter_seed: None,
+            ..Options::default()
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn transient_errors_are_retried_with_exponential_backoff() {
+        let bed = Bed::new();
+        let s = bed.script(
+            "a",
+            vec![Err(StepError::transient("503")), Err(StepError::transient("503"))],
+        );
+        let out = execute(
+            vec![bed.node("a", &[], s.clone(), retry(3, Backoff::Exponential, 2, 60))],
+            vec![],
+            no_jitter(),
+            bed.sink(),
+        )
+        .await;
+        assert_eq!(out.state, FinalState::Succeeded);
+        let calls = s.calls.lock().unwrap().clone();
+        assert_eq!(
+            calls,
+            [Duration::ZERO, Duration::from_secs(2), Duration::from_secs(6)],
+            "delays 2s then 4s"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn giving_up_keeps_the_last_real_error_and_rolls_back() {
+        let bed = Bed::new();
+        let a = bed.script("a", vec![]);
+        let b = bed.script(
+            "b",
+            vec![
+                Err(StepError::transient("503 from api")),
+                Err(StepError::transient("429 from api")),
+            ],
+        );
+        let out = execute(
+            vec![
+                bed.node("a", &[], a, Limits::default()),
+                bed.node("b", &["a"], b, retry(2, Backoff::Constant, 1, 1)),
+            ],
+            vec![],
+            no_jitter(),
+            bed.sink(),
+        )
+        .await;
+        assert_eq!(out.state, FinalState::RolledBack);
+        assert_eq!(
+            out.failure,
+            Some(("b".into(), "gave up after 2 attempts: 429 from api".into()))
+        );
+        assert_eq!(
+            *bed.comps.lock().unwrap(),
+            ["a"],
+            "only completed steps are compensated"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn rejections_are_never_retried() {
+        let bed = Bed::new();
+        let s = bed.script(
+            "gate",
+            vec![Err(StepError::rejected("version 7 is not approved"))],
+        );
+        let out = execute(
+            vec![bed.node("gate", &[], s.clone(), retry(5, Backoff::Constant, 1, 1))],
+            vec![],
+            no_jitter(),
+            bed.sink(),
+        )
+        .await;
+        assert_eq!(out.failure.unwrap().1, "version 7 is not approved");
+        assert_eq!(s.calls.lock().unwrap().len(), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn attempt_timeouts_are_transient_and_the_step_deadline_is_final() {
+        let bed = Bed::new();
+        let mut s = Arc::try_unwrap(bed.script("slow", vec![])).ok().unwrap();
+        s.hang = true;
+        let s = Arc::new(s);
+        let mut limits = retry(3, Backoff::Constant, 1, 1);
+        limits.attempt_timeout = Some(Duration::from_secs(10));
+        let out = execute(
+            vec![bed.node("slow", &[], s.clone(), limits)],
+            vec![],
+            no_jitter(),
+            bed.sink(),
+        )
+        .await;
+        assert_eq!(
+            out.failure.unwrap().1,
+            "gave up after 3 attempts: attempt timed out after 10s"
+        );
+        assert_eq!(
+            *s.calls.lock().unwrap(),
+            [Duration::ZERO, Duration::from_secs(11), Duration::from_secs(22)]
+        );
+        limits.deadline = Some(Duration::from_secs(15));
+        let out = execute(
+            vec![bed.node("slow", &[], s, limits)],
+            vec![],
+            no_jitter(),
+            bed.sink(),
+        )
+        .await;
+        assert_eq!(out.failure.unwrap().1, "step deadline of 15s exceeded");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn waits_are_slept_by_the_executor() {
+        let bed = Bed::new();
+        let wait = || {
+            Ok(Progress::Wait {
+                after: Duration::from_secs(30),
+                reason: "holding".into(),
+            })
+        };
+        let s = bed.script("hold", vec![wait(), wait()]);
+        let out = execute(
+            vec![bed.node("hold", &[], s.clone(), Limits::default())],
+            vec![],
+            no_jitter(),
+            bed.sink(),
+        )
+        .await;
+        assert_eq!(out.state, FinalState::Succeeded);
+        assert_eq!(
+            *s.calls.lock().unwrap(),
+            [Duration::ZERO, Duration::from_secs(30), Duration::from_secs(60)]
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn compensation_runs_in_reverse_completion_order_and_cancels_the_rest() {
+        let bed = Bed::new();
+        let mut slow = Arc::try_unwrap(bed.script("side", vec![])).ok().unwrap();
+        slow.hang = true;
+        let nodes = vec![
+            bed.node("a", &[], bed.script("a", vec![]), Limits::default()),
+            bed.node("b", &["a"], bed.script("b", vec![]), Limits::default()),
+            bed.node("side", &["a"], Arc::new(slow), Limits::default()),
+            bed.node("c", &["b"], bed.script("c", vec![]), Limits::default()),
+            bed.node(
+                "d",
+                &["c"],
+                bed.script("d", vec![Err(StepError::rejected("error rate 12% > 1%"))]),
+                Limits::default(),
+            ),
+        ];
+        let out = execute(nodes, vec![], no_jitter(), bed.sink()).await;
+        assert_eq!(out.state, FinalState::RolledBack);
+        assert_eq!(*bed.comps.lock().unwrap(), ["c", "b", "a"]);
+        assert!(
+            bed.events
+                .lock()
+                .unwrap()
+                .contains(&Event::Cancelled { step: "side".into() })
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_failed_compensation_is_rollback_failed_and_handlers_still_run() {
+        let bed = Bed::new();
+        let mut a = Arc::try_unwrap(bed.script("a", vec![])).ok().unwrap();
+        a.fail_compensation = true;
+        let handler_calls = Arc::new(AtomicU32::new(0));
+        struct Handler(Arc<AtomicU32>, bool);
+        impl Step for Handler {
+            fn run<'a>(&'a self, _cx: &'a StepContext) -> BoxFuture<'a, Result<Progress, StepError>> {
+                Box::pin(async move {
+                    self.0.fetch_add(1, Ordering::SeqCst);
+                    if self.1 {
+                        Err(StepError::failed("webhook 500"))
+                    } else {
+                        Ok(Progress::Done { outputs: Map::new() })
+                    }
+                })
+            }
+        }
+        let handler = |id: &str, fail: bool| Node {
+            id: id.into(),
+            needs: vec![],
+            step: Arc::new(Handler(handler_calls.clone(), fail)),
+            limits: Limits::default(),
+            compensation: None,
+            continue_on_failure: true,
+        };
+        let nodes = vec![
+            bed.node("a", &[], Arc::new(a), Limits::default()),
+            bed.node(
+                "b",
+                &["a"],
+                bed.script("b", vec![Err(StepError::failed("boom"))]),
+                Limits::default(),
+            ),
+        ];
+        let out = execute(
+            nodes,
+            vec![handler("h1", true), handler("h2", false)],
+            no_jitter(),
+            bed.sink(),
+        )
+        .await;
+        assert_eq!(out.state, FinalState::RollbackFailed);
+        assert_eq!(out.left_over, [("a".to_owned(), "cannot restore".to_owned())]);
+        assert_eq!(
+            handler_calls.load(Ordering::SeqCst),
+            2,
+            "a failing handler does not stop the next"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn continue_on_failure_and_run_deadline() {
+        let bed = Bed::new();
+        let mut soft = bed.node(
+            "soft",
+            &[],
+            bed.script("soft", vec![Err(StepError::failed("meh"))]),
+            Limits::default(),
+        );
+        soft.continue_on_failure = true;
+        let after = bed.node("after", &["soft"], bed.script("after", vec![]), Limits::default());
+        let out = execute(vec![soft, after], vec![], no_jitter(), bed.sink()).await;
+        assert_eq!(out.state, FinalState::Succeeded);
+        assert_eq!(out.completed, ["after"]);
+
+        let mut slow = Arc::try_unwrap(bed.script("slow", vec![])).ok().unwrap();
+        slow.hang = true;
+        let opts = Options {
+            run_deadline: Some(Duration::from_secs(60)),
+            ..no_jitter()
+        };
+        let out = execute(
+            vec![bed.node("slow", &[], Arc::new(slow), Limits::default())],
+            vec![],
+            opts,
+            bed.sink(),
+        )
+        .await;
+        assert_eq!(
+            out.failure,
+            Some(("run".into(), "run deadline of 1m exceeded".into()))
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn concurrency_is_bounded_and_jitter_stays_within_half() {
+        let bed = Bed::new();
+        let nodes: Vec<Node> = (0..5)
+            .map(|i| {
+                let w = Ok(Progress::Wait {
+                    after: Duration::from_secs(10),
+                    reason: String::new(),
+                });
+                bed.node(&format!("n{i}"), &[], bed.script("x", vec![w]), Limits::default())
+            })
+            .collect();
+        let opts = Options {
+            concurrency: 2,
+            ..no_jitter()
+        };
+        let out = execute(nodes, vec![], opts, bed.sink()).await;
+        assert_eq!(out.completed.len(), 5);
+        // Two at a time, each 10s: three waves.
+        assert_eq!(bed.start.elapsed(), Duration::from_secs(30));
+        let mut j = Jitter(Some(42));
+        for _ in 0..100 {
+            let d = j.apply(Duration::from_secs(10), true);
+            assert!(d >= Duration::from_secs(5) && d <= Duration::from_secs(10));
+        }
+    }
+}
