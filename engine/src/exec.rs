@@ -329,16 +329,46 @@ async fn drive(
     }
 }
 
+/// Where a resumed run stands, as read from its journal.
+#[derive(Debug, Clone, Default)]
+pub struct Resume {
+    /// Steps completed before, in completion order, with their outputs: not run again.
+    pub completed: Vec<(String, Map<String, Value>)>,
+    /// Compensations already done: not run again.
+    pub compensated: Vec<String>,
+    /// The failure that had already ended the run, if any: go straight to compensation.
+    pub failed: Option<(String, String)>,
+}
+
 /// Executes `nodes` (a DAG, already validated), then compensations and
 /// `handlers` if a step fails.
 pub async fn execute(nodes: Vec<Node>, handlers: Vec<Node>, options: Options, sink: Sink) -> Outcome {
+    execute_resumed(nodes, handlers, options, sink, Resume::default()).await
+}
+
+/// As [`execute`], continuing a run from what its journal recorded.
+pub async fn execute_resumed(
+    nodes: Vec<Node>,
+    handlers: Vec<Node>,
+    options: Options,
+    sink: Sink,
+    resume: Resume,
+) -> Outcome {
     let start = Instant::now();
     let index: HashMap<String, usize> = nodes.iter().enumerate().map(|(i, n)| (n.id.clone(), i)).collect();
     let mut done: HashSet<usize> = HashSet::new();
     let mut started: HashSet<usize> = HashSet::new();
     let mut completed: Vec<String> = Vec::new();
     let mut outputs: HashMap<String, Map<String, Value>> = HashMap::new();
-    let mut failure: Option<(String, String)> = None;
+    for (id, out) in resume.completed {
+        if let Some(&i) = index.get(&id) {
+            done.insert(i);
+            started.insert(i);
+            completed.push(id.clone());
+            outputs.insert(id, out);
+        }
+    }
+    let mut failure: Option<(String, String)> = resume.failed;
     let mut running: JoinSet<(usize, StepResult)> = JoinSet::new();
     let mut seed = options.jitter_seed;
     let mut next_jitter = || {
@@ -444,6 +474,9 @@ pub async fn execute(nodes: Vec<Node>, handlers: Vec<Node>, options: Options, si
     let shared = Arc::new(outputs.clone());
     let mut left_over = Vec::new();
     for id in completed.iter().rev() {
+        if resume.compensated.contains(id) {
+            continue;
+        }
         let n = &nodes[index[id]];
         let Some((comp, limits)) = &n.compensation else {
             continue;
@@ -860,6 +893,48 @@ mod tests {
         assert_eq!(
             out.failure,
             Some(("run".into(), "run deadline of 1m exceeded".into()))
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn resume_skips_completed_steps_and_finished_compensations() {
+        let bed = Bed::new();
+        let (a, b, c) = (
+            bed.script("a", vec![]),
+            bed.script("b", vec![]),
+            bed.script("c", vec![]),
+        );
+        let nodes = |a: &Arc<Script>, b: &Arc<Script>, c: &Arc<Script>| {
+            vec![
+                bed.node("a", &[], a.clone(), Limits::default()),
+                bed.node("b", &["a"], b.clone(), Limits::default()),
+                bed.node("c", &["b"], c.clone(), Limits::default()),
+            ]
+        };
+        let done = |id: &str| (id.to_owned(), Map::new());
+        let resume = Resume {
+            completed: vec![done("a"), done("b")],
+            ..Resume::default()
+        };
+        let out = execute_resumed(nodes(&a, &b, &c), vec![], no_jitter(), bed.sink(), resume).await;
+        assert_eq!(out.state, FinalState::Succeeded);
+        assert!(a.calls.lock().unwrap().is_empty() && b.calls.lock().unwrap().is_empty());
+        assert_eq!(c.calls.lock().unwrap().len(), 1);
+        assert_eq!(out.completed, ["a", "b", "c"]);
+
+        // Killed while compensating after `c` failed: `b` was already undone.
+        let resume = Resume {
+            completed: vec![done("a"), done("b")],
+            compensated: vec!["b".into()],
+            failed: Some(("c".into(), "breach".into())),
+        };
+        let out = execute_resumed(nodes(&a, &b, &c), vec![], no_jitter(), bed.sink(), resume).await;
+        assert_eq!(out.state, FinalState::RolledBack);
+        assert_eq!(*bed.comps.lock().unwrap(), ["a"]);
+        assert_eq!(
+            c.calls.lock().unwrap().len(),
+            1,
+            "the failed run does not start steps again"
         );
     }
 
