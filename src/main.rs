@@ -15,6 +15,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 mod lint;
 mod plan_cmd;
 mod render;
+mod run_cmd;
 mod schema_cmd;
 
 /// Stable exit codes.
@@ -25,6 +26,10 @@ pub mod exit {
     pub const FINDINGS: u8 = 1;
     /// Usage error, missing path, unreadable file, or another I/O error.
     pub const USAGE: u8 = 2;
+    /// `run`/`resume`: a step failed and the run was rolled back.
+    pub const ROLLED_BACK: u8 = 3;
+    /// `run`/`resume`: a step failed and a compensation failed too.
+    pub const ROLLBACK_FAILED: u8 = 4;
 }
 
 #[derive(Parser)]
@@ -45,6 +50,12 @@ enum Command {
     Lint(lint::LintArgs),
     /// Show the fully expanded plan: steps, gates, rollback path, manifests, timing budget.
     Plan(plan_cmd::PlanArgs),
+    /// Run a rollout: execute its plan with a crash-safe journal.
+    Run(run_cmd::RunArgs),
+    /// Continue a run that was interrupted (from its journal).
+    Resume(run_cmd::ResumeArgs),
+    /// Show runs and their state.
+    Status(run_cmd::StatusArgs),
     /// Print the JSON Schema of specs, or of one step kind's `with`.
     Schema(schema_cmd::SchemaArgs),
 }
@@ -72,6 +83,9 @@ fn main() -> ExitCode {
     let code = match cli.command {
         Command::Lint(args) => lint::run(&args),
         Command::Plan(args) => plan_cmd::run(&args),
+        Command::Run(args) => run_cmd::run(&args),
+        Command::Resume(args) => run_cmd::resume(&args),
+        Command::Status(args) => run_cmd::status(&args),
         Command::Schema(args) => schema_cmd::run(&args),
     };
     ExitCode::from(code)

@@ -38,7 +38,7 @@ pub struct PlanArgs {
     format: Format,
 }
 
-fn parse_set(s: &str) -> Result<(String, Value), String> {
+pub fn parse_set(s: &str) -> Result<(String, Value), String> {
     let (k, v) = s
         .split_once('=')
         .ok_or_else(|| format!("--set `{s}`: expected KEY=VALUE"))?;

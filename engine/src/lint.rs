@@ -76,6 +76,22 @@ impl Linter {
         bytes: &[u8],
         overrides: &[(String, Value)],
     ) -> Result<(Plan, Vec<Diagnostic>), Vec<Diagnostic>> {
+        let (exp, spec, warnings) = self.prepare(path, bytes, overrides)?;
+        Ok((plan::build(&exp, &spec, &self.registry), warnings))
+    }
+
+    /// Lints a spec and, when it is clean of errors, returns its expansion
+    /// and typed model (what `plan` shows and `run` executes), with the
+    /// warnings lint found.
+    ///
+    /// # Errors
+    /// Every diagnostic when the spec has errors.
+    pub fn prepare(
+        &self,
+        path: &Path,
+        bytes: &[u8],
+        overrides: &[(String, Value)],
+    ) -> Result<(Expanded, Spec, Vec<Diagnostic>), Vec<Diagnostic>> {
         let lint = self.lint_with(path, bytes, false, overrides);
         if lint
             .diagnostics
@@ -103,7 +119,7 @@ impl Linter {
                 format!("the expanded spec does not fit the model: {e}"),
             )]
         })?;
-        Ok((plan::build(&exp, &spec, &self.registry), lint.diagnostics))
+        Ok((exp, spec, lint.diagnostics))
     }
 
     /// As [`Self::lint`], with `--set` parameter overrides.

@@ -89,11 +89,36 @@ pub trait StepKind: Send + Sync + 'static {
     fn outputs(&self) -> &'static [&'static str] {
         &[]
     }
+    /// Builds the runnable step from a validated `with`. Kinds whose
+    /// backends are not built yet say so: a spec using them cannot run (it
+    /// still lints and plans).
+    ///
+    /// # Errors
+    /// Why the step cannot be built.
+    fn build(
+        &self,
+        _with: &Value,
+        _cx: &BuildContext,
+    ) -> Result<std::sync::Arc<dyn crate::exec::Step>, String> {
+        Err(format!(
+            "step kind `{}` cannot run in this build yet",
+            self.name()
+        ))
+    }
     /// Step ids this step refers to, with their pointers relative to `with`
     /// (e.g. a rollback's `restore: [deploy]`).
     fn step_refs(&self, _with: &Value) -> Vec<(String, String)> {
         Vec::new()
     }
+}
+
+/// What a step builder may use.
+#[derive(Debug, Clone)]
+pub struct BuildContext {
+    /// Directory of the spec file (relative paths in `with` start here).
+    pub spec_dir: std::path::PathBuf,
+    /// The run's directory (`.rollwright/runs/<id>/`).
+    pub run_dir: std::path::PathBuf,
 }
 
 /// The set of known step kinds, in registration order.

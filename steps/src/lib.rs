@@ -12,11 +12,13 @@ mod common;
 
 pub mod apply;
 pub mod approval;
+pub mod exec;
 pub mod gate_check;
 pub mod hold;
 pub mod notify;
 pub mod rollback;
 pub mod shift_traffic;
+pub mod testing;
 pub mod verify_inference;
 pub mod wait_ready;
 
@@ -35,4 +37,11 @@ pub fn registry() -> Registry {
         .with(rollback::Rollback)
         .with(approval::Approval)
         .with(notify::Notify)
+        .with(exec::Exec)
+}
+
+/// [`registry`] plus the test-only kinds `sleep` and `fail`.
+#[must_use]
+pub fn registry_with_test_steps() -> Registry {
+    registry().with(testing::Sleep).with(testing::Fail)
 }

@@ -4,6 +4,7 @@
 mod fixtures;
 mod lint;
 mod plan;
+mod run;
 mod schema;
 
 use std::path::{Path, PathBuf};

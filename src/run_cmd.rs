@@ -1,0 +1,577 @@
+//! `rollwright run`, `resume` and `status`: execute a plan with a crash-safe
+//! journal under `.rollwright/runs/<run-id>/`.
+//!
+//! Every event is appended to the journal and fsynced before the run moves
+//! on; `resume RUN_ID` rebuilds the state from it (completed steps are not
+//! repeated, the interrupted one is run again, compensation continues where
+//! it stopped) and refuses a spec whose expansion changed. One run per
+//! target at a time (a lock file naming its holder).
+
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use clap::{Args, ValueEnum};
+use rollwright_engine::duration::Display;
+use rollwright_engine::exec::{self, Event, FinalState, Limits, Node, Options, Resume, Sink, Step};
+use rollwright_engine::journal::{self, Journal, Record, TargetLock};
+use rollwright_engine::registry::{BuildContext, Registry};
+use rollwright_engine::retry::RetryPolicy;
+use rollwright_engine::spec::Spec;
+use rollwright_engine::{Limits as LoadLimits, Linter};
+use serde_json::Value;
+
+use crate::{exit, render};
+
+#[derive(Args)]
+pub struct RunArgs {
+    /// The Rollout to run.
+    #[arg(value_name = "SPEC")]
+    spec: PathBuf,
+    /// Override a parameter; the value is read as YAML.
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    set: Vec<String>,
+    /// Where runs and locks are kept.
+    #[arg(long, value_name = "DIR", default_value = ".rollwright")]
+    state_dir: PathBuf,
+}
+
+#[derive(Args)]
+pub struct ResumeArgs {
+    /// The run to continue.
+    #[arg(value_name = "RUN_ID")]
+    run: String,
+    /// Where runs and locks are kept.
+    #[arg(long, value_name = "DIR", default_value = ".rollwright")]
+    state_dir: PathBuf,
+}
+
+/// Output format of `status`.
+#[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
+pub enum StatusFormat {
+    /// One line per run, or the steps of one run.
+    Text,
+    /// JSON.
+    Json,
+}
+
+#[derive(Args)]
+pub struct StatusArgs {
+    /// One run (default: every run, newest first).
+    #[arg(value_name = "RUN_ID")]
+    run: Option<String>,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = StatusFormat::Text)]
+    format: StatusFormat,
+    /// Where runs and locks are kept.
+    #[arg(long, value_name = "DIR", default_value = ".rollwright")]
+    state_dir: PathBuf,
+}
+
+fn registry() -> Registry {
+    // The test-only kinds (`sleep`, `fail`) exist only when asked for.
+    if std::env::var_os("ROLLWRIGHT_TEST_STEPS").is_some() {
+        rollwright_steps::registry_with_test_steps()
+    } else {
+        rollwright_steps::registry()
+    }
+}
+
+fn state_code(s: FinalState) -> u8 {
+    match s {
+        FinalState::Succeeded => exit::OK,
+        FinalState::RolledBack => exit::ROLLED_BACK,
+        FinalState::RollbackFailed => exit::ROLLBACK_FAILED,
+    }
+}
+
+fn state_name(s: FinalState) -> &'static str {
+    match s {
+        FinalState::Succeeded => "succeeded",
+        FinalState::RolledBack => "rolled-back",
+        FinalState::RollbackFailed => "rollback-failed",
+    }
+}
+
+/// Lints and expands a spec; prints problems and returns None when it has errors.
+fn prepare(linter: &Linter, spec: &Path, overrides: &[(String, Value)]) -> Result<(Spec, Value), u8> {
+    let bytes = std::fs::read(spec).map_err(|e| {
+        eprintln!("error: cannot read `{}`: {e}", spec.display());
+        exit::USAGE
+    })?;
+    let path = spec.to_string_lossy().into_owned();
+    let human = render::Human::new(false);
+    match linter.prepare(spec, &bytes, overrides) {
+        Ok((exp, s, warnings)) => {
+            if !warnings.is_empty() {
+                eprint!("{}", human.render_file(&path, &bytes, &warnings));
+            }
+            Ok((s, exp.value))
+        }
+        Err(diags) => {
+            eprint!("{}", human.render_file(&path, &bytes, &diags));
+            eprintln!("error: `{path}` has errors; nothing was run");
+            Err(exit::FINDINGS)
+        }
+    }
+}
+
+/// Builds the executable nodes; any kind that cannot run is reported.
+fn nodes(registry: &Registry, spec: &Spec, cx: &BuildContext) -> Result<(Vec<Node>, Vec<Node>), Vec<String>> {
+    let default_timeout = spec
+        .defaults
+        .timeout
+        .as_deref()
+        .and_then(|t| rollwright_engine::duration::parse(t).ok());
+    let default_retry = spec
+        .defaults
+        .retry
+        .as_ref()
+        .and_then(|r| RetryPolicy::from_value(r).ok())
+        .unwrap_or_default();
+    let limits = |t: Option<&String>, r: Option<&Value>| Limits {
+        attempt_timeout: None,
+        deadline: t
+            .and_then(|t| rollwright_engine::duration::parse(t).ok())
+            .or(default_timeout),
+        retry: r
+            .and_then(|r| RetryPolicy::from_value(r).ok())
+            .unwrap_or(default_retry),
+    };
+    let mut errors = Vec::new();
+    let mut build = |id: &str, kind: &str, with: &Value| -> Option<Arc<dyn Step>> {
+        match registry
+            .get(kind)
+            .ok_or_else(|| format!("unknown step kind `{kind}`"))
+            .and_then(|k| k.build(with, cx))
+        {
+            Ok(s) => Some(s),
+            Err(e) => {
+                errors.push(format!("step `{id}`: {e}"));
+                None
+            }
+        }
+    };
+    let mut steps = Vec::new();
+    for s in &spec.steps {
+        let step = build(&s.id, &s.kind, &s.with);
+        let comp = s.compensate.as_ref().and_then(|c| {
+            build(&format!("{} (compensation)", s.id), &c.kind, &c.with)
+                .map(|b| (b, limits(c.timeout.as_ref(), c.retry.as_ref())))
+        });
+        if let Some(step) = step {
+            let own = limits(s.timeout.as_ref(), s.retry.as_ref());
+            // Without an explicit `compensate`, the step's own compensation
+            // (a no-op for kinds that change nothing) undoes it.
+            let compensation = comp.or_else(|| Some((step.clone(), own)));
+            steps.push(Node {
+                id: s.id.clone(),
+                needs: s.needs.clone(),
+                step,
+                limits: own,
+                compensation,
+                continue_on_failure: s.continue_on_failure,
+            });
+        }
+    }
+    let mut handlers = Vec::new();
+    for h in &spec.on_failure {
+        if let Some(step) = build(&h.id, &h.kind, &h.with) {
+            handlers.push(Node {
+                id: h.id.clone(),
+                needs: Vec::new(),
+                step,
+                limits: limits(h.timeout.as_ref(), h.retry.as_ref()),
+                compensation: None,
+                continue_on_failure: true,
+            });
+        }
+    }
+    if errors.is_empty() {
+        Ok((steps, handlers))
+    } else {
+        Err(errors)
+    }
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+fn new_run_id(name: &str) -> String {
+    let ms = now_ms();
+    let secs = ms / 1000;
+    let (d, s) = (secs / 86_400, secs % 86_400);
+    // Civil date from days since the epoch (Howard Hinnant's algorithm).
+    let z = i64::try_from(d).unwrap_or(0) + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{name}-{year:04}{month:02}{day:02}T{:02}{:02}{:02}-{:04x}",
+        s / 3600,
+        (s % 3600) / 60,
+        s % 60,
+        (ms ^ u64::from(std::process::id())) & 0xffff
+    )
+}
+
+/// Writes events to the journal (fsynced) and prints progress lines.
+fn journal_sink(journal: Journal, started: Instant, failed: Arc<Mutex<Option<String>>>) -> Sink {
+    let journal = Mutex::new(journal);
+    // A testing hook: abort (as a kill -9 would) after N records, to prove
+    // that resume works from every record boundary.
+    let crash_after: Option<usize> = std::env::var("ROLLWRIGHT_TEST_CRASH_AFTER_RECORDS")
+        .ok()
+        .and_then(|v| v.parse().ok());
+    let written = Mutex::new(1usize); // run-started is record 1
+    Arc::new(move |e: &Event| {
+        let t = started.elapsed().as_secs_f64();
+        let (line, record) = match e {
+            Event::Started { step, attempt } => (
+                format!("{step}: started (attempt {attempt})"),
+                Some(Record::StepStarted {
+                    step: step.clone(),
+                    attempt: *attempt,
+                }),
+            ),
+            Event::Waiting { step, after, reason } => {
+                (format!("{step}: waiting {} ({reason})", Display(*after)), None)
+            }
+            Event::Retrying {
+                step,
+                attempt,
+                delay,
+                error,
+            } => (
+                format!(
+                    "{step}: attempt {attempt} failed: {error}; retrying in {}",
+                    Display(*delay)
+                ),
+                None,
+            ),
+            Event::Succeeded { step, outputs } => (
+                format!("{step}: succeeded"),
+                Some(Record::StepSucceeded {
+                    step: step.clone(),
+                    outputs: outputs.clone(),
+                }),
+            ),
+            Event::Failed {
+                step,
+                error,
+                tolerated,
+            } => (
+                format!(
+                    "{step}: failed{}: {error}",
+                    if *tolerated { " (continue-on-failure)" } else { "" }
+                ),
+                Some(Record::StepFailed {
+                    step: step.clone(),
+                    error: error.clone(),
+                    tolerated: *tolerated,
+                }),
+            ),
+            Event::Cancelled { step } => (format!("{step}: cancelled"), None),
+            Event::Compensated { step, error } => (
+                match error {
+                    None => format!("{step}: compensated"),
+                    Some(e) => format!("{step}: compensation FAILED: {e}"),
+                },
+                Some(Record::Compensated {
+                    step: step.clone(),
+                    error: error.clone(),
+                }),
+            ),
+            Event::Handled { handler, error } => (
+                match error {
+                    None => format!("{handler}: on-failure handler done"),
+                    Some(e) => format!("{handler}: on-failure handler failed: {e}"),
+                },
+                None,
+            ),
+            Event::Finished { state } => (
+                format!("run {}", state_name(*state)),
+                Some(Record::RunFinished {
+                    state: state_name(*state).into(),
+                }),
+            ),
+        };
+        eprintln!("[{t:>7.1}s] {line}");
+        if let Some(r) = record {
+            let Ok(mut j) = journal.lock() else { return };
+            if let Err(err) = j.append(&r)
+                && let Ok(mut f) = failed.lock()
+            {
+                f.get_or_insert_with(|| err.to_string());
+            }
+            if let Ok(mut n) = written.lock() {
+                *n += 1;
+                if crash_after.is_some_and(|c| *n >= c) {
+                    std::process::abort();
+                }
+            }
+        }
+    })
+}
+
+fn run_dir(state_dir: &Path, run: &str) -> PathBuf {
+    state_dir.join("runs").join(run)
+}
+
+fn execute(
+    spec: &Spec,
+    spec_path: &Path,
+    journal: Journal,
+    run: &str,
+    state_dir: &Path,
+    resume: Resume,
+) -> u8 {
+    let registry = registry();
+    let cx = BuildContext {
+        spec_dir: spec_path
+            .parent()
+            .map(Path::to_path_buf)
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or_else(|| PathBuf::from(".")),
+        run_dir: run_dir(state_dir, run),
+    };
+    let (steps, handlers) = match nodes(&registry, spec, &cx) {
+        Ok(n) => n,
+        Err(errors) => {
+            for e in errors {
+                eprintln!("error: {e}");
+            }
+            return exit::FINDINGS;
+        }
+    };
+    let target = spec.target.as_ref().map_or_else(
+        || "no-target".to_owned(),
+        |t| format!("{}/{}", t.context, t.namespace),
+    );
+    let _lock = match TargetLock::acquire(
+        &state_dir.join("locks"),
+        &target,
+        &format!("run {run} (pid {})", std::process::id()),
+    ) {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return exit::USAGE;
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return exit::USAGE;
+        }
+    };
+    let journal_failed = Arc::new(Mutex::new(None));
+    let sink = journal_sink(journal, Instant::now(), journal_failed.clone());
+    let outcome = runtime.block_on(exec::execute_resumed(
+        steps,
+        handlers,
+        Options::default(),
+        sink,
+        resume,
+    ));
+    if let Some(e) = journal_failed.lock().ok().and_then(|f| f.clone()) {
+        eprintln!("error: the journal could not be written ({e}); the run cannot be resumed reliably");
+        return exit::USAGE;
+    }
+    if let Some((step, error)) = &outcome.failure {
+        eprintln!("failed at `{step}`: {error}");
+    }
+    for (step, e) in &outcome.left_over {
+        eprintln!("NOT ROLLED BACK: `{step}`: {e} — restore it by hand");
+    }
+    println!("run {run}: {}", state_name(outcome.state));
+    let _ = std::io::stdout().flush();
+    state_code(outcome.state)
+}
+
+pub fn run(args: &RunArgs) -> u8 {
+    let overrides: Vec<(String, Value)> =
+        match args.set.iter().map(|s| crate::plan_cmd::parse_set(s)).collect() {
+            Ok(o) => o,
+            Err(e) => {
+                eprintln!("error: {e}");
+                return exit::USAGE;
+            }
+        };
+    let linter = match Linter::new(registry(), LoadLimits::default()) {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return exit::USAGE;
+        }
+    };
+    let (spec, value) = match prepare(&linter, &args.spec, &overrides) {
+        Ok(p) => p,
+        Err(code) => return code,
+    };
+    let run = new_run_id(&spec.metadata.name);
+    let path = run_dir(&args.state_dir, &run).join("journal.jsonl");
+    let mut journal = match Journal::create(&path) {
+        Ok(j) => j,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return exit::USAGE;
+        }
+    };
+    let header = Record::RunStarted {
+        run: run.clone(),
+        digest: journal::digest(&value),
+        spec: args.spec.to_string_lossy().into_owned(),
+        at_ms: now_ms(),
+    };
+    let overrides_file = run_dir(&args.state_dir, &run).join("overrides.json");
+    let saved = serde_json::to_vec(&overrides).unwrap_or_default();
+    if let Err(e) = std::fs::write(&overrides_file, saved) {
+        eprintln!("error: cannot write {}: {e}", overrides_file.display());
+        return exit::USAGE;
+    }
+    if let Err(e) = journal.append(&header) {
+        eprintln!("error: {e}");
+        return exit::USAGE;
+    }
+    eprintln!("run {run} (journal {})", path.display());
+    execute(
+        &spec,
+        &args.spec,
+        journal,
+        &run,
+        &args.state_dir,
+        Resume::default(),
+    )
+}
+
+pub fn resume(args: &ResumeArgs) -> u8 {
+    let dir = run_dir(&args.state_dir, &args.run);
+    let path = dir.join("journal.jsonl");
+    let records = match journal::read(&path) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return exit::USAGE;
+        }
+    };
+    let Some(Record::RunStarted { spec, digest, .. }) = records.first().cloned() else {
+        return exit::USAGE;
+    };
+    let state = journal::state(&records);
+    if let Some(done) = &state.finished {
+        println!("run {}: already {done}", args.run);
+        return match done.as_str() {
+            "succeeded" => exit::OK,
+            "rolled-back" => exit::ROLLED_BACK,
+            _ => exit::ROLLBACK_FAILED,
+        };
+    }
+    let overrides: Vec<(String, Value)> = std::fs::read(dir.join("overrides.json"))
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or_default();
+    let linter = match Linter::new(registry(), LoadLimits::default()) {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return exit::USAGE;
+        }
+    };
+    let spec_path = PathBuf::from(&spec);
+    let (typed, value) = match prepare(&linter, &spec_path, &overrides) {
+        Ok(p) => p,
+        Err(code) => return code,
+    };
+    if journal::digest(&value) != digest {
+        eprintln!(
+            "error: `{spec}` changed since run {} started; resume refuses a different spec (start a new run)",
+            args.run
+        );
+        return exit::USAGE;
+    }
+    let journal = match Journal::reopen(&path) {
+        Ok(j) => j,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return exit::USAGE;
+        }
+    };
+    eprintln!(
+        "resuming run {} ({} steps already done)",
+        args.run,
+        state.completed.len()
+    );
+    let resume = Resume {
+        completed: state.completed,
+        compensated: state.compensated,
+        failed: state.failed.into_iter().next(),
+    };
+    execute(&typed, &spec_path, journal, &args.run, &args.state_dir, resume)
+}
+
+pub fn status(args: &StatusArgs) -> u8 {
+    let runs_dir = args.state_dir.join("runs");
+    let mut runs: Vec<String> = match &args.run {
+        Some(r) => vec![r.clone()],
+        None => std::fs::read_dir(&runs_dir)
+            .map(|d| {
+                d.filter_map(|e| e.ok())
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default(),
+    };
+    runs.sort();
+    runs.reverse();
+    let mut out = Vec::new();
+    for run in runs {
+        let records = match journal::read(&runs_dir.join(&run).join("journal.jsonl")) {
+            Ok(r) => r,
+            Err(e) => {
+                eprintln!("error: {e}");
+                return exit::USAGE;
+            }
+        };
+        let s = journal::state(&records);
+        let spec = match records.first() {
+            Some(Record::RunStarted { spec, .. }) => spec.clone(),
+            _ => String::new(),
+        };
+        out.push(serde_json::json!({
+            "run": run,
+            "spec": spec,
+            "state": s.finished.clone().unwrap_or_else(|| "running-or-interrupted".into()),
+            "completed": s.completed.iter().map(|c| c.0.clone()).collect::<Vec<_>>(),
+            "failed": s.failed.iter().map(|f| serde_json::json!({"step": f.0, "error": f.1})).collect::<Vec<_>>(),
+            "compensated": s.compensated,
+        }));
+    }
+    let text = match args.format {
+        StatusFormat::Json => serde_json::to_string_pretty(&out).unwrap_or_default() + "\n",
+        StatusFormat::Text => out
+            .iter()
+            .map(|r| {
+                format!(
+                    "{}  {}  {} steps done  {}\n",
+                    r["run"].as_str().unwrap_or_default(),
+                    r["state"].as_str().unwrap_or_default(),
+                    r["completed"].as_array().map_or(0, Vec::len),
+                    r["spec"].as_str().unwrap_or_default()
+                )
+            })
+            .collect(),
+    };
+    print!("{text}");
+    exit::OK
+}

@@ -1,0 +1,176 @@
+//! `rollwright run`, `resume`, `status`: real DAGs of `exec` steps, the
+//! journal, and crash recovery at every journal record boundary.
+
+use std::path::Path;
+use std::process::Output;
+
+use assert_cmd::Command;
+
+use crate::{stderr, stdout};
+
+/// A DAG whose every effect appends a line to `effects` unless its marker
+/// exists: idempotent, so "exactly once" is checkable after any crash.
+const SPEC: &str = r#"apiVersion: rollwright.dev/v1alpha1
+kind: Rollout
+metadata: {name: effects}
+model: {name: m, version: "1"}
+target: {context: dev, namespace: ns, environment: dev}
+defaults: {timeout: 1m}
+steps:
+  - {id: a, type: exec, with: {command: [sh, -c, "test -e m.a || { echo a >> effects; touch m.a; }"], undo: [sh, -c, "test -e u.a || { echo undo-a >> effects; touch u.a; }"]}}
+  - {id: b, type: exec, needs: [a], with: {command: [sh, -c, "test -e m.b || { echo b >> effects; touch m.b; }"], undo: [sh, -c, "test -e u.b || { echo undo-b >> effects; touch u.b; }"]}}
+  - {id: c, type: exec, needs: [a], with: {command: [sh, -c, "test -e m.c || { echo c >> effects; touch m.c; }"]}}
+  - {id: d, type: exec, needs: [b, c], with: {command: [sh, -c, "test -e m.d || { echo d >> effects; touch m.d; }; exit ${FAIL_D:-0}"]}}
+"#;
+
+fn run_in(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut cmd = Command::cargo_bin("rollwright").unwrap();
+    cmd.current_dir(dir).env("NO_COLOR", "1").args(args);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.output().unwrap()
+}
+
+fn effects(dir: &Path) -> Vec<String> {
+    std::fs::read_to_string(dir.join("effects"))
+        .unwrap_or_default()
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
+fn only_run(dir: &Path) -> String {
+    let runs: Vec<_> = std::fs::read_dir(dir.join(".rollwright/runs"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(runs.len(), 1);
+    runs[0].to_string_lossy().into_owned()
+}
+
+#[test]
+fn a_run_succeeds_and_a_failed_run_rolls_back_in_reverse_order() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("spec.yaml"), SPEC).unwrap();
+    let out = run_in(dir.path(), &["run", "spec.yaml"], &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(stdout(&out).contains(": succeeded"));
+    let mut e = effects(dir.path());
+    e[1..3].sort(); // b and c run concurrently
+    assert_eq!(e, ["a", "b", "c", "d"]);
+
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("spec.yaml"), SPEC).unwrap();
+    let out = run_in(dir.path(), &["run", "spec.yaml"], &[("FAIL_D", "3")]);
+    assert_eq!(out.status.code(), Some(3), "rolled back: {}", stderr(&out));
+    assert!(
+        stderr(&out).contains("failed at `d`: `sh` exited with 3"),
+        "{}",
+        stderr(&out)
+    );
+    let e = effects(dir.path());
+    assert_eq!(
+        &e[e.len() - 2..],
+        ["undo-b", "undo-a"],
+        "compensation in reverse completion order"
+    );
+    let status = run_in(dir.path(), &["status", "--format", "json"], &[]);
+    let v: serde_json::Value = serde_json::from_str(&stdout(&status)).unwrap();
+    assert_eq!(v[0]["state"], "rolled-back");
+    assert_eq!(v[0]["failed"][0]["step"], "d");
+}
+
+#[test]
+fn kinds_that_cannot_run_yet_are_refused_before_anything_happens() {
+    let out = crate::rollwright(&[
+        "run",
+        "specs/examples/deployment-canary.yaml",
+        "--state-dir",
+        "target/test-state",
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("error: step `gate`: step kind `gate-check` cannot run in this build yet"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+/// Kill the process (abort, as kill -9 would: no cleanup) right after each
+/// journal record, resume, and check that every effect happened exactly once
+/// and the run ends as an uninterrupted one would.
+#[test]
+fn resume_after_a_crash_at_every_journal_record() {
+    for fail in ["0", "3"] {
+        // Records of an uninterrupted run: header, 4 starts, 4 ends, then
+        // (failing) compensations, then run-finished.
+        for k in 1..=14 {
+            let dir = tempfile::tempdir().unwrap();
+            std::fs::write(dir.path().join("spec.yaml"), SPEC).unwrap();
+            let k_s = k.to_string();
+            let crashed = run_in(
+                dir.path(),
+                &["run", "spec.yaml"],
+                &[("FAIL_D", fail), ("ROLLWRIGHT_TEST_CRASH_AFTER_RECORDS", &k_s)],
+            );
+            let run = only_run(dir.path());
+            let mut code = crashed.status.code();
+            let mut resumes = 0;
+            while code.is_none() && resumes < 20 {
+                // Killed: resume (and maybe crash again at the same count).
+                let out = run_in(dir.path(), &["resume", &run], &[("FAIL_D", fail)]);
+                code = out.status.code();
+                resumes += 1;
+                assert!(
+                    code.is_some(),
+                    "resume without the hook finishes: {}",
+                    stderr(&out)
+                );
+            }
+            let expected = if fail == "0" { Some(0) } else { Some(3) };
+            assert_eq!(code, expected, "crash after record {k}, fail={fail}");
+            let mut e = effects(dir.path());
+            for step in ["a", "b", "c", "d"] {
+                assert_eq!(
+                    e.iter().filter(|l| *l == step).count(),
+                    1,
+                    "{step} exactly once (crash after {k}): {e:?}"
+                );
+            }
+            if fail == "3" {
+                assert_eq!(
+                    e.iter().filter(|l| *l == "undo-a").count(),
+                    1,
+                    "crash after {k}: {e:?}"
+                );
+                assert_eq!(
+                    e.iter().filter(|l| *l == "undo-b").count(),
+                    1,
+                    "crash after {k}: {e:?}"
+                );
+            }
+            e.clear();
+            // A finished run says so on resume.
+            let again = run_in(dir.path(), &["resume", &run], &[]);
+            assert_eq!(again.status.code(), expected);
+            assert!(stdout(&again).contains("already"), "{}", stdout(&again));
+        }
+    }
+}
+
+#[test]
+fn resume_refuses_a_changed_spec() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("spec.yaml"), SPEC).unwrap();
+    let crashed = run_in(
+        dir.path(),
+        &["run", "spec.yaml"],
+        &[("ROLLWRIGHT_TEST_CRASH_AFTER_RECORDS", "3")],
+    );
+    assert_eq!(crashed.status.code(), None, "aborted");
+    std::fs::write(dir.path().join("spec.yaml"), SPEC.replace("echo d", "echo D")).unwrap();
+    let out = run_in(dir.path(), &["resume", &only_run(dir.path())], &[]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("changed since run"), "{}", stderr(&out));
+}
