@@ -15,7 +15,7 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use clap::{Args, ValueEnum};
 use rollwright_engine::duration::Display;
 use rollwright_engine::exec::{self, Event, FinalState, Limits, Node, Options, Resume, Sink, Step};
-use rollwright_engine::journal::{self, Journal, Record, TargetLock};
+use rollwright_engine::journal::{self, GroupCommit, Journal, Record, TargetLock};
 use rollwright_engine::registry::{BuildContext, Registry};
 use rollwright_engine::retry::RetryPolicy;
 use rollwright_engine::spec::Spec;
@@ -224,103 +224,69 @@ fn new_run_id(name: &str) -> String {
     )
 }
 
-/// Writes events to the journal (fsynced) and prints progress lines.
-fn journal_sink(journal: Journal, started: Instant, failed: Arc<Mutex<Option<String>>>) -> Sink {
-    let journal = Mutex::new(journal);
-    // A testing hook: abort (as a kill -9 would) after N records, to prove
-    // that resume works from every record boundary.
+/// Journals events (group commit) and prints progress lines.
+fn journal_sink(journal: Arc<GroupCommit>, started: Instant) -> Sink {
+    // A testing hook: abort (as a kill -9 would) once N records are durable,
+    // to prove that resume works from every record boundary.
     let crash_after: Option<usize> = std::env::var("ROLLWRIGHT_TEST_CRASH_AFTER_RECORDS")
         .ok()
         .and_then(|v| v.parse().ok());
     let written = Mutex::new(1usize); // run-started is record 1
     Arc::new(move |e: &Event| {
         let t = started.elapsed().as_secs_f64();
-        let (line, record) = match e {
-            Event::Started { step, attempt } => (
-                format!("{step}: started (attempt {attempt})"),
-                Some(Record::StepStarted {
-                    step: step.clone(),
-                    attempt: *attempt,
-                }),
-            ),
-            Event::Waiting { step, after, reason } => {
-                (format!("{step}: waiting {} ({reason})", Display(*after)), None)
-            }
-            Event::Retrying {
-                step,
-                attempt,
-                delay,
-                error,
-            } => (
-                format!(
-                    "{step}: attempt {attempt} failed: {error}; retrying in {}",
-                    Display(*delay)
-                ),
-                None,
-            ),
-            Event::Succeeded { step, outputs } => (
-                format!("{step}: succeeded"),
-                Some(Record::StepSucceeded {
-                    step: step.clone(),
-                    outputs: outputs.clone(),
-                }),
-            ),
-            Event::Failed {
-                step,
-                error,
-                tolerated,
-            } => (
-                format!(
-                    "{step}: failed{}: {error}",
-                    if *tolerated { " (continue-on-failure)" } else { "" }
-                ),
-                Some(Record::StepFailed {
-                    step: step.clone(),
-                    error: error.clone(),
-                    tolerated: *tolerated,
-                }),
-            ),
-            Event::Cancelled { step } => (format!("{step}: cancelled"), None),
-            Event::Compensated { step, error } => (
-                match error {
-                    None => format!("{step}: compensated"),
-                    Some(e) => format!("{step}: compensation FAILED: {e}"),
-                },
-                Some(Record::Compensated {
-                    step: step.clone(),
-                    error: error.clone(),
-                }),
-            ),
-            Event::Handled { handler, error } => (
-                match error {
-                    None => format!("{handler}: on-failure handler done"),
-                    Some(e) => format!("{handler}: on-failure handler failed: {e}"),
-                },
-                None,
-            ),
-            Event::Finished { state } => (
-                format!("run {}", state_name(*state)),
-                Some(Record::RunFinished {
-                    state: state_name(*state).into(),
-                }),
-            ),
-        };
-        eprintln!("[{t:>7.1}s] {line}");
-        if let Some(r) = record {
-            let Ok(mut j) = journal.lock() else { return };
-            if let Err(err) = j.append(&r)
-                && let Ok(mut f) = failed.lock()
-            {
-                f.get_or_insert_with(|| err.to_string());
-            }
-            if let Ok(mut n) = written.lock() {
-                *n += 1;
-                if crash_after.is_some_and(|c| *n >= c) {
-                    std::process::abort();
-                }
+        eprintln!("[{t:>7.1}s] {}", describe(e));
+        let Some(r) = journal::record_of(e) else { return };
+        let finished = matches!(r, Record::RunFinished { .. });
+        journal.append(r);
+        if finished {
+            let _ = journal.flush();
+        }
+        if let (Some(c), Ok(mut n)) = (crash_after, written.lock()) {
+            *n += 1;
+            if *n >= c {
+                let _ = journal.flush();
+                std::process::abort();
             }
         }
     })
+}
+
+fn describe(e: &Event) -> String {
+    match e {
+        Event::Started { step, attempt } => format!("{step}: started (attempt {attempt})"),
+        Event::Waiting { step, after, reason } => format!("{step}: waiting {} ({reason})", Display(*after)),
+        Event::Retrying {
+            step,
+            attempt,
+            delay,
+            error,
+        } => {
+            format!(
+                "{step}: attempt {attempt} failed: {error}; retrying in {}",
+                Display(*delay)
+            )
+        }
+        Event::Succeeded { step, .. } => format!("{step}: succeeded"),
+        Event::Failed {
+            step,
+            error,
+            tolerated,
+        } => {
+            format!(
+                "{step}: failed{}: {error}",
+                if *tolerated { " (continue-on-failure)" } else { "" }
+            )
+        }
+        Event::Cancelled { step } => format!("{step}: cancelled"),
+        Event::Compensated { step, error: None } => format!("{step}: compensated"),
+        Event::Compensated { step, error: Some(e) } => format!("{step}: compensation FAILED: {e}"),
+        Event::Handled { handler, error: None } => format!("{handler}: on-failure handler done"),
+        Event::Handled {
+            handler,
+            error: Some(e),
+        } => format!("{handler}: on-failure handler failed: {e}"),
+        Event::Finished { state } => format!("run {}", state_name(*state)),
+    }
 }
 
 fn run_dir(state_dir: &Path, run: &str) -> PathBuf {
@@ -375,8 +341,8 @@ fn execute(
             return exit::USAGE;
         }
     };
-    let journal_failed = Arc::new(Mutex::new(None));
-    let sink = journal_sink(journal, Instant::now(), journal_failed.clone());
+    let writer = Arc::new(GroupCommit::start(journal));
+    let sink = journal_sink(writer.clone(), Instant::now());
     let outcome = runtime.block_on(exec::execute_resumed(
         steps,
         handlers,
@@ -384,7 +350,8 @@ fn execute(
         sink,
         resume,
     ));
-    if let Some(e) = journal_failed.lock().ok().and_then(|f| f.clone()) {
+    let flushed = writer.flush();
+    if let Some(e) = writer.error().or(flushed.err()) {
         eprintln!("error: the journal could not be written ({e}); the run cannot be resumed reliably");
         return exit::USAGE;
     }

@@ -96,8 +96,19 @@ pub struct StepContext {
     pub step_id: String,
     /// 1-based attempt number.
     pub attempt: u32,
-    /// Outputs of the steps completed so far.
-    pub outputs: Arc<HashMap<String, Map<String, Value>>>,
+    /// Outputs of the steps completed so far (shared, read-only for steps).
+    pub outputs: Outputs,
+}
+
+/// Outputs of completed steps, shared by every running step.
+pub type Outputs = Arc<std::sync::RwLock<HashMap<String, Map<String, Value>>>>;
+
+impl StepContext {
+    /// An output of a completed step (`{{steps.<step>.outputs.<key>}}`).
+    #[must_use]
+    pub fn output(&self, step: &str, key: &str) -> Option<Value> {
+        self.outputs.read().ok()?.get(step)?.get(key).cloned()
+    }
 }
 
 /// A runnable step.
@@ -263,7 +274,7 @@ async fn drive(
     id: String,
     step: Arc<dyn Step>,
     limits: Limits,
-    outputs: Arc<HashMap<String, Map<String, Value>>>,
+    outputs: Outputs,
     sink: Sink,
     mut jitter: Jitter,
 ) -> Result<Map<String, Value>, String> {
@@ -359,15 +370,40 @@ pub async fn execute_resumed(
     let mut done: HashSet<usize> = HashSet::new();
     let mut started: HashSet<usize> = HashSet::new();
     let mut completed: Vec<String> = Vec::new();
-    let mut outputs: HashMap<String, Map<String, Value>> = HashMap::new();
+    let outputs: Outputs = Arc::default();
     for (id, out) in resume.completed {
         if let Some(&i) = index.get(&id) {
             done.insert(i);
             started.insert(i);
             completed.push(id.clone());
-            outputs.insert(id, out);
+            if let Ok(mut o) = outputs.write() {
+                o.insert(id, out);
+            }
         }
     }
+    // Ready queue from dependency counters: O(steps + edges) scheduling.
+    let mut remaining = vec![0usize; nodes.len()];
+    let mut dependents: Vec<Vec<usize>> = vec![Vec::new(); nodes.len()];
+    for (i, n) in nodes.iter().enumerate() {
+        let deps: HashSet<usize> = n.needs.iter().filter_map(|d| index.get(d).copied()).collect();
+        for j in deps {
+            if !done.contains(&j) {
+                remaining[i] += 1;
+                dependents[j].push(i);
+            }
+        }
+    }
+    let mut ready: std::collections::VecDeque<usize> = (0..nodes.len())
+        .filter(|i| !done.contains(i) && remaining[*i] == 0)
+        .collect();
+    let mut release = |i: usize, ready: &mut std::collections::VecDeque<usize>| {
+        for &k in &dependents[i] {
+            remaining[k] -= 1;
+            if remaining[k] == 0 {
+                ready.push_back(k);
+            }
+        }
+    };
     let mut failure: Option<(String, String)> = resume.failed;
     let mut running: JoinSet<(usize, StepResult)> = JoinSet::new();
     let mut seed = options.jitter_seed;
@@ -379,30 +415,19 @@ pub async fn execute_resumed(
     let deadline = options.run_deadline.map(|d| start + d);
     loop {
         // Start what is ready, up to the concurrency bound.
-        if failure.is_none() {
-            for (i, n) in nodes.iter().enumerate() {
-                if running.len() >= options.concurrency.max(1) {
-                    break;
-                }
-                if started.contains(&i)
-                    || !n
-                        .needs
-                        .iter()
-                        .all(|d| index.get(d).is_some_and(|j| done.contains(j)))
-                {
-                    continue;
-                }
-                started.insert(i);
-                let snapshot = Arc::new(outputs.clone());
-                let (id, step, limits, sink, jitter) = (
-                    n.id.clone(),
-                    n.step.clone(),
-                    n.limits,
-                    sink.clone(),
-                    next_jitter(),
-                );
-                running.spawn(async move { (i, drive(id, step, limits, snapshot, sink, jitter).await) });
-            }
+        while failure.is_none() && running.len() < options.concurrency.max(1) {
+            let Some(i) = ready.pop_front() else { break };
+            let n = &nodes[i];
+            started.insert(i);
+            let (id, step, limits, sink, jitter, outs) = (
+                n.id.clone(),
+                n.step.clone(),
+                n.limits,
+                sink.clone(),
+                next_jitter(),
+                outputs.clone(),
+            );
+            running.spawn(async move { (i, drive(id, step, limits, outs, sink, jitter).await) });
         }
         if running.is_empty() {
             break;
@@ -426,9 +451,12 @@ pub async fn execute_resumed(
                     step: n.id.clone(),
                     outputs: out.clone(),
                 });
-                outputs.insert(n.id.clone(), out);
+                if let Ok(mut o) = outputs.write() {
+                    o.insert(n.id.clone(), out);
+                }
                 done.insert(i);
                 completed.push(n.id.clone());
+                release(i, &mut ready);
             }
             Err(e) => {
                 sink(&Event::Failed {
@@ -438,6 +466,7 @@ pub async fn execute_resumed(
                 });
                 if n.continue_on_failure {
                     done.insert(i);
+                    release(i, &mut ready);
                 } else if failure.is_none() {
                     failure = Some((n.id.clone(), e));
                 }
@@ -467,11 +496,11 @@ pub async fn execute_resumed(
             failure: None,
             completed,
             left_over: Vec::new(),
-            outputs,
+            outputs: take_outputs(&outputs),
         };
     };
     // Compensate completed steps, newest first; each with its own limits.
-    let shared = Arc::new(outputs.clone());
+    let shared = outputs.clone();
     let mut left_over = Vec::new();
     for id in completed.iter().rev() {
         if resume.compensated.contains(id) {
@@ -527,8 +556,12 @@ pub async fn execute_resumed(
         failure: Some(fail),
         completed,
         left_over,
-        outputs,
+        outputs: take_outputs(&outputs),
     }
+}
+
+fn take_outputs(o: &Outputs) -> HashMap<String, Map<String, Value>> {
+    o.write().map(|mut m| std::mem::take(&mut *m)).unwrap_or_default()
 }
 
 /// Runs a compensation through the same retry machinery as `run`.
