@@ -56,6 +56,8 @@ enum Command {
     Resume(run_cmd::ResumeArgs),
     /// Show runs and their state.
     Status(run_cmd::StatusArgs),
+    /// Record an approval for an approval step of a run.
+    Approve(run_cmd::ApproveArgs),
     /// Print the JSON Schema of specs, or of one step kind's `with`.
     Schema(schema_cmd::SchemaArgs),
 }
@@ -86,6 +88,7 @@ fn main() -> ExitCode {
         Command::Run(args) => run_cmd::run(&args),
         Command::Resume(args) => run_cmd::resume(&args),
         Command::Status(args) => run_cmd::status(&args),
+        Command::Approve(args) => run_cmd::approve(&args),
         Command::Schema(args) => schema_cmd::run(&args),
     };
     ExitCode::from(code)

@@ -289,6 +289,13 @@ fn describe(e: &Event) -> String {
     }
 }
 
+/// Who runs rollwright: `ROLLWRIGHT_USER`, else `USER`.
+fn current_user() -> String {
+    std::env::var("ROLLWRIGHT_USER")
+        .or_else(|_| std::env::var("USER"))
+        .unwrap_or_else(|_| "unknown".into())
+}
+
 fn run_dir(state_dir: &Path, run: &str) -> PathBuf {
     state_dir.join("runs").join(run)
 }
@@ -302,13 +309,16 @@ fn execute(
     resume: Resume,
 ) -> u8 {
     let registry = registry();
+    let rdir = run_dir(state_dir, run);
+    let started_by = std::fs::read_to_string(rdir.join("started-by")).unwrap_or_else(|_| current_user());
     let cx = BuildContext {
         spec_dir: spec_path
             .parent()
             .map(Path::to_path_buf)
             .filter(|p| !p.as_os_str().is_empty())
             .unwrap_or_else(|| PathBuf::from(".")),
-        run_dir: run_dir(state_dir, run),
+        run_dir: rdir,
+        started_by: started_by.trim().to_owned(),
     };
     let (steps, handlers) = match nodes(&registry, spec, &cx) {
         Ok(n) => n,
@@ -403,8 +413,13 @@ pub fn run(args: &RunArgs) -> u8 {
     };
     let overrides_file = run_dir(&args.state_dir, &run).join("overrides.json");
     let saved = serde_json::to_vec(&overrides).unwrap_or_default();
-    if let Err(e) = std::fs::write(&overrides_file, saved) {
-        eprintln!("error: cannot write {}: {e}", overrides_file.display());
+    if let Err(e) = std::fs::write(&overrides_file, saved)
+        .and_then(|()| std::fs::write(run_dir(&args.state_dir, &run).join("started-by"), current_user()))
+    {
+        eprintln!(
+            "error: cannot write the run directory {}: {e}",
+            run_dir(&args.state_dir, &run).display()
+        );
         return exit::USAGE;
     }
     if let Err(e) = journal.append(&header) {
@@ -541,4 +556,87 @@ pub fn status(args: &StatusArgs) -> u8 {
     };
     print!("{text}");
     exit::OK
+}
+
+#[derive(Args)]
+pub struct ApproveArgs {
+    /// The run.
+    #[arg(value_name = "RUN_ID")]
+    run: String,
+    /// The approval step.
+    #[arg(value_name = "STEP")]
+    step: String,
+    /// Who approves (never the person who started the run).
+    #[arg(long = "as", value_name = "NAME")]
+    who: String,
+    /// Where runs and locks are kept.
+    #[arg(long, value_name = "DIR", default_value = ".rollwright")]
+    state_dir: PathBuf,
+}
+
+/// Reads a run's header and re-expands its spec (same overrides).
+fn run_spec(state_dir: &Path, run: &str) -> Result<(Spec, Vec<Record>), u8> {
+    let dir = run_dir(state_dir, run);
+    let records = journal::read(&dir.join("journal.jsonl")).map_err(|e| {
+        eprintln!("error: {e}");
+        exit::USAGE
+    })?;
+    let Some(Record::RunStarted { spec, .. }) = records.first() else {
+        return Err(exit::USAGE);
+    };
+    let overrides: Vec<(String, Value)> = std::fs::read(dir.join("overrides.json"))
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or_default();
+    let linter = Linter::new(registry(), LoadLimits::default()).map_err(|e| {
+        eprintln!("error: {e}");
+        exit::USAGE
+    })?;
+    let (typed, _) = prepare(&linter, Path::new(spec), &overrides)?;
+    Ok((typed, records))
+}
+
+pub fn approve(args: &ApproveArgs) -> u8 {
+    let (spec, records) = match run_spec(&args.state_dir, &args.run) {
+        Ok(s) => s,
+        Err(code) => return code,
+    };
+    let Some(step) = spec.steps.iter().find(|s| s.id == args.step) else {
+        let approvals: Vec<&str> = spec
+            .steps
+            .iter()
+            .filter(|s| s.kind == "approval")
+            .map(|s| s.id.as_str())
+            .collect();
+        eprintln!(
+            "error: run {} has no step `{}`; its approval steps: {}",
+            args.run,
+            args.step,
+            approvals.join(", ")
+        );
+        return exit::USAGE;
+    };
+    if step.kind != "approval" {
+        eprintln!("error: step `{}` is a {}, not an approval", step.id, step.kind);
+        return exit::USAGE;
+    }
+    if journal::state(&records).finished.is_some() {
+        eprintln!("error: run {} has already finished", args.run);
+        return exit::USAGE;
+    }
+    let dir = run_dir(&args.state_dir, &args.run);
+    let started_by = std::fs::read_to_string(dir.join("started-by")).unwrap_or_default();
+    match rollwright_steps::approval::record(&dir, &step.id, &step.with, started_by.trim(), &args.who) {
+        Ok(()) => {
+            println!(
+                "recorded: {} approves `{}` of run {}",
+                args.who, step.id, args.run
+            );
+            exit::OK
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            exit::USAGE
+        }
+    }
 }

@@ -119,6 +119,8 @@ pub struct BuildContext {
     pub spec_dir: std::path::PathBuf,
     /// The run's directory (`.rollwright/runs/<id>/`).
     pub run_dir: std::path::PathBuf,
+    /// Who started the run (they may not approve it).
+    pub started_by: String,
 }
 
 /// The set of known step kinds, in registration order.

@@ -174,3 +174,100 @@ fn resume_refuses_a_changed_spec() {
     assert_eq!(out.status.code(), Some(2));
     assert!(stderr(&out).contains("changed since run"), "{}", stderr(&out));
 }
+
+const APPROVAL: &str = r#"apiVersion: rollwright.dev/v1alpha1
+kind: Rollout
+metadata: {name: approved}
+model: {name: m, version: "1"}
+target: {context: dev, namespace: ns2, environment: dev}
+defaults: {timeout: 1m}
+steps:
+  - {id: before, type: exec, with: {command: [sh, -c, "echo before >> effects"]}}
+  - id: sign-off
+    type: approval
+    needs: [before]
+    with: {approvers: 2, from: [alice, bob, carol], expires: EXPIRES}
+  - {id: after, type: exec, needs: [sign-off], with: {command: [sh, -c, "echo after >> effects"]}}
+"#;
+
+fn wait_for_journal(dir: &Path, what: &str) -> String {
+    for _ in 0..200 {
+        if let Ok(runs) = std::fs::read_dir(dir.join(".rollwright/runs")) {
+            for r in runs.flatten() {
+                let j = std::fs::read_to_string(r.path().join("journal.jsonl")).unwrap_or_default();
+                if j.contains(what) {
+                    return r.file_name().to_string_lossy().into_owned();
+                }
+            }
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    panic!("journal never showed {what}");
+}
+
+#[test]
+fn approval_waits_for_distinct_approvers_other_than_the_starter() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("spec.yaml"), APPROVAL.replace("EXPIRES", "1m")).unwrap();
+    let bin = assert_cmd::cargo::cargo_bin("rollwright");
+    let child = std::process::Command::new(&bin)
+        .current_dir(dir.path())
+        .env("ROLLWRIGHT_USER", "carol")
+        .args(["run", "spec.yaml"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let run = wait_for_journal(dir.path(), r#""step":"sign-off","attempt":1"#);
+    let approve = |who: &str| run_in(dir.path(), &["approve", &run, "sign-off", "--as", who], &[]);
+    let own = approve("carol");
+    assert_eq!(own.status.code(), Some(2));
+    assert!(
+        stderr(&own).contains("carol started this run and cannot approve it"),
+        "{}",
+        stderr(&own)
+    );
+    let stranger = approve("mallory");
+    assert_eq!(stranger.status.code(), Some(2));
+    assert!(stderr(&stranger).contains("mallory may not approve `sign-off`"));
+    let wrong = run_in(dir.path(), &["approve", &run, "before", "--as", "alice"], &[]);
+    assert!(
+        stderr(&wrong).contains("is a exec, not an approval"),
+        "{}",
+        stderr(&wrong)
+    );
+    assert_eq!(approve("alice").status.code(), Some(0));
+    assert_eq!(
+        approve("alice").status.code(),
+        Some(0),
+        "approving twice counts once"
+    );
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    assert!(
+        !effects(dir.path()).contains(&"after".to_owned()),
+        "one distinct approval is not two"
+    );
+    assert_eq!(approve("bob").status.code(), Some(0));
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(effects(dir.path()), ["before", "after"]);
+}
+
+#[test]
+fn an_expired_approval_rolls_the_run_back() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("spec.yaml"), APPROVAL.replace("EXPIRES", "1s")).unwrap();
+    let out = run_in(dir.path(), &["run", "spec.yaml"], &[("ROLLWRIGHT_USER", "carol")]);
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("approval expired after 1s with 0 of 2 approvals"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(effects(dir.path()), ["before"]);
+}
