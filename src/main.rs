@@ -58,6 +58,8 @@ enum Command {
     Status(run_cmd::StatusArgs),
     /// Record an approval for an approval step of a run.
     Approve(run_cmd::ApproveArgs),
+    /// Abort a run: cancel it and compensate what it changed.
+    Abort(run_cmd::AbortArgs),
     /// Print the JSON Schema of specs, or of one step kind's `with`.
     Schema(schema_cmd::SchemaArgs),
 }
@@ -89,6 +91,7 @@ fn main() -> ExitCode {
         Command::Resume(args) => run_cmd::resume(&args),
         Command::Status(args) => run_cmd::status(&args),
         Command::Approve(args) => run_cmd::approve(&args),
+        Command::Abort(args) => run_cmd::abort(&args),
         Command::Schema(args) => schema_cmd::run(&args),
     };
     ExitCode::from(code)

@@ -10,7 +10,7 @@
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use clap::{Args, ValueEnum};
 use rollwright_engine::duration::Display;
@@ -353,12 +353,23 @@ fn execute(
     };
     let writer = Arc::new(GroupCommit::start(journal));
     let sink = journal_sink(writer.clone(), Instant::now());
+    // `rollwright abort` from another process leaves a file here.
+    let abort_file = run_dir(state_dir, run).join("abort");
+    let abort: exec::BoxFuture<'static, String> = Box::pin(async move {
+        loop {
+            if let Ok(why) = std::fs::read_to_string(&abort_file) {
+                return why.trim().to_owned();
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    });
     let outcome = runtime.block_on(exec::execute_resumed(
         steps,
         handlers,
         Options::default(),
         sink,
         resume,
+        Some(abort),
     ));
     let flushed = writer.flush();
     if let Some(e) = writer.error().or(flushed.err()) {
@@ -637,6 +648,84 @@ pub fn approve(args: &ApproveArgs) -> u8 {
         Err(e) => {
             eprintln!("error: {e}");
             exit::USAGE
+        }
+    }
+}
+
+#[derive(Args)]
+pub struct AbortArgs {
+    /// The run to abort.
+    #[arg(value_name = "RUN_ID")]
+    run: String,
+    /// Who aborts (recorded).
+    #[arg(long = "as", value_name = "NAME")]
+    who: Option<String>,
+    /// Where runs and locks are kept.
+    #[arg(long, value_name = "DIR", default_value = ".rollwright")]
+    state_dir: PathBuf,
+}
+
+/// Aborts a run: a running process notices within a fraction of a second
+/// and compensates; an interrupted run is compensated here and now.
+pub fn abort(args: &AbortArgs) -> u8 {
+    let (spec, records) = match run_spec(&args.state_dir, &args.run) {
+        Ok(s) => s,
+        Err(code) => return code,
+    };
+    let state = journal::state(&records);
+    if let Some(done) = &state.finished {
+        eprintln!("error: run {} has already finished ({done})", args.run);
+        return exit::USAGE;
+    }
+    let dir = run_dir(&args.state_dir, &args.run);
+    let why = format!("aborted by {}", args.who.clone().unwrap_or_else(current_user));
+    let tmp = dir.join(".abort.tmp");
+    if let Err(e) = std::fs::write(&tmp, &why).and_then(|()| std::fs::rename(&tmp, dir.join("abort"))) {
+        eprintln!("error: cannot record the abort in {}: {e}", dir.display());
+        return exit::USAGE;
+    }
+    let target = spec.target.as_ref().map_or_else(
+        || "no-target".to_owned(),
+        |t| format!("{}/{}", t.context, t.namespace),
+    );
+    match TargetLock::acquire(&args.state_dir.join("locks"), &target, "abort check") {
+        Err(journal::JournalError::Locked { .. }) => {
+            println!(
+                "abort requested: the process running {} is compensating",
+                args.run
+            );
+            exit::OK
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            exit::USAGE
+        }
+        Ok(lock) => {
+            drop(lock);
+            let journal = match Journal::reopen(&dir.join("journal.jsonl")) {
+                Ok(j) => j,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return exit::USAGE;
+                }
+            };
+            let Some(Record::RunStarted { spec: spec_path, .. }) = records.first() else {
+                return exit::USAGE;
+            };
+            eprintln!("run {} is not running: compensating it now", args.run);
+            let resume = Resume {
+                completed: state.completed,
+                compensated: state.compensated,
+                failed: Some(state.failed.into_iter().next().unwrap_or(("abort".into(), why))),
+            };
+            execute(
+                &spec,
+                Path::new(spec_path),
+                journal,
+                &args.run,
+                &args.state_dir,
+                resume,
+            )
         }
     }
 }

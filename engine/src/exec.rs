@@ -354,17 +354,21 @@ pub struct Resume {
 /// Executes `nodes` (a DAG, already validated), then compensations and
 /// `handlers` if a step fails.
 pub async fn execute(nodes: Vec<Node>, handlers: Vec<Node>, options: Options, sink: Sink) -> Outcome {
-    execute_resumed(nodes, handlers, options, sink, Resume::default()).await
+    execute_resumed(nodes, handlers, options, sink, Resume::default(), None).await
 }
 
-/// As [`execute`], continuing a run from what its journal recorded.
+/// As [`execute`], continuing a run from what its journal recorded. When
+/// `abort` resolves (with who asked and why), the run fails as if a step
+/// had: running steps are cancelled and completed ones compensated.
 pub async fn execute_resumed(
     nodes: Vec<Node>,
     handlers: Vec<Node>,
     options: Options,
     sink: Sink,
     resume: Resume,
+    abort: Option<BoxFuture<'static, String>>,
 ) -> Outcome {
+    let mut abort = abort.unwrap_or_else(|| Box::pin(std::future::pending()));
     let start = Instant::now();
     let index: HashMap<String, usize> = nodes.iter().enumerate().map(|(i, n)| (n.id.clone(), i)).collect();
     let mut done: HashSet<usize> = HashSet::new();
@@ -432,15 +436,17 @@ pub async fn execute_resumed(
         if running.is_empty() {
             break;
         }
-        let joined = match deadline {
-            Some(d) => tokio::select! {
-                j = running.join_next() => j,
-                () = tokio::time::sleep_until(d) => {
-                    failure = Some(("run".into(), format!("run deadline of {} exceeded", crate::duration::Display(options.run_deadline.unwrap_or_default()))));
-                    None
-                }
-            },
-            None => running.join_next().await,
+        let far = start + Duration::from_secs(100 * 365 * 86_400);
+        let joined = tokio::select! {
+            j = running.join_next() => j,
+            () = tokio::time::sleep_until(deadline.unwrap_or(far)) => {
+                failure = Some(("run".into(), format!("run deadline of {} exceeded", crate::duration::Display(options.run_deadline.unwrap_or_default()))));
+                None
+            }
+            why = &mut abort => {
+                failure = Some(("abort".into(), why));
+                None
+            }
         };
         let Some(joined) = joined else { break };
         let Ok((i, result)) = joined else { continue };
@@ -949,7 +955,7 @@ mod tests {
             completed: vec![done("a"), done("b")],
             ..Resume::default()
         };
-        let out = execute_resumed(nodes(&a, &b, &c), vec![], no_jitter(), bed.sink(), resume).await;
+        let out = execute_resumed(nodes(&a, &b, &c), vec![], no_jitter(), bed.sink(), resume, None).await;
         assert_eq!(out.state, FinalState::Succeeded);
         assert!(a.calls.lock().unwrap().is_empty() && b.calls.lock().unwrap().is_empty());
         assert_eq!(c.calls.lock().unwrap().len(), 1);
@@ -961,13 +967,46 @@ mod tests {
             compensated: vec!["b".into()],
             failed: Some(("c".into(), "breach".into())),
         };
-        let out = execute_resumed(nodes(&a, &b, &c), vec![], no_jitter(), bed.sink(), resume).await;
+        let out = execute_resumed(nodes(&a, &b, &c), vec![], no_jitter(), bed.sink(), resume, None).await;
         assert_eq!(out.state, FinalState::RolledBack);
         assert_eq!(*bed.comps.lock().unwrap(), ["a"]);
         assert_eq!(
             c.calls.lock().unwrap().len(),
             1,
             "the failed run does not start steps again"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn abort_cancels_and_compensates() {
+        let bed = Bed::new();
+        let mut slow = Arc::try_unwrap(bed.script("b", vec![])).ok().unwrap();
+        slow.hang = true;
+        let nodes = vec![
+            bed.node("a", &[], bed.script("a", vec![]), Limits::default()),
+            bed.node("b", &["a"], Arc::new(slow), Limits::default()),
+        ];
+        let abort: BoxFuture<'static, String> = Box::pin(async {
+            sleep(Duration::from_secs(5)).await;
+            "aborted by alice".to_owned()
+        });
+        let out = execute_resumed(
+            nodes,
+            vec![],
+            no_jitter(),
+            bed.sink(),
+            Resume::default(),
+            Some(abort),
+        )
+        .await;
+        assert_eq!(out.state, FinalState::RolledBack);
+        assert_eq!(out.failure, Some(("abort".into(), "aborted by alice".into())));
+        assert_eq!(*bed.comps.lock().unwrap(), ["a"]);
+        assert!(
+            bed.events
+                .lock()
+                .unwrap()
+                .contains(&Event::Cancelled { step: "b".into() })
         );
     }
 

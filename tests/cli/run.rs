@@ -271,3 +271,52 @@ fn an_expired_approval_rolls_the_run_back() {
     );
     assert_eq!(effects(dir.path()), ["before"]);
 }
+
+#[test]
+fn abort_a_running_run_and_an_interrupted_one() {
+    // Running: the approval waits; abort from another process.
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("spec.yaml"), APPROVAL.replace("EXPIRES", "1m").replace(
+        r#"with: {command: [sh, -c, "echo before >> effects"]}"#,
+        r#"with: {command: [sh, -c, "echo before >> effects"], undo: [sh, -c, "echo undo-before >> effects"]}"#,
+    ))
+    .unwrap();
+    let bin = assert_cmd::cargo::cargo_bin("rollwright");
+    let child = std::process::Command::new(&bin)
+        .current_dir(dir.path())
+        .args(["run", "spec.yaml"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let run = wait_for_journal(dir.path(), r#""step":"sign-off","attempt":1"#);
+    let out = run_in(dir.path(), &["abort", &run, "--as", "dave"], &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(stdout(&out).contains("is compensating"));
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("failed at `abort`: aborted by dave"));
+    assert_eq!(effects(dir.path()), ["before", "undo-before"]);
+
+    // Interrupted (killed after `a` succeeded): abort compensates right away.
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("spec.yaml"), SPEC).unwrap();
+    let crashed = run_in(
+        dir.path(),
+        &["run", "spec.yaml"],
+        &[("ROLLWRIGHT_TEST_CRASH_AFTER_RECORDS", "3")],
+    );
+    assert_eq!(crashed.status.code(), None);
+    let run = only_run(dir.path());
+    let out = run_in(dir.path(), &["abort", &run], &[]);
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    assert_eq!(effects(dir.path()), ["a", "undo-a"]);
+    let again = run_in(dir.path(), &["abort", &run], &[]);
+    assert_eq!(again.status.code(), Some(2));
+    assert!(stderr(&again).contains("has already finished (rolled-back)"));
+}
