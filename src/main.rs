@@ -60,6 +60,8 @@ enum Command {
     Approve(run_cmd::ApproveArgs),
     /// Abort a run: cancel it and compensate what it changed.
     Abort(run_cmd::AbortArgs),
+    /// Print a run's report (Plan, Changes, Verification, Rollback, Summary).
+    Report(run_cmd::ReportArgs),
     /// Print the JSON Schema of specs, or of one step kind's `with`.
     Schema(schema_cmd::SchemaArgs),
 }
@@ -92,6 +94,7 @@ fn main() -> ExitCode {
         Command::Status(args) => run_cmd::status(&args),
         Command::Approve(args) => run_cmd::approve(&args),
         Command::Abort(args) => run_cmd::abort(&args),
+        Command::Report(args) => run_cmd::report(&args),
         Command::Schema(args) => schema_cmd::run(&args),
     };
     ExitCode::from(code)

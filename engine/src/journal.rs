@@ -67,6 +67,9 @@ pub enum Record {
     RunFinished {
         /// `succeeded`, `rolled-back` or `rollback-failed`.
         state: String,
+        /// Unix time in milliseconds.
+        #[serde(default)]
+        at_ms: u64,
     },
 }
 
@@ -221,6 +224,9 @@ pub fn record_of(e: &crate::exec::Event) -> Option<Record> {
             error: error.clone(),
         },
         Event::Finished { state } => Record::RunFinished {
+            at_ms: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
             state: match state {
                 FinalState::Succeeded => "succeeded",
                 FinalState::RolledBack => "rolled-back",
@@ -404,7 +410,7 @@ pub fn state(records: &[Record]) -> State {
                 tolerated,
             } if !tolerated => s.failed.push((step.clone(), error.clone())),
             Record::Compensated { step, error: None } => s.compensated.push(step.clone()),
-            Record::RunFinished { state } => s.finished = Some(state.clone()),
+            Record::RunFinished { state, .. } => s.finished = Some(state.clone()),
             _ => {}
         }
     }

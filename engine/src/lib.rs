@@ -29,6 +29,7 @@ pub mod journal;
 pub mod lint;
 pub mod plan;
 pub mod registry;
+pub mod report;
 pub mod retry;
 pub mod schema;
 pub mod spec;

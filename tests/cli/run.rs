@@ -320,3 +320,47 @@ fn abort_a_running_run_and_an_interrupted_one() {
     assert_eq!(again.status.code(), Some(2));
     assert!(stderr(&again).contains("has already finished (rolled-back)"));
 }
+
+#[test]
+fn every_run_writes_a_report_in_the_charter_format() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("spec.yaml"), SPEC).unwrap();
+    let out = run_in(dir.path(), &["run", "spec.yaml"], &[("FAIL_D", "3")]);
+    assert_eq!(out.status.code(), Some(3));
+    let run = only_run(dir.path());
+    let md =
+        std::fs::read_to_string(dir.path().join(".rollwright/runs").join(&run).join("report.md")).unwrap();
+    let headings: Vec<&str> = md.lines().filter(|l| l.starts_with("## ")).collect();
+    assert_eq!(
+        headings,
+        [
+            "## Plan",
+            "## Changes",
+            "## Verification",
+            "## Rollback",
+            "## Summary"
+        ]
+    );
+    assert!(md.contains("Failed at `d`: `sh` exited with 3"), "{md}");
+    assert!(md.contains("- compensated `b`: ok"));
+    assert!(md.contains("- state: **rolled-back**"));
+    let json = run_in(dir.path(), &["report", &run, "--format", "json"], &[]);
+    let v: serde_json::Value = serde_json::from_str(&stdout(&json)).unwrap();
+    assert_eq!(v["summary"]["state"], "rolled-back");
+    assert_eq!(v["summary"]["succeeded"], 3);
+    assert_eq!(v["rollback"]["failure"][0], "d");
+    // An interrupted run has a report too, rebuilt from its journal.
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("spec.yaml"), SPEC).unwrap();
+    run_in(
+        dir.path(),
+        &["run", "spec.yaml"],
+        &[("ROLLWRIGHT_TEST_CRASH_AFTER_RECORDS", "4")],
+    );
+    let md = run_in(dir.path(), &["report", &only_run(dir.path())], &[]);
+    assert!(
+        stdout(&md).contains("- state: **interrupted**"),
+        "{}",
+        stdout(&md)
+    );
+}
