@@ -171,7 +171,10 @@ fn nodes(registry: &Registry, spec: &Spec, cx: &BuildContext) -> Result<(Vec<Nod
                 step,
                 limits: own,
                 compensation,
-                continue_on_failure: s.continue_on_failure,
+                continue_on_failure: s.continue_on_failure
+                    || registry
+                        .get(&s.kind)
+                        .is_some_and(|k| k.tolerates_failure(&s.with)),
             });
         }
     }
@@ -234,7 +237,7 @@ fn journal_sink(journal: Arc<GroupCommit>, started: Instant) -> Sink {
     let written = Mutex::new(1usize); // run-started is record 1
     Arc::new(move |e: &Event| {
         let t = started.elapsed().as_secs_f64();
-        eprintln!("[{t:>7.1}s] {}", describe(e));
+        eprintln!("[{t:>7.1}s] {}", journal::scrub_line(&describe(e)));
         let Some(r) = journal::record_of(e) else { return };
         let finished = matches!(r, Record::RunFinished { .. });
         journal.append(r);
@@ -319,6 +322,7 @@ fn execute(
             .unwrap_or_else(|| PathBuf::from(".")),
         run_dir: rdir,
         started_by: started_by.trim().to_owned(),
+        run_id: run.to_owned(),
     };
     let (steps, handlers) = match nodes(&registry, spec, &cx) {
         Ok(n) => n,
@@ -377,13 +381,16 @@ fn execute(
         return exit::USAGE;
     }
     if let Some((step, error)) = &outcome.failure {
-        eprintln!("failed at `{step}`: {error}");
+        eprintln!("failed at `{step}`: {}", journal::scrub_line(error));
     }
     if let Err(e) = write_report(state_dir, run, spec) {
         eprintln!("error: cannot write the report: {e}");
     }
     for (step, e) in &outcome.left_over {
-        eprintln!("NOT ROLLED BACK: `{step}`: {e} — restore it by hand");
+        eprintln!(
+            "NOT ROLLED BACK: `{step}`: {} — restore it by hand",
+            journal::scrub_line(e)
+        );
     }
     println!("run {run}: {}", state_name(outcome.state));
     let _ = std::io::stdout().flush();

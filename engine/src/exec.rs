@@ -535,6 +535,21 @@ pub async fn execute_resumed(
             left_over.push((id.clone(), e));
         }
     }
+    // Handlers see how the run failed as the outputs of a pseudo-step `run`.
+    if let Ok(mut o) = shared.write() {
+        let mut run = Map::new();
+        run.insert(
+            "state".into(),
+            Value::from(if left_over.is_empty() {
+                "rolled-back"
+            } else {
+                "rollback-failed"
+            }),
+        );
+        run.insert("failed-step".into(), Value::from(fail.0.clone()));
+        run.insert("error".into(), Value::from(fail.1.clone()));
+        o.insert("run".into(), run);
+    }
     // Handlers: each bounded, a failure never blocks the end of the run.
     for h in &handlers {
         let r = drive(

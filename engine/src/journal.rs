@@ -201,14 +201,23 @@ impl Journal {
 #[must_use]
 pub fn record_of(e: &crate::exec::Event) -> Option<Record> {
     use crate::exec::{Event, FinalState};
+    use crate::secrets::{scrub, scrub_value};
+    let outputs = |o: &Map<String, Value>| {
+        let mut v = Value::Object(o.clone());
+        scrub_value(&mut v);
+        match v {
+            Value::Object(m) => m,
+            _ => Map::new(),
+        }
+    };
     Some(match e {
         Event::Started { step, attempt } => Record::StepStarted {
             step: step.clone(),
             attempt: *attempt,
         },
-        Event::Succeeded { step, outputs } => Record::StepSucceeded {
+        Event::Succeeded { step, outputs: o } => Record::StepSucceeded {
             step: step.clone(),
-            outputs: outputs.clone(),
+            outputs: outputs(o),
         },
         Event::Failed {
             step,
@@ -216,12 +225,12 @@ pub fn record_of(e: &crate::exec::Event) -> Option<Record> {
             tolerated,
         } => Record::StepFailed {
             step: step.clone(),
-            error: error.clone(),
+            error: scrub(error),
             tolerated: *tolerated,
         },
         Event::Compensated { step, error } => Record::Compensated {
             step: step.clone(),
-            error: error.clone(),
+            error: error.as_deref().map(scrub),
         },
         Event::Finished { state } => Record::RunFinished {
             at_ms: std::time::SystemTime::now()
@@ -238,6 +247,12 @@ pub fn record_of(e: &crate::exec::Event) -> Option<Record> {
             return None;
         }
     })
+}
+
+/// A log line with every registered secret removed.
+#[must_use]
+pub fn scrub_line(s: &str) -> String {
+    crate::secrets::scrub(s)
 }
 
 enum Msg {

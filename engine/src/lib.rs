@@ -32,6 +32,7 @@ pub mod registry;
 pub mod report;
 pub mod retry;
 pub mod schema;
+pub mod secrets;
 pub mod spec;
 pub mod validate;
 pub mod yaml;

@@ -105,6 +105,11 @@ pub trait StepKind: Send + Sync + 'static {
             self.name()
         ))
     }
+    /// Whether a failure of this step is tolerated by default (a
+    /// notification never fails a run unless its spec says so).
+    fn tolerates_failure(&self, _with: &Value) -> bool {
+        false
+    }
     /// Step ids this step refers to, with their pointers relative to `with`
     /// (e.g. a rollback's `restore: [deploy]`).
     fn step_refs(&self, _with: &Value) -> Vec<(String, String)> {
@@ -121,6 +126,8 @@ pub struct BuildContext {
     pub run_dir: std::path::PathBuf,
     /// Who started the run (they may not approve it).
     pub started_by: String,
+    /// The run id.
+    pub run_id: String,
 }
 
 /// The set of known step kinds, in registration order.

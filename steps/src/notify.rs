@@ -1,10 +1,15 @@
 //! `notify`: POST a JSON summary to a webhook given by reference.
 
 use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
 
-use rollwright_engine::registry::{Finding, Role, StepKind};
+use rollwright_engine::exec::{BoxFuture, Progress, Step, StepContext, StepError};
+use rollwright_engine::registry::{BuildContext, Finding, Role, StepKind};
+use rollwright_engine::secrets;
 use serde::Deserialize;
-use serde_json::Value;
+use serde_json::{Map, Value, json};
 
 use crate::common::{SecretRef, config};
 
@@ -41,6 +46,33 @@ impl StepKind for Notify {
     fn role(&self) -> Role {
         Role::Observe
     }
+    fn tolerates_failure(&self, with: &Value) -> bool {
+        !with.get("fail-run").and_then(Value::as_bool).unwrap_or(false)
+    }
+    fn outputs(&self) -> &'static [&'static str] {
+        &["status"]
+    }
+    fn build(&self, with: &Value, cx: &BuildContext) -> Result<Arc<dyn Step>, String> {
+        // One TLS provider for the process (ring; never aws-lc).
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let config: NotifyConfig = serde_json::from_value(with.clone()).map_err(|e| e.to_string())?;
+        let client = reqwest::Client::builder()
+            .timeout(Duration::from_secs(10))
+            .build()
+            .map_err(|e| format!("cannot build the HTTP client: {e}"))?;
+        Ok(Arc::new(NotifyStep {
+            webhook: with.get("webhook").cloned().unwrap_or(Value::Null),
+            headers: with
+                .get("headers")
+                .and_then(Value::as_object)
+                .cloned()
+                .unwrap_or_default(),
+            message: config.message,
+            base: cx.spec_dir.clone(),
+            run_id: cx.run_id.clone(),
+            client,
+        }))
+    }
     fn check(&self, with: &Value) -> Vec<Finding> {
         let mut out = Vec::new();
         let Some(c) = config::<NotifyConfig>(with, &mut out) else {
@@ -53,5 +85,50 @@ impl StepKind for Notify {
             r.check(&p, &mut out);
         }
         out
+    }
+}
+
+struct NotifyStep {
+    webhook: Value,
+    headers: Map<String, Value>,
+    message: Option<String>,
+    base: PathBuf,
+    run_id: String,
+    client: reqwest::Client,
+}
+
+impl Step for NotifyStep {
+    fn run<'a>(&'a self, cx: &'a StepContext) -> BoxFuture<'a, Result<Progress, StepError>> {
+        Box::pin(async move {
+            // Resolved at the moment of use, registered for redaction.
+            let url = secrets::resolve(&self.webhook, &self.base).map_err(StepError::failed)?;
+            let payload = json!({
+                "run": self.run_id,
+                "step": cx.step_id,
+                "message": self.message,
+                "outcome": cx.outputs.read().ok().and_then(|o| o.get("run").cloned()),
+            });
+            let mut req = self.client.post(url.expose()).json(&payload);
+            for (name, r) in &self.headers {
+                let v = secrets::resolve(r, &self.base).map_err(StepError::failed)?;
+                req = req.header(name.as_str(), v.expose());
+            }
+            let resp = req.send().await.map_err(|e| {
+                // reqwest errors may quote the URL: scrub before they travel.
+                StepError::transient(secrets::scrub(&format!("webhook not reached: {e}")))
+            })?;
+            let status = resp.status();
+            if status.is_success() {
+                let mut outputs = Map::new();
+                outputs.insert("status".into(), Value::from(status.as_u16()));
+                return Ok(Progress::Done { outputs });
+            }
+            let msg = format!("webhook answered {status}");
+            Err(if status.is_server_error() || status.as_u16() == 429 {
+                StepError::transient(msg)
+            } else {
+                StepError::failed(msg)
+            })
+        })
     }
 }

@@ -364,3 +364,125 @@ fn every_run_writes_a_report_in_the_charter_format() {
         stdout(&md)
     );
 }
+
+/// A one-thread HTTP server on 127.0.0.1 that answers the given statuses in
+/// turn and hands back every request it read.
+fn webhook_server(statuses: Vec<u16>) -> (String, std::sync::mpsc::Receiver<String>) {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for status in statuses {
+            let Ok((mut s, _)) = listener.accept() else { return };
+            s.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+                .unwrap();
+            let mut buf = Vec::new();
+            let mut chunk = [0u8; 4096];
+            // Read headers, then the body by Content-Length.
+            loop {
+                let n = s.read(&mut chunk).unwrap_or(0);
+                if n == 0 {
+                    break;
+                }
+                buf.extend_from_slice(&chunk[..n]);
+                let text = String::from_utf8_lossy(&buf).to_string();
+                if let Some(end) = text.find("\r\n\r\n") {
+                    let len = text
+                        .lines()
+                        .find_map(|l| {
+                            l.to_ascii_lowercase()
+                                .strip_prefix("content-length:")
+                                .map(|v| v.trim().parse::<usize>().unwrap_or(0))
+                        })
+                        .unwrap_or(0);
+                    if buf.len() >= end + 4 + len {
+                        break;
+                    }
+                }
+            }
+            let _ = tx.send(String::from_utf8_lossy(&buf).to_string());
+            let _ = write!(
+                s,
+                "HTTP/1.1 {status} X\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+            );
+        }
+    });
+    (format!("http://{addr}/hooks/T0KEN-IN-URL-12345"), rx)
+}
+
+#[test]
+fn notify_posts_the_outcome_retries_and_never_leaks_its_secrets() {
+    let dir = tempfile::tempdir().unwrap();
+    let (url, requests) = webhook_server(vec![503, 200]);
+    let spec = SPEC.to_owned()
+        + r#"on-failure:
+  - id: page
+    type: notify
+    retry: {attempts: 3, backoff: constant, initial: 100ms}
+    with:
+      webhook: {env: HOOK_URL}
+      headers: {Authorization: {env: HOOK_AUTH}}
+      message: effects rolled back
+"#;
+    std::fs::write(dir.path().join("spec.yaml"), spec).unwrap();
+    let out = run_in(
+        dir.path(),
+        &["run", "spec.yaml"],
+        &[
+            ("FAIL_D", "3"),
+            ("HOOK_URL", &url),
+            ("HOOK_AUTH", "Bearer sup3r-s3cret-t0ken"),
+        ],
+    );
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    let first = requests.recv_timeout(std::time::Duration::from_secs(5)).unwrap();
+    let second = requests.recv_timeout(std::time::Duration::from_secs(5)).unwrap();
+    assert!(
+        first.starts_with("POST /hooks/T0KEN-IN-URL-12345 HTTP/1.1"),
+        "{first}"
+    );
+    assert!(
+        second
+            .to_ascii_lowercase()
+            .contains("authorization: bearer sup3r-s3cret-t0ken"),
+        "{second}"
+    );
+    let body: serde_json::Value = serde_json::from_str(second.split("\r\n\r\n").nth(1).unwrap()).unwrap();
+    assert_eq!(body["step"], "page");
+    assert_eq!(body["message"], "effects rolled back");
+    assert_eq!(body["outcome"]["failed-step"], "d");
+    assert_eq!(body["outcome"]["state"], "rolled-back");
+    // The secrets appear nowhere: not on the terminal, not in the journal or the report.
+    let run = only_run(dir.path());
+    let rdir = dir.path().join(".rollwright/runs").join(&run);
+    let mut everything = stdout(&out) + &stderr(&out);
+    for f in ["journal.jsonl", "report.md", "report.json"] {
+        everything += &std::fs::read_to_string(rdir.join(f)).unwrap();
+    }
+    assert!(
+        everything.contains("page: on-failure handler done"),
+        "{everything}"
+    );
+    for secret in ["sup3r-s3cret-t0ken", "T0KEN-IN-URL-12345"] {
+        assert!(!everything.contains(secret), "{secret} leaked:\n{everything}");
+    }
+}
+
+#[test]
+fn a_notify_step_that_cannot_deliver_does_not_fail_the_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let (url, _requests) = webhook_server(vec![404]);
+    let spec = SPEC.to_owned().replace(
+        "  - {id: d,",
+        "  - {id: tell, type: notify, needs: [a], with: {webhook: {env: HOOK_URL}}}\n  - {id: d,",
+    );
+    std::fs::write(dir.path().join("spec.yaml"), spec).unwrap();
+    let out = run_in(dir.path(), &["run", "spec.yaml"], &[("HOOK_URL", &url)]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("tell: failed (continue-on-failure): webhook answered 404 Not Found"),
+        "{}",
+        stderr(&out)
+    );
+}
