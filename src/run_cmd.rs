@@ -130,8 +130,10 @@ fn nodes(registry: &Registry, spec: &Spec, cx: &BuildContext) -> Result<(Vec<Nod
         .as_ref()
         .and_then(|r| RetryPolicy::from_value(r).ok())
         .unwrap_or_default();
-    let limits = |t: Option<&String>, r: Option<&Value>| Limits {
-        attempt_timeout: None,
+    let parse = |t: Option<&String>| t.and_then(|t| rollwright_engine::duration::parse(t).ok());
+    let default_attempt = parse(spec.defaults.attempt_timeout.as_ref());
+    let limits = |t: Option<&String>, a: Option<&String>, r: Option<&Value>| Limits {
+        attempt_timeout: parse(a).or(default_attempt),
         deadline: t
             .and_then(|t| rollwright_engine::duration::parse(t).ok())
             .or(default_timeout),
@@ -157,11 +159,15 @@ fn nodes(registry: &Registry, spec: &Spec, cx: &BuildContext) -> Result<(Vec<Nod
     for s in &spec.steps {
         let step = build(&s.id, &s.kind, &s.with);
         let comp = s.compensate.as_ref().and_then(|c| {
-            build(&format!("{} (compensation)", s.id), &c.kind, &c.with)
-                .map(|b| (b, limits(c.timeout.as_ref(), c.retry.as_ref())))
+            build(&format!("{} (compensation)", s.id), &c.kind, &c.with).map(|b| {
+                (
+                    b,
+                    limits(c.timeout.as_ref(), c.attempt_timeout.as_ref(), c.retry.as_ref()),
+                )
+            })
         });
         if let Some(step) = step {
-            let own = limits(s.timeout.as_ref(), s.retry.as_ref());
+            let own = limits(s.timeout.as_ref(), s.attempt_timeout.as_ref(), s.retry.as_ref());
             // Without an explicit `compensate`, the step's own compensation
             // (a no-op for kinds that change nothing) undoes it.
             let compensation = comp.or_else(|| Some((step.clone(), own)));
@@ -185,7 +191,7 @@ fn nodes(registry: &Registry, spec: &Spec, cx: &BuildContext) -> Result<(Vec<Nod
                 id: h.id.clone(),
                 needs: Vec::new(),
                 step,
-                limits: limits(h.timeout.as_ref(), h.retry.as_ref()),
+                limits: limits(h.timeout.as_ref(), h.attempt_timeout.as_ref(), h.retry.as_ref()),
                 compensation: None,
                 continue_on_failure: true,
             });

@@ -141,6 +141,9 @@ pub struct Defaults {
     /// Step deadline, e.g. `10m`.
     #[serde(default)]
     pub timeout: Option<String>,
+    /// Deadline of each attempt.
+    #[serde(default, rename = "attempt-timeout")]
+    pub attempt_timeout: Option<String>,
     /// Retry policy (see `retry`).
     #[serde(default)]
     pub retry: Option<Value>,
@@ -167,6 +170,9 @@ pub struct Step {
     /// Step deadline.
     #[serde(default)]
     pub timeout: Option<String>,
+    /// Deadline of each attempt.
+    #[serde(default)]
+    pub attempt_timeout: Option<String>,
     /// Retry policy.
     #[serde(default)]
     pub retry: Option<Value>,
@@ -191,6 +197,9 @@ pub struct Compensation {
     /// Deadline.
     #[serde(default)]
     pub timeout: Option<String>,
+    /// Deadline of each attempt.
+    #[serde(default, rename = "attempt-timeout")]
+    pub attempt_timeout: Option<String>,
     /// Retry policy.
     #[serde(default)]
     pub retry: Option<Value>,
@@ -214,6 +223,9 @@ pub struct Handler {
     /// Deadline.
     #[serde(default)]
     pub timeout: Option<String>,
+    /// Deadline of each attempt.
+    #[serde(default)]
+    pub attempt_timeout: Option<String>,
     /// Retry policy.
     #[serde(default)]
     pub retry: Option<Value>,
@@ -242,6 +254,7 @@ impl Step {
                 .cloned()
                 .unwrap_or_else(empty_object),
             timeout: text("timeout"),
+            attempt_timeout: text("attempt-timeout"),
             retry: v.get("retry").cloned(),
             compensate: v
                 .get("compensate")
@@ -291,6 +304,7 @@ impl Spec {
             serving: field(v, "serving"),
             defaults: field(v, "defaults").unwrap_or_else(|| Defaults {
                 timeout: field(&v["defaults"], "timeout"),
+                attempt_timeout: field(&v["defaults"], "attempt-timeout"),
                 retry: v["defaults"].get("retry").cloned(),
             }),
             steps: list("steps").iter().map(Step::lenient).collect(),
@@ -305,6 +319,7 @@ impl Spec {
                             description: None,
                             with: s.with,
                             timeout: s.timeout,
+                            attempt_timeout: s.attempt_timeout,
                             retry: s.retry,
                         }
                     })
