@@ -14,6 +14,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 mod lint;
 mod plan_cmd;
+mod progress;
 mod render;
 mod run_cmd;
 mod schema_cmd;

@@ -10,10 +10,9 @@
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use clap::{Args, ValueEnum};
-use rollwright_engine::duration::Display;
 use rollwright_engine::exec::{self, Event, FinalState, Limits, Node, Options, Resume, Sink, Step};
 use rollwright_engine::journal::{self, GroupCommit, Journal, Record, TargetLock};
 use rollwright_engine::registry::{BuildContext, Registry};
@@ -35,6 +34,9 @@ pub struct RunArgs {
     /// Where runs and locks are kept.
     #[arg(long, value_name = "DIR", default_value = ".rollwright")]
     state_dir: PathBuf,
+    /// Progress: live lines on a terminal (plain otherwise), or JSON events on stdout.
+    #[arg(long, value_enum, default_value_t = Output::Text)]
+    output: Output,
 }
 
 #[derive(Args)]
@@ -45,6 +47,9 @@ pub struct ResumeArgs {
     /// Where runs and locks are kept.
     #[arg(long, value_name = "DIR", default_value = ".rollwright")]
     state_dir: PathBuf,
+    /// Progress: live lines on a terminal (plain otherwise), or JSON events on stdout.
+    #[arg(long, value_enum, default_value_t = Output::Text)]
+    output: Output,
 }
 
 /// Output format of `status`.
@@ -86,13 +91,7 @@ fn state_code(s: FinalState) -> u8 {
     }
 }
 
-fn state_name(s: FinalState) -> &'static str {
-    match s {
-        FinalState::Succeeded => "succeeded",
-        FinalState::RolledBack => "rolled-back",
-        FinalState::RollbackFailed => "rollback-failed",
-    }
-}
+use crate::progress::{Output, Progress, state_name};
 
 /// Lints and expands a spec; prints problems and returns None when it has errors.
 fn prepare(linter: &Linter, spec: &Path, overrides: &[(String, Value)]) -> Result<(Spec, Value), u8> {
@@ -233,8 +232,8 @@ fn new_run_id(name: &str) -> String {
     )
 }
 
-/// Journals events (group commit) and prints progress lines.
-fn journal_sink(journal: Arc<GroupCommit>, started: Instant) -> Sink {
+/// Journals events (group commit) and shows progress.
+fn journal_sink(journal: Arc<GroupCommit>, progress: Arc<Progress>) -> Sink {
     // A testing hook: abort (as a kill -9 would) once N records are durable,
     // to prove that resume works from every record boundary.
     let crash_after: Option<usize> = std::env::var("ROLLWRIGHT_TEST_CRASH_AFTER_RECORDS")
@@ -242,8 +241,7 @@ fn journal_sink(journal: Arc<GroupCommit>, started: Instant) -> Sink {
         .and_then(|v| v.parse().ok());
     let written = Mutex::new(1usize); // run-started is record 1
     Arc::new(move |e: &Event| {
-        let t = started.elapsed().as_secs_f64();
-        eprintln!("[{t:>7.1}s] {}", journal::scrub_line(&describe(e)));
+        progress.event(e);
         let Some(r) = journal::record_of(e) else { return };
         let finished = matches!(r, Record::RunFinished { .. });
         journal.append(r);
@@ -258,44 +256,6 @@ fn journal_sink(journal: Arc<GroupCommit>, started: Instant) -> Sink {
             }
         }
     })
-}
-
-fn describe(e: &Event) -> String {
-    match e {
-        Event::Started { step, attempt } => format!("{step}: started (attempt {attempt})"),
-        Event::Waiting { step, after, reason } => format!("{step}: waiting {} ({reason})", Display(*after)),
-        Event::Retrying {
-            step,
-            attempt,
-            delay,
-            error,
-        } => {
-            format!(
-                "{step}: attempt {attempt} failed: {error}; retrying in {}",
-                Display(*delay)
-            )
-        }
-        Event::Succeeded { step, .. } => format!("{step}: succeeded"),
-        Event::Failed {
-            step,
-            error,
-            tolerated,
-        } => {
-            format!(
-                "{step}: failed{}: {error}",
-                if *tolerated { " (continue-on-failure)" } else { "" }
-            )
-        }
-        Event::Cancelled { step } => format!("{step}: cancelled"),
-        Event::Compensated { step, error: None } => format!("{step}: compensated"),
-        Event::Compensated { step, error: Some(e) } => format!("{step}: compensation FAILED: {e}"),
-        Event::Handled { handler, error: None } => format!("{handler}: on-failure handler done"),
-        Event::Handled {
-            handler,
-            error: Some(e),
-        } => format!("{handler}: on-failure handler failed: {e}"),
-        Event::Finished { state } => format!("run {}", state_name(*state)),
-    }
 }
 
 /// Who runs rollwright: `ROLLWRIGHT_USER`, else `USER`.
@@ -316,6 +276,7 @@ fn execute(
     run: &str,
     state_dir: &Path,
     resume: Resume,
+    output: Output,
 ) -> u8 {
     let registry = registry();
     let rdir = run_dir(state_dir, run);
@@ -362,7 +323,8 @@ fn execute(
         }
     };
     let writer = Arc::new(GroupCommit::start(journal));
-    let sink = journal_sink(writer.clone(), Instant::now());
+    let progress = Arc::new(Progress::new(output));
+    let sink = journal_sink(writer.clone(), progress.clone());
     // `rollwright abort` from another process leaves a file here.
     let abort_file = run_dir(state_dir, run).join("abort");
     let abort: exec::BoxFuture<'static, String> = Box::pin(async move {
@@ -387,18 +349,17 @@ fn execute(
         return exit::USAGE;
     }
     if let Some((step, error)) = &outcome.failure {
-        eprintln!("failed at `{step}`: {}", journal::scrub_line(error));
+        progress.note(&format!("failed at `{step}`: {error}"));
     }
     if let Err(e) = write_report(state_dir, run, spec) {
         eprintln!("error: cannot write the report: {e}");
     }
     for (step, e) in &outcome.left_over {
-        eprintln!(
-            "NOT ROLLED BACK: `{step}`: {} — restore it by hand",
-            journal::scrub_line(e)
-        );
+        progress.note(&format!("NOT ROLLED BACK: `{step}`: {e} — restore it by hand"));
     }
-    println!("run {run}: {}", state_name(outcome.state));
+    if output == Output::Text {
+        println!("run {run}: {}", state_name(outcome.state));
+    }
     let _ = std::io::stdout().flush();
     state_code(outcome.state)
 }
@@ -461,6 +422,7 @@ pub fn run(args: &RunArgs) -> u8 {
         &run,
         &args.state_dir,
         Resume::default(),
+        args.output,
     )
 }
 
@@ -526,7 +488,15 @@ pub fn resume(args: &ResumeArgs) -> u8 {
         compensated: state.compensated,
         failed: state.failed.into_iter().next(),
     };
-    execute(&typed, &spec_path, journal, &args.run, &args.state_dir, resume)
+    execute(
+        &typed,
+        &spec_path,
+        journal,
+        &args.run,
+        &args.state_dir,
+        resume,
+        args.output,
+    )
 }
 
 pub fn status(args: &StatusArgs) -> u8 {
@@ -679,6 +649,9 @@ pub struct AbortArgs {
     /// Where runs and locks are kept.
     #[arg(long, value_name = "DIR", default_value = ".rollwright")]
     state_dir: PathBuf,
+    /// Progress: live lines on a terminal (plain otherwise), or JSON events on stdout.
+    #[arg(long, value_enum, default_value_t = Output::Text)]
+    output: Output,
 }
 
 /// Aborts a run: a running process notices within a fraction of a second
@@ -741,6 +714,7 @@ pub fn abort(args: &AbortArgs) -> u8 {
                 &args.run,
                 &args.state_dir,
                 resume,
+                args.output,
             )
         }
     }

@@ -486,3 +486,69 @@ fn a_notify_step_that_cannot_deliver_does_not_fail_the_run() {
         stderr(&out)
     );
 }
+
+#[test]
+fn progress_as_json_events_and_live_on_a_terminal() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("spec.yaml"), SPEC).unwrap();
+    let out = run_in(dir.path(), &["run", "spec.yaml", "--output", "json"], &[]);
+    assert_eq!(out.status.code(), Some(0));
+    let events: Vec<serde_json::Value> = stdout(&out)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(events.first().unwrap()["event"], "started");
+    assert_eq!(events.last().unwrap()["event"], "finished");
+    assert_eq!(events.last().unwrap()["state"], "succeeded");
+    assert_eq!(events.iter().filter(|e| e["event"] == "succeeded").count(), 4);
+
+    // Under a pseudo-terminal the live display is used (and ends cleanly).
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("spec.yaml"), SPEC).unwrap();
+    let bin = assert_cmd::cargo::cargo_bin("rollwright");
+    let out = std::process::Command::new("script")
+        .current_dir(dir.path())
+        .env_remove("NO_COLOR")
+        .args(["-qec", &format!("{} run spec.yaml", bin.display()), "/dev/null"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let screen = String::from_utf8_lossy(&out.stdout);
+    assert!(screen.contains("✓ succeeded"), "{screen}");
+    assert!(screen.contains(": succeeded"));
+}
+
+/// A real SIGKILL in the middle of a waiting step, then resume.
+#[test]
+fn sigkill_during_a_wait_then_resume() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = SPEC.replace(
+        "  - {id: d, type: exec, needs: [b, c],",
+        "  - {id: nap, type: sleep, needs: [b, c], with: {duration: 2s}}\n  - {id: d, type: exec, needs: [nap],",
+    );
+    std::fs::write(dir.path().join("spec.yaml"), spec).unwrap();
+    let bin = assert_cmd::cargo::cargo_bin("rollwright");
+    let mut child = std::process::Command::new(&bin)
+        .current_dir(dir.path())
+        .env("ROLLWRIGHT_TEST_STEPS", "1")
+        .args(["run", "spec.yaml"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let run = wait_for_journal(dir.path(), r#""step":"nap","attempt":1"#);
+    child.kill().unwrap(); // SIGKILL
+    let _ = child.wait();
+    let out = run_in(dir.path(), &["resume", &run], &[("ROLLWRIGHT_TEST_STEPS", "1")]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(stderr(&out).contains("already done"), "{}", stderr(&out));
+    let e = effects(dir.path());
+    for step in ["a", "b", "c", "d"] {
+        assert_eq!(e.iter().filter(|l| *l == step).count(), 1, "{step}: {e:?}");
+    }
+}
