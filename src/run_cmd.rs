@@ -31,6 +31,9 @@ pub struct RunArgs {
     /// Override a parameter; the value is read as YAML.
     #[arg(long = "set", value_name = "KEY=VALUE")]
     set: Vec<String>,
+    /// Deadline of the whole run (`2h`); when it passes, the run fails and rolls back.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    deadline: Option<Duration>,
     /// Where runs and locks are kept.
     #[arg(long, value_name = "DIR", default_value = ".rollwright")]
     state_dir: PathBuf,
@@ -72,6 +75,10 @@ pub struct StatusArgs {
     /// Where runs and locks are kept.
     #[arg(long, value_name = "DIR", default_value = ".rollwright")]
     state_dir: PathBuf,
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    rollwright_engine::duration::parse(s).map_err(|e| e.to_string())
 }
 
 fn registry() -> Registry {
@@ -269,6 +276,13 @@ fn run_dir(state_dir: &Path, run: &str) -> PathBuf {
     state_dir.join("runs").join(run)
 }
 
+/// How to show and bound a run.
+#[derive(Clone, Copy)]
+struct Show {
+    output: Output,
+    deadline: Option<Duration>,
+}
+
 fn execute(
     spec: &Spec,
     spec_path: &Path,
@@ -276,8 +290,9 @@ fn execute(
     run: &str,
     state_dir: &Path,
     resume: Resume,
-    output: Output,
+    show: Show,
 ) -> u8 {
+    let Show { output, deadline } = show;
     let registry = registry();
     let rdir = run_dir(state_dir, run);
     let started_by = std::fs::read_to_string(rdir.join("started-by")).unwrap_or_else(|_| current_user());
@@ -338,7 +353,10 @@ fn execute(
     let outcome = runtime.block_on(exec::execute_resumed(
         steps,
         handlers,
-        Options::default(),
+        Options {
+            run_deadline: deadline,
+            ..Options::default()
+        },
         sink,
         resume,
         Some(abort),
@@ -422,7 +440,10 @@ pub fn run(args: &RunArgs) -> u8 {
         &run,
         &args.state_dir,
         Resume::default(),
-        args.output,
+        Show {
+            output: args.output,
+            deadline: args.deadline,
+        },
     )
 }
 
@@ -495,7 +516,10 @@ pub fn resume(args: &ResumeArgs) -> u8 {
         &args.run,
         &args.state_dir,
         resume,
-        args.output,
+        Show {
+            output: args.output,
+            deadline: None,
+        },
     )
 }
 
@@ -714,7 +738,10 @@ pub fn abort(args: &AbortArgs) -> u8 {
                 &args.run,
                 &args.state_dir,
                 resume,
-                args.output,
+                Show {
+                    output: args.output,
+                    deadline: None,
+                },
             )
         }
     }

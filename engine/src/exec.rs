@@ -518,7 +518,7 @@ pub async fn execute_resumed(
         };
         let undo = Arc::new(Undo(comp.clone()));
         let r = drive(
-            id.clone(),
+            format!("{id} (undo)"),
             undo,
             *limits,
             shared.clone(),
