@@ -16,7 +16,6 @@ use clap::{Args, ValueEnum};
 use rollwright_engine::exec::{self, Event, FinalState, Limits, Node, Options, Resume, Sink, Step};
 use rollwright_engine::journal::{self, GroupCommit, Journal, Record, TargetLock};
 use rollwright_engine::registry::{BuildContext, Registry};
-use rollwright_engine::retry::RetryPolicy;
 use rollwright_engine::spec::Spec;
 use rollwright_engine::{Limits as LoadLimits, Linter};
 use serde_json::Value;
@@ -125,28 +124,7 @@ fn prepare(linter: &Linter, spec: &Path, overrides: &[(String, Value)]) -> Resul
 
 /// Builds the executable nodes; any kind that cannot run is reported.
 fn nodes(registry: &Registry, spec: &Spec, cx: &BuildContext) -> Result<(Vec<Node>, Vec<Node>), Vec<String>> {
-    let default_timeout = spec
-        .defaults
-        .timeout
-        .as_deref()
-        .and_then(|t| rollwright_engine::duration::parse(t).ok());
-    let default_retry = spec
-        .defaults
-        .retry
-        .as_ref()
-        .and_then(|r| RetryPolicy::from_value(r).ok())
-        .unwrap_or_default();
-    let parse = |t: Option<&String>| t.and_then(|t| rollwright_engine::duration::parse(t).ok());
-    let default_attempt = parse(spec.defaults.attempt_timeout.as_ref());
-    let limits = |t: Option<&String>, a: Option<&String>, r: Option<&Value>| Limits {
-        attempt_timeout: parse(a).or(default_attempt),
-        deadline: t
-            .and_then(|t| rollwright_engine::duration::parse(t).ok())
-            .or(default_timeout),
-        retry: r
-            .and_then(|r| RetryPolicy::from_value(r).ok())
-            .unwrap_or(default_retry),
-    };
+    let limits = |t: Option<&String>, a: Option<&String>, r: Option<&Value>| Limits::of(spec, t, a, r);
     let mut errors = Vec::new();
     let mut build = |id: &str, kind: &str, with: &Value| -> Option<Arc<dyn Step>> {
         match registry

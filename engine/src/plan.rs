@@ -148,26 +148,12 @@ fn compensation_key(c: &crate::spec::Compensation) -> String {
     format!("{}|{}|{:?}|{:?}", c.kind, c.with, c.timeout, c.retry)
 }
 
-fn dur(v: Option<&String>) -> Option<Duration> {
-    v.and_then(|s| duration::parse(s).ok())
-}
-
 /// Builds the plan of a lint-clean expansion.
 #[must_use]
 pub fn build(exp: &Expanded, spec: &Spec, registry: &Registry) -> Plan {
-    let default_timeout = dur(spec.defaults.timeout.as_ref());
-    let default_retry = spec
-        .defaults
-        .retry
-        .as_ref()
-        .and_then(|r| RetryPolicy::from_value(r).ok())
-        .unwrap_or_default();
     let policy = |t: Option<&String>, r: Option<&Value>| -> (Option<Duration>, RetryPolicy) {
-        (
-            dur(t).or(default_timeout),
-            r.and_then(|r| RetryPolicy::from_value(r).ok())
-                .unwrap_or(default_retry),
-        )
+        let l = crate::exec::Limits::of(spec, t, None, r);
+        (l.deadline, l.retry)
     };
     let where_ = |ptr: &str| {
         let l = exp.locate(ptr);
