@@ -15,9 +15,10 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use clap::{Args, ValueEnum};
 use rollwright_engine::exec::{self, Event, FinalState, Limits, Node, Options, Resume, Sink, Step};
 use rollwright_engine::journal::{self, GroupCommit, Journal, Record, TargetLock};
-use rollwright_engine::registry::{BuildContext, Registry};
+use rollwright_engine::registry::{BuildContext, Registry, Role};
 use rollwright_engine::spec::Spec;
 use rollwright_engine::{Limits as LoadLimits, Linter};
+use rollwright_steps::gate_check::Guarded;
 use serde_json::Value;
 
 use crate::{exit, render};
@@ -150,6 +151,21 @@ fn nodes(registry: &Registry, spec: &Spec, cx: &BuildContext) -> Result<(Vec<Nod
                 )
             })
         });
+        // Production changes check for a passing gate of this exact version,
+        // at run time, whatever the spec says.
+        let step = match (&spec.model, step) {
+            (Some(m), Some(inner))
+                if spec.is_production()
+                    && registry.get(&s.kind).is_some_and(|k| k.role() == Role::Promote) =>
+            {
+                Some(Arc::new(Guarded {
+                    model: m.name.clone(),
+                    version: m.version.clone(),
+                    inner,
+                }) as Arc<dyn Step>)
+            }
+            (_, step) => step,
+        };
         if let Some(step) = step {
             let own = limits(s.timeout.as_ref(), s.attempt_timeout.as_ref(), s.retry.as_ref());
             // Without an explicit `compensate`, the step's own compensation
@@ -283,6 +299,10 @@ fn execute(
         run_dir: rdir,
         started_by: started_by.trim().to_owned(),
         run_id: run.to_owned(),
+        model: spec
+            .model
+            .as_ref()
+            .map(|m| (m.registry.clone(), m.name.clone(), m.version.clone())),
     };
     let (steps, handlers) = match nodes(&registry, spec, &cx) {
         Ok(n) => n,
@@ -381,6 +401,24 @@ pub fn run(args: &RunArgs) -> u8 {
         Err(code) => return code,
     };
     let run = new_run_id(&spec.metadata.name);
+    // Every step must be buildable before the run exists: nothing half-created.
+    let probe = BuildContext {
+        spec_dir: args.spec.parent().map(Path::to_path_buf).unwrap_or_default(),
+        run_dir: run_dir(&args.state_dir, &run),
+        started_by: current_user(),
+        run_id: run.clone(),
+        model: spec
+            .model
+            .as_ref()
+            .map(|m| (m.registry.clone(), m.name.clone(), m.version.clone())),
+    };
+    if let Err(errors) = nodes(&registry(), &spec, &probe) {
+        for e in errors {
+            eprintln!("error: {e}");
+        }
+        eprintln!("error: nothing was run");
+        return exit::FINDINGS;
+    }
     let path = run_dir(&args.state_dir, &run).join("journal.jsonl");
     let mut journal = match Journal::create(&path) {
         Ok(j) => j,

@@ -128,6 +128,8 @@ pub struct BuildContext {
     pub started_by: String,
     /// The run id.
     pub run_id: String,
+    /// The model the run deploys: `(registry, name, version)`.
+    pub model: Option<(String, String, String)>,
 }
 
 /// The set of known step kinds, in registration order.

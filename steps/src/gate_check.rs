@@ -1,10 +1,21 @@
 //! `gate-check`: the model version must be approved before anything changes.
 //!
-//! In this issue the kind carries its configuration, schema and the facts
-//! lint relies on (it is the one kind with [`Role::Gate`]); evaluation
-//! against a registry comes with the gates issue.
+//! It is the one kind with [`Role::Gate`]. At run time it resolves the exact
+//! version in the model registry and checks, all at once: the required
+//! alias, enough distinct, unexpired approvals (with the required roles) and
+//! every eval threshold. Any unmet condition is a *rejection* (never
+//! retried) that lists them all; a pass records the evidence as outputs
+//! (`gate: true`, `version`, `digest`, `approvers`, `evals`), which the
+//! production guard of every mutating step checks before acting.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use rollwright_engine::exec::{BoxFuture, Progress, Step, StepContext, StepError};
+use rollwright_engine::registry::BuildContext;
+
+use crate::model_registry::{FileRegistry, ModelRegistry, VersionRecord, parse_time};
 
 use rollwright_engine::Code;
 use rollwright_engine::registry::{Finding, Role, StepKind};
@@ -70,7 +81,27 @@ impl StepKind for GateCheck {
         Role::Gate
     }
     fn outputs(&self) -> &'static [&'static str] {
-        &["version", "digest", "approvers"]
+        &["gate", "model", "version", "digest", "approvers", "evals"]
+    }
+    fn build(&self, with: &Value, cx: &BuildContext) -> Result<Arc<dyn Step>, String> {
+        let config: GateCheckConfig = serde_json::from_value(with.clone()).map_err(|e| e.to_string())?;
+        let Some((registry, name, version)) = cx.model.clone() else {
+            return Err("a gate-check needs the spec's `model`".into());
+        };
+        let backend: Box<dyn ModelRegistry> = match registry.as_str() {
+            "file" => Box::new(FileRegistry::locate(&cx.spec_dir)),
+            other => {
+                return Err(format!(
+                    "model registry `{other}` cannot be read in this build yet; use `file`"
+                ));
+            }
+        };
+        Ok(Arc::new(GateStep {
+            config,
+            registry: backend,
+            name,
+            version,
+        }))
     }
     fn check(&self, with: &Value) -> Vec<Finding> {
         let mut out = Vec::new();
@@ -104,5 +135,297 @@ impl StepKind for GateCheck {
             ));
         }
         out
+    }
+}
+
+struct GateStep {
+    config: GateCheckConfig,
+    registry: Box<dyn ModelRegistry>,
+    name: String,
+    version: String,
+}
+
+/// Every unmet condition of `record` under `config`, at time `now`.
+#[must_use]
+pub fn unmet(
+    config: &GateCheckConfig,
+    record: &VersionRecord,
+    now: SystemTime,
+) -> (Vec<String>, Vec<String>) {
+    let mut problems = Vec::new();
+    if let Some(alias) = &config.alias
+        && !record.aliases.contains(alias)
+    {
+        problems.push(format!(
+            "lacks alias `{alias}` (has: {})",
+            if record.aliases.is_empty() {
+                "none".to_owned()
+            } else {
+                record.aliases.join(", ")
+            }
+        ));
+    }
+    let mut valid: Vec<&crate::model_registry::ApprovalRecord> = Vec::new();
+    for a in &record.approvals {
+        let expired = match a.expires.as_deref().map(parse_time) {
+            Some(Ok(t)) => t <= now,
+            Some(Err(e)) => {
+                problems.push(format!("approval by {}: {e}", a.who));
+                true
+            }
+            None => false,
+        };
+        if expired {
+            continue;
+        }
+        if !valid.iter().any(|v| v.who == a.who) {
+            valid.push(a);
+        }
+    }
+    let approvers: Vec<String> = valid.iter().map(|a| a.who.clone()).collect();
+    if (valid.len() as u64) < u64::from(config.approvals) {
+        let expired = record.approvals.len()
+            - record
+                .approvals
+                .iter()
+                .filter(|a| valid.iter().any(|v| v.who == a.who))
+                .count();
+        problems.push(format!(
+            "has {} valid approval(s) from distinct people, {} required{}",
+            valid.len(),
+            config.approvals,
+            if expired > 0 {
+                format!(" ({expired} expired)")
+            } else {
+                String::new()
+            }
+        ));
+    }
+    for role in &config.roles {
+        if !valid.iter().any(|a| a.role.as_deref() == Some(role.as_str())) {
+            problems.push(format!("no valid approval from a `{role}`"));
+        }
+    }
+    for (metric, t) in &config.evals {
+        match record.evals.iter().find(|e| &e.metric == metric) {
+            None => problems.push(format!("eval `{metric}` is missing")),
+            Some(e) => {
+                if let Some(min) = t.min
+                    && e.value < min
+                {
+                    problems.push(format!(
+                        "eval `{metric}` = {} is below the minimum {min}",
+                        e.value
+                    ));
+                }
+                if let Some(max) = t.max
+                    && e.value > max
+                {
+                    problems.push(format!(
+                        "eval `{metric}` = {} is above the maximum {max}",
+                        e.value
+                    ));
+                }
+            }
+        }
+    }
+    (problems, approvers)
+}
+
+impl Step for GateStep {
+    fn run<'a>(&'a self, _cx: &'a StepContext) -> BoxFuture<'a, Result<Progress, StepError>> {
+        Box::pin(async move {
+            let record = self
+                .registry
+                .version(&self.name, &self.version)
+                .map_err(StepError::transient)?
+                .ok_or_else(|| {
+                    StepError::rejected(format!(
+                        "gate closed: {} version {} is not in the model registry",
+                        self.name, self.version
+                    ))
+                })?;
+            let (problems, approvers) = unmet(&self.config, &record, SystemTime::now());
+            if !problems.is_empty() {
+                let list: Vec<String> = problems
+                    .iter()
+                    .enumerate()
+                    .map(|(i, p)| format!("({}) {p}", i + 1))
+                    .collect();
+                return Err(StepError::rejected(format!(
+                    "gate closed for {} version {}: {}",
+                    self.name,
+                    self.version,
+                    list.join("; ")
+                )));
+            }
+            let mut outputs = serde_json::Map::new();
+            outputs.insert("gate".into(), Value::Bool(true));
+            outputs.insert("model".into(), Value::from(self.name.clone()));
+            outputs.insert("version".into(), Value::from(self.version.clone()));
+            outputs.insert(
+                "digest".into(),
+                record.artifact.digest.clone().map_or(Value::Null, Value::from),
+            );
+            outputs.insert("approvers".into(), Value::from(approvers));
+            let evals: serde_json::Map<String, Value> = record
+                .evals
+                .iter()
+                .filter(|e| self.config.evals.contains_key(&e.metric))
+                .map(|e| (e.metric.clone(), Value::from(e.value)))
+                .collect();
+            outputs.insert("evals".into(), Value::Object(evals));
+            Ok(Progress::Done { outputs })
+        })
+    }
+}
+
+/// Wraps a step that changes production: before acting it checks that a
+/// gate-check passed *in this run* for exactly this model version (and, when
+/// the registry gave one, this digest). Whatever the spec says; its
+/// compensation is never guarded (rollback must always work).
+pub struct Guarded {
+    /// The model.
+    pub model: String,
+    /// The version.
+    pub version: String,
+    /// The step.
+    pub inner: Arc<dyn Step>,
+}
+
+impl Step for Guarded {
+    fn run<'a>(&'a self, cx: &'a StepContext) -> BoxFuture<'a, Result<Progress, StepError>> {
+        Box::pin(async move {
+            let passed = cx.outputs.read().ok().is_some_and(|o| {
+                o.values().any(|out| {
+                    out.get("gate") == Some(&Value::Bool(true))
+                        && out.get("model").and_then(Value::as_str) == Some(self.model.as_str())
+                        && out.get("version").and_then(Value::as_str) == Some(self.version.as_str())
+                })
+            });
+            if !passed {
+                return Err(StepError::rejected(format!(
+                    "refusing to change production: no gate-check passed in this run for {} version {}",
+                    self.model, self.version
+                )));
+            }
+            self.inner.run(cx).await
+        })
+    }
+    fn compensate<'a>(&'a self, cx: &'a StepContext) -> BoxFuture<'a, Result<(), StepError>> {
+        self.inner.compensate(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model_registry::{ApprovalRecord, Artifact, EvalRecord};
+    use std::time::Duration;
+
+    fn record() -> VersionRecord {
+        let a = |who: &str, role: &str, expires: Option<&str>| ApprovalRecord {
+            who: who.into(),
+            role: Some(role.into()),
+            at: "2026-11-01T00:00:00Z".into(),
+            expires: expires.map(str::to_owned),
+        };
+        VersionRecord {
+            version: "7".into(),
+            artifact: Artifact {
+                uri: None,
+                digest: Some("sha256:abc".into()),
+            },
+            aliases: vec!["staging-approved".into()],
+            approvals: vec![
+                a("alice", "ml-lead", None),
+                a("alice", "ml-lead", None),
+                a("bob", "engineer", Some("2026-11-10T00:00:00Z")),
+            ],
+            evals: vec![EvalRecord {
+                metric: "auc".into(),
+                value: 0.91,
+                dataset: None,
+                evaluator: None,
+            }],
+        }
+    }
+
+    fn config(yaml: serde_json::Value) -> GateCheckConfig {
+        serde_json::from_value(yaml).unwrap()
+    }
+
+    #[test]
+    fn every_unmet_condition_is_listed() {
+        let now = parse_time("2026-11-24T00:00:00Z").unwrap();
+        let c = config(serde_json::json!({
+            "approvals": 2, "roles": ["ml-lead", "security"], "alias": "production-approved",
+            "evals": {"auc": {"min": 0.92}, "f1": {"min": 0.5}}
+        }));
+        let (problems, approvers) = unmet(&c, &record(), now);
+        assert_eq!(approvers, ["alice"], "distinct and unexpired");
+        assert_eq!(
+            problems,
+            [
+                "lacks alias `production-approved` (has: staging-approved)",
+                "has 1 valid approval(s) from distinct people, 2 required (1 expired)",
+                "no valid approval from a `security`",
+                "eval `auc` = 0.91 is below the minimum 0.92",
+                "eval `f1` is missing",
+            ]
+        );
+        // Before bob's approval expired, two people count.
+        let earlier = now - Duration::from_secs(20 * 86_400);
+        let c = config(serde_json::json!({"approvals": 2, "evals": {"auc": {"max": 0.95}}}));
+        assert_eq!(unmet(&c, &record(), earlier).0, Vec::<String>::new());
+    }
+
+    struct Effect(std::sync::atomic::AtomicU32);
+    impl Step for Effect {
+        fn run<'a>(&'a self, _cx: &'a StepContext) -> BoxFuture<'a, Result<Progress, StepError>> {
+            Box::pin(async move {
+                self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                Ok(Progress::Done {
+                    outputs: serde_json::Map::new(),
+                })
+            })
+        }
+    }
+
+    #[tokio::test]
+    async fn the_guard_needs_a_passing_gate_for_this_exact_version() {
+        let inner = Arc::new(Effect(std::sync::atomic::AtomicU32::new(0)));
+        let guarded = Guarded {
+            model: "fraud".into(),
+            version: "7".into(),
+            inner: inner.clone(),
+        };
+        let cx = |gate: Option<(&str, &str)>| {
+            let mut outs = std::collections::HashMap::new();
+            if let Some((m, v)) = gate {
+                let o = serde_json::json!({"gate": true, "model": m, "version": v});
+                outs.insert("gate".to_owned(), o.as_object().unwrap().clone());
+            }
+            StepContext {
+                step_id: "deploy".into(),
+                attempt: 1,
+                outputs: Arc::new(std::sync::RwLock::new(outs)),
+            }
+        };
+        for gate in [None, Some(("fraud", "6")), Some(("other", "7"))] {
+            let e = guarded.run(&cx(gate)).await.unwrap_err();
+            assert_eq!(e.class, rollwright_engine::exec::ErrorClass::Rejected);
+            assert!(
+                e.message
+                    .contains("no gate-check passed in this run for fraud version 7")
+            );
+        }
+        assert_eq!(
+            inner.0.load(std::sync::atomic::Ordering::SeqCst),
+            0,
+            "nothing changed"
+        );
+        guarded.run(&cx(Some(("fraud", "7")))).await.unwrap();
+        assert_eq!(inner.0.load(std::sync::atomic::Ordering::SeqCst), 1);
     }
 }

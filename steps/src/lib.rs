@@ -15,6 +15,7 @@ pub mod approval;
 pub mod exec;
 pub mod gate_check;
 pub mod hold;
+pub mod model_registry;
 pub mod notify;
 pub mod rollback;
 pub mod shift_traffic;

@@ -91,9 +91,13 @@ fn kinds_that_cannot_run_yet_are_refused_before_anything_happens() {
     ]);
     assert_eq!(out.status.code(), Some(1));
     assert!(
-        stderr(&out).contains("error: step `gate`: step kind `gate-check` cannot run in this build yet"),
+        stderr(&out).contains("error: step `deploy`: step kind `apply` cannot run in this build yet"),
         "{}",
         stderr(&out)
+    );
+    assert!(
+        !crate::root().join("target/test-state/runs").exists(),
+        "no run was created"
     );
 }
 
@@ -551,4 +555,89 @@ fn sigkill_during_a_wait_then_resume() {
     for step in ["a", "b", "c", "d"] {
         assert_eq!(e.iter().filter(|l| *l == step).count(), 1, "{step}: {e:?}");
     }
+}
+
+const GATED: &str = r#"apiVersion: rollwright.dev/v1alpha1
+kind: Rollout
+metadata: {name: gated}
+model: {registry: file, name: fraud-detector, version: "7"}
+target: {context: prod-east, namespace: risk, environment: production}
+defaults: {timeout: 1m, retry: 3}
+steps:
+  - id: gate
+    type: gate-check
+    with: {approvals: 2, roles: [ml-lead], alias: production-approved, evals: {auc: {min: 0.92}}}
+  - {id: ship, type: exec, needs: [gate], with: {command: [sh, -c, "echo shipped >> effects"]}}
+"#;
+
+const REGISTRY: &str = r#"apiVersion: rollwright.dev/v1alpha1
+kind: ModelRegistry
+models:
+  - name: fraud-detector
+    versions:
+      - version: "7"
+        artifact: {uri: "s3://models/fraud/7", digest: "sha256:0f1e"}
+        aliases: [production-approved]
+        approvals:
+          - {who: alice, role: ml-lead, at: "2026-11-01T10:00:00Z"}
+          - {who: bob, role: engineer, at: "2026-11-02T10:00:00Z", expires: "2099-01-01T00:00:00Z"}
+        evals:
+          - {metric: auc, value: 0.94, dataset: holdout, evaluator: ci}
+"#;
+
+#[test]
+fn the_gate_reads_the_file_registry_and_lists_every_unmet_condition() {
+    // Approved: the gate passes, records its evidence, and the change happens.
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("spec.yaml"), GATED).unwrap();
+    std::fs::write(dir.path().join("registry.yaml"), REGISTRY).unwrap();
+    let out = run_in(dir.path(), &["run", "spec.yaml"], &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(effects(dir.path()), ["shipped"]);
+    let report = run_in(
+        dir.path(),
+        &["report", &only_run(dir.path()), "--format", "json"],
+        &[],
+    );
+    let v: serde_json::Value = serde_json::from_str(&stdout(&report)).unwrap();
+    let gate = &v["verification"][0];
+    assert_eq!(gate["id"], "gate");
+    assert_eq!(gate["detail"]["digest"], "sha256:0f1e");
+    assert_eq!(gate["detail"]["approvers"], serde_json::json!(["alice", "bob"]));
+    assert_eq!(gate["detail"]["evals"]["auc"], 0.94);
+
+    // Not approved: rejected at once (no retry), every problem listed, nothing changed.
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("spec.yaml"), GATED).unwrap();
+    let weak = REGISTRY
+        .replace("aliases: [production-approved]", "aliases: []")
+        .replace("2099-01-01T00:00:00Z", "2020-01-01T00:00:00Z")
+        .replace("value: 0.94", "value: 0.90");
+    std::fs::write(dir.path().join("registry.yaml"), weak).unwrap();
+    let out = run_in(dir.path(), &["run", "spec.yaml"], &[]);
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains(
+            "failed at `gate`: gate closed for fraud-detector version 7: (1) lacks alias `production-approved` (has: none); \
+             (2) has 1 valid approval(s) from distinct people, 2 required (1 expired); (3) eval `auc` = 0.9 is below the minimum 0.92"
+        ),
+        "{err}"
+    );
+    assert_eq!(
+        err.matches("gate: started").count(),
+        1,
+        "a rejection is never retried: {err}"
+    );
+    assert!(effects(dir.path()).is_empty());
+
+    // Unknown version.
+    std::fs::write(
+        dir.path().join("spec.yaml"),
+        GATED.replace("version: \"7\"", "version: \"8\""),
+    )
+    .unwrap();
+    let out = run_in(dir.path(), &["run", "spec.yaml"], &[]);
+    assert_eq!(out.status.code(), Some(3));
+    assert!(stderr(&out).contains("gate closed: fraud-detector version 8 is not in the model registry"));
 }
