@@ -83,11 +83,13 @@ fn a_run_succeeds_and_a_failed_run_rolls_back_in_reverse_order() {
 
 #[test]
 fn kinds_that_cannot_run_yet_are_refused_before_anything_happens() {
+    let state = tempfile::tempdir().unwrap();
+    let state_dir = state.path().to_string_lossy().into_owned();
     let out = crate::rollwright(&[
         "run",
         "specs/examples/deployment-canary.yaml",
         "--state-dir",
-        "target/test-state",
+        &state_dir,
     ]);
     assert_eq!(out.status.code(), Some(1));
     assert!(
@@ -95,10 +97,7 @@ fn kinds_that_cannot_run_yet_are_refused_before_anything_happens() {
         "{}",
         stderr(&out)
     );
-    assert!(
-        !crate::root().join("target/test-state/runs").exists(),
-        "no run was created"
-    );
+    assert!(!state.path().join("runs").exists(), "no run was created");
 }
 
 /// Kill the process (abort, as kill -9 would: no cleanup) right after each
