@@ -520,10 +520,31 @@ pub fn resume(args: &ResumeArgs) -> u8 {
         args.run,
         state.completed.len()
     );
+    // Gates are re-checked on every resume: an approval revoked (or a journal
+    // edited) while the run was down must not carry the run on.
+    let reg = registry();
+    let is_gate = |id: &str| {
+        typed
+            .steps
+            .iter()
+            .find(|s| s.id == id)
+            .and_then(|s| reg.get(&s.kind))
+            .is_some_and(|k| k.role() == Role::Gate)
+    };
+    let failed = state.failed.into_iter().next();
+    let completed = if failed.is_some() {
+        state.completed
+    } else {
+        state
+            .completed
+            .into_iter()
+            .filter(|(id, _)| !is_gate(id))
+            .collect()
+    };
     let resume = Resume {
-        completed: state.completed,
+        completed,
         compensated: state.compensated,
-        failed: state.failed.into_iter().next(),
+        failed,
     };
     execute(
         &typed,

@@ -640,3 +640,39 @@ fn the_gate_reads_the_file_registry_and_lists_every_unmet_condition() {
     assert_eq!(out.status.code(), Some(3));
     assert!(stderr(&out).contains("gate closed: fraud-detector version 8 is not in the model registry"));
 }
+
+#[test]
+fn resume_re_checks_the_gate() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = GATED.replace(
+        "  - {id: ship,",
+        "  - {id: wait, type: exec, needs: [gate], with: {command: [sh, -c, \"echo waited >> effects\"]}}\n  - {id: ship,",
+    )
+    .replace("needs: [gate], with: {command: [sh, -c, \"echo shipped", "needs: [wait], with: {command: [sh, -c, \"echo shipped");
+    std::fs::write(dir.path().join("spec.yaml"), spec).unwrap();
+    std::fs::write(dir.path().join("registry.yaml"), REGISTRY).unwrap();
+    // Crash right after the gate passed (header, started, succeeded).
+    let crashed = run_in(
+        dir.path(),
+        &["run", "spec.yaml"],
+        &[("ROLLWRIGHT_TEST_CRASH_AFTER_RECORDS", "3")],
+    );
+    assert_eq!(crashed.status.code(), None);
+    // Meanwhile alice's approval is revoked.
+    std::fs::write(
+        dir.path().join("registry.yaml"),
+        REGISTRY.replace(
+            "          - {who: alice, role: ml-lead, at: \"2026-11-01T10:00:00Z\"}\n",
+            "",
+        ),
+    )
+    .unwrap();
+    let out = run_in(dir.path(), &["resume", &only_run(dir.path())], &[]);
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("gate closed for fraud-detector version 7"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(!effects(dir.path()).contains(&"shipped".to_owned()));
+}
