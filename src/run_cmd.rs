@@ -140,6 +140,14 @@ fn nodes(registry: &Registry, spec: &Spec, cx: &BuildContext) -> Result<(Vec<Nod
             }
         }
     };
+    // Gates re-evaluated live before each production change (`recheck`, default true).
+    let rechecks: Vec<Arc<dyn Step>> = spec
+        .steps
+        .iter()
+        .filter(|s| registry.get(&s.kind).is_some_and(|k| k.role() == Role::Gate))
+        .filter(|s| s.with.get("recheck").and_then(Value::as_bool).unwrap_or(true))
+        .filter_map(|s| registry.get(&s.kind).and_then(|k| k.build(&s.with, cx).ok()))
+        .collect();
     let mut steps = Vec::new();
     for s in &spec.steps {
         let step = build(&s.id, &s.kind, &s.with);
@@ -162,6 +170,7 @@ fn nodes(registry: &Registry, spec: &Spec, cx: &BuildContext) -> Result<(Vec<Nod
                     model: m.name.clone(),
                     version: m.version.clone(),
                     inner,
+                    recheck: rechecks.clone(),
                 }) as Arc<dyn Step>)
             }
             (_, step) => step,

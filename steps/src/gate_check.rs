@@ -291,6 +291,9 @@ pub struct Guarded {
     pub version: String,
     /// The step.
     pub inner: Arc<dyn Step>,
+    /// Gates to evaluate again, live, right before acting (`recheck`,
+    /// default true): an approval revoked mid-rollout stops the change.
+    pub recheck: Vec<Arc<dyn Step>>,
 }
 
 impl Step for Guarded {
@@ -308,6 +311,18 @@ impl Step for Guarded {
                     "refusing to change production: no gate-check passed in this run for {} version {}",
                     self.model, self.version
                 )));
+            }
+            for gate in &self.recheck {
+                match gate.run(cx).await {
+                    Ok(_) => {}
+                    Err(e) if e.class == rollwright_engine::exec::ErrorClass::Rejected => {
+                        return Err(StepError::rejected(format!(
+                            "gate re-check before changing production: {}",
+                            e.message
+                        )));
+                    }
+                    Err(e) => return Err(e),
+                }
             }
             self.inner.run(cx).await
         })
@@ -399,6 +414,7 @@ mod tests {
             model: "fraud".into(),
             version: "7".into(),
             inner: inner.clone(),
+            recheck: Vec::new(),
         };
         let cx = |gate: Option<(&str, &str)>| {
             let mut outs = std::collections::HashMap::new();

@@ -676,3 +676,31 @@ fn resume_re_checks_the_gate() {
     );
     assert!(!effects(dir.path()).contains(&"shipped".to_owned()));
 }
+
+#[test]
+fn an_approval_revoked_mid_rollout_stops_the_next_production_change() {
+    let dir = tempfile::tempdir().unwrap();
+    // `first` ships, then (as someone revoking in the registry would) removes
+    // alice's approval; `second` must not happen, and `first` is undone.
+    let spec = GATED.replace(
+        "  - {id: ship, type: exec, needs: [gate], with: {command: [sh, -c, \"echo shipped >> effects\"]}}\n",
+        "",
+    ) + r#"  - id: first
+    type: exec
+    needs: [gate]
+    with:
+      command: [sh, -c, "echo first >> effects; grep -v 'who: alice' registry.yaml > r.tmp && mv r.tmp registry.yaml"]
+      undo: [sh, -c, "echo undo-first >> effects"]
+  - {id: second, type: exec, needs: [first], with: {command: [sh, -c, "echo second >> effects"]}}
+"#;
+    std::fs::write(dir.path().join("spec.yaml"), spec).unwrap();
+    std::fs::write(dir.path().join("registry.yaml"), REGISTRY).unwrap();
+    let out = run_in(dir.path(), &["run", "spec.yaml"], &[]);
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("failed at `second`: gate re-check before changing production: gate closed for fraud-detector version 7"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(effects(dir.path()), ["first", "undo-first"]);
+}
