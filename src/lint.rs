@@ -50,6 +50,9 @@ pub struct LintArgs {
     /// Colour for human output.
     #[arg(long, value_enum, default_value_t = ColorChoice::Auto)]
     color: ColorChoice,
+    /// Platform policy (default: $ROLLWRIGHT_POLICY, else .rollwright/policy.yaml if present).
+    #[arg(long, value_name = "FILE")]
+    policy: Option<PathBuf>,
 }
 
 /// A file to lint and how it was found.
@@ -83,8 +86,15 @@ pub fn run(args: &LintArgs) -> u8 {
         max_bytes: args.max_file_size,
         ..Limits::default()
     };
+    let policy = match rollwright_engine::policy::Policy::discover(args.policy.as_deref()) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return exit::USAGE;
+        }
+    };
     let linter = match Linter::new(rollwright_steps::registry(), limits) {
-        Ok(l) => l,
+        Ok(l) => l.with_policy(policy),
         Err(e) => {
             eprintln!("error: {e}");
             return exit::USAGE;

@@ -36,6 +36,9 @@ pub struct PlanArgs {
     /// Output format.
     #[arg(long, value_enum, default_value_t = Format::Text)]
     format: Format,
+    /// Platform policy (default: $ROLLWRIGHT_POLICY, else .rollwright/policy.yaml if present).
+    #[arg(long, value_name = "FILE")]
+    policy: Option<PathBuf>,
 }
 
 pub fn parse_set(s: &str) -> Result<(String, Value), String> {
@@ -70,8 +73,15 @@ pub fn run(args: &PlanArgs) -> u8 {
             return exit::USAGE;
         }
     };
+    let policy = match rollwright_engine::policy::Policy::discover(args.policy.as_deref()) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return exit::USAGE;
+        }
+    };
     let linter = match Linter::new(rollwright_steps::registry(), Limits::default()) {
-        Ok(l) => l,
+        Ok(l) => l.with_policy(policy),
         Err(e) => {
             eprintln!("error: {e}");
             return exit::USAGE;

@@ -15,8 +15,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use clap::{Args, ValueEnum};
 use rollwright_engine::exec::{self, Event, FinalState, Limits, Node, Options, Resume, Sink, Step};
 use rollwright_engine::journal::{self, GroupCommit, Journal, Record, TargetLock};
+use rollwright_engine::policy::Policy;
 use rollwright_engine::registry::{BuildContext, Registry, Role};
-use rollwright_engine::spec::Spec;
+use rollwright_engine::spec::{Environment, Spec};
 use rollwright_engine::{Limits as LoadLimits, Linter};
 use rollwright_steps::gate_check::Guarded;
 use serde_json::Value;
@@ -34,6 +35,9 @@ pub struct RunArgs {
     /// Deadline of the whole run (`2h`); when it passes, the run fails and rolls back.
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     deadline: Option<Duration>,
+    /// Platform policy (default: $ROLLWRIGHT_POLICY, else .rollwright/policy.yaml if present).
+    #[arg(long, value_name = "FILE")]
+    policy: Option<PathBuf>,
     /// Where runs and locks are kept.
     #[arg(long, value_name = "DIR", default_value = ".rollwright")]
     state_dir: PathBuf,
@@ -81,6 +85,12 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
     rollwright_engine::duration::parse(s).map_err(|e| e.to_string())
 }
 
+/// The policy in force for this process (`--policy` is exported by the CLI
+/// as `ROLLWRIGHT_POLICY`, so resume, approve and abort see the same one).
+fn current_policy() -> Option<Policy> {
+    Policy::discover(None).ok().flatten()
+}
+
 fn registry() -> Registry {
     // The test-only kinds (`sleep`, `fail`) exist only when asked for.
     if std::env::var_os("ROLLWRIGHT_TEST_STEPS").is_some() {
@@ -125,6 +135,26 @@ fn prepare(linter: &Linter, spec: &Path, overrides: &[(String, Value)]) -> Resul
 
 /// Builds the executable nodes; any kind that cannot run is reported.
 fn nodes(registry: &Registry, spec: &Spec, cx: &BuildContext) -> Result<(Vec<Node>, Vec<Node>), Vec<String>> {
+    // The environment that counts is the policy's, and gates are at least
+    // as strict as the policy's minimum for it.
+    let policy = current_policy();
+    let derived = policy.as_ref().and_then(|p| p.derive(spec));
+    let production = derived.as_ref().map_or_else(
+        || spec.is_production(),
+        |d| d.environment == Environment::Production,
+    );
+    let min_gate = policy
+        .as_ref()
+        .zip(derived.as_ref())
+        .and_then(|(p, d)| p.rules(d.environment))
+        .and_then(|r| r.gate.clone());
+    let is_gate = |kind: &str| registry.get(kind).is_some_and(|k| k.role() == Role::Gate);
+    let gate_with = |kind: &str, with: &Value| -> Value {
+        match (&min_gate, is_gate(kind)) {
+            (Some(min), true) => rollwright_engine::policy::strengthen(with, min),
+            _ => with.clone(),
+        }
+    };
     let limits = |t: Option<&String>, a: Option<&String>, r: Option<&Value>| Limits::of(spec, t, a, r);
     let mut errors = Vec::new();
     let mut build = |id: &str, kind: &str, with: &Value| -> Option<Arc<dyn Step>> {
@@ -146,11 +176,15 @@ fn nodes(registry: &Registry, spec: &Spec, cx: &BuildContext) -> Result<(Vec<Nod
         .iter()
         .filter(|s| registry.get(&s.kind).is_some_and(|k| k.role() == Role::Gate))
         .filter(|s| s.with.get("recheck").and_then(Value::as_bool).unwrap_or(true))
-        .filter_map(|s| registry.get(&s.kind).and_then(|k| k.build(&s.with, cx).ok()))
+        .filter_map(|s| {
+            registry
+                .get(&s.kind)
+                .and_then(|k| k.build(&gate_with(&s.kind, &s.with), cx).ok())
+        })
         .collect();
     let mut steps = Vec::new();
     for s in &spec.steps {
-        let step = build(&s.id, &s.kind, &s.with);
+        let step = build(&s.id, &s.kind, &gate_with(&s.kind, &s.with));
         let comp = s.compensate.as_ref().and_then(|c| {
             build(&format!("{} (compensation)", s.id), &c.kind, &c.with).map(|b| {
                 (
@@ -163,8 +197,7 @@ fn nodes(registry: &Registry, spec: &Spec, cx: &BuildContext) -> Result<(Vec<Nod
         // at run time, whatever the spec says.
         let step = match (&spec.model, step) {
             (Some(m), Some(inner))
-                if spec.is_production()
-                    && registry.get(&s.kind).is_some_and(|k| k.role() == Role::Promote) =>
+                if production && registry.get(&s.kind).is_some_and(|k| k.role() == Role::Promote) =>
             {
                 Some(Arc::new(Guarded {
                     model: m.name.clone(),
@@ -390,6 +423,14 @@ fn execute(
 }
 
 pub fn run(args: &RunArgs) -> u8 {
+    if let Some(p) = &args.policy {
+        if let Err(e) = Policy::load(p) {
+            eprintln!("error: {e}");
+            return exit::USAGE;
+        }
+        // SAFETY: set before any thread starts; read by this process only.
+        unsafe { std::env::set_var("ROLLWRIGHT_POLICY", p) };
+    }
     let overrides: Vec<(String, Value)> =
         match args.set.iter().map(|s| crate::plan_cmd::parse_set(s)).collect() {
             Ok(o) => o,
@@ -398,7 +439,8 @@ pub fn run(args: &RunArgs) -> u8 {
                 return exit::USAGE;
             }
         };
-    let linter = match Linter::new(registry(), LoadLimits::default()) {
+    let linter = match Linter::new(registry(), LoadLimits::default()).map(|l| l.with_policy(current_policy()))
+    {
         Ok(l) => l,
         Err(e) => {
             eprintln!("error: {e}");
@@ -444,6 +486,14 @@ pub fn run(args: &RunArgs) -> u8 {
     };
     let overrides_file = run_dir(&args.state_dir, &run).join("overrides.json");
     let saved = serde_json::to_vec(&overrides).unwrap_or_default();
+    if let Ok(p) = std::env::var("ROLLWRIGHT_POLICY") {
+        let abs = std::fs::canonicalize(&p).unwrap_or_else(|_| PathBuf::from(&p));
+        let _ = std::fs::create_dir_all(run_dir(&args.state_dir, &run));
+        let _ = std::fs::write(
+            run_dir(&args.state_dir, &run).join("policy"),
+            abs.to_string_lossy().as_bytes(),
+        );
+    }
     if let Err(e) = std::fs::write(&overrides_file, saved)
         .and_then(|()| std::fs::write(run_dir(&args.state_dir, &run).join("started-by"), current_user()))
     {
@@ -474,6 +524,7 @@ pub fn run(args: &RunArgs) -> u8 {
 
 pub fn resume(args: &ResumeArgs) -> u8 {
     let dir = run_dir(&args.state_dir, &args.run);
+    adopt_policy(&dir);
     let path = dir.join("journal.jsonl");
     let records = match journal::read(&path) {
         Ok(r) => r,
@@ -498,7 +549,8 @@ pub fn resume(args: &ResumeArgs) -> u8 {
         .ok()
         .and_then(|b| serde_json::from_slice(&b).ok())
         .unwrap_or_default();
-    let linter = match Linter::new(registry(), LoadLimits::default()) {
+    let linter = match Linter::new(registry(), LoadLimits::default()).map(|l| l.with_policy(current_policy()))
+    {
         Ok(l) => l,
         Err(e) => {
             eprintln!("error: {e}");
@@ -641,9 +693,20 @@ pub struct ApproveArgs {
     state_dir: PathBuf,
 }
 
+/// Uses the policy a run started with, unless one is named explicitly.
+fn adopt_policy(dir: &Path) {
+    if std::env::var_os("ROLLWRIGHT_POLICY").is_none()
+        && let Ok(p) = std::fs::read_to_string(dir.join("policy"))
+    {
+        // SAFETY: set before any thread starts; read by this process only.
+        unsafe { std::env::set_var("ROLLWRIGHT_POLICY", p.trim()) };
+    }
+}
+
 /// Reads a run's header and re-expands its spec (same overrides).
 fn run_spec(state_dir: &Path, run: &str) -> Result<(Spec, Vec<Record>), u8> {
     let dir = run_dir(state_dir, run);
+    adopt_policy(&dir);
     let records = journal::read(&dir.join("journal.jsonl")).map_err(|e| {
         eprintln!("error: {e}");
         exit::USAGE
@@ -655,10 +718,12 @@ fn run_spec(state_dir: &Path, run: &str) -> Result<(Spec, Vec<Record>), u8> {
         .ok()
         .and_then(|b| serde_json::from_slice(&b).ok())
         .unwrap_or_default();
-    let linter = Linter::new(registry(), LoadLimits::default()).map_err(|e| {
-        eprintln!("error: {e}");
-        exit::USAGE
-    })?;
+    let linter = Linter::new(registry(), LoadLimits::default())
+        .map(|l| l.with_policy(current_policy()))
+        .map_err(|e| {
+            eprintln!("error: {e}");
+            exit::USAGE
+        })?;
     let (typed, _) = prepare(&linter, Path::new(spec), &overrides)?;
     Ok((typed, records))
 }

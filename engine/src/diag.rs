@@ -188,6 +188,10 @@ codes! {
     MutatingFailureHandler = "RW053", Error, "failure path changes production";
     /// A production gate-check with `continue-on-failure`.
     GateCannotStop = "RW054", Error, "gate-check cannot stop the rollout";
+    /// The spec declares a non-production environment for a target the policy calls production.
+    EnvironmentDodge = "RW055", Error, "target is production by policy";
+    /// A gate weaker than the policy's minimum for the environment.
+    GateBelowPolicy = "RW056", Error, "gate weaker than the policy";
     /// A literal secret value where a reference is required.
     LiteralSecret = "RW060", Error, "literal secret value";
     /// A value shaped like a well-known credential.

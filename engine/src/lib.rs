@@ -28,6 +28,7 @@ pub mod expand;
 pub mod journal;
 pub mod lint;
 pub mod plan;
+pub mod policy;
 pub mod registry;
 pub mod report;
 pub mod retry;

@@ -12,6 +12,7 @@ use serde_json::Value;
 use crate::diag::{Code, Diagnostic, Locate, Related};
 use crate::expand::{self, Env, Expanded};
 use crate::plan::{self, Plan};
+use crate::policy::Policy;
 use crate::registry::Registry;
 use crate::schema::{SchemaError, Schemas, describe};
 use crate::spec::Spec;
@@ -33,6 +34,7 @@ pub struct Linter {
     registry: Registry,
     schemas: Schemas,
     limits: Limits,
+    policy: Option<Policy>,
 }
 
 impl Linter {
@@ -46,7 +48,21 @@ impl Linter {
             registry,
             schemas,
             limits,
+            policy: None,
         })
+    }
+
+    /// Applies the platform policy (environments, minimum gates).
+    #[must_use]
+    pub fn with_policy(mut self, policy: Option<Policy>) -> Self {
+        self.policy = policy;
+        self
+    }
+
+    /// The policy in force.
+    #[must_use]
+    pub fn policy(&self) -> Option<&Policy> {
+        self.policy.as_ref()
     }
 
     /// The step registry.
@@ -170,6 +186,7 @@ impl Linter {
                 locate: &doc,
                 registry: &self.registry,
                 schema_errors: &schema_errors,
+                policy: self.policy.as_ref(),
             };
             diagnostics.extend(validate::check(&cx));
             if spec.kind == crate::spec::Kind::Rollout {
@@ -213,6 +230,7 @@ impl Linter {
             locate: exp,
             registry: &self.registry,
             schema_errors: &schema_errors,
+            policy: self.policy.as_ref(),
         };
         diagnostics.extend(validate::check(&cx));
         // The instantiation chain: every `uses` from this spec down to the

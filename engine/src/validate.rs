@@ -22,9 +22,10 @@ use serde_json::Value;
 
 use crate::diag::{Code, Diagnostic, Loc, Locate, did_you_mean};
 use crate::duration;
+use crate::policy::{Derived, Policy};
 use crate::registry::{Registry, Role, StepKind};
 use crate::retry::RetryPolicy;
-use crate::spec::{Spec, Step};
+use crate::spec::{Environment, Spec, Step};
 use crate::yaml::{Document, push_pointer_segment};
 
 /// Everything the rules need.
@@ -38,6 +39,37 @@ pub struct Context<'a> {
     /// Pointers at which the schema already reported a problem; rules skip
     /// what lies under them so one mistake is not reported twice.
     pub schema_errors: &'a [String],
+    /// The platform policy, if one is in force.
+    pub policy: Option<&'a Policy>,
+}
+
+impl Context<'_> {
+    /// The environment that counts: the policy's view of the target, else
+    /// what the spec declares.
+    fn environment(&self) -> Option<Derived> {
+        match self.policy {
+            Some(p) => p.derive(self.spec),
+            None => self.spec.target.as_ref().map(|t| Derived {
+                environment: t.environment,
+                reason: None,
+            }),
+        }
+    }
+
+    fn production(&self) -> bool {
+        self.environment()
+            .is_some_and(|d| d.environment == Environment::Production)
+    }
+
+    /// Whether going straight to 100 % needs a justification here.
+    fn canary_by_default(&self) -> bool {
+        let Some(d) = self.environment() else { return false };
+        d.environment == Environment::Production
+            || self
+                .policy
+                .and_then(|p| p.rules(d.environment))
+                .is_some_and(|r| r.canary_by_default)
+    }
 }
 
 impl Context<'_> {
@@ -71,13 +103,14 @@ pub fn check(cx: &Context<'_>) -> Vec<Diagnostic> {
     check_hold_timeouts(cx, &mut out);
     if !check_cycles(cx, &graph, &mut out) {
         check_canary_order(cx, &graph, &mut out);
-        if cx.spec.is_production() {
+        if cx.production() || cx.canary_by_default() {
             check_production(cx, &graph, &mut out);
         }
     }
-    if cx.spec.is_production() {
+    if cx.production() {
         check_failure_paths(cx, &mut out);
     }
+    check_policy(cx, &mut out);
     out.sort_by(|a, b| a.span.cmp(&b.span).then(a.code.cmp(&b.code)));
     out
 }
@@ -422,7 +455,7 @@ fn check_production(cx: &Context<'_>, graph: &Graph, out: &mut Vec<Diagnostic>) 
         .any(|s| kind_of(cx, s).is_some_and(|k| k.role() == Role::Gate));
     for (i, s) in cx.spec.steps.iter().enumerate() {
         let Some(k) = kind_of(cx, s) else { continue };
-        if k.role() == Role::Gate && s.continue_on_failure {
+        if cx.production() && k.role() == Role::Gate && s.continue_on_failure {
             out.push(
                 Diagnostic::new(
                     Code::GateCannotStop,
@@ -441,7 +474,7 @@ fn check_production(cx: &Context<'_>, graph: &Graph, out: &mut Vec<Diagnostic>) 
             .dominators(n)
             .map(|it| it.filter_map(|d| graph.step(d)).filter(|&d| d != i).collect())
             .unwrap_or_default();
-        if k.role() == Role::Promote && !chain.iter().any(|&d| is_gate(d)) {
+        if cx.production() && k.role() == Role::Promote && !chain.iter().any(|&d| is_gate(d)) {
             let msg = if has_gate {
                 let path = path_avoiding_gates(cx, graph, n, &is_gate);
                 format!(
@@ -468,7 +501,10 @@ fn check_production(cx: &Context<'_>, graph: &Graph, out: &mut Vec<Diagnostic>) 
                 ),
             );
         }
-        if !cx.schema_bad(&format!("/steps/{i}/with")) && k.canary_weight(&s.with) == Some(100) {
+        if cx.canary_by_default()
+            && !cx.schema_bad(&format!("/steps/{i}/with"))
+            && k.canary_weight(&s.with) == Some(100)
+        {
             let partial_before = chain.iter().any(|&d| {
                 let ds = &cx.spec.steps[d];
                 kind_of(cx, ds)
@@ -530,6 +566,68 @@ fn path_avoiding_gates(
         }
     }
     vec!["start".into(), "…".into()]
+}
+
+/// The policy: a declared environment cannot dodge production, and gates
+/// are at least as strict as the environment's minimum.
+fn check_policy(cx: &Context<'_>, out: &mut Vec<Diagnostic>) {
+    let (Some(policy), Some(derived)) = (cx.policy, cx.environment()) else {
+        return;
+    };
+    let declared = cx.spec.target.as_ref().map(|t| t.environment);
+    if let (Some(reason), Some(declared)) = (&derived.reason, declared)
+        && declared != Environment::Production
+    {
+        out.push(
+            Diagnostic::new(
+                Code::EnvironmentDodge,
+                cx.span("/target/environment"),
+                format!(
+                    "the spec declares `environment: {}`, but this target is production: {reason}",
+                    format!("{declared:?}").to_lowercase()
+                ),
+            )
+            .with_help("declare `environment: production`; every production rule applies either way"),
+        );
+    }
+    let Some(min) = policy.rules(derived.environment).and_then(|r| r.gate.as_ref()) else {
+        return;
+    };
+    let gates: Vec<(usize, &Step)> = cx
+        .spec
+        .steps
+        .iter()
+        .enumerate()
+        .filter(|(_, s)| kind_of(cx, s).is_some_and(|k| k.role() == Role::Gate))
+        .collect();
+    let env = format!("{:?}", derived.environment).to_lowercase();
+    if gates.is_empty() && cx.spec.target.is_some() {
+        out.push(Diagnostic::new(
+            Code::GateBelowPolicy,
+            cx.span("/target"),
+            format!("the policy requires a gate-check in {env}, and this rollout has none"),
+        ));
+    }
+    for (i, g) in gates {
+        if cx.schema_bad(&format!("/steps/{i}/with")) {
+            continue;
+        }
+        for (rel, msg) in crate::policy::weaker(&g.with, min) {
+            let at = if cx.spec.steps[i].with.pointer(&rel).is_some() {
+                cx.span(&format!("/steps/{i}/with{rel}"))
+            } else {
+                cx.span(&format!("/steps/{i}/type"))
+            };
+            out.push(
+                Diagnostic::new(
+                    Code::GateBelowPolicy,
+                    at,
+                    format!("gate-check `{}` is weaker than the {env} policy: {msg}", g.id),
+                )
+                .with_help("a spec may be stricter than the policy, never weaker"),
+            );
+        }
+    }
 }
 
 /// In production, failure paths (compensations, on-failure) must not promote.

@@ -255,3 +255,82 @@ fn output_does_not_depend_on_thread_count() {
     let many = rollwright(&["lint", "-j", "4", "--format", "json", "tests/fixtures/lint"]);
     assert_eq!(stdout(&one), stdout(&many));
 }
+
+const POLICY: &str = "apiVersion: rollwright.dev/v1alpha1
+kind: Policy
+production:
+  contexts: [prod-east]
+environments:
+  production:
+    gate: {approvals: 2, roles: [ml-lead], evals: {auc: {min: 0.9}}}
+";
+
+/// A spec cannot dodge the gate by calling a production cluster `dev`, and
+/// its gate may be stricter than the policy, never weaker.
+#[test]
+fn the_policy_decides_what_is_production_and_the_minimum_gate() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("policy.yaml"), POLICY).unwrap();
+    std::fs::write(dir.path().join("x.yaml.hbs"), "kind: ConfigMap\n").unwrap();
+    let dodge = "apiVersion: rollwright.dev/v1alpha1
+kind: Rollout
+metadata: {name: dodge}
+model: {name: m, version: \"1\"}
+target: {context: prod-east, namespace: ns, environment: dev}
+steps:
+  - {id: deploy, type: apply, with: {template: x.yaml.hbs}}
+";
+    std::fs::write(dir.path().join("dodge.yaml"), dodge).unwrap();
+    let weak = dodge
+        .replace("environment: dev", "environment: production")
+        .replace("name: dodge", "name: weak")
+        .replace("  - {id: deploy, type: apply,", "  - {id: gate, type: gate-check, with: {approvals: 1, evals: {auc: {min: 0.8}}}}\n  - {id: deploy, type: apply, needs: [gate],");
+    std::fs::write(dir.path().join("weak.yaml"), weak).unwrap();
+    let out = rollwright_in(
+        dir.path(),
+        &[
+            "lint",
+            "--format",
+            "json",
+            "--policy",
+            "policy.yaml",
+            "dodge.yaml",
+            "weak.yaml",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let v: Value = serde_json::from_str(&stdout(&out)).unwrap();
+    let got: Vec<String> = v["diagnostics"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| {
+            format!(
+                "{} {}:{} {} {}",
+                d["file"].as_str().unwrap(),
+                d["line"],
+                d["column"],
+                d["code"].as_str().unwrap(),
+                d["message"].as_str().unwrap()
+            )
+        })
+        .collect();
+    assert_eq!(
+        got,
+        [
+            "dodge.yaml 5:9 RW056 the policy requires a gate-check in production, and this rollout has none",
+            "dodge.yaml 5:58 RW055 the spec declares `environment: dev`, but this target is production: context `prod-east` is production (policy policy.yaml)",
+            "dodge.yaml 7:24 RW050 step `deploy` (apply) changes production, but this rollout has no gate-check",
+            "weak.yaml 7:22 RW056 gate-check `gate` is weaker than the production policy: the policy requires an approval from a `ml-lead`",
+            "weak.yaml 7:52 RW056 gate-check `gate` is weaker than the production policy: the policy requires at least 2 approvals, the gate asks 1",
+            "weak.yaml 7:68 RW056 gate-check `gate` is weaker than the production policy: the policy requires `auc` min ≥ 0.9",
+        ]
+    );
+    // Without the policy the dodge lints clean: the policy is what closes it.
+    let out = rollwright_in(dir.path(), &["lint", "dodge.yaml"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stdout(&out));
+    // And `run` refuses it before anything happens.
+    let out = rollwright_in(dir.path(), &["run", "--policy", "policy.yaml", "dodge.yaml"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(!dir.path().join(".rollwright/runs").exists());
+}

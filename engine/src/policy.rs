@@ -1,0 +1,382 @@
+//! The platform team's policy: which targets *are* production, and the
+//! minimum gate per environment.
+//!
+//! A spec cannot dodge the gate by declaring `environment: dev` while
+//! pointing at a production cluster: the environment that counts is the one
+//! the policy derives from where the run deploys (kubeconfig context, its
+//! API server, or the namespace). A spec may be stricter than the policy,
+//! never weaker. The policy is found at `--policy FILE`, else
+//! `$ROLLWRIGHT_POLICY`, else `.rollwright/policy.yaml` when it exists; it
+//! is not named by specs.
+//!
+//! ```yaml
+//! apiVersion: rollwright.dev/v1alpha1
+//! kind: Policy
+//! production:
+//!   contexts: [prod-east, prod-west]
+//!   api-servers: ["https://10.0.0.1:6443"]
+//!   namespaces: [payments]
+//! environments:
+//!   production:
+//!     gate: {approvals: 2, roles: [ml-lead], evals: {auc: {min: 0.9}}}
+//!     canary-by-default: true
+//!   staging:
+//!     gate: {approvals: 1}
+//! ```
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use serde_json::Value;
+
+use crate::spec::{Environment, Spec};
+use crate::yaml::{Limits, load_bytes};
+
+/// The minimum gate of an environment.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct MinGate {
+    /// Distinct approvals.
+    #[serde(default)]
+    pub approvals: u32,
+    /// Roles that must be among the approvers.
+    #[serde(default)]
+    pub roles: Vec<String>,
+    /// Required evals and their thresholds.
+    #[serde(default)]
+    pub evals: BTreeMap<String, Bounds>,
+}
+
+/// Eval bounds.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Bounds {
+    /// Lowest accepted.
+    #[serde(default)]
+    pub min: Option<f64>,
+    /// Highest accepted.
+    #[serde(default)]
+    pub max: Option<f64>,
+}
+
+/// Rules of one environment.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct EnvironmentRules {
+    /// Minimum gate.
+    #[serde(default)]
+    pub gate: Option<MinGate>,
+    /// Going straight to 100 % needs a justification here too.
+    #[serde(default)]
+    pub canary_by_default: bool,
+}
+
+/// What makes a target production.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct Production {
+    /// kubeconfig context names.
+    #[serde(default)]
+    pub contexts: Vec<String>,
+    /// API server URLs (matched through the kubeconfig).
+    #[serde(default)]
+    pub api_servers: Vec<String>,
+    /// Namespaces that are production in any cluster.
+    #[serde(default)]
+    pub namespaces: Vec<String>,
+}
+
+/// The policy file.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Policy {
+    /// `rollwright.dev/v1alpha1`.
+    pub api_version: String,
+    /// `Policy`.
+    pub kind: String,
+    /// Which targets are production.
+    #[serde(default)]
+    pub production: Production,
+    /// Rules per environment (`production`, `staging`, `dev`).
+    #[serde(default)]
+    pub environments: BTreeMap<String, EnvironmentRules>,
+    /// Where it was read from (for messages).
+    #[serde(skip)]
+    pub path: PathBuf,
+}
+
+/// Where a target's environment comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Derived {
+    /// The environment that counts.
+    pub environment: Environment,
+    /// Why, when the policy decided it (`context prod-east is production`).
+    pub reason: Option<String>,
+}
+
+impl Policy {
+    /// Reads a policy file.
+    ///
+    /// # Errors
+    /// A message naming the file (and line:col) when it cannot be used.
+    pub fn load(path: &Path) -> Result<Policy, String> {
+        let bytes = std::fs::read(path).map_err(|e| format!("cannot read policy {}: {e}", path.display()))?;
+        let doc = load_bytes(&bytes, &Limits::default())
+            .map_err(|d| format!("policy {}:{}: {}", path.display(), d[0].span.start, d[0].message))?;
+        let mut p: Policy = serde_path_to_error::deserialize(&doc.value).map_err(|e| {
+            let at = doc.locate(&format!("/{}", e.path().to_string().replace('.', "/")));
+            format!(
+                "policy {}:{}: `{}`: {}",
+                path.display(),
+                at.start,
+                e.path(),
+                e.inner()
+            )
+        })?;
+        if p.kind != "Policy" || p.api_version != crate::spec::API_VERSION {
+            return Err(format!(
+                "{} is not a rollwright policy (expected apiVersion {} and kind Policy)",
+                path.display(),
+                crate::spec::API_VERSION
+            ));
+        }
+        p.path = path.to_path_buf();
+        Ok(p)
+    }
+
+    /// The policy in force: `explicit`, else `$ROLLWRIGHT_POLICY`, else
+    /// `.rollwright/policy.yaml` if it exists.
+    ///
+    /// # Errors
+    /// When a named policy cannot be read.
+    pub fn discover(explicit: Option<&Path>) -> Result<Option<Policy>, String> {
+        if let Some(p) = explicit {
+            return Policy::load(p).map(Some);
+        }
+        if let Some(p) = std::env::var_os("ROLLWRIGHT_POLICY") {
+            return Policy::load(Path::new(&p)).map(Some);
+        }
+        let default = Path::new(".rollwright/policy.yaml");
+        if default.is_file() {
+            Policy::load(default).map(Some)
+        } else {
+            Ok(None)
+        }
+    }
+
+    /// The environment of `spec`'s target as the policy sees it.
+    #[must_use]
+    pub fn derive(&self, spec: &Spec) -> Option<Derived> {
+        let t = spec.target.as_ref()?;
+        let reason = if self.production.contexts.contains(&t.context) {
+            Some(format!("context `{}` is production", t.context))
+        } else if self.production.namespaces.contains(&t.namespace) {
+            Some(format!("namespace `{}` is production", t.namespace))
+        } else {
+            kube_server(&t.context)
+                .filter(|s| self.production.api_servers.contains(s))
+                .map(|s| format!("context `{}` points at production API server {s}", t.context))
+        };
+        Some(match reason {
+            Some(r) => Derived {
+                environment: Environment::Production,
+                reason: Some(format!("{r} (policy {})", self.path.display())),
+            },
+            None => Derived {
+                environment: t.environment,
+                reason: None,
+            },
+        })
+    }
+
+    /// The rules of an environment.
+    #[must_use]
+    pub fn rules(&self, env: Environment) -> Option<&EnvironmentRules> {
+        let name = match env {
+            Environment::Production => "production",
+            Environment::Staging => "staging",
+            Environment::Dev => "dev",
+        };
+        self.environments.get(name)
+    }
+}
+
+/// Where a gate-check's `with` is weaker than the minimum gate.
+#[must_use]
+pub fn weaker(with: &Value, min: &MinGate) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    let approvals = with.get("approvals").and_then(Value::as_u64).unwrap_or(1);
+    if approvals < u64::from(min.approvals) {
+        out.push((
+            "/approvals".into(),
+            format!(
+                "the policy requires at least {} approvals, the gate asks {approvals}",
+                min.approvals
+            ),
+        ));
+    }
+    let roles: Vec<&str> = with
+        .get("roles")
+        .and_then(Value::as_array)
+        .map(|a| a.iter().filter_map(Value::as_str).collect())
+        .unwrap_or_default();
+    for r in &min.roles {
+        if !roles.contains(&r.as_str()) {
+            out.push((
+                "/roles".into(),
+                format!("the policy requires an approval from a `{r}`"),
+            ));
+        }
+    }
+    for (metric, b) in &min.evals {
+        let mut ptr = String::from("/evals");
+        crate::yaml::push_pointer_segment(&mut ptr, metric);
+        let Some(t) = with.get("evals").and_then(|e| e.get(metric)) else {
+            out.push(("/evals".into(), format!("the policy requires eval `{metric}`")));
+            continue;
+        };
+        let (tmin, tmax) = (
+            t.get("min").and_then(Value::as_f64),
+            t.get("max").and_then(Value::as_f64),
+        );
+        if let Some(pmin) = b.min
+            && tmin.is_none_or(|m| m < pmin)
+        {
+            out.push((
+                ptr.clone(),
+                format!("the policy requires `{metric}` min ≥ {pmin}"),
+            ));
+        }
+        if let Some(pmax) = b.max
+            && tmax.is_none_or(|m| m > pmax)
+        {
+            out.push((ptr, format!("the policy requires `{metric}` max ≤ {pmax}")));
+        }
+    }
+    out
+}
+
+/// The stricter of a gate's `with` and the policy minimum, for run time.
+#[must_use]
+pub fn strengthen(with: &Value, min: &MinGate) -> Value {
+    let mut w = with.clone();
+    if !w.is_object() {
+        w = Value::Object(serde_json::Map::new());
+    }
+    let approvals = w
+        .get("approvals")
+        .and_then(Value::as_u64)
+        .unwrap_or(1)
+        .max(u64::from(min.approvals));
+    w["approvals"] = Value::from(approvals);
+    let mut roles: Vec<Value> = w
+        .get("roles")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    for r in &min.roles {
+        if !roles.iter().any(|x| x.as_str() == Some(r)) {
+            roles.push(Value::from(r.clone()));
+        }
+    }
+    if !roles.is_empty() {
+        w["roles"] = Value::Array(roles);
+    }
+    for (metric, b) in &min.evals {
+        let cur = w
+            .get("evals")
+            .and_then(|e| e.get(metric))
+            .cloned()
+            .unwrap_or_else(|| serde_json::json!({}));
+        let tmin = cur.get("min").and_then(Value::as_f64);
+        let tmax = cur.get("max").and_then(Value::as_f64);
+        let mut t = serde_json::Map::new();
+        if let Some(m) = match (tmin, b.min) {
+            (Some(a), Some(c)) => Some(a.max(c)),
+            (a, c) => a.or(c),
+        } {
+            t.insert("min".into(), Value::from(m));
+        }
+        if let Some(m) = match (tmax, b.max) {
+            (Some(a), Some(c)) => Some(a.min(c)),
+            (a, c) => a.or(c),
+        } {
+            t.insert("max".into(), Value::from(m));
+        }
+        if !w.get("evals").is_some_and(Value::is_object) {
+            w["evals"] = serde_json::json!({});
+        }
+        w["evals"][metric] = Value::Object(t);
+    }
+    w
+}
+
+/// The API server of a kubeconfig context (`$KUBECONFIG`, else `~/.kube/config`).
+fn kube_server(context: &str) -> Option<String> {
+    let path = std::env::var_os("KUBECONFIG")
+        .and_then(|k| std::env::split_paths(&k).next())
+        .or_else(|| std::env::var_os("HOME").map(|h| Path::new(&h).join(".kube/config")))?;
+    let doc = load_bytes(&std::fs::read(path).ok()?, &Limits::default()).ok()?;
+    let cluster = doc
+        .value
+        .get("contexts")?
+        .as_array()?
+        .iter()
+        .find(|c| c.get("name").and_then(Value::as_str) == Some(context))?
+        .get("context")?
+        .get("cluster")?
+        .as_str()?
+        .to_owned();
+    doc.value
+        .get("clusters")?
+        .as_array()?
+        .iter()
+        .find(|c| c.get("name").and_then(Value::as_str) == Some(cluster.as_str()))?
+        .get("cluster")?
+        .get("server")?
+        .as_str()
+        .map(str::to_owned)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn weaker_and_strengthen() {
+        let min = MinGate {
+            approvals: 2,
+            roles: vec!["ml-lead".into()],
+            evals: [(
+                "auc".to_owned(),
+                Bounds {
+                    min: Some(0.9),
+                    max: None,
+                },
+            )]
+            .into_iter()
+            .collect(),
+        };
+        let w = json!({"approvals": 1, "evals": {"auc": {"min": 0.85}}});
+        let problems: Vec<String> = weaker(&w, &min).into_iter().map(|p| p.1).collect();
+        assert_eq!(
+            problems,
+            [
+                "the policy requires at least 2 approvals, the gate asks 1",
+                "the policy requires an approval from a `ml-lead`",
+                "the policy requires `auc` min ≥ 0.9"
+            ]
+        );
+        let s = strengthen(&w, &min);
+        assert_eq!(
+            s,
+            json!({"approvals": 2, "roles": ["ml-lead"], "evals": {"auc": {"min": 0.9}}})
+        );
+        assert!(weaker(&s, &min).is_empty());
+        let stricter = json!({"approvals": 3, "roles": ["ml-lead", "sec"], "evals": {"auc": {"min": 0.95}}});
+        assert!(weaker(&stricter, &min).is_empty(), "a spec may be stricter");
+        assert_eq!(strengthen(&stricter, &min)["evals"]["auc"]["min"], 0.95);
+    }
+}
