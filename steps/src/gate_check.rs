@@ -15,7 +15,7 @@ use std::time::SystemTime;
 use rollwright_engine::exec::{BoxFuture, Progress, Step, StepContext, StepError};
 use rollwright_engine::registry::BuildContext;
 
-use crate::model_registry::{FileRegistry, ModelRegistry, VersionRecord, parse_time};
+use crate::model_registry::{FileRegistry, MlflowRegistry, ModelRegistry, VersionRecord, parse_time};
 
 use rollwright_engine::Code;
 use rollwright_engine::registry::{Finding, Role, StepKind};
@@ -90,11 +90,8 @@ impl StepKind for GateCheck {
         };
         let backend: Box<dyn ModelRegistry> = match registry.as_str() {
             "file" => Box::new(FileRegistry::locate(&cx.spec_dir)),
-            other => {
-                return Err(format!(
-                    "model registry `{other}` cannot be read in this build yet; use `file`"
-                ));
-            }
+            "mlflow" => Box::new(MlflowRegistry::from_env()?),
+            other => return Err(format!("unknown model registry `{other}`")),
         };
         Ok(Arc::new(GateStep {
             config,
@@ -238,6 +235,7 @@ impl Step for GateStep {
             let record = self
                 .registry
                 .version(&self.name, &self.version)
+                .await
                 .map_err(StepError::transient)?
                 .ok_or_else(|| {
                     StepError::rejected(format!(

@@ -3,7 +3,12 @@
 //! One trait, selected by `model.registry`. The `file` backend (the
 //! default) reads a YAML registry: `ROLLWRIGHT_REGISTRY_FILE`, else
 //! `registry.yaml` next to the spec, else `.rollwright/registry.yaml`. The
-//! MLflow backend comes with the gates issue's second part.
+//! `mlflow` backend reads the MLflow REST API at `MLFLOW_TRACKING_URI`
+//! (token from `MLFLOW_TRACKING_TOKEN`). MLflow deprecated stages, so
+//! "approved" is read from aliases and tags: aliases as they are, approval
+//! tags `approval.<user>` = `<role>` (expiry in `approval.<user>.expires`),
+//! the digest in tag `rollwright.digest`, and evals from the metrics of the
+//! version's run.
 //!
 //! ```yaml
 //! apiVersion: rollwright.dev/v1alpha1
@@ -23,7 +28,9 @@
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
+use rollwright_engine::exec::BoxFuture;
 use serde::Deserialize;
+use serde_json::Value;
 
 /// An approval of a version.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -110,10 +117,12 @@ struct RegistryFile {
 /// A model registry backend.
 pub trait ModelRegistry: Send + Sync {
     /// The record of `name` `version`, or `None` if the registry does not have it.
-    ///
-    /// # Errors
-    /// The registry cannot be read (transient or not, as a message).
-    fn version(&self, name: &str, version: &str) -> Result<Option<VersionRecord>, String>;
+    /// Errors are messages; the gate treats them as transient (retried).
+    fn version<'a>(
+        &'a self,
+        name: &'a str,
+        version: &'a str,
+    ) -> BoxFuture<'a, Result<Option<VersionRecord>, String>>;
 }
 
 /// The YAML file backend.
@@ -147,7 +156,17 @@ impl FileRegistry {
 }
 
 impl ModelRegistry for FileRegistry {
-    fn version(&self, name: &str, version: &str) -> Result<Option<VersionRecord>, String> {
+    fn version<'a>(
+        &'a self,
+        name: &'a str,
+        version: &'a str,
+    ) -> BoxFuture<'a, Result<Option<VersionRecord>, String>> {
+        Box::pin(async move { self.read(name, version) })
+    }
+}
+
+impl FileRegistry {
+    fn read(&self, name: &str, version: &str) -> Result<Option<VersionRecord>, String> {
         let bytes = std::fs::read(&self.path)
             .map_err(|e| format!("cannot read model registry {}: {e}", self.path.display()))?;
         let doc = rollwright_engine::yaml::load_bytes(&bytes, &rollwright_engine::Limits::default())
@@ -188,4 +207,135 @@ impl ModelRegistry for FileRegistry {
 /// When it is not one.
 pub fn parse_time(s: &str) -> Result<SystemTime, String> {
     humantime::parse_rfc3339_weak(s).map_err(|e| format!("`{s}` is not an RFC 3339 time: {e}"))
+}
+
+/// The MLflow REST backend.
+pub struct MlflowRegistry {
+    base: String,
+    token: Option<rollwright_engine::secrets::Secret>,
+    client: reqwest::Client,
+}
+
+impl MlflowRegistry {
+    /// From `MLFLOW_TRACKING_URI` and `MLFLOW_TRACKING_TOKEN`.
+    ///
+    /// # Errors
+    /// When the tracking URI is not set or the client cannot be built.
+    pub fn from_env() -> Result<Self, String> {
+        let base = std::env::var("MLFLOW_TRACKING_URI").map_err(|_| {
+            "the mlflow registry needs MLFLOW_TRACKING_URI (e.g. http://127.0.0.1:5000)".to_owned()
+        })?;
+        let token = match std::env::var_os("MLFLOW_TRACKING_TOKEN") {
+            Some(_) => Some(rollwright_engine::secrets::resolve(
+                &serde_json::json!({"env": "MLFLOW_TRACKING_TOKEN"}),
+                Path::new("."),
+            )?),
+            None => None,
+        };
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let client = reqwest::Client::builder()
+            .timeout(std::time::Duration::from_secs(15))
+            .build()
+            .map_err(|e| format!("cannot build the HTTP client: {e}"))?;
+        Ok(MlflowRegistry {
+            base: base.trim_end_matches('/').to_owned(),
+            token,
+            client,
+        })
+    }
+
+    async fn get(&self, path: &str, query: &[(&str, &str)]) -> Result<Option<Value>, String> {
+        let mut req = self
+            .client
+            .get(format!("{}/api/2.0/mlflow/{path}", self.base))
+            .query(query);
+        if let Some(t) = &self.token {
+            req = req.bearer_auth(t.expose());
+        }
+        let resp = req.send().await.map_err(|e| format!("MLflow not reached: {e}"))?;
+        let status = resp.status();
+        let body: Value = resp.json().await.unwrap_or(Value::Null);
+        if status.is_success() {
+            return Ok(Some(body));
+        }
+        if body.get("error_code").and_then(Value::as_str) == Some("RESOURCE_DOES_NOT_EXIST") {
+            return Ok(None);
+        }
+        Err(format!(
+            "MLflow answered {status} to {path}: {}",
+            body.get("message").and_then(Value::as_str).unwrap_or("")
+        ))
+    }
+}
+
+impl ModelRegistry for MlflowRegistry {
+    fn version<'a>(
+        &'a self,
+        name: &'a str,
+        version: &'a str,
+    ) -> BoxFuture<'a, Result<Option<VersionRecord>, String>> {
+        Box::pin(async move {
+            let Some(body) = self
+                .get("model-versions/get", &[("name", name), ("version", version)])
+                .await?
+            else {
+                return Ok(None);
+            };
+            let mv = &body["model_version"];
+            let tags: Vec<(String, String)> = mv["tags"]
+                .as_array()
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|t| {
+                            Some((
+                                t["key"].as_str()?.to_owned(),
+                                t["value"].as_str().unwrap_or("").to_owned(),
+                            ))
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
+            let tag = |k: &str| tags.iter().find(|(key, _)| key == k).map(|(_, v)| v.clone());
+            let approvals = tags
+                .iter()
+                .filter_map(|(k, v)| {
+                    let who = k.strip_prefix("approval.")?;
+                    (!who.ends_with(".expires")).then(|| ApprovalRecord {
+                        who: who.to_owned(),
+                        role: (!v.is_empty()).then(|| v.clone()),
+                        at: "recorded in MLflow".into(),
+                        expires: tag(&format!("approval.{who}.expires")),
+                    })
+                })
+                .collect();
+            let mut evals = Vec::new();
+            if let Some(run_id) = mv["run_id"].as_str().filter(|r| !r.is_empty())
+                && let Some(run) = self.get("runs/get", &[("run_id", run_id)]).await?
+            {
+                for m in run["run"]["data"]["metrics"].as_array().into_iter().flatten() {
+                    if let (Some(k), Some(v)) = (m["key"].as_str(), m["value"].as_f64()) {
+                        evals.push(EvalRecord {
+                            metric: k.to_owned(),
+                            value: v,
+                            dataset: None,
+                            evaluator: Some(format!("mlflow run {run_id}")),
+                        });
+                    }
+                }
+            }
+            Ok(Some(VersionRecord {
+                version: version.to_owned(),
+                artifact: Artifact {
+                    uri: mv["source"].as_str().map(str::to_owned),
+                    digest: tag("rollwright.digest"),
+                },
+                aliases: mv["aliases"]
+                    .as_array()
+                    .map(|a| a.iter().filter_map(Value::as_str).map(str::to_owned).collect())
+                    .unwrap_or_default(),
+                approvals,
+                evals,
+            }))
+        })
+    }
 }

@@ -3,6 +3,7 @@
 
 mod fixtures;
 mod lint;
+mod mlflow;
 mod plan;
 mod run;
 mod schema;
