@@ -43,6 +43,9 @@ pub struct GateCheckConfig {
     /// Re-check before the final promotion.
     #[serde(default = "yes")]
     pub recheck: bool,
+    /// Registry credentials, by reference.
+    #[serde(default)]
+    pub token: Option<crate::SecretRef>,
 }
 
 /// An evaluation threshold.
@@ -90,7 +93,7 @@ impl StepKind for GateCheck {
         };
         let backend: Box<dyn ModelRegistry> = match registry.as_str() {
             "file" => Box::new(FileRegistry::locate(&cx.spec_dir)),
-            "mlflow" => Box::new(MlflowRegistry::from_env()?),
+            "mlflow" => Box::new(MlflowRegistry::from_env(with.get("token"), &cx.spec_dir)?),
             other => return Err(format!("unknown model registry `{other}`")),
         };
         Ok(Arc::new(GateStep {
@@ -310,9 +313,29 @@ impl Step for Guarded {
                     self.model, self.version
                 )));
             }
+            let recorded: Option<Value> = cx.outputs.read().ok().and_then(|o| {
+                o.values()
+                    .find(|out| {
+                        out.get("gate") == Some(&Value::Bool(true))
+                            && out.get("version").and_then(Value::as_str) == Some(self.version.as_str())
+                    })
+                    .and_then(|out| out.get("digest").cloned())
+            });
             for gate in &self.recheck {
                 match gate.run(cx).await {
-                    Ok(_) => {}
+                    Ok(Progress::Done { outputs }) => {
+                        let now = outputs.get("digest").cloned();
+                        if recorded.is_some() && now != recorded {
+                            return Err(StepError::rejected(format!(
+                                "refusing to change production: the artifact digest of {} version {} changed since the gate passed ({} -> {})",
+                                self.model,
+                                self.version,
+                                recorded.as_ref().map_or("none".into(), ToString::to_string),
+                                now.as_ref().map_or("none".into(), ToString::to_string)
+                            )));
+                        }
+                    }
+                    Ok(Progress::Wait { .. }) => {}
                     Err(e) if e.class == rollwright_engine::exec::ErrorClass::Rejected => {
                         return Err(StepError::rejected(format!(
                             "gate re-check before changing production: {}",

@@ -217,20 +217,23 @@ pub struct MlflowRegistry {
 }
 
 impl MlflowRegistry {
-    /// From `MLFLOW_TRACKING_URI` and `MLFLOW_TRACKING_TOKEN`.
+    /// From `MLFLOW_TRACKING_URI`, with the token from `token` (a secret
+    /// reference) or else `MLFLOW_TRACKING_TOKEN`.
     ///
     /// # Errors
-    /// When the tracking URI is not set or the client cannot be built.
-    pub fn from_env() -> Result<Self, String> {
+    /// When the tracking URI is not set, the token cannot be resolved, or
+    /// the client cannot be built.
+    pub fn from_env(token: Option<&Value>, base_dir: &Path) -> Result<Self, String> {
         let base = std::env::var("MLFLOW_TRACKING_URI").map_err(|_| {
             "the mlflow registry needs MLFLOW_TRACKING_URI (e.g. http://127.0.0.1:5000)".to_owned()
         })?;
-        let token = match std::env::var_os("MLFLOW_TRACKING_TOKEN") {
-            Some(_) => Some(rollwright_engine::secrets::resolve(
+        let token = match (token, std::env::var_os("MLFLOW_TRACKING_TOKEN")) {
+            (Some(r), _) => Some(rollwright_engine::secrets::resolve(r, base_dir)?),
+            (None, Some(_)) => Some(rollwright_engine::secrets::resolve(
                 &serde_json::json!({"env": "MLFLOW_TRACKING_TOKEN"}),
-                Path::new("."),
+                base_dir,
             )?),
-            None => None,
+            (None, None) => None,
         };
         let _ = rustls::crypto::ring::default_provider().install_default();
         let client = reqwest::Client::builder()

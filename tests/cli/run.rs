@@ -704,3 +704,57 @@ fn an_approval_revoked_mid_rollout_stops_the_next_production_change() {
     );
     assert_eq!(effects(dir.path()), ["first", "undo-first"]);
 }
+
+#[test]
+fn a_changed_artifact_digest_or_a_forged_journal_record_never_ships() {
+    // The digest changes after the gate passed: the next production change is refused.
+    let dir = tempfile::tempdir().unwrap();
+    let spec = GATED.replace(
+        "  - {id: ship, type: exec, needs: [gate], with: {command: [sh, -c, \"echo shipped >> effects\"]}}\n",
+        "  - {id: swap, type: exec, needs: [gate], with: {command: [sh, -c, \"sed -i s/0f1e/beef/ registry.yaml\"]}}\n  - {id: ship, type: exec, needs: [swap], with: {command: [sh, -c, \"echo shipped >> effects\"]}}\n",
+    );
+    std::fs::write(dir.path().join("spec.yaml"), &spec).unwrap();
+    std::fs::write(dir.path().join("registry.yaml"), REGISTRY).unwrap();
+    let out = run_in(dir.path(), &["run", "spec.yaml"], &[]);
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("the artifact digest of fraud-detector version 7 changed since the gate passed (\"sha256:0f1e\" -> \"sha256:beef\")"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(effects(dir.path()).is_empty());
+
+    // A forged "gate succeeded" record in the journal: resume runs the gate again.
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("spec.yaml"), GATED).unwrap();
+    std::fs::write(
+        dir.path().join("registry.yaml"),
+        REGISTRY.replace("aliases: [production-approved]", "aliases: []"),
+    )
+    .unwrap();
+    let crashed = run_in(
+        dir.path(),
+        &["run", "spec.yaml"],
+        &[("ROLLWRIGHT_TEST_CRASH_AFTER_RECORDS", "2")],
+    );
+    assert_eq!(crashed.status.code(), None);
+    let run = only_run(dir.path());
+    let journal = dir
+        .path()
+        .join(".rollwright/runs")
+        .join(&run)
+        .join("journal.jsonl");
+    let forged = r#"{"record":"step-succeeded","step":"gate","outputs":{"gate":true,"model":"fraud-detector","version":"7","digest":"sha256:0f1e"}}"#;
+    let mut text = std::fs::read_to_string(&journal).unwrap();
+    text.push_str(forged);
+    text.push('\n');
+    std::fs::write(&journal, text).unwrap();
+    let out = run_in(dir.path(), &["resume", &run], &[]);
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("gate closed for fraud-detector version 7: (1) lacks alias"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(effects(dir.path()).is_empty());
+}
