@@ -18,6 +18,7 @@ mod progress;
 mod render;
 mod run_cmd;
 mod schema_cmd;
+mod sim_cmd;
 
 /// Stable exit codes.
 pub mod exit {
@@ -65,6 +66,8 @@ enum Command {
     Report(run_cmd::ReportArgs),
     /// Print the JSON Schema of specs, or of one step kind's `with`.
     Schema(schema_cmd::SchemaArgs),
+    /// Run the embedded cluster (a Kubernetes API server on 127.0.0.1) until Ctrl-C.
+    Sim(sim_cmd::SimArgs),
 }
 
 /// When to colour human output.
@@ -97,6 +100,7 @@ fn main() -> ExitCode {
         Command::Abort(args) => run_cmd::abort(&args),
         Command::Report(args) => run_cmd::report(&args),
         Command::Schema(args) => schema_cmd::run(&args),
+        Command::Sim(args) => sim_cmd::run(&args),
     };
     ExitCode::from(code)
 }

@@ -7,6 +7,7 @@ mod mlflow;
 mod plan;
 mod run;
 mod schema;
+mod sim;
 
 use std::path::{Path, PathBuf};
 use std::process::Output;

@@ -1,0 +1,547 @@
+//! The REST surface: one handler that parses Kubernetes paths.
+
+use std::sync::{Arc, Mutex};
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::State as AxState;
+use axum::http::{HeaderMap, Method, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use serde_json::{Map, Value, json};
+
+use crate::kinds::{self, KINDS, Kind};
+use crate::store::{Key, Store, merge_patch};
+
+pub struct State {
+    token: String,
+    store: Mutex<Store>,
+}
+
+impl State {
+    pub fn new(token: String) -> Self {
+        let state = State {
+            token,
+            store: Mutex::default(),
+        };
+        // The namespaces a fresh cluster has.
+        for ns in ["default", "kube-system"] {
+            let _ = state.create(
+                kinds::find("", "v1", "namespaces").unwrap_or(&KINDS[0]),
+                None,
+                json!({"metadata": {"name": ns}}),
+            );
+        }
+        state
+    }
+}
+
+pub fn router(state: Arc<State>) -> Router {
+    Router::new().fallback(handle).with_state(state)
+}
+
+fn reply(code: StatusCode, body: Value) -> Response {
+    (code, [("content-type", "application/json")], body.to_string()).into_response()
+}
+
+/// A Kubernetes `Status` error.
+fn status(code: StatusCode, reason: &str, message: String) -> Response {
+    reply(
+        code,
+        json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure", "message": message, "reason": reason, "code": code.as_u16()}),
+    )
+}
+
+/// Where a request points.
+struct Target {
+    kind: &'static Kind,
+    namespace: Option<String>,
+    name: Option<String>,
+}
+
+async fn handle(
+    AxState(state): AxState<Arc<State>>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let authorized = headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .is_some_and(|t| t == state.token);
+    if !authorized {
+        return status(StatusCode::UNAUTHORIZED, "Unauthorized", "Unauthorized".into());
+    }
+    let path = uri.path().trim_end_matches('/');
+    let segs: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
+    match segs.as_slice() {
+        ["version"] => {
+            return reply(
+                StatusCode::OK,
+                json!({"major": "1", "minor": "33", "gitVersion": "v1.33.0-rollwright-sim", "platform": "linux/amd64"}),
+            );
+        }
+        ["api"] => {
+            return reply(
+                StatusCode::OK,
+                json!({"kind": "APIVersions", "versions": ["v1"], "serverAddressByClientCIDRs": []}),
+            );
+        }
+        ["apis"] => return reply(StatusCode::OK, groups()),
+        ["api", "v1"] => return reply(StatusCode::OK, resources("", "v1")),
+        ["apis", g, v] => {
+            return if KINDS.iter().any(|k| k.group == *g && k.version == *v) {
+                reply(StatusCode::OK, resources(g, v))
+            } else {
+                status(
+                    StatusCode::NOT_FOUND,
+                    "NotFound",
+                    format!("the server could not find the requested resource ({path})"),
+                )
+            };
+        }
+        _ => {}
+    }
+    let (group, version, rest) = match segs.as_slice() {
+        ["api", v, rest @ ..] => ("", *v, rest),
+        ["apis", g, v, rest @ ..] => (*g, *v, rest),
+        _ => {
+            return status(
+                StatusCode::NOT_FOUND,
+                "NotFound",
+                format!("the server could not find the requested resource ({path})"),
+            );
+        }
+    };
+    let (namespace, rest) = match rest {
+        ["namespaces", ns, rest @ ..] if !rest.is_empty() => (Some((*ns).to_owned()), rest),
+        _ => (None, rest),
+    };
+    let (plural, name) = match rest {
+        [plural] => (*plural, None),
+        [plural, name] => (*plural, Some((*name).to_owned())),
+        _ => {
+            return status(
+                StatusCode::NOT_FOUND,
+                "NotFound",
+                format!("the server could not find the requested resource ({path})"),
+            );
+        }
+    };
+    let Some(kind) = kinds::find(group, version, plural) else {
+        return status(
+            StatusCode::NOT_FOUND,
+            "NotFound",
+            format!("the server could not find the requested resource ({path})"),
+        );
+    };
+    let t = Target {
+        kind,
+        namespace,
+        name,
+    };
+    let query = uri.query().unwrap_or("");
+    // Only JSON bodies: protobuf or CBOR clients are told so (clients fall back to JSON).
+    let ctype = headers
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("application/json");
+    if matches!(method, Method::POST | Method::PUT | Method::PATCH)
+        && !ctype.contains("json")
+        && !ctype.contains("yaml")
+    {
+        return status(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "UnsupportedMediaType",
+            format!("the sim speaks JSON, not {ctype}"),
+        );
+    }
+    match method {
+        Method::GET => match &t.name {
+            Some(n) => state.get(&t, n),
+            None => state.list(&t, query),
+        },
+        Method::POST => match serde_json::from_slice::<Value>(&body) {
+            Ok(obj) => state.create(t.kind, t.namespace.as_deref(), obj),
+            Err(e) => status(
+                StatusCode::BAD_REQUEST,
+                "BadRequest",
+                format!("invalid JSON: {e}"),
+            ),
+        },
+        Method::PUT => match serde_json::from_slice::<Value>(&body) {
+            Ok(obj) => state.replace(&t, obj),
+            Err(e) => status(
+                StatusCode::BAD_REQUEST,
+                "BadRequest",
+                format!("invalid JSON: {e}"),
+            ),
+        },
+        Method::PATCH => {
+            let ctype = headers
+                .get("content-type")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("");
+            match serde_json::from_slice::<Value>(&body) {
+                // Strategic merge is treated as a merge patch for the built-in kinds.
+                Ok(p)
+                    if ctype.starts_with("application/merge-patch+json")
+                        || ctype.starts_with("application/strategic-merge-patch+json") =>
+                {
+                    state.patch(&t, &p)
+                }
+                Ok(_) => status(
+                    StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                    "UnsupportedMediaType",
+                    format!("the sim does not support {ctype} yet"),
+                ),
+                Err(e) => status(
+                    StatusCode::BAD_REQUEST,
+                    "BadRequest",
+                    format!("invalid JSON: {e}"),
+                ),
+            }
+        }
+        Method::DELETE => state.delete(&t),
+        _ => status(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "MethodNotAllowed",
+            format!("{method} is not allowed"),
+        ),
+    }
+}
+
+fn groups() -> Value {
+    let mut names: Vec<&str> = KINDS.iter().map(|k| k.group).filter(|g| !g.is_empty()).collect();
+    names.dedup();
+    let groups: Vec<Value> = names
+        .iter()
+        .map(|g| {
+            let v = KINDS.iter().find(|k| k.group == *g).map_or("v1", |k| k.version);
+            json!({"name": g, "versions": [{"groupVersion": format!("{g}/{v}"), "version": v}], "preferredVersion": {"groupVersion": format!("{g}/{v}"), "version": v}})
+        })
+        .collect();
+    json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": groups})
+}
+
+fn resources(group: &str, version: &str) -> Value {
+    let list: Vec<Value> = KINDS
+        .iter()
+        .filter(|k| k.group == group && k.version == version)
+        .map(|k| {
+            json!({"name": k.plural, "singularName": k.kind.to_lowercase(), "namespaced": k.namespaced, "kind": k.kind,
+                   "verbs": ["create", "delete", "get", "list", "patch", "update"], "shortNames": k.short})
+        })
+        .collect();
+    let gv = if group.is_empty() {
+        version.to_owned()
+    } else {
+        format!("{group}/{version}")
+    };
+    json!({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": gv, "resources": list})
+}
+
+fn key(kind: &Kind, namespace: Option<&str>, name: &str) -> Key {
+    (
+        kind.group.to_owned(),
+        kind.plural.to_owned(),
+        namespace.unwrap_or("").to_owned(),
+        name.to_owned(),
+    )
+}
+
+fn now() -> String {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let (d, s) = (secs / 86_400, secs % 86_400);
+    let z = i64::try_from(d).unwrap_or(0) + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+        s / 3600,
+        (s % 3600) / 60,
+        s % 60
+    )
+}
+
+/// `a=b,c!=d,e` label selectors.
+fn selected(obj: &Value, selector: &str) -> bool {
+    let labels = &obj["metadata"]["labels"];
+    selector.split(',').filter(|s| !s.is_empty()).all(|term| {
+        if let Some((k, v)) = term.split_once("!=") {
+            labels.get(k.trim()).and_then(Value::as_str) != Some(v.trim())
+        } else if let Some((k, v)) = term.split_once("==").or_else(|| term.split_once('=')) {
+            labels.get(k.trim()).and_then(Value::as_str) == Some(v.trim())
+        } else {
+            labels.get(term.trim()).is_some()
+        }
+    })
+}
+
+fn query_param(query: &str, name: &str) -> Option<String> {
+    query.split('&').find_map(|kv| {
+        let (k, v) = kv.split_once('=')?;
+        (k == name).then(|| percent_decode(v))
+    })
+}
+
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'%' if i + 2 < b.len() => {
+                let hex = std::str::from_utf8(&b[i + 1..i + 3])
+                    .ok()
+                    .and_then(|h| u8::from_str_radix(h, 16).ok());
+                match hex {
+                    Some(v) => {
+                        out.push(v);
+                        i += 3;
+                    }
+                    None => {
+                        out.push(b'%');
+                        i += 1;
+                    }
+                }
+            }
+            b'+' => {
+                out.push(b' ');
+                i += 1;
+            }
+            c => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+impl State {
+    fn namespace_exists(store: &Store, ns: &str) -> bool {
+        store
+            .objects
+            .contains_key(&(String::new(), "namespaces".into(), String::new(), ns.to_owned()))
+    }
+
+    fn get(&self, t: &Target, name: &str) -> Response {
+        let Ok(store) = self.store.lock() else {
+            return status(StatusCode::INTERNAL_SERVER_ERROR, "InternalError", "store".into());
+        };
+        match store.objects.get(&key(t.kind, t.namespace.as_deref(), name)) {
+            Some(o) => reply(StatusCode::OK, o.clone()),
+            None => status(
+                StatusCode::NOT_FOUND,
+                "NotFound",
+                format!("{} \"{name}\" not found", t.kind.plural),
+            ),
+        }
+    }
+
+    fn list(&self, t: &Target, query: &str) -> Response {
+        let Ok(store) = self.store.lock() else {
+            return status(StatusCode::INTERNAL_SERVER_ERROR, "InternalError", "store".into());
+        };
+        let selector = query_param(query, "labelSelector").unwrap_or_default();
+        let items: Vec<Value> = store
+            .objects
+            .iter()
+            .filter(|((g, p, ns, _), _)| {
+                *g == t.kind.group && *p == t.kind.plural && t.namespace.as_deref().is_none_or(|n| n == ns)
+            })
+            .map(|(_, o)| o)
+            .filter(|o| selected(o, &selector))
+            .cloned()
+            .collect();
+        reply(
+            StatusCode::OK,
+            json!({"kind": format!("{}List", t.kind.kind), "apiVersion": kinds::api_version(t.kind), "metadata": {"resourceVersion": store.revision.to_string()}, "items": items}),
+        )
+    }
+
+    fn create(&self, kind: &'static Kind, namespace: Option<&str>, mut obj: Value) -> Response {
+        let Ok(mut store) = self.store.lock() else {
+            return status(StatusCode::INTERNAL_SERVER_ERROR, "InternalError", "store".into());
+        };
+        let Some(name) = obj["metadata"]["name"].as_str().map(str::to_owned) else {
+            return status(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "Invalid",
+                format!(
+                    "{} is invalid: metadata.name: Required value: name is required",
+                    kind.kind
+                ),
+            );
+        };
+        let ns = if kind.namespaced {
+            Some(
+                namespace
+                    .or(obj["metadata"]["namespace"].as_str())
+                    .unwrap_or("default")
+                    .to_owned(),
+            )
+        } else {
+            None
+        };
+        if let Some(ns) = &ns
+            && !Self::namespace_exists(&store, ns)
+        {
+            return status(
+                StatusCode::NOT_FOUND,
+                "NotFound",
+                format!("namespaces \"{ns}\" not found"),
+            );
+        }
+        let k = key(kind, ns.as_deref(), &name);
+        if store.objects.contains_key(&k) {
+            return status(
+                StatusCode::CONFLICT,
+                "AlreadyExists",
+                format!("{} \"{name}\" already exists", kind.plural),
+            );
+        }
+        obj["apiVersion"] = Value::from(kinds::api_version(kind));
+        obj["kind"] = Value::from(kind.kind);
+        let rv = store.next_revision();
+        let uid = store.next_uid();
+        let meta = obj["metadata"]
+            .as_object_mut()
+            .map(std::mem::take)
+            .unwrap_or_default();
+        let mut meta: Map<String, Value> = meta;
+        if let Some(ns) = &ns {
+            meta.insert("namespace".into(), Value::from(ns.clone()));
+        }
+        meta.insert("uid".into(), Value::from(uid));
+        meta.insert("resourceVersion".into(), Value::from(rv));
+        meta.insert("generation".into(), Value::from(1));
+        meta.insert("creationTimestamp".into(), Value::from(now()));
+        obj["metadata"] = Value::Object(meta);
+        if kind.kind == "Namespace" {
+            obj["status"] = json!({"phase": "Active"});
+        }
+        store.objects.insert(k, obj.clone());
+        reply(StatusCode::CREATED, obj)
+    }
+
+    fn store_update(&self, t: &Target, mut obj: Value, check_rv: bool) -> Response {
+        let Some(name) = t.name.clone() else {
+            return status(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "MethodNotAllowed",
+                "a name is required".into(),
+            );
+        };
+        let Ok(mut store) = self.store.lock() else {
+            return status(StatusCode::INTERNAL_SERVER_ERROR, "InternalError", "store".into());
+        };
+        let k = key(t.kind, t.namespace.as_deref(), &name);
+        let Some(old) = store.objects.get(&k).cloned() else {
+            return status(
+                StatusCode::NOT_FOUND,
+                "NotFound",
+                format!("{} \"{name}\" not found", t.kind.plural),
+            );
+        };
+        let old_rv = old["metadata"]["resourceVersion"].clone();
+        if check_rv
+            && obj["metadata"]["resourceVersion"]
+                .as_str()
+                .is_some_and(|rv| Some(rv) != old_rv.as_str())
+        {
+            return status(
+                StatusCode::CONFLICT,
+                "Conflict",
+                format!(
+                    "Operation cannot be fulfilled on {} \"{name}\": the object has been modified; please apply your changes to the latest version and try again",
+                    t.kind.plural
+                ),
+            );
+        }
+        let generation = old["metadata"]["generation"].as_u64().unwrap_or(1);
+        let bumped = if obj.get("spec") != old.get("spec") {
+            generation + 1
+        } else {
+            generation
+        };
+        obj["apiVersion"] = Value::from(kinds::api_version(t.kind));
+        obj["kind"] = Value::from(t.kind.kind);
+        let rv = store.next_revision();
+        for f in ["uid", "creationTimestamp", "namespace", "name"] {
+            obj["metadata"][f] = old["metadata"][f].clone();
+        }
+        obj["metadata"]["resourceVersion"] = Value::from(rv);
+        obj["metadata"]["generation"] = Value::from(bumped);
+        store.objects.insert(k, obj.clone());
+        reply(StatusCode::OK, obj)
+    }
+
+    fn replace(&self, t: &Target, obj: Value) -> Response {
+        self.store_update(t, obj, true)
+    }
+
+    fn patch(&self, t: &Target, patch: &Value) -> Response {
+        let Some(name) = &t.name else {
+            return status(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "MethodNotAllowed",
+                "a name is required".into(),
+            );
+        };
+        let current = {
+            let Ok(store) = self.store.lock() else {
+                return status(StatusCode::INTERNAL_SERVER_ERROR, "InternalError", "store".into());
+            };
+            store
+                .objects
+                .get(&key(t.kind, t.namespace.as_deref(), name))
+                .cloned()
+        };
+        let Some(mut obj) = current else {
+            return status(
+                StatusCode::NOT_FOUND,
+                "NotFound",
+                format!("{} \"{name}\" not found", t.kind.plural),
+            );
+        };
+        merge_patch(&mut obj, patch);
+        self.store_update(t, obj, false)
+    }
+
+    fn delete(&self, t: &Target) -> Response {
+        let Some(name) = &t.name else {
+            return status(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "MethodNotAllowed",
+                "a name is required".into(),
+            );
+        };
+        let Ok(mut store) = self.store.lock() else {
+            return status(StatusCode::INTERNAL_SERVER_ERROR, "InternalError", "store".into());
+        };
+        match store.objects.remove(&key(t.kind, t.namespace.as_deref(), name)) {
+            Some(o) => {
+                if t.kind.kind == "Namespace" {
+                    store.objects.retain(|(_, _, ns, _), _| ns != name);
+                }
+                reply(StatusCode::OK, o)
+            }
+            None => status(
+                StatusCode::NOT_FOUND,
+                "NotFound",
+                format!("{} \"{name}\" not found", t.kind.plural),
+            ),
+        }
+    }
+}

@@ -1,0 +1,173 @@
+//! rollwright's embedded cluster: an HTTP server on 127.0.0.1 that speaks
+//! the Kubernetes REST API for the kinds rollouts touch, so that `kubectl`
+//! and kube-rs work against it as against a real API server.
+//!
+//! This first part serves discovery (`/version`, `/api`, `/apis`, group
+//! versions), and get / list (label selectors) / create / replace (409 on a
+//! stale resourceVersion) / merge-patch / delete with API-server metadata
+//! (uid, resourceVersion, generation bumped on spec changes,
+//! creationTimestamp), real namespaces (an object in a missing namespace is
+//! a 404) and Kubernetes-shaped `Status` errors. It serves HTTPS with a
+//! self-signed certificate made at start (kubectl sends bearer tokens only
+//! over TLS); the CA and the token go into the kubeconfig, and every request
+//! needs the token (401 otherwise).
+//!
+//! Still to come (issue 4): watch, JSON patch, server-side apply with
+//! managed fields, the status subresource, controllers, model servers,
+//! faults and the time scale.
+
+mod api;
+mod kinds;
+mod store;
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+
+pub use kinds::{KINDS, Kind};
+
+/// Why the sim cannot start.
+#[derive(Debug, thiserror::Error)]
+pub enum SimError {
+    /// Binding or serving failed.
+    #[error("sim: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// A running sim. Dropping it stops the server.
+pub struct Sim {
+    addr: SocketAddr,
+    token: String,
+    ca_pem: String,
+    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl Sim {
+    /// Starts a sim on 127.0.0.1 (`port` 0 picks a free one), in the
+    /// current tokio runtime.
+    ///
+    /// # Errors
+    /// When the port cannot be bound.
+    pub async fn start(port: u16) -> Result<Sim, SimError> {
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await?;
+        let addr = listener.local_addr()?;
+        let token = token();
+        let (tls, ca_pem) = tls_config()?;
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
+        let state = Arc::new(api::State::new(token.clone()));
+        let app = api::router(state);
+        let (tx, mut rx) = tokio::sync::oneshot::channel::<()>();
+        tokio::spawn(async move {
+            loop {
+                let (tcp, _) = tokio::select! {
+                    accepted = listener.accept() => match accepted {
+                        Ok(a) => a,
+                        Err(_) => continue,
+                    },
+                    _ = &mut rx => return,
+                };
+                let acceptor = acceptor.clone();
+                let app = app.clone();
+                tokio::spawn(async move {
+                    let Ok(stream) = acceptor.accept(tcp).await else {
+                        return;
+                    };
+                    let service = hyper_util::service::TowerToHyperService::new(app);
+                    let _ =
+                        hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new())
+                            .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                            .await;
+                });
+            }
+        });
+        Ok(Sim {
+            addr,
+            token,
+            ca_pem,
+            shutdown: Some(tx),
+        })
+    }
+
+    /// `https://127.0.0.1:PORT`.
+    #[must_use]
+    pub fn url(&self) -> String {
+        format!("https://{}", self.addr)
+    }
+
+    /// The PEM certificate clients must trust.
+    #[must_use]
+    pub fn ca_pem(&self) -> &str {
+        &self.ca_pem
+    }
+
+    /// The bearer token.
+    #[must_use]
+    pub fn token(&self) -> &str {
+        &self.token
+    }
+
+    /// A kubeconfig for this sim, context `sim`.
+    #[must_use]
+    pub fn kubeconfig(&self) -> String {
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: sim\n  cluster: {{server: \"{}\", certificate-authority-data: \"{}\"}}\nusers:\n- name: sim\n  user: {{token: \"{}\"}}\ncontexts:\n- name: sim\n  context: {{cluster: sim, user: sim, namespace: default}}\ncurrent-context: sim\n",
+            self.url(),
+            base64::Engine::encode(&base64::engine::general_purpose::STANDARD, self.ca_pem.as_bytes()),
+            self.token
+        )
+    }
+
+    /// Writes the kubeconfig (mode 0600: it holds the token).
+    ///
+    /// # Errors
+    /// I/O errors.
+    pub fn write_kubeconfig(&self, path: &Path) -> std::io::Result<()> {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(path)?;
+        f.write_all(self.kubeconfig().as_bytes())
+    }
+}
+
+impl Drop for Sim {
+    fn drop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+/// A self-signed certificate for 127.0.0.1 and localhost, and its PEM.
+fn tls_config() -> Result<(rustls::ServerConfig, String), SimError> {
+    let other = |e: String| SimError::Io(std::io::Error::other(e));
+    let cert = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_owned(), "localhost".to_owned()])
+        .map_err(|e| other(format!("cannot make a certificate: {e}")))?;
+    let pem = cert.cert.pem();
+    let der = cert.cert.der().clone();
+    let key = rustls::pki_types::PrivateKeyDer::try_from(cert.signing_key.serialize_der())
+        .map_err(|e| other(e.to_owned()))?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| other(e.to_string()))?
+        .with_no_client_auth()
+        .with_single_cert(vec![der], key)
+        .map_err(|e| other(e.to_string()))?;
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok((config, pem))
+}
+
+/// A random-enough token from the clock, the pid and an address.
+fn token() -> String {
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    let local = 0u8;
+    let mix = t ^ (u128::from(std::process::id()) << 64) ^ (&local as *const u8 as usize as u128);
+    format!("sim-{mix:032x}")
+}
