@@ -10,11 +10,12 @@ use axum::response::{IntoResponse, Response};
 use serde_json::{Map, Value, json};
 
 use crate::kinds::{self, KINDS, Kind};
-use crate::store::{Key, Store, merge_patch};
+use crate::store::{Change, HISTORY, Key, Store, merge_patch};
 
 pub struct State {
     token: String,
     store: Mutex<Store>,
+    changes: tokio::sync::broadcast::Sender<Change>,
 }
 
 impl State {
@@ -22,6 +23,7 @@ impl State {
         let state = State {
             token,
             store: Mutex::default(),
+            changes: tokio::sync::broadcast::channel(HISTORY).0,
         };
         // The namespaces a fresh cluster has.
         for ns in ["default", "kube-system"] {
@@ -160,6 +162,9 @@ async fn handle(
     match method {
         Method::GET => match &t.name {
             Some(n) => state.get(&t, n),
+            None if query_param(query, "watch").is_some_and(|w| w == "1" || w == "true") => {
+                state.watch(t, query)
+            }
             None => state.list(&t, query),
         },
         Method::POST => match serde_json::from_slice::<Value>(&body) {
@@ -329,6 +334,93 @@ fn percent_decode(s: &str) -> String {
 }
 
 impl State {
+    /// A watch: past changes after `resourceVersion` (or the current
+    /// objects as `ADDED`), then live changes, one JSON event per line;
+    /// `410 Gone` as an `ERROR` event when that history is gone.
+    fn watch(self: &Arc<Self>, t: Target, query: &str) -> Response {
+        let selector = query_param(query, "labelSelector").unwrap_or_default();
+        let since: Option<u64> = query_param(query, "resourceVersion")
+            .and_then(|r| r.parse().ok())
+            .filter(|r| *r > 0);
+        let timeout = query_param(query, "timeoutSeconds")
+            .and_then(|s| s.parse::<u64>().ok())
+            .unwrap_or(1800);
+        let matches = {
+            let (group, plural, ns) = (t.kind.group, t.kind.plural, t.namespace.clone());
+            let selector = selector.clone();
+            move |c: &Change| {
+                c.key.0 == group
+                    && c.key.1 == plural
+                    && ns.as_deref().is_none_or(|n| n == c.key.2)
+                    && selected(&c.object, &selector)
+            }
+        };
+        let event = |kind: &str, object: &Value| format!("{}\n", json!({"type": kind, "object": object}));
+        let (initial, rx) = {
+            let Ok(store) = self.store.lock() else {
+                return status(StatusCode::INTERNAL_SERVER_ERROR, "InternalError", "store".into());
+            };
+            let rx = self.changes.subscribe();
+            let mut lines = Vec::new();
+            match since {
+                None => {
+                    for ((g, p, ns, _), o) in &store.objects {
+                        let c = Change {
+                            revision: 0,
+                            kind: "ADDED",
+                            key: (g.clone(), p.clone(), ns.clone(), String::new()),
+                            object: o.clone(),
+                        };
+                        if matches(&c) {
+                            lines.push(event("ADDED", o));
+                        }
+                    }
+                }
+                Some(rv) => {
+                    let oldest = store.history.front().map_or(store.revision + 1, |c| c.revision);
+                    if rv + 1 < oldest && rv < store.revision {
+                        let gone = json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+                            "message": format!("too old resource version: {rv} ({})", oldest.saturating_sub(1)), "reason": "Expired", "code": 410});
+                        return (
+                            StatusCode::OK,
+                            [("content-type", "application/json")],
+                            event("ERROR", &gone),
+                        )
+                            .into_response();
+                    }
+                    for c in store.history.iter().filter(|c| c.revision > rv && matches(c)) {
+                        lines.push(event(c.kind, &c.object));
+                    }
+                }
+            }
+            (lines, rx)
+        };
+        let live = futures_util::stream::unfold((rx, matches), move |(mut rx, matches)| async move {
+            loop {
+                match rx.recv().await {
+                    Ok(c) if matches(&c) => {
+                        let line = format!("{}\n", json!({"type": c.kind, "object": c.object}));
+                        return Some((Ok::<_, std::convert::Infallible>(line), (rx, matches)));
+                    }
+                    Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
+                }
+            }
+        });
+        let head = futures_util::stream::iter(initial.into_iter().map(Ok::<_, std::convert::Infallible>));
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(timeout);
+        let stream = futures_util::StreamExt::take_until(
+            futures_util::StreamExt::chain(head, live),
+            tokio::time::sleep_until(deadline),
+        );
+        (
+            StatusCode::OK,
+            [("content-type", "application/json")],
+            axum::body::Body::from_stream(stream),
+        )
+            .into_response()
+    }
+
     fn namespace_exists(store: &Store, ns: &str) -> bool {
         store
             .objects
@@ -431,7 +523,9 @@ impl State {
         if kind.kind == "Namespace" {
             obj["status"] = json!({"phase": "Active"});
         }
-        store.objects.insert(k, obj.clone());
+        store.objects.insert(k.clone(), obj.clone());
+        let change = store.record("ADDED", k, obj.clone());
+        let _ = self.changes.send(change);
         reply(StatusCode::CREATED, obj)
     }
 
@@ -483,7 +577,9 @@ impl State {
         }
         obj["metadata"]["resourceVersion"] = Value::from(rv);
         obj["metadata"]["generation"] = Value::from(bumped);
-        store.objects.insert(k, obj.clone());
+        store.objects.insert(k.clone(), obj.clone());
+        let change = store.record("MODIFIED", k, obj.clone());
+        let _ = self.changes.send(change);
         reply(StatusCode::OK, obj)
     }
 
@@ -530,11 +626,15 @@ impl State {
         let Ok(mut store) = self.store.lock() else {
             return status(StatusCode::INTERNAL_SERVER_ERROR, "InternalError", "store".into());
         };
-        match store.objects.remove(&key(t.kind, t.namespace.as_deref(), name)) {
-            Some(o) => {
+        let k = key(t.kind, t.namespace.as_deref(), name);
+        match store.objects.remove(&k) {
+            Some(mut o) => {
                 if t.kind.kind == "Namespace" {
                     store.objects.retain(|(_, _, ns, _), _| ns != name);
                 }
+                o["metadata"]["resourceVersion"] = Value::from(store.next_revision());
+                let change = store.record("DELETED", k, o.clone());
+                let _ = self.changes.send(change);
                 reply(StatusCode::OK, o)
             }
             None => status(

@@ -7,12 +7,30 @@ use serde_json::Value;
 /// `(group, plural, namespace, name)`.
 pub type Key = (String, String, String, String);
 
+/// A change, as watchers see it.
+#[derive(Debug, Clone)]
+pub struct Change {
+    /// The resourceVersion the change produced.
+    pub revision: u64,
+    /// `ADDED`, `MODIFIED` or `DELETED`.
+    pub kind: &'static str,
+    /// Where.
+    pub key: Key,
+    /// The object (as it was last, for `DELETED`).
+    pub object: Value,
+}
+
+/// How many past changes a watch may resume from; older is `410 Gone`.
+pub const HISTORY: usize = 4096;
+
 /// All objects.
 #[derive(Default)]
 pub struct Store {
     pub objects: BTreeMap<Key, Value>,
     pub revision: u64,
     pub uids: u64,
+    /// Recent changes, oldest first.
+    pub history: std::collections::VecDeque<Change>,
 }
 
 impl Store {
@@ -20,6 +38,25 @@ impl Store {
     pub fn next_revision(&mut self) -> String {
         self.revision += 1;
         self.revision.to_string()
+    }
+
+    /// Records a change for watchers.
+    pub fn record(&mut self, kind: &'static str, key: Key, object: Value) -> Change {
+        let revision = object["metadata"]["resourceVersion"]
+            .as_str()
+            .and_then(|r| r.parse().ok())
+            .unwrap_or(self.revision);
+        let change = Change {
+            revision,
+            kind,
+            key,
+            object,
+        };
+        if self.history.len() == HISTORY {
+            self.history.pop_front();
+        }
+        self.history.push_back(change.clone());
+        change
     }
 
     /// A new uid.

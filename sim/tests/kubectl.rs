@@ -99,6 +99,33 @@ fn kubectl_works_against_the_sim() {
     let (_, out, _) = kubectl(&kc, &["get", "cm", "-n", "risk", "-l", "app=other", "-o", "name"]);
     assert_eq!(out, "");
 
+    // `get -w` receives events.
+    let watcher = Command::new("kubectl")
+        .arg("--kubeconfig")
+        .arg(&kc)
+        .args(["get", "configmaps", "-n", "risk", "-w", "-o", "name"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(700));
+    let cm2 = dir.path().join("cm2.yaml");
+    std::fs::write(
+        &cm2,
+        "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: cm2, namespace: risk}\n",
+    )
+    .unwrap();
+    assert!(kubectl(&kc, &["create", "--validate=false", "-f", cm2.to_str().unwrap()]).0);
+    std::thread::sleep(std::time::Duration::from_millis(700));
+    // SAFETY: signalling our own child.
+    unsafe {
+        libc::kill(watcher.id() as i32, libc::SIGTERM);
+    }
+    let seen = watcher.wait_with_output().unwrap();
+    let seen = String::from_utf8_lossy(&seen.stdout);
+    assert!(seen.contains("configmap/cm1"), "initial state: {seen}");
+    assert!(seen.contains("configmap/cm2"), "live event: {seen}");
+
     // CRD-backed kinds resolve through discovery.
     let (ok, out, err) = kubectl(&kc, &["get", "inferenceservices", "-n", "risk", "-o", "name"]);
     assert!(ok, "{err}");
