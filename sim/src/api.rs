@@ -58,6 +58,8 @@ struct Target {
     kind: &'static Kind,
     namespace: Option<String>,
     name: Option<String>,
+    /// The `status` subresource.
+    status: bool,
 }
 
 async fn handle(
@@ -120,9 +122,10 @@ async fn handle(
         ["namespaces", ns, rest @ ..] if !rest.is_empty() => (Some((*ns).to_owned()), rest),
         _ => (None, rest),
     };
-    let (plural, name) = match rest {
-        [plural] => (*plural, None),
-        [plural, name] => (*plural, Some((*name).to_owned())),
+    let (plural, name, sub) = match rest {
+        [plural] => (*plural, None, false),
+        [plural, name] => (*plural, Some((*name).to_owned()), false),
+        [plural, name, "status"] => (*plural, Some((*name).to_owned()), true),
         _ => {
             return status(
                 StatusCode::NOT_FOUND,
@@ -142,6 +145,7 @@ async fn handle(
         kind,
         namespace,
         name,
+        status: sub,
     };
     let query = uri.query().unwrap_or("");
     // Only JSON bodies: protobuf or CBOR clients are told so (clients fall back to JSON).
@@ -194,7 +198,13 @@ async fn handle(
                     if ctype.starts_with("application/merge-patch+json")
                         || ctype.starts_with("application/strategic-merge-patch+json") =>
                 {
-                    state.patch(&t, &p)
+                    state.patch(&t, |obj| {
+                        merge_patch(obj, &p);
+                        Ok(())
+                    })
+                }
+                Ok(p) if ctype.starts_with("application/json-patch+json") => {
+                    state.patch(&t, |obj| json_patch(obj, &p))
                 }
                 Ok(_) => status(
                     StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -214,6 +224,96 @@ async fn handle(
             "MethodNotAllowed",
             format!("{method} is not allowed"),
         ),
+    }
+}
+
+/// RFC 6902 JSON patch: add, remove, replace, test (and copy/move).
+fn json_patch(target: &mut Value, ops: &Value) -> Result<(), String> {
+    let ops = ops.as_array().ok_or("a JSON patch is a list of operations")?;
+    for op in ops {
+        let kind = op["op"].as_str().ok_or("an operation needs `op`")?;
+        let path = op["path"].as_str().ok_or("an operation needs `path`")?;
+        match kind {
+            "add" => add(target, path, op["value"].clone())?,
+            "remove" => {
+                remove(target, path)?;
+            }
+            "replace" => {
+                let slot = target
+                    .pointer_mut(path)
+                    .ok_or_else(|| format!("no value at `{path}`"))?;
+                *slot = op["value"].clone();
+            }
+            "test" => {
+                if target.pointer(path) != Some(&op["value"]) {
+                    return Err(format!("test failed at `{path}`"));
+                }
+            }
+            "copy" | "move" => {
+                let from = op["from"].as_str().ok_or("copy and move need `from`")?;
+                let v = if kind == "move" {
+                    remove(target, from)?
+                } else {
+                    target
+                        .pointer(from)
+                        .cloned()
+                        .ok_or_else(|| format!("no value at `{from}`"))?
+                };
+                add(target, path, v)?;
+            }
+            other => return Err(format!("unknown operation `{other}`")),
+        }
+    }
+    Ok(())
+}
+
+fn split_pointer(path: &str) -> Result<(&str, String), String> {
+    let (parent, last) = path
+        .rsplit_once('/')
+        .ok_or_else(|| format!("`{path}` is not a JSON pointer"))?;
+    Ok((parent, last.replace("~1", "/").replace("~0", "~")))
+}
+
+fn add(target: &mut Value, path: &str, value: Value) -> Result<(), String> {
+    if path.is_empty() {
+        *target = value;
+        return Ok(());
+    }
+    let (parent, last) = split_pointer(path)?;
+    match target.pointer_mut(parent) {
+        Some(Value::Object(m)) => {
+            m.insert(last, value);
+            Ok(())
+        }
+        Some(Value::Array(a)) => {
+            let i = if last == "-" {
+                a.len()
+            } else {
+                last.parse::<usize>().map_err(|_| format!("bad index `{last}`"))?
+            };
+            if i > a.len() {
+                return Err(format!("index {i} is past the end of `{parent}`"));
+            }
+            a.insert(i, value);
+            Ok(())
+        }
+        _ => Err(format!("no container at `{parent}`")),
+    }
+}
+
+fn remove(target: &mut Value, path: &str) -> Result<Value, String> {
+    let (parent, last) = split_pointer(path)?;
+    match target.pointer_mut(parent) {
+        Some(Value::Object(m)) => m.remove(&last).ok_or_else(|| format!("no value at `{path}`")),
+        Some(Value::Array(a)) => {
+            let i = last.parse::<usize>().map_err(|_| format!("bad index `{last}`"))?;
+            if i < a.len() {
+                Ok(a.remove(i))
+            } else {
+                Err(format!("no value at `{path}`"))
+            }
+        }
+        _ => Err(format!("no value at `{path}`")),
     }
 }
 
@@ -563,6 +663,29 @@ impl State {
                 ),
             );
         }
+        // The status subresource changes only `status`; the main resource
+        // never changes `status`, as on a real API server.
+        if t.status {
+            let status = obj.get("status").cloned();
+            obj = old.clone();
+            match status {
+                Some(s) => obj["status"] = s,
+                None => {
+                    if let Some(m) = obj.as_object_mut() {
+                        m.remove("status");
+                    }
+                }
+            }
+        } else if let Some(m) = obj.as_object_mut() {
+            match old.get("status") {
+                Some(s) => {
+                    m.insert("status".into(), s.clone());
+                }
+                None => {
+                    m.remove("status");
+                }
+            }
+        }
         let generation = old["metadata"]["generation"].as_u64().unwrap_or(1);
         let bumped = if obj.get("spec") != old.get("spec") {
             generation + 1
@@ -587,7 +710,7 @@ impl State {
         self.store_update(t, obj, true)
     }
 
-    fn patch(&self, t: &Target, patch: &Value) -> Response {
+    fn patch(&self, t: &Target, apply: impl FnOnce(&mut Value) -> Result<(), String>) -> Response {
         let Some(name) = &t.name else {
             return status(
                 StatusCode::METHOD_NOT_ALLOWED,
@@ -611,7 +734,13 @@ impl State {
                 format!("{} \"{name}\" not found", t.kind.plural),
             );
         };
-        merge_patch(&mut obj, patch);
+        if let Err(e) = apply(&mut obj) {
+            return status(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "Invalid",
+                format!("the patch cannot be applied: {e}"),
+            );
+        }
         self.store_update(t, obj, false)
     }
 

@@ -126,6 +126,132 @@ fn kubectl_works_against_the_sim() {
     assert!(seen.contains("configmap/cm1"), "initial state: {seen}");
     assert!(seen.contains("configmap/cm2"), "live event: {seen}");
 
+    // JSON patch.
+    let (ok, _, err) = kubectl(
+        &kc,
+        &[
+            "patch",
+            "configmap",
+            "cm1",
+            "-n",
+            "risk",
+            "--type",
+            "json",
+            "-p",
+            r#"[{"op":"replace","path":"/data/k","value":"v4"},{"op":"add","path":"/data/n","value":"1"}]"#,
+        ],
+    );
+    assert!(ok, "{err}");
+    let (_, out, _) = kubectl(
+        &kc,
+        &[
+            "get",
+            "cm",
+            "cm1",
+            "-n",
+            "risk",
+            "-o",
+            "jsonpath={.data.k} {.data.n}",
+        ],
+    );
+    assert_eq!(out, "v4 1");
+    let (ok, _, err) = kubectl(
+        &kc,
+        &[
+            "patch",
+            "configmap",
+            "cm1",
+            "-n",
+            "risk",
+            "--type",
+            "json",
+            "-p",
+            r#"[{"op":"test","path":"/data/k","value":"nope"}]"#,
+        ],
+    );
+    assert!(!ok);
+    assert!(err.contains("test failed at `/data/k`"), "{err}");
+
+    // The status subresource, and generation bumped on spec changes only.
+    let dep = dir.path().join("dep.yaml");
+    std::fs::write(&dep, "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: web, namespace: risk}\nspec: {replicas: 1, selector: {matchLabels: {app: web}}, template: {metadata: {labels: {app: web}}, spec: {containers: [{name: c, image: nginx}]}}}\n").unwrap();
+    assert!(kubectl(&kc, &["create", "--validate=false", "-f", dep.to_str().unwrap()]).0);
+    let (ok, _, err) = kubectl(
+        &kc,
+        &[
+            "patch",
+            "deployment",
+            "web",
+            "-n",
+            "risk",
+            "--type",
+            "merge",
+            "-p",
+            r#"{"status":{"replicas":9}}"#,
+        ],
+    );
+    assert!(ok, "{err}");
+    let (ok, _, err) = kubectl(
+        &kc,
+        &[
+            "patch",
+            "deployment",
+            "web",
+            "-n",
+            "risk",
+            "--subresource=status",
+            "--type",
+            "merge",
+            "-p",
+            r#"{"status":{"readyReplicas":1}}"#,
+        ],
+    );
+    assert!(ok, "{err}");
+    let (_, out, _) = kubectl(
+        &kc,
+        &[
+            "get",
+            "deployment",
+            "web",
+            "-n",
+            "risk",
+            "-o",
+            "jsonpath={.status.replicas}/{.status.readyReplicas}/{.metadata.generation}",
+        ],
+    );
+    assert_eq!(
+        out, "/1/1",
+        "the main resource does not write status; status writes nothing else"
+    );
+    let (ok, _, err) = kubectl(
+        &kc,
+        &[
+            "patch",
+            "deployment",
+            "web",
+            "-n",
+            "risk",
+            "--type",
+            "merge",
+            "-p",
+            r#"{"spec":{"replicas":3}}"#,
+        ],
+    );
+    assert!(ok, "{err}");
+    let (_, out, _) = kubectl(
+        &kc,
+        &[
+            "get",
+            "deployment",
+            "web",
+            "-n",
+            "risk",
+            "-o",
+            "jsonpath={.spec.replicas}/{.metadata.generation}",
+        ],
+    );
+    assert_eq!(out, "3/2");
+
     // CRD-backed kinds resolve through discovery.
     let (ok, out, err) = kubectl(&kc, &["get", "inferenceservices", "-n", "risk", "-o", "name"]);
     assert!(ok, "{err}");
