@@ -521,6 +521,72 @@ impl State {
             .into_response()
     }
 
+    /// Every object of a resource (controllers read through this).
+    pub fn snapshot(&self, group: &str, plural: &str) -> Vec<Value> {
+        self.store
+            .lock()
+            .map(|s| {
+                s.objects
+                    .iter()
+                    .filter(|((g, p, _, _), _)| g == group && p == plural)
+                    .map(|(_, o)| o.clone())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    fn target(group: &str, plural: &str, ns: &str, name: &str, status: bool) -> Option<Target> {
+        let kind = KINDS.iter().find(|k| k.group == group && k.plural == plural)?;
+        Some(Target {
+            kind,
+            namespace: kind.namespaced.then(|| ns.to_owned()),
+            name: Some(name.to_owned()),
+            status,
+        })
+    }
+
+    /// Creates the object, or updates it when its spec or labels differ (controllers).
+    pub fn ensure(&self, group: &str, plural: &str, ns: &str, name: &str, obj: Value) {
+        let Some(t) = Self::target(group, plural, ns, name, false) else {
+            return;
+        };
+        let current = self
+            .store
+            .lock()
+            .ok()
+            .and_then(|s| s.objects.get(&key(t.kind, t.namespace.as_deref(), name)).cloned());
+        match current {
+            None => {
+                let _ = self.create(t.kind, t.namespace.as_deref(), obj);
+            }
+            Some(cur)
+                if cur.get("spec") != obj.get("spec")
+                    || cur["metadata"]["labels"] != obj["metadata"]["labels"] =>
+            {
+                let mut next = cur.clone();
+                next["spec"] = obj["spec"].clone();
+                next["metadata"]["labels"] = obj["metadata"]["labels"].clone();
+                let _ = self.store_update(&t, next, false);
+            }
+            Some(_) => {}
+        }
+    }
+
+    /// Writes an object's status (controllers).
+    pub fn set_status(&self, group: &str, plural: &str, ns: &str, name: &str, status: Value) {
+        let Some(t) = Self::target(group, plural, ns, name, true) else {
+            return;
+        };
+        let _ = self.store_update(&t, json!({"status": status}), false);
+    }
+
+    /// Deletes an object (controllers).
+    pub fn remove(&self, group: &str, plural: &str, ns: &str, name: &str) {
+        if let Some(t) = Self::target(group, plural, ns, name, false) {
+            let _ = self.delete(&t);
+        }
+    }
+
     fn namespace_exists(store: &Store, ns: &str) -> bool {
         store
             .objects

@@ -17,6 +17,7 @@
 //! faults and the time scale.
 
 mod api;
+mod controllers;
 mod kinds;
 mod store;
 
@@ -55,7 +56,12 @@ impl Sim {
         let (tls, ca_pem) = tls_config()?;
         let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
         let state = Arc::new(api::State::new(token.clone()));
-        let app = api::router(state);
+        let app = api::router(state.clone());
+        let controllers = tokio::spawn(controllers::run(
+            state,
+            std::time::Duration::from_millis(100),
+            std::time::Duration::from_millis(500),
+        ));
         let (tx, mut rx) = tokio::sync::oneshot::channel::<()>();
         tokio::spawn(async move {
             loop {
@@ -64,7 +70,10 @@ impl Sim {
                         Ok(a) => a,
                         Err(_) => continue,
                     },
-                    _ = &mut rx => return,
+                    _ = &mut rx => {
+                        controllers.abort();
+                        return;
+                    }
                 };
                 let acceptor = acceptor.clone();
                 let app = app.clone();

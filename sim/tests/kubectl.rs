@@ -172,22 +172,23 @@ fn kubectl_works_against_the_sim() {
     assert!(!ok);
     assert!(err.contains("test failed at `/data/k`"), "{err}");
 
-    // The status subresource, and generation bumped on spec changes only.
-    let dep = dir.path().join("dep.yaml");
-    std::fs::write(&dep, "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: web, namespace: risk}\nspec: {replicas: 1, selector: {matchLabels: {app: web}}, template: {metadata: {labels: {app: web}}, spec: {containers: [{name: c, image: nginx}]}}}\n").unwrap();
-    assert!(kubectl(&kc, &["create", "--validate=false", "-f", dep.to_str().unwrap()]).0);
+    // The status subresource, and generation bumped on spec changes only
+    // (on a kind no simulated controller touches).
+    let sd = dir.path().join("sd.yaml");
+    std::fs::write(&sd, "apiVersion: machinelearning.seldon.io/v1\nkind: SeldonDeployment\nmetadata: {name: sd, namespace: risk}\nspec: {replicas: 1}\n").unwrap();
+    assert!(kubectl(&kc, &["create", "--validate=false", "-f", sd.to_str().unwrap()]).0);
     let (ok, _, err) = kubectl(
         &kc,
         &[
             "patch",
-            "deployment",
-            "web",
+            "seldondeployment",
+            "sd",
             "-n",
             "risk",
             "--type",
             "merge",
             "-p",
-            r#"{"status":{"replicas":9}}"#,
+            r#"{"status":{"state":"Available"}}"#,
         ],
     );
     assert!(ok, "{err}");
@@ -195,15 +196,15 @@ fn kubectl_works_against_the_sim() {
         &kc,
         &[
             "patch",
-            "deployment",
-            "web",
+            "seldondeployment",
+            "sd",
             "-n",
             "risk",
             "--subresource=status",
             "--type",
             "merge",
             "-p",
-            r#"{"status":{"readyReplicas":1}}"#,
+            r#"{"status":{"replicas":1},"spec":{"replicas":7}}"#,
         ],
     );
     assert!(ok, "{err}");
@@ -211,24 +212,24 @@ fn kubectl_works_against_the_sim() {
         &kc,
         &[
             "get",
-            "deployment",
-            "web",
+            "seldondeployment",
+            "sd",
             "-n",
             "risk",
             "-o",
-            "jsonpath={.status.replicas}/{.status.readyReplicas}/{.metadata.generation}",
+            "jsonpath={.status.state}/{.status.replicas}/{.spec.replicas}/{.metadata.generation}",
         ],
     );
     assert_eq!(
-        out, "/1/1",
+        out, "/1/1/1",
         "the main resource does not write status; status writes nothing else"
     );
     let (ok, _, err) = kubectl(
         &kc,
         &[
             "patch",
-            "deployment",
-            "web",
+            "seldondeployment",
+            "sd",
             "-n",
             "risk",
             "--type",
@@ -242,8 +243,8 @@ fn kubectl_works_against_the_sim() {
         &kc,
         &[
             "get",
-            "deployment",
-            "web",
+            "seldondeployment",
+            "sd",
             "-n",
             "risk",
             "-o",
@@ -251,6 +252,70 @@ fn kubectl_works_against_the_sim() {
         ],
     );
     assert_eq!(out, "3/2");
+
+    // The Deployment controller: ReplicaSet, Pods that become Ready, status
+    // that `kubectl rollout status` accepts; a new template rolls out again.
+    let dep = dir.path().join("dep.yaml");
+    std::fs::write(&dep, "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: web, namespace: risk}\nspec: {replicas: 2, selector: {matchLabels: {app: web}}, template: {metadata: {labels: {app: web}}, spec: {containers: [{name: c, image: 'model:7'}]}}}\n").unwrap();
+    assert!(kubectl(&kc, &["create", "--validate=false", "-f", dep.to_str().unwrap()]).0);
+    let (ok, out, err) = kubectl(
+        &kc,
+        &[
+            "rollout",
+            "status",
+            "deployment/web",
+            "-n",
+            "risk",
+            "--timeout=20s",
+        ],
+    );
+    assert!(ok, "{out}{err}");
+    assert!(out.contains("successfully rolled out"), "{out}");
+    let (_, out, _) = kubectl(
+        &kc,
+        &[
+            "get",
+            "pods",
+            "-n",
+            "risk",
+            "-l",
+            "app=web",
+            "-o",
+            "jsonpath={.items[*].status.phase}",
+        ],
+    );
+    assert_eq!(out, "Running Running");
+    let (ok, _, err) = kubectl(
+        &kc,
+        &["set", "image", "deployment/web", "c=model:8", "-n", "risk"],
+    );
+    assert!(ok, "{err}");
+    let (ok, out, err) = kubectl(
+        &kc,
+        &[
+            "rollout",
+            "status",
+            "deployment/web",
+            "-n",
+            "risk",
+            "--timeout=20s",
+        ],
+    );
+    assert!(ok, "{out}{err}");
+    let (_, out, _) = kubectl(
+        &kc,
+        &[
+            "get",
+            "pods",
+            "-n",
+            "risk",
+            "-l",
+            "app=web",
+            "-o",
+            "jsonpath={.items[*].spec.containers[0].image}",
+        ],
+    );
+    assert_eq!(out, "model:8 model:8", "old pods are gone");
 
     // CRD-backed kinds resolve through discovery.
     let (ok, out, err) = kubectl(&kc, &["get", "inferenceservices", "-n", "risk", "-o", "name"]);
