@@ -253,25 +253,15 @@ fn now_ms() -> u64 {
 }
 
 fn new_run_id(name: &str) -> String {
-    let ms = now_ms();
-    let secs = ms / 1000;
-    let (d, s) = (secs / 86_400, secs % 86_400);
-    // Civil date from days since the epoch (Howard Hinnant's algorithm).
-    let z = i64::try_from(d).unwrap_or(0) + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
+    // 2026-11-24T04:00:00Z -> 20261124T040000, plus 16 bits against collisions.
+    let stamp: String = humantime::format_rfc3339_seconds(SystemTime::now())
+        .to_string()
+        .chars()
+        .filter(|c| c.is_ascii_digit() || *c == 'T')
+        .collect();
     format!(
-        "{name}-{year:04}{month:02}{day:02}T{:02}{:02}{:02}-{:04x}",
-        s / 3600,
-        (s % 3600) / 60,
-        s % 60,
-        (ms ^ u64::from(std::process::id())) & 0xffff
+        "{name}-{stamp}-{:04x}",
+        (now_ms() ^ u64::from(std::process::id())) & 0xffff
     )
 }
 
