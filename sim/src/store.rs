@@ -31,6 +31,8 @@ pub struct Store {
     pub uids: u64,
     /// Recent changes, oldest first.
     pub history: std::collections::VecDeque<Change>,
+    /// Server-side apply: the leaf fields each manager owns, per object.
+    pub owners: BTreeMap<Key, BTreeMap<String, std::collections::BTreeSet<String>>>,
 }
 
 impl Store {
@@ -85,6 +87,104 @@ pub fn merge_patch(target: &mut Value, patch: &Value) {
         }
         other => *target = other.clone(),
     }
+}
+
+/// The leaf fields an applied object sets, as JSON pointers. Lists are
+/// atomic (one leaf); `metadata` contributes labels and annotations only.
+#[must_use]
+pub fn leaves(obj: &Value) -> std::collections::BTreeSet<String> {
+    fn walk(v: &Value, at: &mut String, out: &mut std::collections::BTreeSet<String>) {
+        match v {
+            Value::Object(m) if !m.is_empty() => {
+                for (k, child) in m {
+                    let len = at.len();
+                    at.push('/');
+                    at.push_str(&k.replace('~', "~0").replace('/', "~1"));
+                    walk(child, at, out);
+                    at.truncate(len);
+                }
+            }
+            _ => {
+                out.insert(at.clone());
+            }
+        }
+    }
+    let mut out = std::collections::BTreeSet::new();
+    if let Value::Object(m) = obj {
+        for (k, v) in m {
+            match k.as_str() {
+                "apiVersion" | "kind" | "status" => {}
+                "metadata" => {
+                    for sub in ["labels", "annotations"] {
+                        if let Some(x) = v.get(sub) {
+                            let mut at = format!("/metadata/{sub}");
+                            walk(x, &mut at, &mut out);
+                        }
+                    }
+                }
+                _ => {
+                    let mut at = format!("/{}", k.replace('~', "~0").replace('/', "~1"));
+                    walk(v, &mut at, &mut out);
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Sets the value at a JSON pointer, creating objects on the way.
+pub fn set_at(target: &mut Value, pointer: &str, value: Value) {
+    let mut cur = target;
+    let segs: Vec<String> = pointer
+        .split('/')
+        .skip(1)
+        .map(|s| s.replace("~1", "/").replace("~0", "~"))
+        .collect();
+    for (i, seg) in segs.iter().enumerate() {
+        if !cur.is_object() {
+            *cur = Value::Object(serde_json::Map::new());
+        }
+        let Value::Object(m) = cur else { return };
+        if i + 1 == segs.len() {
+            m.insert(seg.clone(), value);
+            return;
+        }
+        cur = m
+            .entry(seg.clone())
+            .or_insert_with(|| Value::Object(serde_json::Map::new()));
+    }
+}
+
+/// Removes the value at a JSON pointer (and objects it leaves empty).
+pub fn remove_at(target: &mut Value, pointer: &str) {
+    let Some((parent, last)) = pointer.rsplit_once('/') else {
+        return;
+    };
+    let last = last.replace("~1", "/").replace("~0", "~");
+    if let Some(Value::Object(m)) = target.pointer_mut(parent) {
+        m.remove(&last);
+        if m.is_empty() && !parent.is_empty() && parent.matches('/').count() > 1 {
+            remove_at(target, parent);
+        }
+    }
+}
+
+/// `managedFields` `fieldsV1` for a set of leaves (`{"f:spec": {"f:replicas": {}}}`).
+#[must_use]
+pub fn fields_v1(leaves: &std::collections::BTreeSet<String>) -> Value {
+    let mut root = Value::Object(serde_json::Map::new());
+    for l in leaves {
+        let mut cur = &mut root;
+        for seg in l.split('/').skip(1) {
+            let key = format!("f:{}", seg.replace("~1", "/").replace("~0", "~"));
+            if let Value::Object(m) = cur {
+                cur = m
+                    .entry(key)
+                    .or_insert_with(|| Value::Object(serde_json::Map::new()));
+            }
+        }
+    }
+    root
 }
 
 #[cfg(test)]

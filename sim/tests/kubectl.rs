@@ -317,6 +317,79 @@ fn kubectl_works_against_the_sim() {
     );
     assert_eq!(out, "model:8 model:8", "old pods are gone");
 
+    // Server-side apply: ownership, a conflict, and --force-conflicts.
+    let ssa = dir.path().join("ssa.yaml");
+    std::fs::write(&ssa, "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: cm3, namespace: risk}\ndata: {owner: alice, shared: a}\n").unwrap();
+    let (ok, out, err) = kubectl(
+        &kc,
+        &[
+            "apply",
+            "--validate=false",
+            "--server-side",
+            "--field-manager=alice",
+            "-f",
+            ssa.to_str().unwrap(),
+        ],
+    );
+    assert!(ok, "{err}");
+    assert_eq!(out, "configmap/cm3 serverside-applied\n");
+    std::fs::write(&ssa, "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: cm3, namespace: risk}\ndata: {shared: b, mine: bob}\n").unwrap();
+    let (ok, _, err) = kubectl(
+        &kc,
+        &[
+            "apply",
+            "--validate=false",
+            "--server-side",
+            "--field-manager=bob",
+            "-f",
+            ssa.to_str().unwrap(),
+        ],
+    );
+    assert!(!ok);
+    assert!(
+        err.contains("conflict with \"alice\"") && err.contains(".data.shared"),
+        "{err}"
+    );
+    let (ok, _, err) = kubectl(
+        &kc,
+        &[
+            "apply",
+            "--validate=false",
+            "--server-side",
+            "--field-manager=bob",
+            "--force-conflicts",
+            "-f",
+            ssa.to_str().unwrap(),
+        ],
+    );
+    assert!(ok, "{err}");
+    let (_, out, _) = kubectl(
+        &kc,
+        &[
+            "get",
+            "cm",
+            "cm3",
+            "-n",
+            "risk",
+            "-o",
+            "jsonpath={.data.owner}/{.data.shared}/{.data.mine}",
+        ],
+    );
+    assert_eq!(out, "alice/b/bob", "bob took `shared`, alice keeps `owner`");
+    let (_, out, _) = kubectl(
+        &kc,
+        &[
+            "get",
+            "cm",
+            "cm3",
+            "-n",
+            "risk",
+            "-o",
+            "jsonpath={.metadata.managedFields[*].manager}",
+        ],
+    );
+    assert_eq!(out, "alice bob");
+
     // CRD-backed kinds resolve through discovery.
     let (ok, out, err) = kubectl(&kc, &["get", "inferenceservices", "-n", "risk", "-o", "name"]);
     assert!(ok, "{err}");
