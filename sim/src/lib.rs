@@ -12,12 +12,12 @@
 //! over TLS); the CA and the token go into the kubeconfig, and every request
 //! needs the token (401 otherwise).
 //!
-//! Also: watch (history + live, 410 Expired), JSON patch, the status
+//! Also: server-side apply (field ownership per manager, managedFields,
+//! conflicts and force), watch (history + live, 410 Expired), JSON patch, the status
 //! subresource, and a Deployment controller (ReplicaSets, Pods Ready after a
 //! startup delay, status for `kubectl rollout status`).
 //!
-//! Still to come (issue 4): server-side apply with managed fields and
-//! conflicts, the InferenceService and routing controllers, crash-loop
+//! Still to come (issue 4): the InferenceService and routing controllers, crash-loop
 //! faults, model servers, API faults and the time scale.
 
 mod api;
