@@ -14,6 +14,7 @@ use crate::store::{Change, HISTORY, Key, Store, fields_v1, leaves, merge_patch, 
 
 pub struct State {
     token: String,
+    faults: Mutex<Vec<crate::faults::PodFault>>,
     store: Mutex<Store>,
     changes: tokio::sync::broadcast::Sender<Change>,
 }
@@ -22,6 +23,7 @@ impl State {
     pub fn new(token: String) -> Self {
         let state = State {
             token,
+            faults: Mutex::default(),
             store: Mutex::default(),
             changes: tokio::sync::broadcast::channel(HISTORY).0,
         };
@@ -80,6 +82,7 @@ async fn handle(
     let path = uri.path().trim_end_matches('/');
     let segs: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
     match segs.as_slice() {
+        ["sim", "faults"] => return state.admin_faults(&method, &body),
         ["version"] => {
             return reply(
                 StatusCode::OK,
@@ -429,6 +432,43 @@ fn percent_decode(s: &str) -> String {
 }
 
 impl State {
+    /// `GET /sim/faults` lists the pod faults; `PUT /sim/faults` replaces
+    /// them with a JSON list (the admin endpoint, same token).
+    fn admin_faults(&self, method: &Method, body: &[u8]) -> Response {
+        let Ok(mut faults) = self.faults.lock() else {
+            return status(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "InternalError",
+                "faults".into(),
+            );
+        };
+        if *method == Method::PUT {
+            let parsed: Result<Vec<crate::faults::PodFault>, String> = serde_json::from_slice::<Value>(body)
+                .map_err(|e| e.to_string())
+                .and_then(|v| {
+                    v.as_array()
+                        .cloned()
+                        .ok_or_else(|| "expected a list of pod faults".to_owned())
+                })
+                .and_then(|a| a.iter().map(crate::faults::PodFault::from_json).collect());
+            match parsed {
+                Ok(list) => *faults = list,
+                Err(e) => return status(StatusCode::UNPROCESSABLE_ENTITY, "Invalid", e),
+            }
+        }
+        let list: Vec<Value> = faults
+            .iter()
+            .map(|f| match &f.behaviour {
+                crate::faults::Behaviour::CrashLoop => json!({"image": f.image, "crash-loop": true}),
+                crate::faults::Behaviour::NeverReady => json!({"image": f.image, "never-ready": true}),
+                crate::faults::Behaviour::SlowStart { seconds } => {
+                    json!({"image": f.image, "slow-start": seconds})
+                }
+            })
+            .collect();
+        reply(StatusCode::OK, Value::Array(list))
+    }
+
     /// A watch: past changes after `resourceVersion` (or the current
     /// objects as `ADDED`), then live changes, one JSON event per line;
     /// `410 Gone` as an `ERROR` event when that history is gone.
@@ -616,6 +656,23 @@ impl State {
             store.owners.insert(k, owners);
         }
         resp
+    }
+
+    /// Replaces the pod faults.
+    pub fn set_faults(&self, faults: Vec<crate::faults::PodFault>) {
+        if let Ok(mut f) = self.faults.lock() {
+            *f = faults;
+        }
+    }
+
+    /// The fault that applies to a pod with this image, if any.
+    pub fn pod_fault(&self, image: &str) -> Option<crate::faults::PodFault> {
+        self.faults
+            .lock()
+            .ok()?
+            .iter()
+            .find(|f| image.contains(&f.image))
+            .cloned()
     }
 
     /// Every object of a resource (controllers read through this).

@@ -10,6 +10,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use serde_json::{Value, json};
 
 use crate::api::State;
+use crate::faults::{Behaviour, PodFault};
 
 fn now_ms() -> u64 {
     SystemTime::now()
@@ -117,14 +118,48 @@ fn reconcile_deployments(state: &State, startup: Duration) {
                     .as_str()
                     .and_then(|s| s.parse().ok())
                     .unwrap_or(0);
-                let is_ready =
-                    now_ms().saturating_sub(started) >= u64::try_from(startup.as_millis()).unwrap_or(0);
-                if is_ready && pod["status"]["phase"].as_str() != Some("Running") {
-                    let containers: Vec<Value> = pod["spec"]["containers"]
-                        .as_array()
-                        .map(|cs| cs.iter().map(|c| json!({"name": c["name"], "ready": true, "restartCount": 0, "state": {"running": {}}})).collect())
-                        .unwrap_or_default();
-                    state.set_status("", "pods", ns, &pod_name, json!({"phase": "Running", "conditions": [{"type": "Ready", "status": "True"}], "containerStatuses": containers}));
+                let image = pod["spec"]["containers"][0]["image"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned();
+                let fault = state.pod_fault(&image);
+                let delay = match &fault {
+                    Some(PodFault {
+                        behaviour: Behaviour::SlowStart { seconds },
+                        ..
+                    }) => Duration::from_secs_f64(*seconds),
+                    _ => startup,
+                };
+                let elapsed = now_ms().saturating_sub(started);
+                let is_ready = fault
+                    .as_ref()
+                    .is_none_or(|f| matches!(f.behaviour, Behaviour::SlowStart { .. }))
+                    && elapsed >= u64::try_from(delay.as_millis()).unwrap_or(0);
+                match fault.as_ref().map(|f| &f.behaviour) {
+                    Some(Behaviour::CrashLoop) => {
+                        // A restart a second, waiting in CrashLoopBackOff in between.
+                        let restarts = elapsed / 1000;
+                        let containers: Vec<Value> = pod["spec"]["containers"]
+                            .as_array()
+                            .map(|cs| cs.iter().map(|c| json!({"name": c["name"], "ready": false, "restartCount": restarts,
+                                "state": {"waiting": {"reason": "CrashLoopBackOff", "message": "back-off restarting failed container"}},
+                                "lastState": {"terminated": {"exitCode": 1, "reason": "Error"}}})).collect())
+                            .unwrap_or_default();
+                        let status = json!({"phase": "Running", "conditions": [{"type": "Ready", "status": "False"}], "containerStatuses": containers});
+                        if pod.get("status") != Some(&status) {
+                            state.set_status("", "pods", ns, &pod_name, status);
+                        }
+                    }
+                    Some(Behaviour::NeverReady) => {}
+                    _ => {
+                        if is_ready && pod["status"]["phase"].as_str() != Some("Running") {
+                            let containers: Vec<Value> = pod["spec"]["containers"]
+                                .as_array()
+                                .map(|cs| cs.iter().map(|c| json!({"name": c["name"], "ready": true, "restartCount": 0, "state": {"running": {}}})).collect())
+                                .unwrap_or_default();
+                            state.set_status("", "pods", ns, &pod_name, json!({"phase": "Running", "conditions": [{"type": "Ready", "status": "True"}], "containerStatuses": containers}));
+                        }
+                    }
                 }
                 total += 1;
                 if set_name == rs_name {

@@ -22,6 +22,7 @@
 
 mod api;
 mod controllers;
+mod faults;
 mod kinds;
 mod store;
 
@@ -29,6 +30,7 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
 
+pub use faults::{Behaviour, PodFault};
 pub use kinds::{KINDS, Kind};
 
 /// Why the sim cannot start.
@@ -41,6 +43,7 @@ pub enum SimError {
 
 /// A running sim. Dropping it stops the server.
 pub struct Sim {
+    state: Arc<api::State>,
     addr: SocketAddr,
     token: String,
     ca_pem: String,
@@ -62,7 +65,7 @@ impl Sim {
         let state = Arc::new(api::State::new(token.clone()));
         let app = api::router(state.clone());
         let controllers = tokio::spawn(controllers::run(
-            state,
+            state.clone(),
             std::time::Duration::from_millis(100),
             std::time::Duration::from_millis(500),
         ));
@@ -94,11 +97,17 @@ impl Sim {
             }
         });
         Ok(Sim {
+            state,
             addr,
             token,
             ca_pem,
             shutdown: Some(tx),
         })
+    }
+
+    /// Replaces the pod faults (as `PUT /sim/faults` does).
+    pub fn set_pod_faults(&self, faults: Vec<PodFault>) {
+        self.state.set_faults(faults);
     }
 
     /// `https://127.0.0.1:PORT`.

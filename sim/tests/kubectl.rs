@@ -317,6 +317,61 @@ fn kubectl_works_against_the_sim() {
     );
     assert_eq!(out, "model:8 model:8", "old pods are gone");
 
+    // Faults through the admin endpoint: a new image that crash-loops.
+    let faults = dir.path().join("faults.json");
+    std::fs::write(&faults, r#"[{"image": "model:9", "crash-loop": true}]"#).unwrap();
+    let (ok, out, err) = kubectl(
+        &kc,
+        &["replace", "--raw", "/sim/faults", "-f", faults.to_str().unwrap()],
+    );
+    assert!(ok, "{err}");
+    assert!(out.contains("crash-loop"), "{out}");
+    assert!(
+        kubectl(
+            &kc,
+            &["set", "image", "deployment/web", "c=model:9", "-n", "risk"]
+        )
+        .0
+    );
+    let (ok, out, _) = kubectl(
+        &kc,
+        &[
+            "rollout",
+            "status",
+            "deployment/web",
+            "-n",
+            "risk",
+            "--timeout=3s",
+        ],
+    );
+    assert!(!ok, "a crash-looping rollout never completes: {out}");
+    let (_, out, _) = kubectl(
+        &kc,
+        &[
+            "get",
+            "pods",
+            "-n",
+            "risk",
+            "-l",
+            "app=web",
+            "-o",
+            "jsonpath={range .items[*]}{.spec.containers[0].image} {.status.containerStatuses[0].state.waiting.reason} {.status.containerStatuses[0].restartCount}{\"\\n\"}{end}",
+        ],
+    );
+    let crashing: Vec<&str> = out
+        .lines()
+        .filter(|l| l.starts_with("model:9 CrashLoopBackOff"))
+        .collect();
+    assert_eq!(crashing.len(), 2, "{out}");
+    assert!(
+        crashing.iter().all(|l| l
+            .rsplit(' ')
+            .next()
+            .and_then(|n| n.parse::<u64>().ok())
+            .is_some_and(|n| n >= 1)),
+        "restarts grow: {out}"
+    );
+
     // Server-side apply: ownership, a conflict, and --force-conflicts.
     let ssa = dir.path().join("ssa.yaml");
     std::fs::write(&ssa, "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: cm3, namespace: risk}\ndata: {owner: alice, shared: a}\n").unwrap();
