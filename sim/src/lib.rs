@@ -17,8 +17,11 @@
 //! subresource, and a Deployment controller (ReplicaSets, Pods Ready after a
 //! startup delay, status for `kubectl rollout status`).
 //!
-//! Still to come (issue 4): the InferenceService and routing controllers, crash-loop
-//! faults, model servers, API faults and the time scale.
+//! Pod faults (crash-loop, never-ready, slow start) come from
+//! [`Sim::set_pod_faults`] or `PUT /sim/faults`.
+//!
+//! Still to come (issue 4): the InferenceService and routing controllers,
+//! model servers, API faults, the scenario file and the time scale.
 
 mod api;
 mod controllers;
