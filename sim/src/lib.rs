@@ -187,12 +187,20 @@ fn tls_config() -> Result<(rustls::ServerConfig, String), SimError> {
     Ok((config, pem))
 }
 
-/// A random-enough token from the clock, the pid and an address.
+/// A token from the kernel's random source (the clock and pid only if it
+/// cannot be read).
 fn token() -> String {
-    let t = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos());
-    let local = 0u8;
-    let mix = t ^ (u128::from(std::process::id()) << 64) ^ (&local as *const u8 as usize as u128);
-    format!("sim-{mix:032x}")
+    use std::io::Read;
+    let mut bytes = [0u8; 16];
+    let random = std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut bytes))
+        .is_ok();
+    if !random {
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        bytes = (t ^ (u128::from(std::process::id()) << 64)).to_le_bytes();
+    }
+    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    format!("sim-{hex}")
 }
