@@ -291,6 +291,30 @@ fn journal_sink(journal: Arc<GroupCommit>, progress: Arc<Progress>) -> Sink {
     })
 }
 
+/// What step builders of a run see: one place, for the pre-run check and the run.
+fn build_context(
+    spec: &Spec,
+    spec_path: &Path,
+    state_dir: &Path,
+    run: &str,
+    started_by: &str,
+) -> BuildContext {
+    BuildContext {
+        spec_dir: spec_path
+            .parent()
+            .map(Path::to_path_buf)
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or_else(|| PathBuf::from(".")),
+        run_dir: run_dir(state_dir, run),
+        started_by: started_by.to_owned(),
+        run_id: run.to_owned(),
+        model: spec
+            .model
+            .as_ref()
+            .map(|m| (m.registry.clone(), m.name.clone(), m.version.clone())),
+    }
+}
+
 /// Who runs rollwright: `ROLLWRIGHT_USER`, else `USER`.
 fn current_user() -> String {
     std::env::var("ROLLWRIGHT_USER")
@@ -322,20 +346,7 @@ fn execute(
     let registry = registry();
     let rdir = run_dir(state_dir, run);
     let started_by = std::fs::read_to_string(rdir.join("started-by")).unwrap_or_else(|_| current_user());
-    let cx = BuildContext {
-        spec_dir: spec_path
-            .parent()
-            .map(Path::to_path_buf)
-            .filter(|p| !p.as_os_str().is_empty())
-            .unwrap_or_else(|| PathBuf::from(".")),
-        run_dir: rdir,
-        started_by: started_by.trim().to_owned(),
-        run_id: run.to_owned(),
-        model: spec
-            .model
-            .as_ref()
-            .map(|m| (m.registry.clone(), m.name.clone(), m.version.clone())),
-    };
+    let cx = build_context(spec, spec_path, state_dir, run, started_by.trim());
     let (steps, handlers) = match nodes(&registry, spec, &cx) {
         Ok(n) => n,
         Err(errors) => {
@@ -443,16 +454,7 @@ pub fn run(args: &RunArgs) -> u8 {
     };
     let run = new_run_id(&spec.metadata.name);
     // Every step must be buildable before the run exists: nothing half-created.
-    let probe = BuildContext {
-        spec_dir: args.spec.parent().map(Path::to_path_buf).unwrap_or_default(),
-        run_dir: run_dir(&args.state_dir, &run),
-        started_by: current_user(),
-        run_id: run.clone(),
-        model: spec
-            .model
-            .as_ref()
-            .map(|m| (m.registry.clone(), m.name.clone(), m.version.clone())),
-    };
+    let probe = build_context(&spec, &args.spec, &args.state_dir, &run, &current_user());
     if let Err(errors) = nodes(&registry(), &spec, &probe) {
         for e in errors {
             eprintln!("error: {e}");
@@ -513,16 +515,11 @@ pub fn run(args: &RunArgs) -> u8 {
 }
 
 pub fn resume(args: &ResumeArgs) -> u8 {
-    let dir = run_dir(&args.state_dir, &args.run);
-    adopt_policy(&dir);
-    let path = dir.join("journal.jsonl");
-    let records = match journal::read(&path) {
+    let (dir, records) = match run_records(&args.state_dir, &args.run) {
         Ok(r) => r,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return exit::USAGE;
-        }
+        Err(code) => return code,
     };
+    let path = dir.join("journal.jsonl");
     let Some(Record::RunStarted { spec, digest, .. }) = records.first().cloned() else {
         return exit::USAGE;
     };
@@ -535,20 +532,8 @@ pub fn resume(args: &ResumeArgs) -> u8 {
             _ => exit::ROLLBACK_FAILED,
         };
     }
-    let overrides: Vec<(String, Value)> = std::fs::read(dir.join("overrides.json"))
-        .ok()
-        .and_then(|b| serde_json::from_slice(&b).ok())
-        .unwrap_or_default();
-    let linter = match Linter::new(registry(), LoadLimits::default()).map(|l| l.with_policy(current_policy()))
-    {
-        Ok(l) => l,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return exit::USAGE;
-        }
-    };
     let spec_path = PathBuf::from(&spec);
-    let (typed, value) = match prepare(&linter, &spec_path, &overrides) {
+    let (typed, value) = match run_spec_of(&dir, &records) {
         Ok(p) => p,
         Err(code) => return code,
     };
@@ -693,14 +678,22 @@ fn adopt_policy(dir: &Path) {
     }
 }
 
-/// Reads a run's header and re-expands its spec (same overrides).
-fn run_spec(state_dir: &Path, run: &str) -> Result<(Spec, Vec<Record>), u8> {
+/// Reads a run's journal (adopting the policy it started with).
+fn run_records(state_dir: &Path, run: &str) -> Result<(PathBuf, Vec<Record>), u8> {
     let dir = run_dir(state_dir, run);
     adopt_policy(&dir);
     let records = journal::read(&dir.join("journal.jsonl")).map_err(|e| {
         eprintln!("error: {e}");
         exit::USAGE
     })?;
+    match records.first() {
+        Some(Record::RunStarted { .. }) => Ok((dir, records)),
+        _ => Err(exit::USAGE),
+    }
+}
+
+/// Re-expands the spec a run started with (same overrides, same policy).
+fn run_spec_of(dir: &Path, records: &[Record]) -> Result<(Spec, Value), u8> {
     let Some(Record::RunStarted { spec, .. }) = records.first() else {
         return Err(exit::USAGE);
     };
@@ -714,7 +707,13 @@ fn run_spec(state_dir: &Path, run: &str) -> Result<(Spec, Vec<Record>), u8> {
             eprintln!("error: {e}");
             exit::USAGE
         })?;
-    let (typed, _) = prepare(&linter, Path::new(spec), &overrides)?;
+    prepare(&linter, Path::new(spec), &overrides)
+}
+
+/// Reads a run's header and re-expands its spec (same overrides).
+fn run_spec(state_dir: &Path, run: &str) -> Result<(Spec, Vec<Record>), u8> {
+    let (dir, records) = run_records(state_dir, run)?;
+    let (typed, _) = run_spec_of(&dir, &records)?;
     Ok((typed, records))
 }
 
