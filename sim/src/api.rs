@@ -55,6 +55,20 @@ fn status(code: StatusCode, reason: &str, message: String) -> Response {
     )
 }
 
+/// A request on a collection that needs an object name.
+fn name_required() -> Response {
+    status(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "MethodNotAllowed",
+        "a name is required".into(),
+    )
+}
+
+/// The store's lock was poisoned by a panic elsewhere.
+fn store_unavailable() -> Response {
+    status(StatusCode::INTERNAL_SERVER_ERROR, "InternalError", "store".into())
+}
+
 /// Where a request points.
 struct Target {
     kind: &'static Kind,
@@ -493,7 +507,7 @@ impl State {
         let event = |kind: &str, object: &Value| format!("{}\n", json!({"type": kind, "object": object}));
         let (initial, rx) = {
             let Ok(store) = self.store.lock() else {
-                return status(StatusCode::INTERNAL_SERVER_ERROR, "InternalError", "store".into());
+                return store_unavailable();
             };
             let rx = self.changes.subscribe();
             let mut lines = Vec::new();
@@ -561,17 +575,13 @@ impl State {
     /// different value is a conflict (409) unless `force`, which takes it.
     fn apply(&self, t: &Target, applied: Value, manager: &str, force: bool) -> Response {
         let Some(name) = t.name.clone() else {
-            return status(
-                StatusCode::METHOD_NOT_ALLOWED,
-                "MethodNotAllowed",
-                "a name is required".into(),
-            );
+            return name_required();
         };
         let k = key(t.kind, t.namespace.as_deref(), &name);
         let new_leaves = leaves(&applied);
         let (current, owners) = {
             let Ok(store) = self.store.lock() else {
-                return status(StatusCode::INTERNAL_SERVER_ERROR, "InternalError", "store".into());
+                return store_unavailable();
             };
             (
                 store.objects.get(&k).cloned(),
@@ -749,7 +759,7 @@ impl State {
 
     fn get(&self, t: &Target, name: &str) -> Response {
         let Ok(store) = self.store.lock() else {
-            return status(StatusCode::INTERNAL_SERVER_ERROR, "InternalError", "store".into());
+            return store_unavailable();
         };
         match store.objects.get(&key(t.kind, t.namespace.as_deref(), name)) {
             Some(o) => reply(StatusCode::OK, o.clone()),
@@ -763,7 +773,7 @@ impl State {
 
     fn list(&self, t: &Target, query: &str) -> Response {
         let Ok(store) = self.store.lock() else {
-            return status(StatusCode::INTERNAL_SERVER_ERROR, "InternalError", "store".into());
+            return store_unavailable();
         };
         let selector = query_param(query, "labelSelector").unwrap_or_default();
         let items: Vec<Value> = store
@@ -784,7 +794,7 @@ impl State {
 
     fn create(&self, kind: &'static Kind, namespace: Option<&str>, mut obj: Value) -> Response {
         let Ok(mut store) = self.store.lock() else {
-            return status(StatusCode::INTERNAL_SERVER_ERROR, "InternalError", "store".into());
+            return store_unavailable();
         };
         let Some(name) = obj["metadata"]["name"].as_str().map(str::to_owned) else {
             return status(
@@ -851,14 +861,10 @@ impl State {
 
     fn store_update(&self, t: &Target, mut obj: Value, check_rv: bool) -> Response {
         let Some(name) = t.name.clone() else {
-            return status(
-                StatusCode::METHOD_NOT_ALLOWED,
-                "MethodNotAllowed",
-                "a name is required".into(),
-            );
+            return name_required();
         };
         let Ok(mut store) = self.store.lock() else {
-            return status(StatusCode::INTERNAL_SERVER_ERROR, "InternalError", "store".into());
+            return store_unavailable();
         };
         let k = key(t.kind, t.namespace.as_deref(), &name);
         let Some(old) = store.objects.get(&k).cloned() else {
@@ -932,15 +938,11 @@ impl State {
 
     fn patch(&self, t: &Target, apply: impl FnOnce(&mut Value) -> Result<(), String>) -> Response {
         let Some(name) = &t.name else {
-            return status(
-                StatusCode::METHOD_NOT_ALLOWED,
-                "MethodNotAllowed",
-                "a name is required".into(),
-            );
+            return name_required();
         };
         let current = {
             let Ok(store) = self.store.lock() else {
-                return status(StatusCode::INTERNAL_SERVER_ERROR, "InternalError", "store".into());
+                return store_unavailable();
             };
             store
                 .objects
@@ -966,14 +968,10 @@ impl State {
 
     fn delete(&self, t: &Target) -> Response {
         let Some(name) = &t.name else {
-            return status(
-                StatusCode::METHOD_NOT_ALLOWED,
-                "MethodNotAllowed",
-                "a name is required".into(),
-            );
+            return name_required();
         };
         let Ok(mut store) = self.store.lock() else {
-            return status(StatusCode::INTERNAL_SERVER_ERROR, "InternalError", "store".into());
+            return store_unavailable();
         };
         let k = key(t.kind, t.namespace.as_deref(), name);
         match store.objects.remove(&k) {
