@@ -1,5 +1,5 @@
-//! `rollwright sim [--port N] [--kubeconfig OUT]`: the embedded cluster in
-//! the foreground, until Ctrl-C.
+//! `rollwright sim [--scenario FILE] [--port N] [--models-port N] [--kubeconfig OUT]`:
+//! the embedded cluster in the foreground, until Ctrl-C.
 
 use std::path::PathBuf;
 
@@ -9,16 +9,36 @@ use crate::exit;
 
 #[derive(Args)]
 pub struct SimArgs {
-    /// Port on 127.0.0.1 (0 picks a free one).
+    /// Scenario file (YAML): model behaviour, pod and API faults, time scale.
+    #[arg(long, value_name = "FILE")]
+    scenario: Option<PathBuf>,
+    /// API server port on 127.0.0.1 (0 picks a free one).
     #[arg(long, default_value_t = 0)]
     port: u16,
+    /// Model server port on 127.0.0.1 (0 picks a free one).
+    #[arg(long, default_value_t = 0)]
+    models_port: u16,
     /// Where to write the kubeconfig (mode 0600).
     #[arg(long, value_name = "OUT", default_value = ".rollwright/sim.kubeconfig")]
     kubeconfig: PathBuf,
 }
 
 pub fn run(args: &SimArgs) -> u8 {
-    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    let scenario = match &args.scenario {
+        Some(path) => match rollwright_sim::Scenario::load(path) {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("error: {e}");
+                return exit::USAGE;
+            }
+        },
+        None => rollwright_sim::Scenario::default(),
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
         Ok(r) => r,
         Err(e) => {
             eprintln!("error: cannot start the runtime: {e}");
@@ -26,10 +46,19 @@ pub fn run(args: &SimArgs) -> u8 {
         }
     };
     runtime.block_on(async {
-        let sim = match rollwright_sim::Sim::start(args.port).await {
+        let options = rollwright_sim::SimOptions {
+            port: args.port,
+            models_port: args.models_port,
+            scenario,
+        };
+        let sim = match rollwright_sim::Sim::start_with(options).await {
             Ok(s) => s,
             Err(e) => {
-                eprintln!("error: {e}");
+                let shown = args
+                    .scenario
+                    .as_ref()
+                    .map_or_else(String::new, |p| format!("{}: ", p.display()));
+                eprintln!("error: {shown}{e}");
                 return exit::USAGE;
             }
         };
@@ -40,12 +69,19 @@ pub fn run(args: &SimArgs) -> u8 {
             eprintln!("error: cannot write {}: {e}", args.kubeconfig.display());
             return exit::USAGE;
         }
+        let kc = args.kubeconfig.display();
         println!("sim API server: {}", sim.url());
-        println!("kubeconfig:     {}", args.kubeconfig.display());
+        println!("kubeconfig:     {kc}");
         println!(
-            "try:            kubectl --kubeconfig {} get namespaces",
-            args.kubeconfig.display()
+            "model servers:  {}/v1/models/<model>:predict, {}/v2/models/<model>/infer",
+            sim.models_url(),
+            sim.models_url()
         );
+        println!("metrics:        {}/metrics", sim.models_url());
+        println!("traffic split:  {}/routes", sim.models_url());
+        println!("time scale:     {}x", sim.time_scale());
+        println!("try:            kubectl --kubeconfig {kc} get namespaces");
+        println!("change faults:  kubectl --kubeconfig {kc} replace --raw /sim/scenario -f scenario.yaml");
         println!("Ctrl-C stops it.");
         let _ = tokio::signal::ctrl_c().await;
         println!("sim stopped");

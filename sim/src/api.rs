@@ -1,6 +1,6 @@
 //! The REST surface: one handler that parses Kubernetes paths.
 
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 
 use axum::Router;
 use axum::body::Bytes;
@@ -9,23 +9,50 @@ use axum::http::{HeaderMap, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Map, Value, json};
 
+use rand::{Rng, SeedableRng, rngs::SmallRng};
+
 use crate::kinds::{self, KINDS, Kind};
+use crate::models::Models;
+use crate::scenario::{ApiFault, Scenario, TimeScale};
 use crate::store::{Change, HISTORY, Key, Store, fields_v1, leaves, merge_patch, remove_at, set_at};
 
 pub struct State {
     token: String,
     faults: Mutex<Vec<crate::faults::PodFault>>,
+    api_faults: Mutex<Vec<ApiFault>>,
     store: Mutex<Store>,
     changes: tokio::sync::broadcast::Sender<Change>,
+    /// Kinds defined by CustomResourceDefinitions (leaked: a handful per sim).
+    crds: RwLock<Vec<&'static Kind>>,
+    rng: Mutex<SmallRng>,
+    /// The time scale and the pod startup delay (real time).
+    pub scale: TimeScale,
+    pub startup: std::time::Duration,
+    /// The model servers.
+    pub models: Arc<Models>,
+    scenario: Mutex<Scenario>,
 }
 
 impl State {
-    pub fn new(token: String) -> Self {
+    pub fn new(token: String, scenario: Scenario) -> Self {
+        let seed = scenario.seed.unwrap_or(0x5EED);
         let state = State {
             token,
-            faults: Mutex::default(),
+            faults: Mutex::new(scenario.pods.clone()),
+            api_faults: Mutex::new(scenario.api.clone()),
             store: Mutex::default(),
             changes: tokio::sync::broadcast::channel(HISTORY).0,
+            crds: RwLock::default(),
+            rng: Mutex::new(SmallRng::seed_from_u64(seed ^ 0xA11)),
+            scale: scenario.time_scale,
+            startup: scenario.startup_real(),
+            models: Arc::new(Models::new(
+                scenario.time_scale,
+                seed,
+                scenario.models.clone(),
+                scenario.traffic.rate,
+            )),
+            scenario: Mutex::new(scenario),
         };
         // The namespaces a fresh cluster has.
         for ns in ["default", "kube-system"] {
@@ -36,6 +63,137 @@ impl State {
             );
         }
         state
+    }
+
+    /// Creates the scenario's objects (Namespaces and CRDs first).
+    ///
+    /// # Errors
+    /// Which object could not be created, and why.
+    pub fn seed(&self, objects: &[Value]) -> Result<(), String> {
+        let mut order: Vec<(usize, &Value)> = objects.iter().enumerate().collect();
+        order.sort_by_key(|(_, o)| match o["kind"].as_str() {
+            Some("Namespace") => 0,
+            Some("CustomResourceDefinition") => 1,
+            _ => 2,
+        });
+        for (i, obj) in order {
+            let what = format!(
+                "objects[{i}] ({} {:?})",
+                obj["kind"].as_str().unwrap_or("?"),
+                obj["metadata"]["name"].as_str().unwrap_or("?")
+            );
+            let kind = self.kind_of(obj).ok_or_else(|| {
+                format!(
+                    "{what}: the sim does not serve {}/{}",
+                    obj["apiVersion"].as_str().unwrap_or("?"),
+                    obj["kind"].as_str().unwrap_or("?")
+                )
+            })?;
+            let r = self.create(kind, obj["metadata"]["namespace"].as_str(), obj.clone());
+            if !r.status().is_success() {
+                return Err(format!("{what}: {}", r.status()));
+            }
+        }
+        Ok(())
+    }
+
+    /// Every kind served now: the built-in ones and those CRDs define.
+    pub fn kinds(&self) -> Vec<&'static Kind> {
+        let mut all: Vec<&'static Kind> = KINDS.iter().collect();
+        if let Ok(c) = self.crds.read() {
+            all.extend(c.iter().copied());
+        }
+        all
+    }
+
+    fn find_kind(&self, group: &str, version: &str, plural: &str) -> Option<&'static Kind> {
+        kinds::find(group, version, plural).or_else(|| {
+            self.crds
+                .read()
+                .ok()?
+                .iter()
+                .copied()
+                .find(|k| k.group == group && k.version == version && k.plural == plural)
+        })
+    }
+
+    /// The kind of an object, from its apiVersion and kind.
+    pub fn kind_of(&self, obj: &Value) -> Option<&'static Kind> {
+        let (av, kind) = (obj["apiVersion"].as_str()?, obj["kind"].as_str()?);
+        self.kinds()
+            .into_iter()
+            .find(|k| kinds::api_version(k) == av && k.kind == kind)
+    }
+
+    /// Serves the kind a CustomResourceDefinition defines.
+    fn register_crd(&self, crd: &Value) {
+        let spec = &crd["spec"];
+        let (Some(group), Some(plural), Some(kind)) = (
+            spec["group"].as_str(),
+            spec["names"]["plural"].as_str(),
+            spec["names"]["kind"].as_str(),
+        ) else {
+            return;
+        };
+        let versions: Vec<&str> = spec["versions"]
+            .as_array()
+            .map(|vs| {
+                vs.iter()
+                    .filter(|v| v["served"] != Value::Bool(false))
+                    .filter_map(|v| v["name"].as_str())
+                    .collect()
+            })
+            .unwrap_or_default();
+        let Ok(mut crds) = self.crds.write() else { return };
+        for version in versions {
+            if kinds::find(group, version, plural).is_some()
+                || crds
+                    .iter()
+                    .any(|k| k.group == group && k.version == version && k.plural == plural)
+            {
+                continue;
+            }
+            let leak = |s: &str| -> &'static str { Box::leak(s.to_owned().into_boxed_str()) };
+            let short: Vec<&'static str> = spec["names"]["shortNames"]
+                .as_array()
+                .map(|a| a.iter().filter_map(Value::as_str).map(leak).collect())
+                .unwrap_or_default();
+            crds.push(Box::leak(Box::new(Kind {
+                group: leak(group),
+                version: leak(version),
+                kind: leak(kind),
+                plural: leak(plural),
+                namespaced: spec["scope"].as_str() != Some("Cluster"),
+                short: Box::leak(short.into_boxed_slice()),
+            })));
+        }
+    }
+
+    /// Reads the store (controllers).
+    pub fn read<R>(&self, f: impl FnOnce(&Store) -> R) -> Option<R> {
+        self.store.lock().ok().map(|s| f(&s))
+    }
+
+    /// The delay and failure an API request meets, per the API faults.
+    fn api_fault(&self, verb: &str, resource: &str) -> (std::time::Duration, Option<u16>) {
+        let Ok(faults) = self.api_faults.lock() else {
+            return (std::time::Duration::ZERO, None);
+        };
+        let mut delay = std::time::Duration::ZERO;
+        let mut fail = None;
+        for f in faults.iter().filter(|f| f.matches(verb, resource)) {
+            delay += f.latency.map_or(std::time::Duration::ZERO, |d| d.0);
+            if fail.is_none() && f.error_rate.0 > 0.0 {
+                let hit = self
+                    .rng
+                    .lock()
+                    .is_ok_and(|mut r| r.random::<f64>() < f.error_rate.0);
+                if hit {
+                    fail = Some(f.code);
+                }
+            }
+        }
+        (delay, fail)
     }
 }
 
@@ -53,6 +211,39 @@ fn status(code: StatusCode, reason: &str, message: String) -> Response {
         code,
         json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure", "message": message, "reason": reason, "code": code.as_u16()}),
     )
+}
+
+/// An API fault the scenario injects, shaped as the API server's own.
+fn injected(code: u16, verb: &str, plural: &str) -> Response {
+    match code {
+        429 => {
+            let mut r = status(
+                StatusCode::TOO_MANY_REQUESTS,
+                "TooManyRequests",
+                format!("too many requests (sim fault on {verb} {plural}), please try again later"),
+            );
+            r.headers_mut()
+                .insert("retry-after", axum::http::HeaderValue::from_static("1"));
+            r
+        }
+        409 => status(
+            StatusCode::CONFLICT,
+            "Conflict",
+            format!(
+                "Operation cannot be fulfilled on {plural}: the object has been modified; please apply your changes to the latest version and try again (sim fault on {verb})"
+            ),
+        ),
+        503 => status(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "ServiceUnavailable",
+            format!("the server is currently unable to handle the request (sim fault on {verb} {plural})"),
+        ),
+        _ => status(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "InternalError",
+            format!("Internal error occurred: sim fault on {verb} {plural}"),
+        ),
+    }
 }
 
 /// A request on a collection that needs an object name.
@@ -97,6 +288,11 @@ async fn handle(
     let segs: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
     match segs.as_slice() {
         ["sim", "faults"] => return state.admin_faults(&method, &body),
+        ["sim", "scenario"] => return state.admin_scenario(&method, &body),
+        ["sim", "traffic"] => {
+            let routes: Vec<crate::routing::Route> = state.models.routes().values().cloned().collect();
+            return reply(StatusCode::OK, serde_json::to_value(routes).unwrap_or_default());
+        }
         ["version"] => {
             return reply(
                 StatusCode::OK,
@@ -109,11 +305,12 @@ async fn handle(
                 json!({"kind": "APIVersions", "versions": ["v1"], "serverAddressByClientCIDRs": []}),
             );
         }
-        ["apis"] => return reply(StatusCode::OK, groups()),
-        ["api", "v1"] => return reply(StatusCode::OK, resources("", "v1")),
+        ["apis"] => return reply(StatusCode::OK, groups(&state.kinds())),
+        ["api", "v1"] => return reply(StatusCode::OK, resources(&state.kinds(), "", "v1")),
         ["apis", g, v] => {
-            return if KINDS.iter().any(|k| k.group == *g && k.version == *v) {
-                reply(StatusCode::OK, resources(g, v))
+            let all = state.kinds();
+            return if all.iter().any(|k| k.group == *g && k.version == *v) {
+                reply(StatusCode::OK, resources(&all, g, v))
             } else {
                 status(
                     StatusCode::NOT_FOUND,
@@ -151,7 +348,7 @@ async fn handle(
             );
         }
     };
-    let Some(kind) = kinds::find(group, version, plural) else {
+    let Some(kind) = state.find_kind(group, version, plural) else {
         return status(
             StatusCode::NOT_FOUND,
             "NotFound",
@@ -165,6 +362,25 @@ async fn handle(
         status: sub,
     };
     let query = uri.query().unwrap_or("");
+    let verb = match (&method, &t.name) {
+        (&Method::GET, Some(_)) => "get",
+        (&Method::GET, None) if query_param(query, "watch").is_some_and(|w| w == "1" || w == "true") => {
+            "watch"
+        }
+        (&Method::GET, None) => "list",
+        (&Method::POST, _) => "create",
+        (&Method::PUT, _) => "update",
+        (&Method::PATCH, _) => "patch",
+        (&Method::DELETE, _) => "delete",
+        _ => "other",
+    };
+    let (delay, failure) = state.api_fault(verb, t.kind.plural);
+    if !delay.is_zero() {
+        tokio::time::sleep(delay).await;
+    }
+    if let Some(code) = failure {
+        return injected(code, verb, t.kind.plural);
+    }
     // Only JSON bodies: protobuf or CBOR clients are told so (clients fall back to JSON).
     let ctype = headers
         .get("content-type")
@@ -347,21 +563,22 @@ fn remove(target: &mut Value, path: &str) -> Result<Value, String> {
     }
 }
 
-fn groups() -> Value {
-    let mut names: Vec<&str> = KINDS.iter().map(|k| k.group).filter(|g| !g.is_empty()).collect();
-    names.dedup();
+fn groups(all: &[&'static Kind]) -> Value {
+    let mut names: Vec<&str> = all.iter().map(|k| k.group).filter(|g| !g.is_empty()).collect();
+    let mut seen = std::collections::HashSet::new();
+    names.retain(|g| seen.insert(*g));
     let groups: Vec<Value> = names
         .iter()
         .map(|g| {
-            let v = KINDS.iter().find(|k| k.group == *g).map_or("v1", |k| k.version);
+            let v = all.iter().find(|k| k.group == *g).map_or("v1", |k| k.version);
             json!({"name": g, "versions": [{"groupVersion": format!("{g}/{v}"), "version": v}], "preferredVersion": {"groupVersion": format!("{g}/{v}"), "version": v}})
         })
         .collect();
     json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": groups})
 }
 
-fn resources(group: &str, version: &str) -> Value {
-    let list: Vec<Value> = KINDS
+fn resources(all: &[&'static Kind], group: &str, version: &str) -> Value {
+    let list: Vec<Value> = all
         .iter()
         .filter(|k| k.group == group && k.version == version)
         .map(|k| {
@@ -450,37 +667,53 @@ impl State {
     /// them with a JSON list (the admin endpoint, same token).
     fn admin_faults(&self, method: &Method, body: &[u8]) -> Response {
         let Ok(mut faults) = self.faults.lock() else {
-            return status(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "InternalError",
-                "faults".into(),
-            );
+            return store_unavailable();
         };
         if *method == Method::PUT {
-            let parsed: Result<Vec<crate::faults::PodFault>, String> = serde_json::from_slice::<Value>(body)
-                .map_err(|e| e.to_string())
-                .and_then(|v| {
-                    v.as_array()
-                        .cloned()
-                        .ok_or_else(|| "expected a list of pod faults".to_owned())
-                })
-                .and_then(|a| a.iter().map(crate::faults::PodFault::from_json).collect());
-            match parsed {
-                Ok(list) => *faults = list,
-                Err(e) => return status(StatusCode::UNPROCESSABLE_ENTITY, "Invalid", e),
+            match serde_json::from_slice::<Vec<crate::faults::PodFault>>(body) {
+                Ok(list) => faults.clone_from(&list),
+                Err(e) => {
+                    return status(
+                        StatusCode::UNPROCESSABLE_ENTITY,
+                        "Invalid",
+                        format!("expected a list of pod faults: {e}"),
+                    );
+                }
             }
         }
-        let list: Vec<Value> = faults
-            .iter()
-            .map(|f| match &f.behaviour {
-                crate::faults::Behaviour::CrashLoop => json!({"image": f.image, "crash-loop": true}),
-                crate::faults::Behaviour::NeverReady => json!({"image": f.image, "never-ready": true}),
-                crate::faults::Behaviour::SlowStart { seconds } => {
-                    json!({"image": f.image, "slow-start": seconds})
-                }
-            })
-            .collect();
-        reply(StatusCode::OK, Value::Array(list))
+        reply(StatusCode::OK, serde_json::to_value(&*faults).unwrap_or_default())
+    }
+
+    /// `GET /sim/scenario` shows the scenario in force; `PUT` (YAML or
+    /// JSON) replaces its live parts: models, pods, api and traffic.
+    /// time-scale, startup, seed and objects are fixed at start.
+    fn admin_scenario(&self, method: &Method, body: &[u8]) -> Response {
+        if *method == Method::PUT {
+            let text = String::from_utf8_lossy(body);
+            let next = match Scenario::from_yaml(&text, "PUT /sim/scenario") {
+                Ok(s) => s,
+                Err(e) => return status(StatusCode::UNPROCESSABLE_ENTITY, "Invalid", e.to_string()),
+            };
+            self.set_live(&next);
+        }
+        let Ok(mut sc) = self.scenario.lock() else {
+            return store_unavailable();
+        };
+        sc.pods = self.faults.lock().map(|f| f.clone()).unwrap_or_default();
+        sc.api = self.api_faults.lock().map(|f| f.clone()).unwrap_or_default();
+        let (models, rate) = self.models.behaviour();
+        sc.models = models;
+        sc.traffic.rate = rate;
+        reply(StatusCode::OK, serde_json::to_value(&*sc).unwrap_or_default())
+    }
+
+    /// Replaces the parts of the scenario that can change while running.
+    pub fn set_live(&self, next: &Scenario) {
+        self.set_faults(next.pods.clone());
+        if let Ok(mut a) = self.api_faults.lock() {
+            a.clone_from(&next.api);
+        }
+        self.models.set_behaviour(next.models.clone(), next.traffic.rate);
     }
 
     /// A watch: past changes after `resourceVersion` (or the current
@@ -676,13 +909,8 @@ impl State {
     }
 
     /// The fault that applies to a pod with this image, if any.
-    pub fn pod_fault(&self, image: &str) -> Option<crate::faults::PodFault> {
-        self.faults
-            .lock()
-            .ok()?
-            .iter()
-            .find(|f| image.contains(&f.image))
-            .cloned()
+    pub fn pod_fault(&self, pod: &Value) -> Option<crate::faults::PodFault> {
+        self.faults.lock().ok()?.iter().find(|f| f.matches(pod)).cloned()
     }
 
     /// Every object of a resource (controllers read through this).
@@ -699,8 +927,11 @@ impl State {
             .unwrap_or_default()
     }
 
-    fn target(group: &str, plural: &str, ns: &str, name: &str, status: bool) -> Option<Target> {
-        let kind = KINDS.iter().find(|k| k.group == group && k.plural == plural)?;
+    fn target(&self, group: &str, plural: &str, ns: &str, name: &str, status: bool) -> Option<Target> {
+        let kind = self
+            .kinds()
+            .into_iter()
+            .find(|k| k.group == group && k.plural == plural)?;
         Some(Target {
             kind,
             namespace: kind.namespaced.then(|| ns.to_owned()),
@@ -711,7 +942,7 @@ impl State {
 
     /// Creates the object, or updates it when its spec or labels differ (controllers).
     pub fn ensure(&self, group: &str, plural: &str, ns: &str, name: &str, obj: Value) {
-        let Some(t) = Self::target(group, plural, ns, name, false) else {
+        let Some(t) = self.target(group, plural, ns, name, false) else {
             return;
         };
         let current = self
@@ -738,7 +969,7 @@ impl State {
 
     /// Writes an object's status (controllers).
     pub fn set_status(&self, group: &str, plural: &str, ns: &str, name: &str, status: Value) {
-        let Some(t) = Self::target(group, plural, ns, name, true) else {
+        let Some(t) = self.target(group, plural, ns, name, true) else {
             return;
         };
         let _ = self.store_update(&t, json!({"status": status}), false);
@@ -746,7 +977,7 @@ impl State {
 
     /// Deletes an object (controllers).
     pub fn remove(&self, group: &str, plural: &str, ns: &str, name: &str) {
-        if let Some(t) = Self::target(group, plural, ns, name, false) {
+        if let Some(t) = self.target(group, plural, ns, name, false) {
             let _ = self.delete(&t);
         }
     }
@@ -856,6 +1087,10 @@ impl State {
         store.objects.insert(k.clone(), obj.clone());
         let change = store.record("ADDED", k, obj.clone());
         let _ = self.changes.send(change);
+        drop(store);
+        if kind.kind == "CustomResourceDefinition" {
+            self.register_crd(&obj);
+        }
         reply(StatusCode::CREATED, obj)
     }
 
@@ -929,6 +1164,10 @@ impl State {
         store.objects.insert(k.clone(), obj.clone());
         let change = store.record("MODIFIED", k, obj.clone());
         let _ = self.changes.send(change);
+        drop(store);
+        if t.kind.kind == "CustomResourceDefinition" {
+            self.register_crd(&obj);
+        }
         reply(StatusCode::OK, obj)
     }
 

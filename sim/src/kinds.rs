@@ -56,6 +56,15 @@ pub const KINDS: &[Kind] = &[
         &[],
     ),
     k("coordination.k8s.io", "v1", "Lease", "leases", true, &[]),
+    k("networking.k8s.io", "v1", "Ingress", "ingresses", true, &["ing"]),
+    k(
+        "apiextensions.k8s.io",
+        "v1",
+        "CustomResourceDefinition",
+        "customresourcedefinitions",
+        false,
+        &["crd", "crds"],
+    ),
     k(
         "serving.kserve.io",
         "v1beta1",

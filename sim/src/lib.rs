@@ -17,16 +17,25 @@
 //! subresource, and a Deployment controller (ReplicaSets, Pods Ready after a
 //! startup delay, status for `kubectl rollout status`).
 //!
-//! Pod faults (crash-loop, never-ready, slow start) come from
-//! [`Sim::set_pod_faults`] or `PUT /sim/faults`.
+//! Also the InferenceService and SeldonDeployment controllers, CRDs
+//! (`apiextensions.k8s.io/v1`: a created CustomResourceDefinition is served
+//! at once), garbage collection of owned objects, and the model side: a
+//! plain-HTTP listener on 127.0.0.1 where each simulated model version
+//! answers KServe v1 and Open Inference Protocol v2 requests through a
+//! router that follows the routing objects ([`routing`]), a background
+//! traffic generator and `/metrics` in Prometheus text format ([`models`]).
 //!
-//! Still to come (issue 4): the InferenceService and routing controllers,
-//! model servers, API faults, the scenario file and the time scale.
+//! A [`Scenario`] (YAML, see [`scenario`]) sets model behaviour per version,
+//! pod faults, API faults and the time scale; its live parts can be changed
+//! while running (`PUT /sim/scenario`, `PUT /sim/faults`).
 
 mod api;
 mod controllers;
 mod faults;
 mod kinds;
+pub mod models;
+pub mod routing;
+pub mod scenario;
 mod store;
 
 use std::net::SocketAddr;
@@ -35,6 +44,8 @@ use std::sync::Arc;
 
 pub use faults::{Behaviour, PodFault};
 pub use kinds::{KINDS, Kind};
+pub use routing::{Backend, Route};
+pub use scenario::{Scenario, ScenarioError};
 
 /// Why the sim cannot start.
 #[derive(Debug, thiserror::Error)]
@@ -42,12 +53,27 @@ pub enum SimError {
     /// Binding or serving failed.
     #[error("sim: {0}")]
     Io(#[from] std::io::Error),
+    /// A scenario object could not be created.
+    #[error("scenario: {0}")]
+    Seed(String),
+}
+
+/// How to start a sim.
+#[derive(Debug, Clone, Default)]
+pub struct SimOptions {
+    /// API server port on 127.0.0.1 (0 picks a free one).
+    pub port: u16,
+    /// Model server port on 127.0.0.1 (0 picks a free one).
+    pub models_port: u16,
+    /// The scenario.
+    pub scenario: Scenario,
 }
 
 /// A running sim. Dropping it stops the server.
 pub struct Sim {
     state: Arc<api::State>,
     addr: SocketAddr,
+    models_addr: SocketAddr,
     token: String,
     ca_pem: String,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
@@ -60,18 +86,37 @@ impl Sim {
     /// # Errors
     /// When the port cannot be bound.
     pub async fn start(port: u16) -> Result<Sim, SimError> {
-        let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await?;
+        Sim::start_with(SimOptions {
+            port,
+            ..SimOptions::default()
+        })
+        .await
+    }
+
+    /// Starts a sim with a scenario: its objects are created before this
+    /// returns.
+    ///
+    /// # Errors
+    /// When a port cannot be bound or a scenario object cannot be created.
+    pub async fn start_with(options: SimOptions) -> Result<Sim, SimError> {
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", options.port)).await?;
         let addr = listener.local_addr()?;
+        let models_listener = tokio::net::TcpListener::bind(("127.0.0.1", options.models_port)).await?;
+        let models_addr = models_listener.local_addr()?;
         let token = token();
         let (tls, ca_pem) = tls_config()?;
         let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
-        let state = Arc::new(api::State::new(token.clone()));
+        let objects = options.scenario.objects.clone();
+        let state = Arc::new(api::State::new(token.clone(), options.scenario));
+        state.seed(&objects).map_err(SimError::Seed)?;
         let app = api::router(state.clone());
-        let controllers = tokio::spawn(controllers::run(
-            state.clone(),
-            std::time::Duration::from_millis(100),
-            std::time::Duration::from_millis(500),
-        ));
+        let tick = std::time::Duration::from_millis(100);
+        let controllers = tokio::spawn(controllers::run(state.clone(), tick));
+        let generator = tokio::spawn(state.models.clone().generate(tick));
+        let models_app = models::router(state.models.clone());
+        let model_server = tokio::spawn(async move {
+            let _ = axum::serve(models_listener, models_app).await;
+        });
         let (tx, mut rx) = tokio::sync::oneshot::channel::<()>();
         tokio::spawn(async move {
             loop {
@@ -82,6 +127,8 @@ impl Sim {
                     },
                     _ = &mut rx => {
                         controllers.abort();
+                        generator.abort();
+                        model_server.abort();
                         return;
                     }
                 };
@@ -102,6 +149,7 @@ impl Sim {
         Ok(Sim {
             state,
             addr,
+            models_addr,
             token,
             ca_pem,
             shutdown: Some(tx),
@@ -111,6 +159,30 @@ impl Sim {
     /// Replaces the pod faults (as `PUT /sim/faults` does).
     pub fn set_pod_faults(&self, faults: Vec<PodFault>) {
         self.state.set_faults(faults);
+    }
+
+    /// Replaces the live parts of the scenario (models, pods, api, traffic),
+    /// as `PUT /sim/scenario` does.
+    pub fn set_scenario(&self, scenario: &Scenario) {
+        self.state.set_live(scenario);
+    }
+
+    /// The current traffic split per model.
+    #[must_use]
+    pub fn routes(&self) -> Vec<Route> {
+        self.state.models.routes().values().cloned().collect()
+    }
+
+    /// The time scale.
+    #[must_use]
+    pub fn time_scale(&self) -> f64 {
+        self.state.scale.0
+    }
+
+    /// `http://127.0.0.1:PORT` of the model servers (and `/metrics`).
+    #[must_use]
+    pub fn models_url(&self) -> String {
+        format!("http://{}", self.models_addr)
     }
 
     /// `https://127.0.0.1:PORT`.

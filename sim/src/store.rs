@@ -61,6 +61,15 @@ impl Store {
         change
     }
 
+    /// Every object of one resource, in key order.
+    pub fn of_kind<'a>(&'a self, group: &str, plural: &str) -> impl Iterator<Item = &'a Value> + 'a {
+        let (g, p) = (group.to_owned(), plural.to_owned());
+        self.objects
+            .range((g.clone(), p.clone(), String::new(), String::new())..)
+            .take_while(move |((kg, kp, _, _), _)| *kg == g && *kp == p)
+            .map(|(_, v)| v)
+    }
+
     /// A new uid.
     pub fn next_uid(&mut self) -> String {
         self.uids += 1;

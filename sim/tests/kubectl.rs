@@ -175,13 +175,13 @@ fn kubectl_works_against_the_sim() {
     // The status subresource, and generation bumped on spec changes only
     // (on a kind no simulated controller touches).
     let sd = dir.path().join("sd.yaml");
-    std::fs::write(&sd, "apiVersion: machinelearning.seldon.io/v1\nkind: SeldonDeployment\nmetadata: {name: sd, namespace: risk}\nspec: {replicas: 1}\n").unwrap();
+    std::fs::write(&sd, "apiVersion: networking.istio.io/v1beta1\nkind: VirtualService\nmetadata: {name: sd, namespace: risk}\nspec: {replicas: 1}\n").unwrap();
     assert!(kubectl(&kc, &["create", "--validate=false", "-f", sd.to_str().unwrap()]).0);
     let (ok, _, err) = kubectl(
         &kc,
         &[
             "patch",
-            "seldondeployment",
+            "virtualservice",
             "sd",
             "-n",
             "risk",
@@ -196,7 +196,7 @@ fn kubectl_works_against_the_sim() {
         &kc,
         &[
             "patch",
-            "seldondeployment",
+            "virtualservice",
             "sd",
             "-n",
             "risk",
@@ -212,7 +212,7 @@ fn kubectl_works_against_the_sim() {
         &kc,
         &[
             "get",
-            "seldondeployment",
+            "virtualservice",
             "sd",
             "-n",
             "risk",
@@ -228,7 +228,7 @@ fn kubectl_works_against_the_sim() {
         &kc,
         &[
             "patch",
-            "seldondeployment",
+            "virtualservice",
             "sd",
             "-n",
             "risk",
@@ -243,7 +243,7 @@ fn kubectl_works_against_the_sim() {
         &kc,
         &[
             "get",
-            "seldondeployment",
+            "virtualservice",
             "sd",
             "-n",
             "risk",
@@ -447,6 +447,72 @@ fn kubectl_works_against_the_sim() {
 
     // CRD-backed kinds resolve through discovery.
     let (ok, out, err) = kubectl(&kc, &["get", "inferenceservices", "-n", "risk", "-o", "name"]);
+    assert!(ok, "{err}");
+    assert_eq!(out, "");
+    // An InferenceService becomes Ready (`kubectl wait --for=condition=Ready`)
+    // and gets a URL and traffic.
+    let isvc = dir.path().join("isvc.yaml");
+    std::fs::write(
+        &isvc,
+        "apiVersion: serving.kserve.io/v1beta1\nkind: InferenceService\nmetadata: {name: fraud, namespace: risk}\nspec:\n  predictor:\n    model: {modelFormat: {name: sklearn}, storageUri: \"models:/fraud/7\"}\n",
+    )
+    .unwrap();
+    let (ok, _, err) = kubectl(
+        &kc,
+        &[
+            "apply",
+            "--server-side",
+            "--validate=false",
+            "-f",
+            isvc.to_str().unwrap(),
+        ],
+    );
+    assert!(ok, "{err}");
+    let (ok, out, err) = kubectl(
+        &kc,
+        &[
+            "wait",
+            "--for=condition=Ready",
+            "isvc/fraud",
+            "-n",
+            "risk",
+            "--timeout=30s",
+        ],
+    );
+    assert!(ok, "{err}");
+    assert!(out.contains("condition met"), "{out}");
+    let (_, out, _) = kubectl(
+        &kc,
+        &[
+            "get",
+            "isvc",
+            "fraud",
+            "-n",
+            "risk",
+            "-o",
+            "jsonpath={.status.url} {.status.components.predictor.traffic[0].percent}",
+        ],
+    );
+    assert_eq!(out, "http://fraud.risk.example.com 100");
+    // A user's CustomResourceDefinition is served at once.
+    let crd = dir.path().join("crd.yaml");
+    std::fs::write(
+        &crd,
+        "apiVersion: apiextensions.k8s.io/v1\nkind: CustomResourceDefinition\nmetadata: {name: kustomizations.kustomize.toolkit.fluxcd.io}\nspec:\n  group: kustomize.toolkit.fluxcd.io\n  scope: Namespaced\n  names: {kind: Kustomization, plural: kustomizations, singular: kustomization, shortNames: [ks]}\n  versions: [{name: v1, served: true, storage: true}]\n",
+    )
+    .unwrap();
+    let (ok, _, err) = kubectl(
+        &kc,
+        &[
+            "apply",
+            "--server-side",
+            "--validate=false",
+            "-f",
+            crd.to_str().unwrap(),
+        ],
+    );
+    assert!(ok, "{err}");
+    let (ok, out, err) = kubectl(&kc, &["get", "kustomizations", "-A", "-o", "name"]);
     assert!(ok, "{err}");
     assert_eq!(out, "");
 

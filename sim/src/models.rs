@@ -1,0 +1,494 @@
+//! Simulated model servers behind a router that honours the current
+//! traffic split, a background traffic generator, and `/metrics`.
+//!
+//! One plain-HTTP listener on 127.0.0.1 serves every model:
+//! - KServe v1: `POST /v1/models/<m>:predict`, `GET /v1/models/<m>`;
+//! - Open Inference Protocol v2: `POST /v2/models/<m>[/versions/<v>]/infer`,
+//!   `GET /v2/models/<m>[/ready]`, `GET /v2/health/ready|live`;
+//! - `GET /metrics` (Prometheus text format), `GET /routes` (the split, JSON).
+//!
+//! Every answer carries `x-model-version` (the version that answered) and
+//! `x-sim-backend`. A request picks its backend by weight, unless it names a
+//! version (`x-sim-version` header, or `/versions/<v>/` in v2) as a client
+//! going to a canary's own Service does. A backend with no Ready pod answers
+//! 503 (`no healthy upstream`), as a mesh does.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use axum::body::Bytes;
+use axum::http::{HeaderMap, Method, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use rand::{Rng, SeedableRng, rngs::SmallRng};
+use rand_distr::{Distribution, LogNormal};
+use serde_json::{Value, json};
+
+use crate::routing::{Backend, Route};
+use crate::scenario::{Latency, ModelSpec, Rate, TimeScale};
+
+/// Histogram buckets, seconds.
+const BUCKETS: &[f64] = &[0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
+
+#[derive(Default)]
+struct Histogram {
+    counts: [u64; 11],
+    sum: f64,
+    count: u64,
+}
+
+type Series = (String, String, String);
+
+#[derive(Default)]
+struct Metrics {
+    requests: BTreeMap<(Series, u16), u64>,
+    latency: BTreeMap<Series, Histogram>,
+}
+
+/// The model side of the sim.
+pub struct Models {
+    scale: TimeScale,
+    behaviour: RwLock<BTreeMap<String, ModelSpec>>,
+    routes: RwLock<Arc<BTreeMap<(String, String), Route>>>,
+    metrics: Mutex<Metrics>,
+    rng: Mutex<SmallRng>,
+    first_served: Mutex<HashMap<(String, String), Instant>>,
+    peak_weight: Mutex<HashMap<(String, String), u32>>,
+    rate: Mutex<f64>,
+}
+
+/// One answered request.
+#[derive(Debug, Clone)]
+pub struct Answer {
+    /// HTTP status.
+    pub code: u16,
+    /// The version that answered (empty when no backend did).
+    pub version: String,
+    /// The backend.
+    pub backend: String,
+    /// How long the model took.
+    pub latency: Duration,
+    /// Why it failed.
+    pub error: Option<String>,
+    /// The per-instance prediction.
+    pub output: Value,
+}
+
+impl Models {
+    pub fn new(scale: TimeScale, seed: u64, models: BTreeMap<String, ModelSpec>, rate: f64) -> Self {
+        Models {
+            scale,
+            behaviour: RwLock::new(models),
+            routes: RwLock::default(),
+            metrics: Mutex::default(),
+            rng: Mutex::new(SmallRng::seed_from_u64(seed)),
+            first_served: Mutex::default(),
+            peak_weight: Mutex::default(),
+            rate: Mutex::new(rate),
+        }
+    }
+
+    /// Replaces model behaviour and the generator's rate (admin endpoint).
+    pub fn set_behaviour(&self, models: BTreeMap<String, ModelSpec>, rate: f64) {
+        if let Ok(mut b) = self.behaviour.write() {
+            *b = models;
+        }
+        if let Ok(mut r) = self.rate.lock() {
+            *r = rate;
+        }
+    }
+
+    /// The behaviour in force.
+    pub fn behaviour(&self) -> (BTreeMap<String, ModelSpec>, f64) {
+        (
+            self.behaviour.read().map(|b| b.clone()).unwrap_or_default(),
+            self.rate.lock().map(|r| *r).unwrap_or(0.0),
+        )
+    }
+
+    /// Installs a new routing table (controllers, every tick).
+    pub fn set_routes(&self, routes: BTreeMap<(String, String), Route>) {
+        if let Ok(mut peak) = self.peak_weight.lock() {
+            for r in routes.values() {
+                for b in &r.backends {
+                    let e = peak.entry((r.model.clone(), b.version.clone())).or_insert(0);
+                    *e = (*e).max(b.weight);
+                }
+            }
+        }
+        if let Ok(mut cur) = self.routes.write() {
+            *cur = Arc::new(routes);
+        }
+    }
+
+    /// The routing table.
+    pub fn routes(&self) -> Arc<BTreeMap<(String, String), Route>> {
+        self.routes.read().map(|r| r.clone()).unwrap_or_default()
+    }
+
+    fn route(&self, model: &str, namespace: Option<&str>) -> Option<Route> {
+        let routes = self.routes();
+        routes
+            .values()
+            .find(|r| r.model == model && namespace.is_none_or(|n| n == r.namespace))
+            .cloned()
+    }
+
+    /// Error rate and latency of a version now, phases applied.
+    fn effective(&self, model: &str, version: &str) -> (Rate, Latency, Value) {
+        let spec = self
+            .behaviour
+            .read()
+            .ok()
+            .and_then(|b| b.get(model).and_then(|m| m.versions.get(version)).cloned())
+            .unwrap_or_default();
+        let (mut rate, mut latency) = (spec.error_rate, spec.latency);
+        let key = (model.to_owned(), version.to_owned());
+        let served = self.first_served.lock().ok().and_then(|f| f.get(&key).copied());
+        let peak = self
+            .peak_weight
+            .lock()
+            .ok()
+            .and_then(|p| p.get(&key).copied())
+            .unwrap_or(0);
+        for p in &spec.phases {
+            let by_time = p
+                .after
+                .is_none_or(|a| served.is_some_and(|s| self.scale.to_sim(s.elapsed()) >= a.0));
+            let by_weight = p.at_weight.is_none_or(|w| peak >= u32::from(w));
+            if by_time && by_weight {
+                rate = p.error_rate.unwrap_or(rate);
+                latency = p.latency.unwrap_or(latency);
+            }
+        }
+        (rate, latency, spec.output.unwrap_or(Value::from(0.5)))
+    }
+
+    /// Routes one request and decides its outcome (and records it).
+    pub fn answer(&self, model: &str, namespace: Option<&str>, version: Option<&str>) -> Answer {
+        let fail = |code: u16, error: String| Answer {
+            code,
+            version: String::new(),
+            backend: String::new(),
+            latency: Duration::ZERO,
+            error: Some(error),
+            output: Value::Null,
+        };
+        let Some(route) = self.route(model, namespace) else {
+            return fail(404, format!("model {model} not found"));
+        };
+        let backend: Option<Backend> = match version {
+            Some(v) => route.backends.iter().find(|b| b.version == v).cloned(),
+            None => {
+                let total: u32 = route.backends.iter().map(|b| b.weight).sum();
+                if total == 0 {
+                    None
+                } else {
+                    let mut pick = self.rng.lock().map_or(0, |mut r| r.random_range(0..total));
+                    route
+                        .backends
+                        .iter()
+                        .find(|b| {
+                            if pick < b.weight {
+                                true
+                            } else {
+                                pick -= b.weight;
+                                false
+                            }
+                        })
+                        .cloned()
+                }
+            }
+        };
+        let Some(b) = backend else {
+            let why = match version {
+                Some(v) => format!("model {model} has no backend serving version {v}"),
+                None => format!("model {model}: no backend has traffic"),
+            };
+            let a = fail(503, why);
+            self.record(&route.namespace, model, "", &a);
+            return a;
+        };
+        if !b.ready {
+            let mut a = fail(503, format!("no healthy upstream: {} has no Ready pod", b.name));
+            a.version.clone_from(&b.version);
+            a.backend = b.name;
+            self.record(&route.namespace, model, &a.version.clone(), &a);
+            return a;
+        }
+        if let Ok(mut f) = self.first_served.lock() {
+            f.entry((model.to_owned(), b.version.clone()))
+                .or_insert_with(Instant::now);
+        }
+        let (rate, latency, output) = self.effective(model, &b.version);
+        let (err, lat) = {
+            let Ok(mut rng) = self.rng.lock() else {
+                return fail(500, "rng".into());
+            };
+            let err = rng.random::<f64>() < rate.0;
+            (err, sample(&mut rng, latency))
+        };
+        let a = Answer {
+            code: if err { 500 } else { 200 },
+            version: b.version.clone(),
+            backend: b.name,
+            latency: lat,
+            error: err.then(|| format!("simulated error of model {model} version {}", b.version)),
+            output,
+        };
+        self.record(&route.namespace, model, &b.version, &a);
+        a
+    }
+
+    fn record(&self, ns: &str, model: &str, version: &str, a: &Answer) {
+        let Ok(mut m) = self.metrics.lock() else { return };
+        let series = (ns.to_owned(), model.to_owned(), version.to_owned());
+        *m.requests.entry((series.clone(), a.code)).or_insert(0) += 1;
+        let h = m.latency.entry(series).or_default();
+        let s = a.latency.as_secs_f64();
+        for (i, le) in BUCKETS.iter().enumerate() {
+            if s <= *le {
+                h.counts[i] += 1;
+            }
+        }
+        h.sum += s;
+        h.count += 1;
+    }
+
+    /// Prometheus text exposition.
+    pub fn metrics_text(&self) -> String {
+        use std::fmt::Write;
+        let mut out = String::new();
+        let Ok(m) = self.metrics.lock() else { return out };
+        let esc = |s: &str| s.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n");
+        out.push_str("# HELP sim_model_requests_total Requests answered by the simulated model servers.\n# TYPE sim_model_requests_total counter\n");
+        for (((ns, model, version), code), n) in &m.requests {
+            let _ = writeln!(
+                out,
+                "sim_model_requests_total{{namespace=\"{}\",model=\"{}\",version=\"{}\",code=\"{code}\"}} {n}",
+                esc(ns),
+                esc(model),
+                esc(version)
+            );
+        }
+        out.push_str("# HELP sim_model_request_duration_seconds Model latency.\n# TYPE sim_model_request_duration_seconds histogram\n");
+        for ((ns, model, version), h) in &m.latency {
+            let labels = format!(
+                "namespace=\"{}\",model=\"{}\",version=\"{}\"",
+                esc(ns),
+                esc(model),
+                esc(version)
+            );
+            for (i, le) in BUCKETS.iter().enumerate() {
+                let _ = writeln!(
+                    out,
+                    "sim_model_request_duration_seconds_bucket{{{labels},le=\"{le}\"}} {}",
+                    h.counts[i]
+                );
+            }
+            let _ = writeln!(
+                out,
+                "sim_model_request_duration_seconds_bucket{{{labels},le=\"+Inf\"}} {}",
+                h.count
+            );
+            let _ = writeln!(
+                out,
+                "sim_model_request_duration_seconds_sum{{{labels}}} {}",
+                h.sum
+            );
+            let _ = writeln!(
+                out,
+                "sim_model_request_duration_seconds_count{{{labels}}} {}",
+                h.count
+            );
+        }
+        drop(m);
+        out.push_str("# HELP sim_model_traffic_percent The current traffic split.\n# TYPE sim_model_traffic_percent gauge\n");
+        for r in self.routes().values() {
+            for b in &r.backends {
+                let _ = writeln!(
+                    out,
+                    "sim_model_traffic_percent{{namespace=\"{}\",model=\"{}\",version=\"{}\",backend=\"{}\"}} {}",
+                    esc(&r.namespace),
+                    esc(&r.model),
+                    esc(&b.version),
+                    esc(&b.name),
+                    b.weight
+                );
+            }
+        }
+        out
+    }
+
+    /// Background traffic: `rate` requests per second and model, spread
+    /// over ticks (outcomes recorded, nothing sleeps).
+    pub async fn generate(self: Arc<Self>, tick: Duration) {
+        let mut owed = 0.0f64;
+        loop {
+            tokio::time::sleep(tick).await;
+            let rate = self.rate.lock().map(|r| *r).unwrap_or(0.0);
+            if rate <= 0.0 {
+                continue;
+            }
+            owed += rate * tick.as_secs_f64();
+            let n = owed.floor();
+            owed -= n;
+            let routes = self.routes();
+            for r in routes.values() {
+                for _ in 0..(n as u64) {
+                    self.answer(&r.model, Some(&r.namespace), None);
+                }
+            }
+        }
+    }
+}
+
+fn sample(rng: &mut SmallRng, l: Latency) -> Duration {
+    let p50 = l.p50.0.as_secs_f64();
+    if p50 <= 0.0 {
+        return Duration::ZERO;
+    }
+    let sigma = (l.p99.0.as_secs_f64() / p50).ln() / 2.326_348;
+    match LogNormal::new(p50.ln(), sigma.max(0.0)) {
+        Ok(d) => Duration::from_secs_f64(d.sample(rng).min(60.0)),
+        Err(_) => l.p50.0,
+    }
+}
+
+fn json_reply(code: u16, headers: &[(&str, String)], body: &Value) -> Response {
+    let mut r = (
+        StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+        [("content-type", "application/json")],
+        body.to_string(),
+    )
+        .into_response();
+    for (k, v) in headers {
+        if let (Ok(name), Ok(val)) = (
+            axum::http::HeaderName::from_bytes(k.as_bytes()),
+            axum::http::HeaderValue::from_str(v),
+        ) {
+            r.headers_mut().insert(name, val);
+        }
+    }
+    r
+}
+
+/// The HTTP surface of the model servers.
+pub fn router(models: Arc<Models>) -> axum::Router {
+    axum::Router::new().fallback(move |method: Method, uri: Uri, headers: HeaderMap, body: Bytes| {
+        let models = models.clone();
+        async move { serve(&models, &method, &uri, &headers, &body).await }
+    })
+}
+
+async fn serve(models: &Models, method: &Method, uri: &Uri, headers: &HeaderMap, body: &[u8]) -> Response {
+    let path = uri.path();
+    let segs: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
+    let header = |n: &str| headers.get(n).and_then(|v| v.to_str().ok()).map(str::to_owned);
+    let ns = header("x-sim-namespace");
+    let live = |m: &str| models.route(m, ns.as_deref());
+    match (method, segs.as_slice()) {
+        (&Method::GET, ["metrics"]) => (
+            StatusCode::OK,
+            [("content-type", "text/plain; version=0.0.4")],
+            models.metrics_text(),
+        )
+            .into_response(),
+        (&Method::GET, ["routes"]) => {
+            let routes: Vec<Route> = models.routes().values().cloned().collect();
+            json_reply(200, &[], &serde_json::to_value(routes).unwrap_or_default())
+        }
+        (&Method::GET, ["v2", "health", "live"]) => json_reply(200, &[], &json!({"live": true})),
+        (&Method::GET, ["v2", "health", "ready"]) => {
+            let ready = models
+                .routes()
+                .values()
+                .any(|r| r.backends.iter().any(|b| b.ready));
+            json_reply(if ready { 200 } else { 503 }, &[], &json!({"ready": ready}))
+        }
+        (&Method::GET, ["v1", "models", m]) | (&Method::GET, ["v2", "models", m, "ready"]) => {
+            let ready = live(m).is_some_and(|r| r.backends.iter().any(|b| b.ready && b.weight > 0));
+            json_reply(
+                if ready { 200 } else { 503 },
+                &[],
+                &json!({"name": m, "ready": ready}),
+            )
+        }
+        (&Method::GET, ["v2", "models", m]) => match live(m) {
+            Some(r) => json_reply(
+                200,
+                &[],
+                &json!({"name": m, "versions": r.backends.iter().map(|b| b.version.clone()).collect::<Vec<_>>(), "platform": "rollwright-sim", "inputs": [], "outputs": [{"name": "output-0", "datatype": "FP32", "shape": [-1]}]}),
+            ),
+            None => json_reply(404, &[], &json!({"error": format!("model {m} not found")})),
+        },
+        (&Method::POST, ["v1", "models", m]) if m.ends_with(":predict") => {
+            let model = &m[..m.len() - ":predict".len()];
+            let req: Value = match serde_json::from_slice(body) {
+                Ok(v) => v,
+                Err(e) => return json_reply(400, &[], &json!({"error": format!("invalid JSON: {e}")})),
+            };
+            let Some(instances) = req["instances"].as_array() else {
+                return json_reply(
+                    400,
+                    &[],
+                    &json!({"error": "the v1 protocol needs {\"instances\": [...]}"}),
+                );
+            };
+            let n = instances.len();
+            let a = models.answer(model, ns.as_deref(), header("x-sim-version").as_deref());
+            respond(a, |a| json!({"predictions": vec![a.output.clone(); n]})).await
+        }
+        (&Method::POST, ["v2", "models", m, "infer"])
+        | (&Method::POST, ["v2", "models", m, "versions", _, "infer"]) => {
+            let pinned = if segs.len() == 6 {
+                Some(segs[4].to_owned())
+            } else {
+                header("x-sim-version")
+            };
+            let req: Value = match serde_json::from_slice(body) {
+                Ok(v) => v,
+                Err(e) => return json_reply(400, &[], &json!({"error": format!("invalid JSON: {e}")})),
+            };
+            let Some(inputs) = req["inputs"].as_array() else {
+                return json_reply(
+                    400,
+                    &[],
+                    &json!({"error": "the v2 protocol needs {\"inputs\": [...]}"}),
+                );
+            };
+            let n = inputs
+                .first()
+                .and_then(|i| i["shape"].as_array())
+                .and_then(|s| s.first())
+                .and_then(Value::as_u64)
+                .unwrap_or(1);
+            let id = req["id"].clone();
+            let model = (*m).to_owned();
+            let a = models.answer(m, ns.as_deref(), pinned.as_deref());
+            respond(a, move |a| {
+                let data = vec![a.output.clone(); usize::try_from(n).unwrap_or(1)];
+                json!({"model_name": model, "model_version": a.version, "id": id,
+                       "outputs": [{"name": "output-0", "shape": [n], "datatype": "FP32", "data": data}]})
+            })
+            .await
+        }
+        _ => json_reply(
+            404,
+            &[],
+            &json!({"error": format!("no such endpoint: {method} {path}")}),
+        ),
+    }
+}
+
+async fn respond(a: Answer, ok: impl FnOnce(&Answer) -> Value) -> Response {
+    tokio::time::sleep(a.latency).await;
+    let headers = [
+        ("x-model-version", a.version.clone()),
+        ("x-sim-backend", a.backend.clone()),
+    ];
+    match &a.error {
+        None => json_reply(a.code, &headers, &ok(&a)),
+        Some(e) => json_reply(a.code, &headers, &json!({"error": e})),
+    }
+}
