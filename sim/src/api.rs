@@ -246,6 +246,28 @@ fn injected(code: u16, verb: &str, plural: &str) -> Response {
     }
 }
 
+/// A `422 Invalid` with one cause, as the API server reports field errors.
+fn invalid(kind: &Kind, name: &str, field: &str, reason: &str, message: &str) -> Response {
+    reply(
+        StatusCode::UNPROCESSABLE_ENTITY,
+        json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+               "message": format!("{} \"{name}\" is invalid: {field}: {message}", kind.kind),
+               "reason": "Invalid", "code": 422,
+               "details": {"name": name, "kind": kind.plural, "causes": [{"reason": reason, "message": message, "field": field}]}}),
+    )
+}
+
+/// A DNS-1123 subdomain: what most object names must be.
+fn valid_name(name: &str) -> bool {
+    let b = name.as_bytes();
+    !b.is_empty()
+        && b.len() <= 253
+        && b.iter()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-' || *c == b'.')
+        && b[0].is_ascii_alphanumeric()
+        && b[b.len() - 1].is_ascii_alphanumeric()
+}
+
 /// A request on a collection that needs an object name.
 fn name_required() -> Response {
     status(
@@ -1028,15 +1050,36 @@ impl State {
             return store_unavailable();
         };
         let Some(name) = obj["metadata"]["name"].as_str().map(str::to_owned) else {
-            return status(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "Invalid",
-                format!(
-                    "{} is invalid: metadata.name: Required value: name is required",
-                    kind.kind
-                ),
+            return invalid(
+                kind,
+                "",
+                "metadata.name",
+                "FieldValueRequired",
+                "Required value: name is required",
             );
         };
+        if !valid_name(&name) {
+            return invalid(
+                kind,
+                &name,
+                "metadata.name",
+                "FieldValueInvalid",
+                &format!(
+                    "Invalid value: \"{name}\": a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.', and must start and end with an alphanumeric character"
+                ),
+            );
+        }
+        if let (Some(url_ns), Some(body_ns)) = (namespace, obj["metadata"]["namespace"].as_str())
+            && kind.namespaced
+            && url_ns != body_ns
+        {
+            return status(
+                StatusCode::BAD_REQUEST,
+                "BadRequest",
+                "the namespace of the provided object does not match the namespace sent on the request"
+                    .into(),
+            );
+        }
         let ns = if kind.namespaced {
             Some(
                 namespace

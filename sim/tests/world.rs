@@ -494,6 +494,16 @@ async fn api_faults_hit_the_named_verb_and_resource_and_can_be_lifted() {
     assert!(matches!(&err, kube::Error::Api(s) if s.code == 500), "{err:?}");
     // Other verbs and resources are untouched.
     api.create(&Default::default(), &obj).await.unwrap();
+    // Field errors are 422 with causes, as the API server reports them.
+    let bad: DynamicObject = serde_json::from_value(
+        json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "Bad_Name", "namespace": "ml"}}),
+    )
+    .unwrap();
+    let err = api.create(&Default::default(), &bad).await.unwrap_err();
+    assert!(
+        matches!(&err, kube::Error::Api(s) if s.code == 422 && s.message.contains("metadata.name: Invalid value")),
+        "{err:?}"
+    );
     api.get("a").await.unwrap();
     let secrets: Api<k8s_openapi::api::core::v1::Secret> = Api::namespaced(c.clone(), "ml");
     let err = secrets
