@@ -163,6 +163,12 @@ pub fn describe(e: &Event) -> String {
             )
         }
         Event::Cancelled { step } => format!("{step}: cancelled"),
+        Event::Recorded { step, key, value } if key == "restored" => {
+            format!("{step}: restored {}", value.as_str().unwrap_or_default())
+        }
+        Event::Recorded { step, key, .. } => {
+            format!("{step}: recorded {key} (journaled before changing anything)")
+        }
         Event::Compensated { step, error: None } => format!("{step}: compensated"),
         Event::Compensated { step, error: Some(e) } => format!("{step}: compensation FAILED: {e}"),
         Event::Handled { handler, error: None } => format!("{handler}: on-failure handler done"),
@@ -196,6 +202,10 @@ fn json_of(e: &Event, t: f64) -> Value {
             tolerated,
         } => json!({"event": "failed", "step": step, "error": error, "tolerated": tolerated}),
         Event::Cancelled { step } => json!({"event": "cancelled", "step": step}),
+        Event::Recorded { step, key, value } if key == "restored" => {
+            json!({"event": "restored", "step": step, "what": value})
+        }
+        Event::Recorded { step, key, .. } => json!({"event": "recorded", "step": step, "key": key}),
         Event::Compensated { step, error } => json!({"event": "compensated", "step": step, "error": error}),
         Event::Handled { handler, error } => json!({"event": "handled", "handler": handler, "error": error}),
         Event::Finished { state } => json!({"event": "finished", "state": state_name(*state)}),

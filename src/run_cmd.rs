@@ -276,9 +276,10 @@ fn journal_sink(journal: Arc<GroupCommit>, progress: Arc<Progress>) -> Sink {
     Arc::new(move |e: &Event| {
         progress.event(e);
         let Some(r) = journal::record_of(e) else { return };
-        let finished = matches!(r, Record::RunFinished { .. });
+        // A record must be durable before the step changes what it records.
+        let flush_now = matches!(r, Record::RunFinished { .. } | Record::Recorded { .. });
         journal.append(r);
-        if finished {
+        if flush_now {
             let _ = journal.flush();
         }
         if let (Some(c), Ok(mut n)) = (crash_after, written.lock()) {
@@ -581,6 +582,8 @@ pub fn resume(args: &ResumeArgs) -> u8 {
         completed,
         compensated: state.compensated,
         failed,
+        started: state.started,
+        recorded: state.recorded,
     };
     execute(
         &typed,
@@ -830,6 +833,8 @@ pub fn abort(args: &AbortArgs) -> u8 {
                 completed: state.completed,
                 compensated: state.compensated,
                 failed: Some(state.failed.into_iter().next().unwrap_or(("abort".into(), why))),
+                started: state.started,
+                recorded: state.recorded,
             };
             execute(
                 &spec,

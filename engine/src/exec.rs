@@ -90,7 +90,7 @@ impl StepError {
 }
 
 /// What a step sees of the run.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct StepContext {
     /// The step's id.
     pub step_id: String,
@@ -98,16 +98,100 @@ pub struct StepContext {
     pub attempt: u32,
     /// Outputs of the steps completed so far (shared, read-only for steps).
     pub outputs: Outputs,
+    /// Whose records this context writes and reads first: the step's id, or
+    /// for a compensation the id of the step it undoes.
+    pub owner: String,
+    /// What steps recorded before changing the target (shared; journaled).
+    pub records: Records,
+    /// Where records go to be made durable (the journal).
+    pub sink: Option<Sink>,
+}
+
+impl std::fmt::Debug for StepContext {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StepContext")
+            .field("step_id", &self.step_id)
+            .field("attempt", &self.attempt)
+            .field("owner", &self.owner)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Outputs of completed steps, shared by every running step.
 pub type Outputs = Arc<std::sync::RwLock<HashMap<String, Map<String, Value>>>>;
 
+/// Records of every step, in the order they were made.
+pub type Records = Arc<std::sync::RwLock<Vec<Memo>>>;
+
+/// A fact a step recorded (durably, in the journal) before changing the
+/// target, e.g. the object it is about to replace: what its compensation
+/// and a rollback restore, also after a crash and `resume`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Memo {
+    /// The step that recorded it.
+    pub step: String,
+    /// What it is (`objects`, `traffic`, …).
+    pub key: String,
+    /// The value.
+    pub value: Value,
+}
+
 impl StepContext {
+    /// A context for `step` with nothing shared (tests, one-off checks).
+    #[must_use]
+    pub fn detached(step: &str) -> Self {
+        StepContext {
+            step_id: step.to_owned(),
+            attempt: 1,
+            outputs: Outputs::default(),
+            owner: step.to_owned(),
+            records: Records::default(),
+            sink: None,
+        }
+    }
+
     /// An output of a completed step (`{{steps.<step>.outputs.<key>}}`).
     #[must_use]
     pub fn output(&self, step: &str, key: &str) -> Option<Value> {
         self.outputs.read().ok()?.get(step)?.get(key).cloned()
+    }
+
+    /// Records `value` under `key` for the owner; returns once the sink
+    /// (the journal) has it durably.
+    pub fn remember(&self, key: &str, value: Value) {
+        let memo = Memo {
+            step: self.owner.clone(),
+            key: key.to_owned(),
+            value,
+        };
+        if let Some(sink) = &self.sink {
+            sink(&Event::Recorded {
+                step: memo.step.clone(),
+                key: memo.key.clone(),
+                value: memo.value.clone(),
+            });
+        }
+        if let Ok(mut r) = self.records.write() {
+            r.push(memo);
+        }
+    }
+
+    /// The owner's latest record under `key`.
+    #[must_use]
+    pub fn recalled(&self, key: &str) -> Option<Value> {
+        self.records
+            .read()
+            .ok()?
+            .iter()
+            .rev()
+            .find(|m| m.step == self.owner && m.key == key)
+            .map(|m| m.value.clone())
+    }
+
+    /// Every record of the run, oldest first.
+    #[must_use]
+    pub fn all_records(&self) -> Vec<Memo> {
+        self.records.read().map(|r| r.clone()).unwrap_or_default()
     }
 }
 
@@ -130,6 +214,13 @@ pub trait Step: Send + Sync {
     fn compensate<'a>(&'a self, cx: &'a StepContext) -> BoxFuture<'a, Result<(), StepError>> {
         let _ = cx;
         Box::pin(async { Ok(()) })
+    }
+    /// After `compensate` succeeded: waits (by returning
+    /// [`Progress::Wait`]) until the restored state is verified, e.g. the
+    /// stable version Ready again. Default: nothing to wait for.
+    fn settle<'a>(&'a self, cx: &'a StepContext) -> BoxFuture<'a, Result<Progress, StepError>> {
+        let _ = cx;
+        Box::pin(async { Ok(Progress::Done { outputs: Map::new() }) })
     }
 }
 
@@ -246,6 +337,9 @@ pub enum Event {
     },
     /// Stopped because the run failed elsewhere.
     Cancelled { step: String },
+    /// A step recorded what it needs to undo itself (journaled durably
+    /// before the step changes anything).
+    Recorded { step: String, key: String, value: Value },
     /// A compensation ran.
     Compensated { step: String, error: Option<String> },
     /// An on-failure handler ran.
@@ -293,11 +387,19 @@ impl Jitter {
 }
 
 /// Runs one step to completion: attempts, waits, retries, deadlines.
+/// What running steps share: outputs and records.
+#[derive(Clone, Default)]
+struct Shared {
+    outputs: Outputs,
+    records: Records,
+}
+
 async fn drive(
     id: String,
+    owner: String,
     step: Arc<dyn Step>,
     limits: Limits,
-    outputs: Outputs,
+    shared: Shared,
     sink: Sink,
     mut jitter: Jitter,
 ) -> Result<Map<String, Value>, String> {
@@ -311,7 +413,10 @@ async fn drive(
             let cx = StepContext {
                 step_id: id.clone(),
                 attempt,
-                outputs: outputs.clone(),
+                outputs: shared.outputs.clone(),
+                owner: owner.clone(),
+                records: shared.records.clone(),
+                sink: Some(sink.clone()),
             };
             let result = match limits.attempt_timeout {
                 Some(t) => match timeout(t, step.run(&cx)).await {
@@ -372,6 +477,11 @@ pub struct Resume {
     pub compensated: Vec<String>,
     /// The failure that had already ended the run, if any: go straight to compensation.
     pub failed: Option<(String, String)>,
+    /// Steps that started but neither completed nor were compensated, in
+    /// start order: compensated too (they may have changed the target halfway).
+    pub started: Vec<String>,
+    /// Records made so far, oldest first.
+    pub recorded: Vec<Memo>,
 }
 
 /// Executes `nodes` (a DAG, already validated), then compensations and
@@ -397,7 +507,18 @@ pub async fn execute_resumed(
     let mut done: HashSet<usize> = HashSet::new();
     let mut started: HashSet<usize> = HashSet::new();
     let mut completed: Vec<String> = Vec::new();
-    let outputs: Outputs = Arc::default();
+    // Started, not completed: compensated too when the run fails.
+    let mut halfway: Vec<String> = resume
+        .started
+        .iter()
+        .filter(|s| !resume.completed.iter().any(|(c, _)| c == *s))
+        .cloned()
+        .collect();
+    let shared = Shared::default();
+    if let Ok(mut r) = shared.records.write() {
+        r.clone_from(&resume.recorded);
+    }
+    let outputs: Outputs = shared.outputs.clone();
     for (id, out) in resume.completed {
         if let Some(&i) = index.get(&id) {
             done.insert(i);
@@ -446,15 +567,17 @@ pub async fn execute_resumed(
             let Some(i) = ready.pop_front() else { break };
             let n = &nodes[i];
             started.insert(i);
-            let (id, step, limits, sink, jitter, outs) = (
+            let (id, step, limits, sink, jitter, sh) = (
                 n.id.clone(),
                 n.step.clone(),
                 n.limits,
                 sink.clone(),
                 next_jitter(),
-                outputs.clone(),
+                shared.clone(),
             );
-            running.spawn(async move { (i, drive(id, step, limits, outs, sink, jitter).await) });
+            halfway.retain(|h| *h != id);
+            halfway.push(id.clone());
+            running.spawn(async move { (i, drive(id.clone(), id, step, limits, sh, sink, jitter).await) });
         }
         if running.is_empty() {
             break;
@@ -485,6 +608,7 @@ pub async fn execute_resumed(
                 }
                 done.insert(i);
                 completed.push(n.id.clone());
+                halfway.retain(|h| *h != n.id);
                 release(i, &mut ready);
             }
             Err(e) => {
@@ -495,6 +619,7 @@ pub async fn execute_resumed(
                 });
                 if n.continue_on_failure {
                     done.insert(i);
+                    halfway.retain(|h| *h != n.id);
                     release(i, &mut ready);
                 } else if failure.is_none() {
                     failure = Some((n.id.clone(), e));
@@ -528,20 +653,31 @@ pub async fn execute_resumed(
             outputs: take_outputs(&outputs),
         };
     };
-    // Compensate completed steps, newest first; each with its own limits.
-    let shared = outputs.clone();
+    // Compensate, newest first, each with its own limits: first the steps
+    // that started but did not complete (they may have changed the target
+    // halfway; their compensation restores what they recorded, or nothing),
+    // then the completed ones.
     let mut left_over = Vec::new();
-    for id in completed.iter().rev() {
-        if resume.compensated.contains(id) {
-            continue;
-        }
-        let n = &nodes[index[id]];
+    let order: Vec<String> = halfway
+        .iter()
+        .rev()
+        .chain(completed.iter().rev())
+        .filter(|id| !resume.compensated.contains(*id))
+        .cloned()
+        .collect();
+    for id in order {
+        let Some(&i) = index.get(&id) else { continue };
+        let n = &nodes[i];
         let Some((comp, limits)) = &n.compensation else {
             continue;
         };
-        let undo = Arc::new(Undo(comp.clone()));
+        let undo = Arc::new(Undo {
+            step: comp.clone(),
+            compensated: std::sync::atomic::AtomicBool::new(false),
+        });
         let r = drive(
             format!("{id} (undo)"),
+            id.clone(),
             undo,
             *limits,
             shared.clone(),
@@ -559,7 +695,7 @@ pub async fn execute_resumed(
         }
     }
     // Handlers see how the run failed as the outputs of a pseudo-step `run`.
-    if let Ok(mut o) = shared.write() {
+    if let Ok(mut o) = shared.outputs.write() {
         let mut run = Map::new();
         run.insert(
             "state".into(),
@@ -576,6 +712,7 @@ pub async fn execute_resumed(
     // Handlers: each bounded, a failure never blocks the end of the run.
     for h in &handlers {
         let r = drive(
+            h.id.clone(),
             h.id.clone(),
             h.step.clone(),
             h.limits,
@@ -608,14 +745,25 @@ fn take_outputs(o: &Outputs) -> HashMap<String, Map<String, Value>> {
     o.write().map(|mut m| std::mem::take(&mut *m)).unwrap_or_default()
 }
 
-/// Runs a compensation through the same retry machinery as `run`.
-struct Undo(Arc<dyn Step>);
+/// Runs a compensation through the same retry machinery as `run`, then
+/// waits for it to settle.
+struct Undo {
+    step: Arc<dyn Step>,
+    compensated: std::sync::atomic::AtomicBool,
+}
 
 impl Step for Undo {
     fn run<'a>(&'a self, cx: &'a StepContext) -> BoxFuture<'a, Result<Progress, StepError>> {
+        use std::sync::atomic::Ordering;
         Box::pin(async move {
-            self.0.compensate(cx).await?;
-            Ok(Progress::Done { outputs: Map::new() })
+            if !self.compensated.load(Ordering::SeqCst) {
+                self.step.compensate(cx).await?;
+                self.compensated.store(true, Ordering::SeqCst);
+            }
+            match self.step.settle(cx).await? {
+                Progress::Done { .. } => Ok(Progress::Done { outputs: Map::new() }),
+                wait => Ok(wait),
+            }
         })
     }
 }
@@ -778,8 +926,8 @@ mod tests {
         );
         assert_eq!(
             *bed.comps.lock().unwrap(),
-            ["a"],
-            "only completed steps are compensated"
+            ["b", "a"],
+            "the failed step is compensated too (it may have changed something before failing)"
         );
     }
 
@@ -878,7 +1026,9 @@ mod tests {
         ];
         let out = execute(nodes, vec![], no_jitter(), bed.sink()).await;
         assert_eq!(out.state, FinalState::RolledBack);
-        assert_eq!(*bed.comps.lock().unwrap(), ["c", "b", "a"]);
+        // The failed step and the cancelled one first (newest start first):
+        // they may have changed the target halfway.
+        assert_eq!(*bed.comps.lock().unwrap(), ["d", "side", "c", "b", "a"]);
         assert!(
             bed.events
                 .lock()
@@ -1004,6 +1154,7 @@ mod tests {
             completed: vec![done("a"), done("b")],
             compensated: vec!["b".into()],
             failed: Some(("c".into(), "breach".into())),
+            ..Resume::default()
         };
         let out = execute_resumed(nodes(&a, &b, &c), vec![], no_jitter(), bed.sink(), resume, None).await;
         assert_eq!(out.state, FinalState::RolledBack);
@@ -1039,7 +1190,7 @@ mod tests {
         .await;
         assert_eq!(out.state, FinalState::RolledBack);
         assert_eq!(out.failure, Some(("abort".into(), "aborted by alice".into())));
-        assert_eq!(*bed.comps.lock().unwrap(), ["a"]);
+        assert_eq!(*bed.comps.lock().unwrap(), ["b", "a"]);
         assert!(
             bed.events
                 .lock()

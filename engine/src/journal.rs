@@ -56,6 +56,15 @@ pub enum Record {
         /// With `continue-on-failure`.
         tolerated: bool,
     },
+    /// A step recorded what it needs to undo itself, before changing anything.
+    Recorded {
+        /// Step id.
+        step: String,
+        /// What it is.
+        key: String,
+        /// The value (secrets scrubbed).
+        value: Value,
+    },
     /// A compensation finished.
     Compensated {
         /// The step it undid.
@@ -227,6 +236,15 @@ pub fn record_of(e: &crate::exec::Event) -> Option<Record> {
             step: step.clone(),
             error: scrub(error),
             tolerated: *tolerated,
+        },
+        Event::Recorded { step, key, value } => Record::Recorded {
+            step: step.clone(),
+            key: key.clone(),
+            value: {
+                let mut v = value.clone();
+                scrub_value(&mut v);
+                v
+            },
         },
         Event::Compensated { step, error } => Record::Compensated {
             step: step.clone(),
@@ -405,6 +423,10 @@ pub struct State {
     pub failed: Vec<(String, String)>,
     /// Steps whose compensation finished successfully.
     pub compensated: Vec<String>,
+    /// Steps that started, in first-start order.
+    pub started: Vec<String>,
+    /// Records, oldest first.
+    pub recorded: Vec<crate::exec::Memo>,
     /// The final state, if the run finished.
     pub finished: Option<String>,
 }
@@ -416,6 +438,14 @@ pub fn state(records: &[Record]) -> State {
     for r in records {
         match r {
             Record::RunStarted { digest, .. } => s.digest.clone_from(digest),
+            Record::StepStarted { step, .. } if !s.started.contains(step) && !step.ends_with(" (undo)") => {
+                s.started.push(step.clone());
+            }
+            Record::Recorded { step, key, value } => s.recorded.push(crate::exec::Memo {
+                step: step.clone(),
+                key: key.clone(),
+                value: value.clone(),
+            }),
             Record::StepSucceeded { step, outputs } if !s.completed.iter().any(|(id, _)| id == step) => {
                 s.completed.push((step.clone(), outputs.clone()));
             }

@@ -58,6 +58,8 @@ pub struct Rollback {
     pub compensations: Vec<(String, Option<String>)>,
     /// What was not restored.
     pub left_over: Vec<(String, String)>,
+    /// What compensations restored, as they recorded it (`restored` records).
+    pub restored: Vec<(String, String)>,
 }
 
 /// The summary section.
@@ -117,7 +119,11 @@ pub fn build(spec: &Spec, records: &[Record], registry: &Registry) -> Report {
                 state.clone_from(s);
                 finished_ms = (*at_ms > 0).then_some(*at_ms);
             }
-            Record::StepStarted { .. } => {}
+            Record::Recorded { step, key, value } if key == "restored" => {
+                let text = value.as_str().map_or_else(|| value.to_string(), str::to_owned);
+                rollback.restored.push((step.clone(), text));
+            }
+            Record::StepStarted { .. } | Record::Recorded { .. } => {}
         }
     }
     // A run that failed without a failing step record was aborted or timed out.
@@ -220,6 +226,9 @@ impl Report {
                         "- compensated `{c}`: {}",
                         e.as_deref().map_or("ok".to_owned(), |e| format!("FAILED: {e}"))
                     );
+                }
+                for (c, what) in &self.rollback.restored {
+                    let _ = writeln!(s, "- restored for `{c}`: {what}");
                 }
                 if !self.rollback.left_over.is_empty() {
                     let _ = writeln!(s, "\n**Left for a human:**");

@@ -444,9 +444,8 @@ mod tests {
                 outs.insert("gate".to_owned(), o.as_object().unwrap().clone());
             }
             StepContext {
-                step_id: "deploy".into(),
-                attempt: 1,
                 outputs: Arc::new(std::sync::RwLock::new(outs)),
+                ..StepContext::detached("deploy")
             }
         };
         for gate in [None, Some(("fraud", "6")), Some(("other", "7"))] {
