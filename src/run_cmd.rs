@@ -44,6 +44,30 @@ pub struct RunArgs {
     /// Progress: live lines on a terminal (plain otherwise), or JSON events on stdout.
     #[arg(long, value_enum, default_value_t = Output::Text)]
     output: Output,
+    /// kubeconfig file (default: $KUBECONFIG, else ~/.kube/config, else in-cluster).
+    #[arg(long, value_name = "FILE")]
+    kubeconfig: Option<PathBuf>,
+    /// kubeconfig context instead of the spec's `target.context` (refused in
+    /// production unless it is the same).
+    #[arg(long, value_name = "NAME")]
+    context: Option<String>,
+}
+
+/// How a run reaches its cluster; saved in the run directory so that
+/// `resume` and `abort` use the same.
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+struct ClusterFlags {
+    kubeconfig: Option<PathBuf>,
+    context: Option<String>,
+}
+
+impl ClusterFlags {
+    fn of_run(rdir: &Path) -> Self {
+        std::fs::read(rdir.join("cluster.json"))
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or_default()
+    }
 }
 
 #[derive(Args)]
@@ -158,10 +182,14 @@ fn nodes(registry: &Registry, spec: &Spec, cx: &BuildContext) -> Result<(Vec<Nod
     let limits = |t: Option<&String>, a: Option<&String>, r: Option<&Value>| Limits::of(spec, t, a, r);
     let mut errors = Vec::new();
     let mut build = |id: &str, kind: &str, with: &Value| -> Option<Arc<dyn Step>> {
+        let cx = BuildContext {
+            step: id.trim_end_matches(" (compensation)").to_owned(),
+            ..cx.clone()
+        };
         match registry
             .get(kind)
             .ok_or_else(|| format!("unknown step kind `{kind}`"))
-            .and_then(|k| k.build(with, cx))
+            .and_then(|k| k.build(with, &cx))
         {
             Ok(s) => Some(s),
             Err(e) => {
@@ -273,14 +301,23 @@ fn journal_sink(journal: Arc<GroupCommit>, progress: Arc<Progress>) -> Sink {
         .ok()
         .and_then(|v| v.parse().ok());
     let written = Mutex::new(1usize); // run-started is record 1
+    // The same, right after the first record whose JSON contains this text.
+    let crash_at: Option<String> = std::env::var("ROLLWRIGHT_TEST_CRASH_AT").ok();
     Arc::new(move |e: &Event| {
         progress.event(e);
         let Some(r) = journal::record_of(e) else { return };
+        let crash_here = crash_at
+            .as_deref()
+            .is_some_and(|m| serde_json::to_string(&r).is_ok_and(|t| t.contains(m)));
         // A record must be durable before the step changes what it records.
         let flush_now = matches!(r, Record::RunFinished { .. } | Record::Recorded { .. });
         journal.append(r);
         if flush_now {
             let _ = journal.flush();
+        }
+        if crash_here {
+            let _ = journal.flush();
+            std::process::abort();
         }
         if let (Some(c), Ok(mut n)) = (crash_after, written.lock()) {
             *n += 1;
@@ -299,8 +336,22 @@ fn build_context(
     state_dir: &Path,
     run: &str,
     started_by: &str,
+    cluster: &ClusterFlags,
 ) -> BuildContext {
     BuildContext {
+        target: spec
+            .target
+            .as_ref()
+            .map(|t| rollwright_engine::registry::TargetInfo {
+                context: t.context.clone(),
+                namespace: t.namespace.clone(),
+                production: t.environment == Environment::Production,
+            }),
+        serving: spec.serving.clone(),
+        manifests: spec.manifests.clone(),
+        kubeconfig: cluster.kubeconfig.clone(),
+        context: cluster.context.clone(),
+        step: String::new(),
         spec_dir: spec_path
             .parent()
             .map(Path::to_path_buf)
@@ -347,8 +398,15 @@ fn execute(
     let registry = registry();
     let rdir = run_dir(state_dir, run);
     let started_by = std::fs::read_to_string(rdir.join("started-by")).unwrap_or_else(|_| current_user());
-    let cx = build_context(spec, spec_path, state_dir, run, started_by.trim());
-    let (steps, handlers) = match nodes(&registry, spec, &cx) {
+    let cx = build_context(
+        spec,
+        spec_path,
+        state_dir,
+        run,
+        started_by.trim(),
+        &ClusterFlags::of_run(&rdir),
+    );
+    let (mut steps, handlers) = match nodes(&registry, spec, &cx) {
         Ok(n) => n,
         Err(errors) => {
             for e in errors {
@@ -357,6 +415,26 @@ fn execute(
             return exit::FINDINGS;
         }
     };
+    // A resumed run evaluates its gates again: nothing left to do starts
+    // before they pass (their outputs are what production changes check).
+    if !resume.completed.is_empty() {
+        let done = |id: &str| resume.completed.iter().any(|(c, _)| c == id);
+        let gates: Vec<String> = spec
+            .steps
+            .iter()
+            .filter(|s| registry.get(&s.kind).is_some_and(|k| k.role() == Role::Gate) && !done(&s.id))
+            .map(|s| s.id.clone())
+            .collect();
+        for n in &mut steps {
+            if !done(&n.id) && !gates.contains(&n.id) {
+                for g in &gates {
+                    if !n.needs.contains(g) {
+                        n.needs.push(g.clone());
+                    }
+                }
+            }
+        }
+    }
     let target = spec.target.as_ref().map_or_else(
         || "no-target".to_owned(),
         |t| format!("{}/{}", t.context, t.namespace),
@@ -455,7 +533,22 @@ pub fn run(args: &RunArgs) -> u8 {
     };
     let run = new_run_id(&spec.metadata.name);
     // Every step must be buildable before the run exists: nothing half-created.
-    let probe = build_context(&spec, &args.spec, &args.state_dir, &run, &current_user());
+    let cluster = ClusterFlags {
+        kubeconfig: args
+            .kubeconfig
+            .clone()
+            .or_else(|| std::env::var_os("KUBECONFIG").map(PathBuf::from))
+            .map(|p| std::fs::canonicalize(&p).unwrap_or(p)),
+        context: args.context.clone(),
+    };
+    let probe = build_context(
+        &spec,
+        &args.spec,
+        &args.state_dir,
+        &run,
+        &current_user(),
+        &cluster,
+    );
     if let Err(errors) = nodes(&registry(), &spec, &probe) {
         for e in errors {
             eprintln!("error: {e}");
@@ -489,6 +582,12 @@ pub fn run(args: &RunArgs) -> u8 {
     }
     if let Err(e) = std::fs::write(&overrides_file, saved)
         .and_then(|()| std::fs::write(run_dir(&args.state_dir, &run).join("started-by"), current_user()))
+        .and_then(|()| {
+            std::fs::write(
+                run_dir(&args.state_dir, &run).join("cluster.json"),
+                serde_json::to_vec(&cluster).unwrap_or_default(),
+            )
+        })
     {
         eprintln!(
             "error: cannot write the run directory {}: {e}",

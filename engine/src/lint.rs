@@ -128,13 +128,14 @@ impl Linter {
             Some(e) if errors.is_empty() => e,
             _ => return Err(errors),
         };
-        let spec = Spec::deserialize(&exp.value).map_err(|e| {
+        let mut spec = Spec::deserialize(&exp.value).map_err(|e| {
             vec![Diagnostic::new(
                 Code::Schema,
                 exp.locate(""),
                 format!("the expanded spec does not fit the model: {e}"),
             )]
         })?;
+        spec.manifests.clone_from(&exp.manifests);
         Ok((exp, spec, lint.diagnostics))
     }
 

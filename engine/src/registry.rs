@@ -130,6 +130,49 @@ pub struct BuildContext {
     pub run_id: String,
     /// The model the run deploys: `(registry, name, version)`.
     pub model: Option<(String, String, String)>,
+    /// Where the run deploys.
+    pub target: Option<TargetInfo>,
+    /// Serving platform and routing (`serving:`).
+    pub serving: Option<crate::spec::Serving>,
+    /// Manifest templates rendered for `apply` steps.
+    pub manifests: Vec<crate::expand::Manifest>,
+    /// The kubeconfig to use (else `KUBECONFIG`, `~/.kube/config`, in-cluster).
+    pub kubeconfig: Option<std::path::PathBuf>,
+    /// A context named on the command line instead of the spec's.
+    pub context: Option<String>,
+    /// The id of the step being built (for a compensation, the step it undoes).
+    pub step: String,
+}
+
+/// The target of a run, as the spec names it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TargetInfo {
+    /// kubeconfig context.
+    pub context: String,
+    /// Namespace.
+    pub namespace: String,
+    /// Production: every safety rule applies.
+    pub production: bool,
+}
+
+impl BuildContext {
+    /// A context for building steps outside a run (tests, checks).
+    #[must_use]
+    pub fn detached(dir: &std::path::Path) -> Self {
+        BuildContext {
+            spec_dir: dir.to_path_buf(),
+            run_dir: dir.to_path_buf(),
+            started_by: String::new(),
+            run_id: String::new(),
+            model: None,
+            target: None,
+            serving: None,
+            manifests: Vec::new(),
+            kubeconfig: None,
+            context: None,
+            step: String::new(),
+        }
+    }
 }
 
 /// The set of known step kinds, in registration order.

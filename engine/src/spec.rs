@@ -54,6 +54,10 @@ pub struct Spec {
     /// Handlers run after a failed run has been compensated.
     #[serde(default)]
     pub on_failure: Vec<Handler>,
+    /// Manifest templates rendered for `apply` steps (set by
+    /// [`crate::Linter::prepare`]; not part of the document).
+    #[serde(skip)]
+    pub manifests: Vec<crate::expand::Manifest>,
 }
 
 /// What a spec file is.
@@ -132,6 +136,15 @@ pub struct Serving {
     /// `istio`, `gateway-api`, `kserve`, `smi`, `nginx`, `seldon` or `none`.
     #[serde(default)]
     pub traffic: Option<String>,
+    /// The object that splits traffic (default: the model name).
+    #[serde(default)]
+    pub route: Option<String>,
+    /// The stable backend in the route.
+    #[serde(default)]
+    pub stable: Option<String>,
+    /// The canary backend in the route.
+    #[serde(default)]
+    pub canary: Option<String>,
 }
 
 /// Defaults applied to every step that does not set its own.
@@ -308,6 +321,7 @@ impl Spec {
                 retry: v["defaults"].get("retry").cloned(),
             }),
             steps: list("steps").iter().map(Step::lenient).collect(),
+            manifests: Vec::new(),
             on_failure: list("on-failure")
                 .iter()
                 .map(|h| {

@@ -206,8 +206,15 @@ impl Sim {
     /// A kubeconfig for this sim, context `sim`.
     #[must_use]
     pub fn kubeconfig(&self) -> String {
+        self.kubeconfig_for("sim")
+    }
+
+    /// A kubeconfig for this sim whose context is named `context` (so a
+    /// spec's `target.context` reaches the sim).
+    #[must_use]
+    pub fn kubeconfig_for(&self, context: &str) -> String {
         format!(
-            "apiVersion: v1\nkind: Config\nclusters:\n- name: sim\n  cluster: {{server: \"{}\", certificate-authority-data: \"{}\"}}\nusers:\n- name: sim\n  user: {{token: \"{}\"}}\ncontexts:\n- name: sim\n  context: {{cluster: sim, user: sim, namespace: default}}\ncurrent-context: sim\n",
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: sim\n  cluster: {{server: \"{}\", certificate-authority-data: \"{}\"}}\nusers:\n- name: sim\n  user: {{token: \"{}\"}}\ncontexts:\n- name: \"{context}\"\n  context: {{cluster: sim, user: sim, namespace: default}}\ncurrent-context: \"{context}\"\n",
             self.url(),
             base64::Engine::encode(&base64::engine::general_purpose::STANDARD, self.ca_pem.as_bytes()),
             self.token

@@ -2,11 +2,15 @@
 //! known-good state first. Its role is [`Role::Promote`]: in production a
 //! gate-check must dominate it.
 
-use rollwright_engine::Code;
-use rollwright_engine::registry::{Finding, Role, StepKind};
-use serde::Deserialize;
-use serde_json::Value;
+use std::sync::Arc;
 
+use rollwright_engine::Code;
+use rollwright_engine::exec::{BoxFuture, Progress, Step, StepContext, StepError};
+use rollwright_engine::registry::{BuildContext, Finding, Role, StepKind};
+use serde::Deserialize;
+use serde_json::{Map, Value, json};
+
+use crate::cluster::{Cluster, ObjRef, restorable};
 use crate::common::config;
 
 /// `with` of an apply.
@@ -78,5 +82,380 @@ impl StepKind for Apply {
             _ => {}
         }
         out
+    }
+    fn build(&self, with: &Value, cx: &BuildContext) -> Result<Arc<dyn Step>, String> {
+        let c: ApplyConfig = serde_json::from_value(with.clone()).map_err(|e| e.to_string())?;
+        let cluster = Cluster::of(cx)?;
+        let production = cx.target.as_ref().is_some_and(|t| t.production);
+        let mut objects = Vec::new();
+        if c.template.is_some() {
+            let m = cx
+                .manifests
+                .iter()
+                .find(|m| m.step == cx.step)
+                .ok_or_else(|| format!("the manifest template of `{}` was not rendered", cx.step))?;
+            objects.extend(parse_manifests(&m.path, &m.text)?);
+        }
+        for (i, o) in c.manifests.iter().enumerate() {
+            objects.push(Placed {
+                origin: format!("with.manifests[{i}]"),
+                line_of: None,
+                object: o.clone(),
+            });
+        }
+        for p in &mut objects {
+            if !CLUSTER_SCOPED.contains(&p.object["kind"].as_str().unwrap_or_default())
+                && p.object["metadata"]["namespace"].is_null()
+                && p.object["metadata"].is_object()
+            {
+                p.object["metadata"]["namespace"] = Value::from(cluster.namespace.clone());
+            }
+        }
+        let problems = policy(&objects, &c, production, &cluster.namespace);
+        if !problems.is_empty() {
+            return Err(format!(
+                "the manifests break the deployment policy (nothing was sent to the cluster):\n  {}",
+                problems.join("\n  ")
+            ));
+        }
+        Ok(Arc::new(ApplyStep {
+            objects: objects.into_iter().map(|p| p.object).collect(),
+            cluster,
+            manager: c.field_manager,
+        }))
+    }
+}
+
+/// Kinds without a namespace.
+const CLUSTER_SCOPED: &[&str] = &[
+    "Namespace",
+    "ClusterRole",
+    "ClusterRoleBinding",
+    "CustomResourceDefinition",
+    "PriorityClass",
+    "StorageClass",
+];
+
+/// An object and where it was written.
+struct Placed {
+    /// `path` of the template, or `with.manifests[i]`.
+    origin: String,
+    /// Positions in the rendered document, with the line offset of the document.
+    line_of: Option<(rollwright_engine::yaml::Document, u32)>,
+    object: Value,
+}
+
+impl Placed {
+    fn at(&self, pointer: &str) -> String {
+        match &self.line_of {
+            Some((doc, offset)) => {
+                let span = doc.locate(pointer);
+                format!("{}:{}:{}", self.origin, span.start.line + offset, span.start.col)
+            }
+            None => format!("{}{}", self.origin, pointer.replace('/', ".")),
+        }
+    }
+}
+
+/// The objects of a rendered manifest (documents separated by `---`).
+fn parse_manifests(path: &str, text: &str) -> Result<Vec<Placed>, String> {
+    let mut out = Vec::new();
+    let mut start_line = 0u32;
+    let mut chunk = String::new();
+    let flush = |chunk: &str, first: u32, out: &mut Vec<Placed>| -> Result<(), String> {
+        if chunk
+            .lines()
+            .all(|l| l.trim().is_empty() || l.trim_start().starts_with('#'))
+        {
+            return Ok(());
+        }
+        let doc =
+            rollwright_engine::yaml::load_str(chunk, &rollwright_engine::Limits::default()).map_err(|d| {
+                let first_diag = d.first().map_or_else(String::new, |d| {
+                    format!(
+                        "{}:{}: {}",
+                        d.span.start.line + first,
+                        d.span.start.col,
+                        d.message
+                    )
+                });
+                format!("rendered manifest {path}:{first_diag}")
+            })?;
+        match &doc.value {
+            Value::Object(_) => {
+                let object = doc.value.clone();
+                out.push(Placed {
+                    origin: path.to_owned(),
+                    line_of: Some((doc, first)),
+                    object,
+                });
+            }
+            Value::Array(items) => {
+                for o in items {
+                    out.push(Placed {
+                        origin: path.to_owned(),
+                        line_of: None,
+                        object: o.clone(),
+                    });
+                }
+            }
+            _ => return Err(format!("rendered manifest {path}: a document is not an object")),
+        }
+        Ok(())
+    };
+    for (i, line) in text.lines().enumerate() {
+        if line.trim_end() == "---" {
+            flush(&chunk, start_line, &mut out)?;
+            chunk.clear();
+            start_line = u32::try_from(i + 1).unwrap_or(0);
+        } else {
+            chunk.push_str(line);
+            chunk.push('\n');
+        }
+    }
+    flush(&chunk, start_line, &mut out)?;
+    for p in &out {
+        for f in ["apiVersion", "kind"] {
+            if !p.object[f].is_string() {
+                return Err(format!("{}: an object needs `{f}`", p.at("")));
+            }
+        }
+        if !p.object["metadata"]["name"].is_string() {
+            return Err(format!("{}: an object needs `metadata.name`", p.at("/metadata")));
+        }
+    }
+    Ok(out)
+}
+
+/// Env names whose literal values would be credentials.
+fn sensitive(name: &str) -> bool {
+    let n = name.to_ascii_uppercase();
+    [
+        "PASSWORD",
+        "PASSWD",
+        "SECRET",
+        "TOKEN",
+        "API_KEY",
+        "APIKEY",
+        "CREDENTIAL",
+        "PRIVATE_KEY",
+        "ACCESS_KEY",
+    ]
+    .iter()
+    .any(|s| n.contains(s))
+}
+
+/// The pod specs of an object: (pointer, spec).
+fn pod_specs(obj: &Value) -> Vec<(String, &Value)> {
+    match obj["kind"].as_str().unwrap_or_default() {
+        "Deployment" | "StatefulSet" | "DaemonSet" | "ReplicaSet" | "Job" => {
+            vec![("/spec/template/spec".into(), &obj["spec"]["template"]["spec"])]
+        }
+        "Pod" => vec![("/spec".into(), &obj["spec"])],
+        "InferenceService" => vec![("/spec/predictor".into(), &obj["spec"]["predictor"])],
+        "SeldonDeployment" => obj["spec"]["predictors"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .enumerate()
+            .flat_map(|(i, p)| {
+                p["componentSpecs"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .enumerate()
+                    .map(move |(j, c)| {
+                        (
+                            format!("/spec/predictors/{i}/componentSpecs/{j}/spec"),
+                            &c["spec"],
+                        )
+                    })
+            })
+            .collect(),
+        _ => Vec::new(),
+    }
+}
+
+/// The containers of a pod spec (an InferenceService predictor's model counts as one).
+fn containers<'a>(base: &str, spec: &'a Value) -> Vec<(String, &'a Value)> {
+    let mut out = Vec::new();
+    for list in ["containers", "initContainers"] {
+        for (i, c) in spec[list].as_array().into_iter().flatten().enumerate() {
+            out.push((format!("{base}/{list}/{i}"), c));
+        }
+    }
+    if spec["model"].is_object() {
+        out.push((format!("{base}/model"), &spec["model"]));
+    }
+    out
+}
+
+/// The deployment policy: every violation, located.
+fn policy(objects: &[Placed], c: &ApplyConfig, production: bool, namespace: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    for p in objects {
+        let o = &p.object;
+        let kind = o["kind"].as_str().unwrap_or_default();
+        let name = o["metadata"]["name"].as_str().unwrap_or_default();
+        let what = format!("{kind} {name}");
+        if kind == "Secret" {
+            out.push(format!(
+                "{}: {what}: rollwright does not manage Secrets (their data would be journaled); create them out of band and reference them",
+                p.at("/kind")
+            ));
+        }
+        if let Some(ns) = o["metadata"]["namespace"].as_str()
+            && ns != namespace
+        {
+            out.push(format!(
+                "{}: {what} is in namespace `{ns}`, not the target's `{namespace}`",
+                p.at("/metadata/namespace")
+            ));
+        }
+        for (base, spec) in pod_specs(o) {
+            for (at, container) in containers(&base, spec) {
+                for (i, e) in container["env"].as_array().into_iter().flatten().enumerate() {
+                    let env = e["name"].as_str().unwrap_or_default();
+                    if sensitive(env) && e["value"].as_str().is_some_and(|v| !v.is_empty()) {
+                        out.push(format!(
+                            "{}: {what}: env {env} has a literal value; use `valueFrom.secretKeyRef`",
+                            p.at(&format!("{at}/env/{i}/value"))
+                        ));
+                    }
+                }
+                if production {
+                    let r = &container["resources"];
+                    let missing: Vec<String> = [
+                        ("requests", "cpu"),
+                        ("requests", "memory"),
+                        ("limits", "cpu"),
+                        ("limits", "memory"),
+                    ]
+                    .iter()
+                    .filter(|(a, b)| r[a][b].is_null())
+                    .map(|(a, b)| format!("{a}.{b}"))
+                    .collect();
+                    if !missing.is_empty() {
+                        out.push(format!(
+                            "{}: {what}: production containers need CPU and memory requests and limits (missing {})",
+                            p.at(&at),
+                            missing.join(", ")
+                        ));
+                    }
+                }
+            }
+            if production {
+                let sa = spec["serviceAccountName"].as_str();
+                if sa.is_none_or(|s| s.is_empty() || s == "default") {
+                    out.push(format!(
+                        "{}: {what}: production workloads need a dedicated service account (`serviceAccountName`, not `default`)",
+                        p.at(&base)
+                    ));
+                }
+            }
+        }
+        if production {
+            let replicas = match kind {
+                "Deployment" | "StatefulSet" => {
+                    Some(("/spec/replicas", o["spec"]["replicas"].as_u64().unwrap_or(1)))
+                }
+                "InferenceService" => Some((
+                    "/spec/predictor/minReplicas",
+                    o["spec"]["predictor"]["minReplicas"].as_u64().unwrap_or(1),
+                )),
+                _ => None,
+            };
+            if let Some((at, n)) = replicas
+                && n < u64::from(c.min_replicas)
+            {
+                out.push(format!(
+                    "{}: {what}: {n} replica(s), production needs at least {} (`min-replicas`)",
+                    p.at(at),
+                    c.min_replicas
+                ));
+            }
+            let exposed = match kind {
+                "Service" => matches!(o["spec"]["type"].as_str(), Some("LoadBalancer" | "NodePort")),
+                "Ingress" => true,
+                _ => false,
+            };
+            let declared = c.auth_policy.as_deref();
+            let annotated = o["metadata"]["annotations"]["rollwright.dev/auth-policy"].as_str();
+            if exposed && (declared.is_none() || annotated != declared) {
+                out.push(format!(
+                    "{}: {what} exposes the model outside the cluster; declare `auth-policy: NAME` on the apply and annotate the object `rollwright.dev/auth-policy: NAME`",
+                    p.at("/kind")
+                ));
+            }
+        }
+    }
+    out
+}
+
+struct ApplyStep {
+    objects: Vec<Value>,
+    cluster: Arc<Cluster>,
+    manager: String,
+}
+
+impl Step for ApplyStep {
+    fn run<'a>(&'a self, cx: &'a StepContext) -> BoxFuture<'a, Result<Progress, StepError>> {
+        Box::pin(async move {
+            // The last known-good state of everything this step touches,
+            // recorded (and journaled) before the first change.
+            if cx.recalled("objects").is_none() {
+                let mut before = Vec::new();
+                for o in &self.objects {
+                    let r = ObjRef::of(o, &self.cluster.namespace).ok_or_else(|| {
+                        StepError::failed("an object needs apiVersion, kind and metadata.name")
+                    })?;
+                    let current = self.cluster.get(&r).await?;
+                    before.push(json!({"ref": r, "existed": current.is_some(), "object": current.as_ref().map(restorable)}));
+                }
+                cx.remember("objects", Value::Array(before));
+            }
+            let mut applied = Vec::new();
+            for o in &self.objects {
+                let out = self.cluster.apply(o, &self.manager).await?;
+                applied.push(json!({
+                    "apiVersion": out["apiVersion"], "kind": out["kind"],
+                    "namespace": out["metadata"]["namespace"], "name": out["metadata"]["name"],
+                    "resourceVersion": out["metadata"]["resourceVersion"], "generation": out["metadata"]["generation"],
+                }));
+            }
+            let mut outputs = Map::new();
+            outputs.insert(
+                "revision".into(),
+                applied
+                    .last()
+                    .map_or(Value::Null, |a| a["resourceVersion"].clone()),
+            );
+            outputs.insert("objects".into(), Value::Array(applied));
+            Ok(Progress::Done { outputs })
+        })
+    }
+
+    fn compensate<'a>(&'a self, cx: &'a StepContext) -> BoxFuture<'a, Result<(), StepError>> {
+        Box::pin(async move {
+            let owner = [cx.owner.clone()];
+            let done = crate::restore::objects(&self.cluster, cx, Some(&owner), true).await?;
+            if !done.is_empty() {
+                cx.remember("restored", Value::from(done.join("; ")));
+            }
+            Ok(())
+        })
+    }
+
+    fn settle<'a>(&'a self, cx: &'a StepContext) -> BoxFuture<'a, Result<Progress, StepError>> {
+        Box::pin(async move {
+            let owner = [cx.owner.clone()];
+            match crate::restore::pending(&self.cluster, cx, Some(&owner)).await? {
+                None => Ok(Progress::Done { outputs: Map::new() }),
+                Some(reason) => Ok(Progress::Wait {
+                    after: std::time::Duration::from_millis(500),
+                    reason,
+                }),
+            }
+        })
     }
 }

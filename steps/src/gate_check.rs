@@ -351,6 +351,9 @@ impl Step for Guarded {
     fn compensate<'a>(&'a self, cx: &'a StepContext) -> BoxFuture<'a, Result<(), StepError>> {
         self.inner.compensate(cx)
     }
+    fn settle<'a>(&'a self, cx: &'a StepContext) -> BoxFuture<'a, Result<Progress, StepError>> {
+        self.inner.settle(cx)
+    }
 }
 
 #[cfg(test)]

@@ -12,14 +12,17 @@ mod common;
 
 pub mod apply;
 pub mod approval;
+pub mod cluster;
 pub mod exec;
 pub mod gate_check;
 pub mod hold;
 pub mod model_registry;
 pub mod notify;
+pub mod restore;
 pub mod rollback;
 pub mod shift_traffic;
 pub mod testing;
+pub mod traffic;
 pub mod verify_inference;
 pub mod wait_ready;
 

@@ -1,9 +1,15 @@
 //! `rollback`: traffic back to stable, then restore the recorded objects.
 //! The default compensation of every step that changes the target.
 
-use rollwright_engine::registry::{Finding, Role, StepKind};
+use std::sync::Arc;
+use std::time::Duration;
+
+use rollwright_engine::exec::{BoxFuture, Progress, Step, StepContext, StepError};
+use rollwright_engine::registry::{BuildContext, Finding, Role, StepKind};
 use serde::Deserialize;
-use serde_json::Value;
+use serde_json::{Map, Value, json};
+
+use crate::cluster::Cluster;
 
 use crate::common::config;
 
@@ -44,6 +50,17 @@ impl StepKind for Rollback {
         let _ = config::<RollbackConfig>(with, &mut out);
         out
     }
+    fn outputs(&self) -> &'static [&'static str] {
+        &["restored"]
+    }
+    fn build(&self, with: &Value, cx: &BuildContext) -> Result<Arc<dyn Step>, String> {
+        let c: RollbackConfig = serde_json::from_value(with.clone()).map_err(|e| e.to_string())?;
+        Ok(Arc::new(RollbackStep {
+            restore: c.restore,
+            delete_created: c.scale_down_canary,
+            cluster: Cluster::of(cx)?,
+        }))
+    }
     fn step_refs(&self, with: &Value) -> Vec<(String, String)> {
         with.get("restore")
             .and_then(Value::as_array)
@@ -54,5 +71,77 @@ impl StepKind for Rollback {
                     .collect()
             })
             .unwrap_or_default()
+    }
+}
+
+/// Traffic first (every recorded route back to its original split), then
+/// the recorded objects (restored, or deleted when they did not exist),
+/// then waits until that holds and the restored workloads are Ready.
+struct RollbackStep {
+    restore: Vec<String>,
+    delete_created: bool,
+    cluster: Arc<Cluster>,
+}
+
+impl RollbackStep {
+    /// Whose objects to restore: `restore`, else as a compensation the step
+    /// it undoes, else (an explicit rollback step) every step.
+    fn scope(&self, cx: &StepContext) -> Option<Vec<String>> {
+        if !self.restore.is_empty() {
+            Some(self.restore.clone())
+        } else if cx.step_id != cx.owner {
+            Some(vec![cx.owner.clone()])
+        } else {
+            None
+        }
+    }
+
+    async fn restore(&self, cx: &StepContext) -> Result<Vec<String>, StepError> {
+        let mut done = crate::restore::traffic(&self.cluster, cx, crate::shift_traffic::MANAGER).await?;
+        let scope = self.scope(cx);
+        done.extend(crate::restore::objects(&self.cluster, cx, scope.as_deref(), self.delete_created).await?);
+        if !done.is_empty() {
+            cx.remember("restored", Value::from(done.join("; ")));
+        }
+        Ok(done)
+    }
+
+    async fn verify(&self, cx: &StepContext) -> Result<Option<String>, StepError> {
+        crate::restore::pending(&self.cluster, cx, self.scope(cx).as_deref()).await
+    }
+}
+
+impl Step for RollbackStep {
+    fn run<'a>(&'a self, cx: &'a StepContext) -> BoxFuture<'a, Result<Progress, StepError>> {
+        Box::pin(async move {
+            let done = self.restore(cx).await?;
+            match self.verify(cx).await? {
+                None => {
+                    let mut outputs = Map::new();
+                    outputs.insert("restored".into(), json!(done));
+                    Ok(Progress::Done { outputs })
+                }
+                Some(reason) => Ok(Progress::Wait {
+                    after: Duration::from_millis(500),
+                    reason,
+                }),
+            }
+        })
+    }
+
+    fn compensate<'a>(&'a self, cx: &'a StepContext) -> BoxFuture<'a, Result<(), StepError>> {
+        Box::pin(async move { self.restore(cx).await.map(|_| ()) })
+    }
+
+    fn settle<'a>(&'a self, cx: &'a StepContext) -> BoxFuture<'a, Result<Progress, StepError>> {
+        Box::pin(async move {
+            match self.verify(cx).await? {
+                None => Ok(Progress::Done { outputs: Map::new() }),
+                Some(reason) => Ok(Progress::Wait {
+                    after: Duration::from_millis(500),
+                    reason,
+                }),
+            }
+        })
     }
 }

@@ -1,8 +1,15 @@
 //! `shift-traffic`: set the canary's share of traffic.
 
-use rollwright_engine::registry::{Finding, Role, StepKind};
+use std::sync::Arc;
+use std::time::Duration;
+
+use rollwright_engine::exec::{BoxFuture, Progress, Step, StepContext, StepError};
+use rollwright_engine::registry::{BuildContext, Finding, Role, StepKind};
 use serde::Deserialize;
-use serde_json::Value;
+use serde_json::{Map, Value, json};
+
+use crate::cluster::Cluster;
+use crate::traffic::{Provider, Router, merge_patch_of};
 
 use crate::common::config;
 
@@ -52,5 +59,108 @@ impl StepKind for ShiftTraffic {
     }
     fn justification<'a>(&self, with: &'a Value) -> Option<&'a str> {
         with.get("justification").and_then(Value::as_str)
+    }
+    fn build(&self, with: &Value, cx: &BuildContext) -> Result<Arc<dyn Step>, String> {
+        let c: ShiftTrafficConfig = serde_json::from_value(with.clone()).map_err(|e| e.to_string())?;
+        let router = Router::of(cx, c.provider.as_deref())?;
+        if c.mirror > 0 && router.provider != Provider::Istio {
+            return Err("`mirror` needs the istio provider".into());
+        }
+        Ok(Arc::new(ShiftTrafficStep {
+            canary: c.canary,
+            mirror: c.mirror,
+            router,
+            cluster: Cluster::of(cx)?,
+        }))
+    }
+}
+
+/// Field manager of traffic changes.
+pub const MANAGER: &str = "rollwright-traffic";
+
+struct ShiftTrafficStep {
+    canary: u8,
+    mirror: u8,
+    router: Router,
+    cluster: Arc<Cluster>,
+}
+
+impl Step for ShiftTrafficStep {
+    fn run<'a>(&'a self, cx: &'a StepContext) -> BoxFuture<'a, Result<Progress, StepError>> {
+        Box::pin(async move {
+            let r = self.router.object();
+            let Some(current) = self.cluster.get(&r).await? else {
+                return Err(StepError::failed(format!(
+                    "{r} does not exist: the routing object must be applied before traffic is shifted"
+                )));
+            };
+            // The split before this step changes it, journaled first.
+            let before = match cx.recalled("traffic") {
+                Some(b) => b["fields"].clone(),
+                None => {
+                    let fields = Value::Object(self.router.fields(&current));
+                    cx.remember("traffic", json!({"ref": r, "fields": fields}));
+                    fields
+                }
+            };
+            let mut want = self
+                .router
+                .fields_for(&current, self.canary)
+                .map_err(StepError::failed)?;
+            if self.mirror > 0
+                && let Some(Value::Array(http)) = want.get_mut("/spec/http")
+                && let Some(first) = http.first_mut()
+            {
+                let host = first["route"]
+                    .as_array()
+                    .and_then(|rs| {
+                        rs.iter()
+                            .find(|d| d["destination"]["subset"].as_str() == Some(&self.router.canary))
+                    })
+                    .map(|d| d["destination"].clone());
+                if let Some(dest) = host {
+                    first["mirror"] = dest;
+                    first["mirrorPercentage"] = json!({"value": self.mirror});
+                }
+            }
+            let unchanged = want
+                .iter()
+                .all(|(p, v)| current.pointer(p).unwrap_or(&Value::Null) == v);
+            if !unchanged {
+                if self.canary > 0 {
+                    self.router.canary_ready(&self.cluster, &current).await?;
+                }
+                let mut patch = merge_patch_of(&want);
+                patch["metadata"]["resourceVersion"] = current["metadata"]["resourceVersion"].clone();
+                self.cluster.merge_patch(&r, &patch, MANAGER).await?;
+            }
+            let mut outputs = Map::new();
+            outputs.insert("previous-split".into(), before);
+            outputs.insert("canary".into(), json!(self.canary));
+            outputs.insert("route".into(), json!(r.to_string()));
+            Ok(Progress::Done { outputs })
+        })
+    }
+
+    fn compensate<'a>(&'a self, cx: &'a StepContext) -> BoxFuture<'a, Result<(), StepError>> {
+        Box::pin(async move {
+            let done = crate::restore::traffic(&self.cluster, cx, MANAGER).await?;
+            if !done.is_empty() {
+                cx.remember("restored", Value::from(done.join("; ")));
+            }
+            Ok(())
+        })
+    }
+
+    fn settle<'a>(&'a self, cx: &'a StepContext) -> BoxFuture<'a, Result<Progress, StepError>> {
+        Box::pin(async move {
+            match crate::restore::pending(&self.cluster, cx, Some(&[])).await? {
+                None => Ok(Progress::Done { outputs: Map::new() }),
+                Some(reason) => Ok(Progress::Wait {
+                    after: Duration::from_millis(200),
+                    reason,
+                }),
+            }
+        })
     }
 }

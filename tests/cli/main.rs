@@ -2,6 +2,7 @@
 //! One integration test binary, organised by modules.
 
 mod fixtures;
+mod k8s;
 mod lint;
 mod mlflow;
 mod plan;

@@ -93,7 +93,8 @@ fn kinds_that_cannot_run_yet_are_refused_before_anything_happens() {
     ]);
     assert_eq!(out.status.code(), Some(1));
     assert!(
-        stderr(&out).contains("error: step `deploy`: step kind `apply` cannot run in this build yet"),
+        stderr(&out)
+            .contains("error: step `smoke`: step kind `verify-inference` cannot run in this build yet"),
         "{}",
         stderr(&out)
     );

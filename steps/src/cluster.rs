@@ -1,0 +1,455 @@
+//! Cluster access for the steps that change or read Kubernetes, through
+//! kube-rs: the client from the usual sources (an explicit kubeconfig,
+//! `KUBECONFIG`, `~/.kube/config`, in-cluster), the spec's context, any kind
+//! through discovery, and errors classified for the executor (429, 5xx,
+//! 409 and connection errors are transient; the rest are not).
+//!
+//! kube-rs retries 429/503 on its own (up to 15 times, backing off to
+//! minutes), which would hide faults from the executor's own retry policy
+//! and deadlines: that is turned off here.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use kube::api::{
+    ApiResource, DeleteParams, DynamicObject, GroupVersionKind, ListParams, Patch, PatchParams, PostParams,
+};
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::{Api, Client, Config};
+use rollwright_engine::exec::StepError;
+use rollwright_engine::registry::BuildContext;
+use serde_json::{Value, json};
+
+/// Where an object is.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
+pub struct ObjRef {
+    /// `apps/v1`.
+    #[serde(rename = "apiVersion")]
+    pub api_version: String,
+    /// `Deployment`.
+    pub kind: String,
+    /// Namespace (none for cluster-scoped kinds).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    /// Name.
+    pub name: String,
+}
+
+impl ObjRef {
+    /// The reference of an object (its namespace, else `default_ns`).
+    #[must_use]
+    pub fn of(obj: &Value, default_ns: &str) -> Option<ObjRef> {
+        Some(ObjRef {
+            api_version: obj["apiVersion"].as_str()?.to_owned(),
+            kind: obj["kind"].as_str()?.to_owned(),
+            namespace: Some(
+                obj["metadata"]["namespace"]
+                    .as_str()
+                    .unwrap_or(default_ns)
+                    .to_owned(),
+            ),
+            name: obj["metadata"]["name"].as_str()?.to_owned(),
+        })
+    }
+
+    /// A reference in the target namespace.
+    #[must_use]
+    pub fn new(api_version: &str, kind: &str, namespace: &str, name: &str) -> ObjRef {
+        ObjRef {
+            api_version: api_version.to_owned(),
+            kind: kind.to_owned(),
+            namespace: Some(namespace.to_owned()),
+            name: name.to_owned(),
+        }
+    }
+}
+
+impl std::fmt::Display for ObjRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.namespace {
+            Some(ns) => write!(f, "{} {ns}/{}", self.kind, self.name),
+            None => write!(f, "{} {}", self.kind, self.name),
+        }
+    }
+}
+
+/// One cluster, as a run's steps share it.
+pub struct Cluster {
+    kubeconfig: Option<PathBuf>,
+    /// The context used.
+    pub context: String,
+    /// The target namespace.
+    pub namespace: String,
+    client: tokio::sync::OnceCell<Client>,
+    kinds: Mutex<HashMap<(String, String), (ApiResource, bool)>>,
+}
+
+impl std::fmt::Debug for Cluster {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Cluster({}/{})", self.context, self.namespace)
+    }
+}
+
+/// A run's clusters, shared by its steps (one client per kubeconfig and context).
+static CLUSTERS: Mutex<Vec<Arc<Cluster>>> = Mutex::new(Vec::new());
+
+impl Cluster {
+    /// The cluster a run targets. A production target is only reached
+    /// through the context the spec names.
+    ///
+    /// # Errors
+    /// No target in the spec, or a production context override.
+    pub fn of(cx: &BuildContext) -> Result<Arc<Cluster>, String> {
+        let target = cx
+            .target
+            .as_ref()
+            .ok_or("this step needs `target: {context, namespace, environment}` in the spec")?;
+        let context = match &cx.context {
+            Some(c) if c != &target.context && target.production => {
+                return Err(format!(
+                    "the target is production and its context is `{}`: refusing to use `{c}` (--context)",
+                    target.context
+                ));
+            }
+            Some(c) => c.clone(),
+            None => target.context.clone(),
+        };
+        let mut all = CLUSTERS.lock().map_err(|_| "cluster cache poisoned".to_owned())?;
+        if let Some(c) = all.iter().find(|c| {
+            c.kubeconfig == cx.kubeconfig && c.context == context && c.namespace == target.namespace
+        }) {
+            return Ok(c.clone());
+        }
+        let c = Arc::new(Cluster {
+            kubeconfig: cx.kubeconfig.clone(),
+            context,
+            namespace: target.namespace.clone(),
+            client: tokio::sync::OnceCell::new(),
+            kinds: Mutex::default(),
+        });
+        all.push(c.clone());
+        Ok(c)
+    }
+
+    /// The client, made on first use.
+    ///
+    /// # Errors
+    /// No usable kubeconfig, or the context is not in it.
+    pub async fn client(&self) -> Result<Client, StepError> {
+        self.client
+            .get_or_try_init(|| async {
+                let kc = match &self.kubeconfig {
+                    Some(p) => Some(Kubeconfig::read_from(p).map_err(|e| {
+                        StepError::failed(format!("cannot read kubeconfig {}: {e}", p.display()))
+                    })?),
+                    None => Kubeconfig::read().ok(),
+                };
+                let mut config = match kc {
+                    Some(kc) => {
+                        if !kc.contexts.iter().any(|c| c.name == self.context) {
+                            return Err(StepError::failed(format!(
+                                "the kubeconfig has no context `{}` (it has: {})",
+                                self.context,
+                                kc.contexts.iter().map(|c| c.name.as_str()).collect::<Vec<_>>().join(", ")
+                            )));
+                        }
+                        let options = KubeConfigOptions {
+                            context: Some(self.context.clone()),
+                            ..KubeConfigOptions::default()
+                        };
+                        Config::from_custom_kubeconfig(kc, &options)
+                            .await
+                            .map_err(|e| StepError::failed(format!("kubeconfig context `{}`: {e}", self.context)))?
+                    }
+                    None => Config::incluster().map_err(|e| {
+                        StepError::failed(format!(
+                            "no kubeconfig (--kubeconfig, $KUBECONFIG, ~/.kube/config) and not in a cluster: {e}"
+                        ))
+                    })?,
+                };
+                config.default_retry = false;
+                Client::try_from(config).map_err(|e| StepError::failed(format!("cannot make a client: {e}")))
+            })
+            .await
+            .cloned()
+    }
+
+    /// The API of a kind (discovered once), in `namespace` when namespaced.
+    ///
+    /// # Errors
+    /// The cluster does not serve the kind.
+    pub async fn api(
+        &self,
+        api_version: &str,
+        kind: &str,
+        namespace: Option<&str>,
+    ) -> Result<Api<DynamicObject>, StepError> {
+        let client = self.client().await?;
+        let key = (api_version.to_owned(), kind.to_owned());
+        let cached = self.kinds.lock().ok().and_then(|k| k.get(&key).cloned());
+        let (ar, namespaced) = match cached {
+            Some(x) => x,
+            None => {
+                let (group, version) = api_version.split_once('/').unwrap_or(("", api_version));
+                let gvk = GroupVersionKind::gvk(group, version, kind);
+                let (ar, caps) = kube::discovery::pinned_kind(&client, &gvk)
+                    .await
+                    .map_err(|e| classify(e, &format!("discovering {api_version} {kind}")))?;
+                let namespaced = caps.scope == kube::discovery::Scope::Namespaced;
+                if let Ok(mut k) = self.kinds.lock() {
+                    k.insert(key, (ar.clone(), namespaced));
+                }
+                (ar, namespaced)
+            }
+        };
+        Ok(if namespaced {
+            Api::namespaced_with(client, namespace.unwrap_or(&self.namespace), &ar)
+        } else {
+            Api::all_with(client, &ar)
+        })
+    }
+
+    async fn api_of(&self, r: &ObjRef) -> Result<Api<DynamicObject>, StepError> {
+        self.api(&r.api_version, &r.kind, r.namespace.as_deref()).await
+    }
+
+    /// The object, or `None` when it does not exist.
+    ///
+    /// # Errors
+    /// Classified API errors.
+    pub async fn get(&self, r: &ObjRef) -> Result<Option<Value>, StepError> {
+        let api = self.api_of(r).await?;
+        match api.get_opt(&r.name).await {
+            Ok(o) => Ok(o.map(|o| serde_json::to_value(o).unwrap_or_default())),
+            Err(e) => Err(classify(e, &format!("reading {r}"))),
+        }
+    }
+
+    /// Objects of a kind in the target namespace matching a label selector.
+    ///
+    /// # Errors
+    /// Classified API errors.
+    pub async fn list(&self, api_version: &str, kind: &str, selector: &str) -> Result<Vec<Value>, StepError> {
+        let api = self.api(api_version, kind, None).await?;
+        let lp = if selector.is_empty() {
+            ListParams::default()
+        } else {
+            ListParams::default().labels(selector)
+        };
+        api.list(&lp)
+            .await
+            .map(|l| {
+                l.items
+                    .into_iter()
+                    .map(|o| serde_json::to_value(o).unwrap_or_default())
+                    .collect()
+            })
+            .map_err(|e| classify(e, &format!("listing {kind}")))
+    }
+
+    /// Server-side apply, taking ownership of conflicting fields.
+    ///
+    /// # Errors
+    /// Classified API errors.
+    pub async fn apply(&self, obj: &Value, manager: &str) -> Result<Value, StepError> {
+        let r = ObjRef::of(obj, &self.namespace)
+            .ok_or_else(|| StepError::failed("an object needs apiVersion, kind and metadata.name"))?;
+        let api = self.api_of(&r).await?;
+        let dynamic: DynamicObject =
+            serde_json::from_value(obj.clone()).map_err(|e| StepError::failed(format!("{r}: {e}")))?;
+        api.patch(
+            &r.name,
+            &PatchParams::apply(manager).force(),
+            &Patch::Apply(&dynamic),
+        )
+        .await
+        .map(|o| serde_json::to_value(o).unwrap_or_default())
+        .map_err(|e| classify(e, &format!("applying {r}")))
+    }
+
+    /// A JSON merge patch (with `metadata.resourceVersion` in it, a stale
+    /// read is a 409 and retried).
+    ///
+    /// # Errors
+    /// Classified API errors.
+    pub async fn merge_patch(&self, r: &ObjRef, patch: &Value, manager: &str) -> Result<Value, StepError> {
+        let api = self.api_of(r).await?;
+        let pp = PatchParams {
+            field_manager: Some(manager.to_owned()),
+            ..PatchParams::default()
+        };
+        api.patch(&r.name, &pp, &Patch::Merge(patch))
+            .await
+            .map(|o| serde_json::to_value(o).unwrap_or_default())
+            .map_err(|e| classify(e, &format!("patching {r}")))
+    }
+
+    /// Puts `obj` back as it was: replaces the current object (keeping the
+    /// current resourceVersion), or creates it when it is gone.
+    ///
+    /// # Errors
+    /// Classified API errors.
+    pub async fn restore(&self, r: &ObjRef, obj: &Value) -> Result<(), StepError> {
+        let api = self.api_of(r).await?;
+        let mut obj = obj.clone();
+        match api
+            .get_opt(&r.name)
+            .await
+            .map_err(|e| classify(e, &format!("reading {r}")))?
+        {
+            Some(cur) => {
+                obj["metadata"]["resourceVersion"] = json!(cur.metadata.resource_version);
+                let dynamic: DynamicObject =
+                    serde_json::from_value(obj).map_err(|e| StepError::failed(e.to_string()))?;
+                api.replace(&r.name, &PostParams::default(), &dynamic)
+                    .await
+                    .map_err(|e| classify(e, &format!("restoring {r}")))?;
+            }
+            None => {
+                let dynamic: DynamicObject =
+                    serde_json::from_value(obj).map_err(|e| StepError::failed(e.to_string()))?;
+                api.create(&PostParams::default(), &dynamic)
+                    .await
+                    .map_err(|e| classify(e, &format!("re-creating {r}")))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Deletes an object; one already gone is fine.
+    ///
+    /// # Errors
+    /// Classified API errors.
+    pub async fn delete(&self, r: &ObjRef) -> Result<(), StepError> {
+        let api = self.api_of(r).await?;
+        match api.delete(&r.name, &DeleteParams::default()).await {
+            Ok(_) => Ok(()),
+            Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
+            Err(e) => Err(classify(e, &format!("deleting {r}"))),
+        }
+    }
+
+    /// Waits (at most `max`) for the next change of a kind in the target
+    /// namespace after `since` (a resourceVersion): watches, no polling.
+    pub async fn next_change(&self, api_version: &str, kind: &str, since: &str, max: std::time::Duration) {
+        use futures_util::StreamExt;
+        let Ok(api) = self.api(api_version, kind, None).await else {
+            tokio::time::sleep(max).await;
+            return;
+        };
+        let secs = u32::try_from(max.as_secs().max(1)).unwrap_or(5);
+        let wp = kube::api::WatchParams::default().timeout(secs);
+        let wait = async {
+            match api.watch(&wp, since).await {
+                Ok(stream) => {
+                    let mut stream = std::pin::pin!(stream);
+                    let _ = stream.next().await;
+                }
+                Err(_) => tokio::time::sleep(max).await,
+            }
+        };
+        let _ = tokio::time::timeout(max, wait).await;
+    }
+}
+
+/// An API error as the executor needs it.
+#[must_use]
+pub fn classify(e: kube::Error, doing: &str) -> StepError {
+    match e {
+        kube::Error::Api(s) => {
+            let msg = format!("{doing}: {} ({} {})", s.message, s.code, s.reason);
+            match s.code {
+                409 | 429 | 500 | 502 | 503 | 504 => StepError::transient(msg),
+                401 | 403 => StepError::failed(format!(
+                    "{msg}; the credentials lack a permission (`rollwright rbac SPEC` prints the Role a run needs)"
+                )),
+                _ => StepError::failed(msg),
+            }
+        }
+        kube::Error::Discovery(d) => {
+            StepError::failed(format!("{doing}: the cluster does not serve it ({d})"))
+        }
+        other => StepError::transient(format!("{doing}: {other}")),
+    }
+}
+
+/// An object as it should be restored: no server-managed metadata, no status.
+#[must_use]
+pub fn restorable(obj: &Value) -> Value {
+    let mut o = obj.clone();
+    if let Some(m) = o.as_object_mut() {
+        m.remove("status");
+    }
+    if let Some(meta) = o["metadata"].as_object_mut() {
+        for k in [
+            "resourceVersion",
+            "uid",
+            "creationTimestamp",
+            "generation",
+            "managedFields",
+            "selfLink",
+        ] {
+            meta.remove(k);
+        }
+    }
+    o
+}
+
+/// Whether a pod's Ready condition is True.
+#[must_use]
+pub fn pod_ready(pod: &Value) -> bool {
+    pod["status"]["conditions"]
+        .as_array()
+        .is_some_and(|cs| cs.iter().any(|c| c["type"] == "Ready" && c["status"] == "True"))
+}
+
+/// `a=b,c=d` from a label map.
+#[must_use]
+pub fn selector(labels: &Value) -> String {
+    labels
+        .as_object()
+        .map(|m| {
+            m.iter()
+                .filter_map(|(k, v)| v.as_str().map(|v| format!("{k}={v}")))
+                .collect::<Vec<_>>()
+                .join(",")
+        })
+        .unwrap_or_default()
+}
+
+/// Why a pod is failing, if it is crash-looping or cannot start:
+/// `pod X, container Y: CrashLoopBackOff (restarts N)`.
+#[must_use]
+pub fn pod_trouble(pod: &Value, max_restarts: u32) -> Option<String> {
+    let name = pod["metadata"]["name"].as_str().unwrap_or("?");
+    for c in pod["status"]["containerStatuses"]
+        .as_array()
+        .into_iter()
+        .flatten()
+    {
+        let cname = c["name"].as_str().unwrap_or("?");
+        let restarts = c["restartCount"].as_u64().unwrap_or(0);
+        let waiting = c["state"]["waiting"]["reason"].as_str();
+        let fatal = matches!(
+            waiting,
+            Some(
+                "CrashLoopBackOff"
+                    | "ImagePullBackOff"
+                    | "ErrImagePull"
+                    | "CreateContainerConfigError"
+                    | "InvalidImageName"
+            )
+        );
+        if fatal || restarts > u64::from(max_restarts) {
+            let why = waiting.unwrap_or("restarting");
+            let detail = c["state"]["waiting"]["message"]
+                .as_str()
+                .map_or(String::new(), |m| format!(": {m}"));
+            return Some(format!(
+                "pod {name}, container {cname}: {why} (restarts {restarts}){detail}"
+            ));
+        }
+    }
+    None
+}

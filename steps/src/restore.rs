@@ -1,0 +1,220 @@
+//! What the cluster steps record before changing anything, and how it is
+//! restored: the one implementation behind `apply` and `shift-traffic`
+//! compensations and the `rollback` step.
+//!
+//! Records (journaled, see [`rollwright_engine::exec::StepContext::remember`]):
+//! - `objects`: `[{ref, existed, object}]`, each object an `apply` touches,
+//!   as it was before (or `existed: false`);
+//! - `traffic`: `{ref, fields: {pointer: value}}`, the routing fields a
+//!   `shift-traffic` changes, as they were before.
+//!
+//! Restoring always goes to the *earliest* record of an object in the run
+//! (its last known-good state), so every compensation converges on the same
+//! state whatever order they run in, and the first one to run does the
+//! work: a failed canary at 50 % goes straight back to 0 %, not through 20
+//! and 5.
+
+use std::collections::BTreeMap;
+
+use rollwright_engine::exec::{Memo, StepContext, StepError};
+use serde_json::Value;
+
+use crate::cluster::{Cluster, ObjRef};
+use crate::traffic::merge_patch_of;
+
+/// The traffic fields of each routing object as they were first recorded.
+fn original_traffic(records: &[Memo]) -> BTreeMap<ObjRef, serde_json::Map<String, Value>> {
+    let mut out = BTreeMap::new();
+    for m in records.iter().filter(|m| m.key == "traffic") {
+        let Some(r) = serde_json::from_value::<ObjRef>(m.value["ref"].clone()).ok() else {
+            continue;
+        };
+        let fields = m.value["fields"].as_object().cloned().unwrap_or_default();
+        out.entry(r).or_insert(fields);
+    }
+    out
+}
+
+/// Each object as it was first recorded: (existed, object).
+fn original_objects(records: &[Memo]) -> BTreeMap<ObjRef, (bool, Value)> {
+    let mut out = BTreeMap::new();
+    for m in records.iter().filter(|m| m.key == "objects") {
+        for o in m.value.as_array().into_iter().flatten() {
+            let Some(r) = serde_json::from_value::<ObjRef>(o["ref"].clone()).ok() else {
+                continue;
+            };
+            out.entry(r)
+                .or_insert((o["existed"].as_bool().unwrap_or(false), o["object"].clone()));
+        }
+    }
+    out
+}
+
+/// Objects recorded by `steps` (all steps when `None`).
+fn touched_by(records: &[Memo], steps: Option<&[String]>) -> Vec<ObjRef> {
+    let mut out: Vec<ObjRef> = Vec::new();
+    for m in records.iter().filter(|m| m.key == "objects") {
+        if steps.is_some_and(|s| !s.contains(&m.step)) {
+            continue;
+        }
+        for o in m.value.as_array().into_iter().flatten() {
+            if let Ok(r) = serde_json::from_value::<ObjRef>(o["ref"].clone())
+                && !out.contains(&r)
+            {
+                out.push(r);
+            }
+        }
+    }
+    out
+}
+
+/// Sends every recorded route back to its original split. Returns what it changed.
+///
+/// # Errors
+/// Classified API errors (a 409 from a concurrent writer is transient).
+pub async fn traffic(cluster: &Cluster, cx: &StepContext, manager: &str) -> Result<Vec<String>, StepError> {
+    let mut done = Vec::new();
+    for (r, fields) in original_traffic(&cx.all_records()) {
+        let Some(current) = cluster.get(&r).await? else {
+            continue;
+        };
+        if fields
+            .iter()
+            .all(|(p, v)| current.pointer(p).unwrap_or(&Value::Null) == v)
+        {
+            continue;
+        }
+        let mut patch = merge_patch_of(&fields);
+        patch["metadata"]["resourceVersion"] = current["metadata"]["resourceVersion"].clone();
+        cluster.merge_patch(&r, &patch, manager).await?;
+        done.push(format!("{r} traffic back to its original split"));
+    }
+    Ok(done)
+}
+
+/// Puts the objects recorded by `steps` (all when `None`) back as they
+/// were first recorded; deletes those that did not exist when
+/// `delete_created`. Returns what it changed.
+///
+/// # Errors
+/// Classified API errors.
+pub async fn objects(
+    cluster: &Cluster,
+    cx: &StepContext,
+    steps: Option<&[String]>,
+    delete_created: bool,
+) -> Result<Vec<String>, StepError> {
+    let records = cx.all_records();
+    let originals = original_objects(&records);
+    let mut done = Vec::new();
+    // Newest first: what was applied last is undone first.
+    for r in touched_by(&records, steps).into_iter().rev() {
+        let Some((existed, before)) = originals.get(&r) else {
+            continue;
+        };
+        if *existed {
+            let current = cluster.get(&r).await?;
+            let same = current.as_ref().is_some_and(|c| {
+                c.get("spec") == before.get("spec")
+                    && c["metadata"]["labels"] == before["metadata"]["labels"]
+                    && c["metadata"]["annotations"] == before["metadata"]["annotations"]
+            });
+            if !same {
+                cluster.restore(&r, before).await?;
+                done.push(format!("{r} restored"));
+            }
+        } else if delete_created && cluster.get(&r).await?.is_some() {
+            cluster.delete(&r).await?;
+            done.push(format!("{r} deleted (it did not exist before)"));
+        }
+    }
+    Ok(done)
+}
+
+/// Whether what was restored holds and the restored workloads are Ready;
+/// `Some(reason)` while not.
+///
+/// # Errors
+/// Classified API errors.
+pub async fn pending(
+    cluster: &Cluster,
+    cx: &StepContext,
+    steps: Option<&[String]>,
+) -> Result<Option<String>, StepError> {
+    let records = cx.all_records();
+    let originals = original_objects(&records);
+    let restored_whole = touched_by(&records, steps);
+    for (r, fields) in original_traffic(&records) {
+        // An object restored whole carries its own original split.
+        if restored_whole.contains(&r) && originals.get(&r).is_some_and(|(existed, _)| *existed) {
+            continue;
+        }
+        if let Some(current) = cluster.get(&r).await?
+            && fields
+                .iter()
+                .any(|(p, v)| current.pointer(p).unwrap_or(&Value::Null) != v)
+        {
+            return Ok(Some(format!("{r}: traffic not back yet")));
+        }
+    }
+    for r in restored_whole {
+        if !originals.get(&r).is_some_and(|(existed, _)| *existed) {
+            continue;
+        }
+        let Some(obj) = cluster.get(&r).await? else {
+            return Ok(Some(format!("{r} is missing")));
+        };
+        if let Some(why) = not_ready(&obj) {
+            return Ok(Some(format!("{r}: {why}")));
+        }
+    }
+    Ok(None)
+}
+
+/// Why a workload is not ready (`None` when it is, or is not a workload).
+#[must_use]
+pub fn not_ready(obj: &Value) -> Option<String> {
+    let status = &obj["status"];
+    match obj["kind"].as_str() {
+        Some("Deployment") => {
+            let want = obj["spec"]["replicas"].as_u64().unwrap_or(1);
+            let generation = obj["metadata"]["generation"].as_u64().unwrap_or(0);
+            let observed = status["observedGeneration"].as_u64().unwrap_or(0);
+            let updated = status["updatedReplicas"].as_u64().unwrap_or(0);
+            let available = status["availableReplicas"].as_u64().unwrap_or(0);
+            let total = status["replicas"].as_u64().unwrap_or(0);
+            if observed < generation {
+                Some("rollout not observed yet".into())
+            } else if updated < want || available < want || total > want {
+                Some(format!(
+                    "{available} of {want} replicas available ({updated} updated)"
+                ))
+            } else {
+                None
+            }
+        }
+        Some("InferenceService") => {
+            let ready = status["conditions"]
+                .as_array()
+                .and_then(|cs| cs.iter().find(|c| c["type"] == "Ready"))
+                .map(|c| {
+                    (
+                        c["status"] == "True",
+                        c["message"].as_str().unwrap_or("").to_owned(),
+                    )
+                });
+            match ready {
+                Some((true, _)) if status["observedGeneration"] == obj["metadata"]["generation"] => None,
+                Some((true, _)) => Some("new generation not observed yet".into()),
+                Some((false, msg)) => Some(format!("not Ready: {msg}")),
+                None => Some("no Ready condition yet".into()),
+            }
+        }
+        Some("SeldonDeployment") => match status["state"].as_str() {
+            Some("Available") => None,
+            other => Some(format!("state {}", other.unwrap_or("unknown"))),
+        },
+        Some("Pod") => (!crate::cluster::pod_ready(obj)).then(|| "not Ready".into()),
+        _ => None,
+    }
+}

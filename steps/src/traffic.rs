@@ -1,0 +1,452 @@
+//! Traffic providers: which object splits a model's traffic, how a weight
+//! is written into it, and how to tell that a backend can take traffic.
+//!
+//! | provider | object patched | fields |
+//! |---|---|---|
+//! | `kserve` | InferenceService `route` | `spec.predictor.canaryTrafficPercent` |
+//! | `istio` | VirtualService `route` | `spec.http[0].route[].weight` of the `stable`/`canary` destinations (subset or host) |
+//! | `gateway-api` | HTTPRoute `route` | `spec.rules[0].backendRefs[].weight` of the `stable`/`canary` Services |
+//! | `smi` | TrafficSplit `route` | `spec.backends[].weight` |
+//! | `nginx` | the canary Ingress (`canary`, default `<route>-canary`) | `canary` and `canary-weight` annotations |
+//! | `seldon` | SeldonDeployment `route` | `spec.predictors[].traffic` of the `stable`/`canary` predictors |
+//!
+//! Weights always sum to 100. `route` defaults to the model name.
+
+use rollwright_engine::exec::StepError;
+use rollwright_engine::registry::BuildContext;
+use serde_json::{Value, json};
+
+use crate::cluster::{Cluster, ObjRef, pod_ready, selector};
+
+/// A traffic provider.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Provider {
+    /// Istio VirtualService weights.
+    Istio,
+    /// Gateway API HTTPRoute backendRef weights.
+    GatewayApi,
+    /// KServe canaryTrafficPercent.
+    Kserve,
+    /// SMI TrafficSplit.
+    Smi,
+    /// NGINX ingress canary annotations.
+    Nginx,
+    /// Seldon predictor traffic.
+    Seldon,
+}
+
+const NGINX_CANARY: &str = "nginx.ingress.kubernetes.io/canary";
+const NGINX_WEIGHT: &str = "nginx.ingress.kubernetes.io/canary-weight";
+
+/// How a run's model traffic is routed.
+#[derive(Debug, Clone)]
+pub struct Router {
+    /// The provider.
+    pub provider: Provider,
+    /// Name of the routing object.
+    pub route: String,
+    /// Stable backend.
+    pub stable: String,
+    /// Canary backend.
+    pub canary: String,
+    /// Target namespace.
+    pub namespace: String,
+}
+
+impl Router {
+    /// The router of a run (`provider` overrides `serving.traffic`).
+    ///
+    /// # Errors
+    /// No provider, or `none`.
+    pub fn of(cx: &BuildContext, provider: Option<&str>) -> Result<Router, String> {
+        let serving = cx.serving.as_ref();
+        let name = provider
+            .map(str::to_owned)
+            .or_else(|| serving.and_then(|s| s.traffic.clone()))
+            .or_else(|| serving.and_then(|s| (s.platform == "kserve").then(|| "kserve".to_owned())))
+            .or_else(|| serving.and_then(|s| (s.platform == "seldon").then(|| "seldon".to_owned())))
+            .ok_or("shift-traffic needs a provider: set `serving.traffic` (or `provider`)")?;
+        let provider = match name.as_str() {
+            "istio" => Provider::Istio,
+            "gateway-api" => Provider::GatewayApi,
+            "kserve" => Provider::Kserve,
+            "smi" => Provider::Smi,
+            "nginx" => Provider::Nginx,
+            "seldon" => Provider::Seldon,
+            other => return Err(format!("traffic provider `{other}` cannot shift traffic")),
+        };
+        let route = serving
+            .and_then(|s| s.route.clone())
+            .or_else(|| cx.model.as_ref().map(|m| m.1.clone()))
+            .ok_or("shift-traffic needs `serving.route` or a `model` to name the routing object")?;
+        let (stable, canary) = match provider {
+            Provider::Istio => ("stable".to_owned(), "canary".to_owned()),
+            Provider::Seldon => ("main".to_owned(), "canary".to_owned()),
+            Provider::Kserve => ("prev".to_owned(), "latest".to_owned()),
+            _ => (route.clone(), format!("{route}-canary")),
+        };
+        let namespace = cx
+            .target
+            .as_ref()
+            .map(|t| t.namespace.clone())
+            .unwrap_or_default();
+        Ok(Router {
+            provider,
+            stable: serving.and_then(|s| s.stable.clone()).unwrap_or(stable),
+            canary: serving.and_then(|s| s.canary.clone()).unwrap_or(canary),
+            route,
+            namespace,
+        })
+    }
+
+    /// The object whose fields change.
+    #[must_use]
+    pub fn object(&self) -> ObjRef {
+        let (av, kind, name) = match self.provider {
+            Provider::Istio => (
+                "networking.istio.io/v1beta1",
+                "VirtualService",
+                self.route.clone(),
+            ),
+            Provider::GatewayApi => ("gateway.networking.k8s.io/v1", "HTTPRoute", self.route.clone()),
+            Provider::Kserve => (
+                "serving.kserve.io/v1beta1",
+                "InferenceService",
+                self.route.clone(),
+            ),
+            Provider::Smi => ("split.smi-spec.io/v1alpha2", "TrafficSplit", self.route.clone()),
+            Provider::Nginx => ("networking.k8s.io/v1", "Ingress", self.canary.clone()),
+            Provider::Seldon => (
+                "machinelearning.seldon.io/v1",
+                "SeldonDeployment",
+                self.route.clone(),
+            ),
+        };
+        ObjRef::new(av, kind, &self.namespace, &name)
+    }
+
+    /// The fields a shift changes, as JSON pointers (what is recorded).
+    #[must_use]
+    pub fn pointers(&self) -> Vec<String> {
+        match self.provider {
+            Provider::Istio => vec!["/spec/http".into()],
+            Provider::GatewayApi => vec!["/spec/rules".into()],
+            Provider::Kserve => vec!["/spec/predictor/canaryTrafficPercent".into()],
+            Provider::Smi => vec!["/spec/backends".into()],
+            Provider::Nginx => [NGINX_CANARY, NGINX_WEIGHT]
+                .iter()
+                .map(|a| {
+                    format!(
+                        "/metadata/annotations/{}",
+                        a.replace('~', "~0").replace('/', "~1")
+                    )
+                })
+                .collect(),
+            Provider::Seldon => vec!["/spec/predictors".into()],
+        }
+    }
+
+    /// The values of those fields now.
+    #[must_use]
+    pub fn fields(&self, obj: &Value) -> serde_json::Map<String, Value> {
+        self.pointers()
+            .into_iter()
+            .map(|p| {
+                let v = obj.pointer(&p).cloned().unwrap_or(Value::Null);
+                (p, v)
+            })
+            .collect()
+    }
+
+    /// The fields that route `canary` percent to the canary, the rest to stable.
+    ///
+    /// # Errors
+    /// The object has no route to one of the backends.
+    pub fn fields_for(&self, obj: &Value, canary: u8) -> Result<serde_json::Map<String, Value>, String> {
+        let p = u64::from(canary);
+        let rest = 100 - p;
+        let what = self.object();
+        let weights = |list: Option<&Value>,
+                       key: &dyn Fn(&Value) -> Option<String>,
+                       field: &str,
+                       label: &str| {
+            let mut list = list.cloned().unwrap_or(Value::Array(Vec::new()));
+            let items = list
+                .as_array_mut()
+                .ok_or(format!("{what}: {label} is not a list"))?;
+            let (mut seen_stable, mut seen_canary) = (false, false);
+            for item in items.iter_mut() {
+                match key(item) {
+                    Some(k) if k == self.canary => {
+                        item[field] = json!(p);
+                        seen_canary = true;
+                    }
+                    Some(k) if k == self.stable => {
+                        item[field] = json!(rest);
+                        seen_stable = true;
+                    }
+                    _ => item[field] = json!(0),
+                }
+            }
+            if !seen_canary || !seen_stable {
+                return Err(format!(
+                    "{what}: {label} has no entry for the {} backend `{}` (set `serving.stable`/`serving.canary` to name them)",
+                    if seen_canary { "stable" } else { "canary" },
+                    if seen_canary { &self.stable } else { &self.canary }
+                ));
+            }
+            Ok(list)
+        };
+        let mut out = serde_json::Map::new();
+        match self.provider {
+            Provider::Kserve => {
+                out.insert("/spec/predictor/canaryTrafficPercent".into(), json!(p));
+            }
+            Provider::Istio => {
+                let mut http = obj["spec"]["http"].clone();
+                let key = |d: &Value| {
+                    d["destination"]["subset"]
+                        .as_str()
+                        .filter(|s| *s == self.canary || *s == self.stable)
+                        .or_else(|| {
+                            d["destination"]["host"]
+                                .as_str()
+                                .and_then(|h| h.split('.').next())
+                        })
+                        .map(str::to_owned)
+                };
+                let route = weights(
+                    http.get(0).and_then(|h| h.get("route")),
+                    &key,
+                    "weight",
+                    "spec.http[0].route",
+                )?;
+                match http.get_mut(0) {
+                    Some(first) => first["route"] = route,
+                    None => return Err(format!("{what} has no http route")),
+                }
+                out.insert("/spec/http".into(), http);
+            }
+            Provider::GatewayApi => {
+                let mut rules = obj["spec"]["rules"].clone();
+                let key = |b: &Value| b["name"].as_str().map(str::to_owned);
+                let refs = weights(
+                    rules.get(0).and_then(|r| r.get("backendRefs")),
+                    &key,
+                    "weight",
+                    "spec.rules[0].backendRefs",
+                )?;
+                match rules.get_mut(0) {
+                    Some(first) => first["backendRefs"] = refs,
+                    None => return Err(format!("{what} has no rules")),
+                }
+                out.insert("/spec/rules".into(), rules);
+            }
+            Provider::Smi => {
+                let key = |b: &Value| b["service"].as_str().map(str::to_owned);
+                out.insert(
+                    "/spec/backends".into(),
+                    weights(obj["spec"].get("backends"), &key, "weight", "spec.backends")?,
+                );
+            }
+            Provider::Seldon => {
+                let key = |b: &Value| b["name"].as_str().map(str::to_owned);
+                out.insert(
+                    "/spec/predictors".into(),
+                    weights(obj["spec"].get("predictors"), &key, "traffic", "spec.predictors")?,
+                );
+            }
+            Provider::Nginx => {
+                let ptrs = self.pointers();
+                out.insert(ptrs[0].clone(), json!("true"));
+                out.insert(ptrs[1].clone(), json!(p.to_string()));
+            }
+        }
+        Ok(out)
+    }
+
+    /// The canary's share the object routes now, if readable.
+    #[must_use]
+    pub fn canary_weight(&self, obj: &Value) -> Option<u64> {
+        let find = |list: &Value, key: &dyn Fn(&Value) -> Option<String>, field: &str| {
+            list.as_array()?
+                .iter()
+                .find(|i| key(i).as_deref() == Some(self.canary.as_str()))
+                .and_then(|i| i[field].as_u64())
+        };
+        match self.provider {
+            Provider::Kserve => obj["spec"]["predictor"]["canaryTrafficPercent"].as_u64(),
+            Provider::Istio => find(
+                &obj["spec"]["http"][0]["route"],
+                &|d: &Value| {
+                    d["destination"]["subset"]
+                        .as_str()
+                        .or_else(|| {
+                            d["destination"]["host"]
+                                .as_str()
+                                .and_then(|h| h.split('.').next())
+                        })
+                        .map(str::to_owned)
+                },
+                "weight",
+            ),
+            Provider::GatewayApi => find(
+                &obj["spec"]["rules"][0]["backendRefs"],
+                &|b: &Value| b["name"].as_str().map(str::to_owned),
+                "weight",
+            ),
+            Provider::Smi => find(
+                &obj["spec"]["backends"],
+                &|b: &Value| b["service"].as_str().map(str::to_owned),
+                "weight",
+            ),
+            Provider::Seldon => find(
+                &obj["spec"]["predictors"],
+                &|b: &Value| b["name"].as_str().map(str::to_owned),
+                "traffic",
+            ),
+            Provider::Nginx => obj["metadata"]["annotations"][NGINX_WEIGHT]
+                .as_str()
+                .and_then(|w| w.parse().ok()),
+        }
+    }
+
+    /// Checks that the canary backend can take traffic (at least one Ready
+    /// pod; for KServe, the latest revision Ready).
+    ///
+    /// # Errors
+    /// Why it cannot (a rejection: routing there would answer 503).
+    pub async fn canary_ready(&self, cluster: &Cluster, route: &Value) -> Result<(), StepError> {
+        let not_ready = |why: String| {
+            StepError::rejected(format!(
+                "refusing to route traffic to the canary: {why} (traffic to a backend that is not Ready is answered 503)"
+            ))
+        };
+        match self.provider {
+            Provider::Kserve => {
+                let p = &route["status"]["components"]["predictor"];
+                let latest = p["latestCreatedRevision"].as_str();
+                if latest.is_some() && latest == p["latestReadyRevision"].as_str() {
+                    Ok(())
+                } else {
+                    Err(not_ready(format!(
+                        "InferenceService {} revision {} is not Ready",
+                        self.route,
+                        latest.unwrap_or("(none yet)")
+                    )))
+                }
+            }
+            Provider::Seldon => {
+                let d = ObjRef::new(
+                    "apps/v1",
+                    "Deployment",
+                    &self.namespace,
+                    &format!("{}-{}", self.route, self.canary),
+                );
+                let ready = cluster
+                    .get(&d)
+                    .await?
+                    .and_then(|d| d["status"]["readyReplicas"].as_u64())
+                    .unwrap_or(0);
+                if ready > 0 {
+                    Ok(())
+                } else {
+                    Err(not_ready(format!("{d} has no Ready replica")))
+                }
+            }
+            _ => {
+                let (service, extra) = match self.provider {
+                    Provider::Istio => self.istio_backend(cluster, route).await?,
+                    _ => (self.canary.clone(), Value::Null),
+                };
+                let svc = ObjRef::new("v1", "Service", &self.namespace, &service);
+                let Some(svc_obj) = cluster.get(&svc).await? else {
+                    return Err(not_ready(format!("{svc} does not exist")));
+                };
+                let mut labels = svc_obj["spec"]["selector"].clone();
+                if let (Some(l), Some(x)) = (labels.as_object_mut(), extra.as_object()) {
+                    l.extend(x.clone());
+                }
+                let sel = selector(&labels);
+                if sel.is_empty() {
+                    return Err(not_ready(format!("{svc} selects no pods")));
+                }
+                let pods = cluster.list("v1", "Pod", &sel).await?;
+                if pods.iter().any(pod_ready) {
+                    Ok(())
+                } else {
+                    Err(not_ready(format!("no Ready pod behind {svc} ({sel})")))
+                }
+            }
+        }
+    }
+
+    /// For Istio: the canary destination's Service and its subset's labels.
+    async fn istio_backend(&self, cluster: &Cluster, vs: &Value) -> Result<(String, Value), StepError> {
+        let dest = vs["spec"]["http"][0]["route"]
+            .as_array()
+            .and_then(|r| {
+                r.iter().find(|d| {
+                    d["destination"]["subset"].as_str() == Some(&self.canary)
+                        || d["destination"]["host"]
+                            .as_str()
+                            .and_then(|h| h.split('.').next())
+                            == Some(&self.canary)
+                })
+            })
+            .map(|d| d["destination"].clone())
+            .unwrap_or(Value::Null);
+        let host = dest["host"]
+            .as_str()
+            .and_then(|h| h.split('.').next())
+            .unwrap_or(&self.canary)
+            .to_owned();
+        let Some(subset) = dest["subset"].as_str() else {
+            return Ok((host, Value::Null));
+        };
+        let rules = cluster
+            .list("networking.istio.io/v1beta1", "DestinationRule", "")
+            .await?;
+        let labels = rules
+            .iter()
+            .filter(|r| r["spec"]["host"].as_str().and_then(|h| h.split('.').next()) == Some(host.as_str()))
+            .find_map(|r| {
+                r["spec"]["subsets"]
+                    .as_array()?
+                    .iter()
+                    .find(|s| s["name"].as_str() == Some(subset))
+                    .map(|s| s["labels"].clone())
+            })
+            .ok_or_else(|| {
+                StepError::rejected(format!(
+                    "refusing to route traffic to the canary: no DestinationRule for host {host} defines subset {subset}"
+                ))
+            })?;
+        Ok((host, labels))
+    }
+}
+
+/// A merge patch that sets each pointer to its value (`null` removes it).
+#[must_use]
+pub fn merge_patch_of(fields: &serde_json::Map<String, Value>) -> Value {
+    let mut patch = json!({});
+    for (ptr, v) in fields {
+        let segs: Vec<String> = ptr
+            .split('/')
+            .skip(1)
+            .map(|s| s.replace("~1", "/").replace("~0", "~"))
+            .collect();
+        let mut cur = &mut patch;
+        for (i, seg) in segs.iter().enumerate() {
+            if i + 1 == segs.len() {
+                cur[seg.as_str()] = v.clone();
+            } else {
+                if !cur[seg.as_str()].is_object() {
+                    cur[seg.as_str()] = json!({});
+                }
+                cur = &mut cur[seg.as_str()];
+            }
+        }
+    }
+    patch
+}

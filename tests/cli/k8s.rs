@@ -1,0 +1,528 @@
+//! The Kubernetes steps end to end: `rollwright run` (a separate process,
+//! through kube-rs) against the sim; the cluster checked with kubectl.
+
+use std::path::{Path, PathBuf};
+use std::process::Output;
+
+use assert_cmd::Command;
+use rollwright_sim::{Scenario, Sim, SimOptions};
+
+use crate::stderr;
+
+struct World {
+    sim: Sim,
+    dir: tempfile::TempDir,
+    _rt: tokio::runtime::Runtime,
+}
+
+impl World {
+    fn new(scenario: &str) -> World {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        let scenario = Scenario::from_yaml(scenario, "test scenario").unwrap();
+        let sim = rt
+            .block_on(Sim::start_with(SimOptions {
+                scenario,
+                ..SimOptions::default()
+            }))
+            .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("kubeconfig"), sim.kubeconfig_for("prod-east")).unwrap();
+        std::fs::write(dir.path().join("registry.yaml"), REGISTRY).unwrap();
+        World { sim, dir, _rt: rt }
+    }
+
+    fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    fn write(&self, name: &str, text: &str) {
+        std::fs::write(self.path().join(name), text).unwrap();
+    }
+
+    fn rollwright(&self, args: &[&str], env: &[(&str, &str)]) -> Output {
+        let mut cmd = Command::cargo_bin("rollwright").unwrap();
+        cmd.current_dir(self.path())
+            .env("NO_COLOR", "1")
+            .env("KUBECONFIG", self.path().join("kubeconfig"))
+            .args(args);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        cmd.output().unwrap()
+    }
+
+    fn kubectl(&self, args: &[&str]) -> String {
+        let out = std::process::Command::new("kubectl")
+            .arg("--kubeconfig")
+            .arg(self.path().join("kubeconfig"))
+            .args(args)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// `version → percent` of what the sim routes for `model`.
+    fn split(&self, model: &str) -> Vec<(String, u32)> {
+        let mut v: Vec<(String, u32)> = self
+            .sim
+            .routes()
+            .into_iter()
+            .filter(|r| r.model == model)
+            .flat_map(|r| r.backends)
+            .filter(|b| b.weight > 0)
+            .map(|b| (b.version, b.weight))
+            .collect();
+        v.sort();
+        v
+    }
+
+    fn wait_split(&self, model: &str, want: &[(&str, u32)]) {
+        let want: Vec<(String, u32)> = want.iter().map(|(v, w)| ((*v).to_owned(), *w)).collect();
+        for _ in 0..100 {
+            if self.split(model) == want {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        panic!("split of {model}: {:?}, wanted {want:?}", self.split(model));
+    }
+}
+
+const REGISTRY: &str = r#"apiVersion: rollwright.dev/v1alpha1
+kind: ModelRegistry
+models:
+  - name: fraud
+    versions:
+      - version: "8"
+        artifact: {uri: "s3://models/fraud/8", digest: "sha256:8888"}
+        aliases: [production-approved]
+        approvals:
+          - {who: alice, role: ml-lead, at: "2026-11-01T10:00:00Z"}
+"#;
+
+/// A stable version 7 behind Istio (subsets by `track`), in namespace `ml`.
+const ISTIO_WORLD: &str = r#"time-scale: 20
+startup: 4s
+traffic: {rate: 0}
+objects:
+  - {apiVersion: v1, kind: Namespace, metadata: {name: ml}}
+  - {apiVersion: v1, kind: ServiceAccount, metadata: {name: fraud, namespace: ml}}
+  - apiVersion: apps/v1
+    kind: Deployment
+    metadata: {name: fraud-stable, namespace: ml}
+    spec:
+      replicas: 2
+      selector: {matchLabels: {app: fraud, track: stable}}
+      template:
+        metadata: {labels: {app: fraud, track: stable, version: "7"}}
+        spec: {serviceAccountName: fraud, containers: [{name: server, image: "models/fraud:7"}]}
+  - {apiVersion: v1, kind: Service, metadata: {name: fraud, namespace: ml}, spec: {selector: {app: fraud}}}
+  - apiVersion: networking.istio.io/v1beta1
+    kind: DestinationRule
+    metadata: {name: fraud, namespace: ml}
+    spec:
+      host: fraud
+      subsets:
+        - {name: stable, labels: {track: stable}}
+        - {name: canary, labels: {track: canary}}
+  - apiVersion: networking.istio.io/v1beta1
+    kind: VirtualService
+    metadata: {name: fraud, namespace: ml}
+    spec:
+      hosts: [fraud]
+      http:
+        - route:
+            - {destination: {host: fraud, subset: stable}, weight: 100}
+            - {destination: {host: fraud, subset: canary}, weight: 0}
+"#;
+
+const CANARY_MANIFEST: &str = r#"apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: {{model.name}}-canary
+  labels: {app: {{model.name}}, track: canary}
+spec:
+  replicas: 2
+  selector:
+    matchLabels: {app: {{model.name}}, track: canary}
+  template:
+    metadata:
+      labels: {app: {{model.name}}, track: canary, version: "{{model.version}}"}
+    spec:
+      serviceAccountName: {{model.name}}
+      containers:
+        - name: server
+          image: models/{{model.name}}:{{model.version}}
+          resources:
+            requests: {cpu: 500m, memory: 1Gi}
+            limits: {cpu: "1", memory: 2Gi}
+"#;
+
+const ISTIO_SPEC: &str = r#"apiVersion: rollwright.dev/v1alpha1
+kind: Rollout
+metadata: {name: fraud}
+model: {registry: file, name: fraud, version: "8"}
+target: {context: prod-east, namespace: ml, environment: production}
+serving: {platform: deployment, traffic: istio}
+defaults:
+  timeout: 1m
+  retry: {attempts: 6, backoff: exponential, initial: 50ms, max: 500ms}
+steps:
+  - id: gate
+    type: gate-check
+    with: {approvals: 1, alias: production-approved}
+  - id: deploy
+    type: apply
+    needs: [gate]
+    with: {template: canary.yaml.hbs}
+    compensate: {type: rollback, timeout: 30s}
+  - id: ready
+    type: wait-ready
+    needs: [deploy]
+    with: {resources: [Deployment/fraud-canary]}
+  - id: shift-20
+    type: shift-traffic
+    needs: [ready]
+    with: {canary: 20}
+    compensate: {type: rollback, timeout: 30s}
+  - id: shift-50
+    type: shift-traffic
+    needs: [shift-20]
+    with: {canary: 50}
+    compensate: {type: rollback, timeout: 30s}
+  - id: promote
+    type: shift-traffic
+    needs: [shift-50]
+    with: {canary: 100}
+    compensate: {type: rollback, timeout: 30s}
+"#;
+
+fn istio_world(extra: &str) -> World {
+    let w = World::new(&format!("{ISTIO_WORLD}{extra}"));
+    w.write("canary.yaml.hbs", CANARY_MANIFEST);
+    w.write("spec.yaml", ISTIO_SPEC);
+    w.wait_split("fraud", &[("7", 100)]);
+    w
+}
+
+fn vs_weights(w: &World) -> String {
+    w.kubectl(&[
+        "get",
+        "vs",
+        "fraud",
+        "-n",
+        "ml",
+        "-o",
+        "jsonpath={.spec.http[0].route[*].weight}",
+    ])
+}
+
+#[test]
+fn deployment_and_istio_canary_promoted_to_100() {
+    let w = istio_world("");
+    let out = w.rollwright(&["run", "spec.yaml"], &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(vs_weights(&w), "0 100");
+    w.wait_split("fraud", &[("8", 100)]);
+    let journal = journal_of(w.path());
+    assert!(
+        journal.contains(r#""record":"recorded","step":"deploy","key":"objects""#),
+        "{journal}"
+    );
+    assert!(journal.contains(r#""record":"recorded","step":"shift-20","key":"traffic""#));
+    // The stable Deployment was not touched.
+    assert_eq!(
+        w.kubectl(&[
+            "get",
+            "deploy",
+            "fraud-stable",
+            "-n",
+            "ml",
+            "-o",
+            "jsonpath={.metadata.generation}"
+        ]),
+        "1"
+    );
+}
+
+#[test]
+fn a_crash_looping_canary_is_caught_and_rolled_back_with_stable_untouched() {
+    let w = istio_world("pods:\n  - {version: \"8\", crash-loop: true}\n");
+    let started = std::time::Instant::now();
+    let out = w.rollwright(&["run", "spec.yaml"], &[]);
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(err.contains("CrashLoopBackOff"), "{err}");
+    assert!(err.contains("fraud-canary"), "{err}");
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(30),
+        "fails fast, not at the 1m timeout"
+    );
+    // The canary is gone, traffic never moved, stable untouched.
+    assert_eq!(
+        w.kubectl(&["get", "deploy", "-n", "ml", "-o", "name"]),
+        "deployment.apps/fraud-stable\n"
+    );
+    assert_eq!(vs_weights(&w), "100 0");
+    assert_eq!(
+        w.kubectl(&[
+            "get",
+            "deploy",
+            "fraud-stable",
+            "-n",
+            "ml",
+            "-o",
+            "jsonpath={.metadata.generation}"
+        ]),
+        "1"
+    );
+    w.wait_split("fraud", &[("7", 100)]);
+    let report = std::fs::read_to_string(only_run_dir(w.path()).join("report.md")).unwrap_or_default();
+    assert!(report.contains("deleted (it did not exist before)"), "{report}");
+}
+
+#[test]
+fn api_faults_at_20_percent_are_absorbed_by_retries() {
+    let w = istio_world(
+        "api:\n  - {verb: patch, error-rate: 20%, code: 500}\n  - {verb: patch, resource: virtualservices, error-rate: 20%, code: 409}\n  - {verb: get, error-rate: 20%, code: 503}\n",
+    );
+    let out = w.rollwright(&["run", "spec.yaml"], &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(vs_weights(&w), "0 100");
+    let err = stderr(&out);
+    assert!(err.contains("retrying"), "faults were hit and retried: {err}");
+}
+
+#[test]
+fn killed_mid_shift_then_resumed() {
+    let w = istio_world("");
+    // Abort (as kill -9 does) right after shift-50 journaled the split it
+    // is about to change, before changing it.
+    let out = w.rollwright(
+        &["run", "spec.yaml"],
+        &[("ROLLWRIGHT_TEST_CRASH_AT", r#""step":"shift-50","key":"traffic""#)],
+    );
+    assert_ne!(out.status.code(), Some(0));
+    assert_eq!(
+        vs_weights(&w),
+        "80 20",
+        "killed between the record and the change"
+    );
+    let run = only_run_dir(w.path());
+    let id = run.file_name().unwrap().to_string_lossy().into_owned();
+    let out = w.rollwright(&["resume", &id], &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(vs_weights(&w), "0 100");
+    let journal = journal_of(w.path());
+    assert_eq!(
+        journal.matches(r#""step":"shift-50","key":"traffic""#).count(),
+        1,
+        "recorded once: {journal}"
+    );
+}
+
+#[test]
+fn policy_violations_are_refused_before_any_request() {
+    let w = istio_world("");
+    w.write(
+        "canary.yaml.hbs",
+        "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: fraud-canary}\nspec:\n  replicas: 1\n  selector: {matchLabels: {app: fraud}}\n  template:\n    metadata: {labels: {app: fraud}}\n    spec:\n      containers:\n        - name: server\n          image: models/fraud:8\n          env:\n            - {name: DB_PASSWORD, value: hunter2hunter2}\n---\napiVersion: v1\nkind: Service\nmetadata: {name: fraud-public}\nspec: {type: LoadBalancer, selector: {app: fraud}}\n",
+    );
+    let out = w.rollwright(&["run", "spec.yaml"], &[]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let err = stderr(&out);
+    for want in [
+        "nothing was sent to the cluster",
+        "canary.yaml.hbs:5:13: Deployment fraud-canary: 1 replica(s), production needs at least 2",
+        "production containers need CPU and memory requests and limits (missing requests.cpu, requests.memory, limits.cpu, limits.memory)",
+        "dedicated service account",
+        "env DB_PASSWORD has a literal value",
+        "Service fraud-public exposes the model",
+    ] {
+        assert!(err.contains(want), "{want}: {err}");
+    }
+    assert!(!err.contains("hunter2hunter2"), "the secret is not echoed: {err}");
+    assert!(!w.path().join(".rollwright/runs").exists(), "no run was created");
+    assert_eq!(
+        w.kubectl(&["get", "deploy", "-n", "ml", "-o", "name"]),
+        "deployment.apps/fraud-stable\n"
+    );
+}
+
+#[test]
+fn a_production_context_other_than_the_specs_is_refused() {
+    let w = istio_world("");
+    let out = w.rollwright(&["run", "spec.yaml", "--context", "staging"], &[]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("refusing to use `staging`"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+/// A KServe world: InferenceService `fraud` serving version 7.
+const KSERVE_WORLD: &str = r#"time-scale: 20
+startup: 4s
+traffic: {rate: 0}
+objects:
+  - {apiVersion: v1, kind: Namespace, metadata: {name: ml}}
+  - apiVersion: serving.kserve.io/v1beta1
+    kind: InferenceService
+    metadata: {name: fraud, namespace: ml}
+    spec:
+      predictor:
+        serviceAccountName: fraud
+        minReplicas: 2
+        model:
+          modelFormat: {name: sklearn}
+          storageUri: models:/fraud/7
+          resources: {requests: {cpu: "1", memory: 2Gi}, limits: {cpu: "2", memory: 4Gi}}
+"#;
+
+const ISVC_MANIFEST: &str = r#"apiVersion: serving.kserve.io/v1beta1
+kind: InferenceService
+metadata:
+  name: {{model.name}}
+spec:
+  predictor:
+    serviceAccountName: {{model.name}}
+    canaryTrafficPercent: 0
+    minReplicas: 2
+    model:
+      modelFormat: {name: sklearn}
+      storageUri: models:/{{model.name}}/{{model.version}}
+      resources:
+        requests: {cpu: "1", memory: 2Gi}
+        limits: {cpu: "2", memory: 4Gi}
+"#;
+
+#[test]
+fn kserve_canary_promoted_to_100() {
+    let w = World::new(KSERVE_WORLD);
+    w.write("isvc.yaml.hbs", ISVC_MANIFEST);
+    w.write(
+        "spec.yaml",
+        &ISTIO_SPEC
+            .replace(
+                "serving: {platform: deployment, traffic: istio}",
+                "serving: {platform: kserve, traffic: kserve}",
+            )
+            .replace("canary.yaml.hbs", "isvc.yaml.hbs")
+            .replace(
+                "with: {resources: [Deployment/fraud-canary]}",
+                "with: {resources: [InferenceService/fraud]}",
+            ),
+    );
+    w.wait_split("fraud", &[("7", 100)]);
+    let out = w.rollwright(&["run", "spec.yaml"], &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(
+        w.kubectl(&[
+            "get",
+            "isvc",
+            "fraud",
+            "-n",
+            "ml",
+            "-o",
+            "jsonpath={.spec.predictor.canaryTrafficPercent}",
+        ]),
+        "100"
+    );
+    w.wait_split("fraud", &[("8", 100)]);
+}
+
+fn only_run_dir(dir: &Path) -> PathBuf {
+    let runs: Vec<PathBuf> = std::fs::read_dir(dir.join(".rollwright/runs"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(runs.len(), 1, "{runs:?}");
+    runs[0].clone()
+}
+
+fn journal_of(dir: &Path) -> String {
+    std::fs::read_to_string(only_run_dir(dir).join("journal.jsonl")).unwrap()
+}
+
+/// A failure at 50 % (a breached hold, here a test step that fails):
+/// traffic goes straight back to stable, the canary is removed, and the
+/// report says what was restored.
+#[test]
+fn a_failure_mid_ramp_rolls_traffic_back_first_then_removes_the_canary() {
+    let w = istio_world("");
+    w.write(
+        "spec.yaml",
+        &ISTIO_SPEC.replace(
+            "  - id: promote\n    type: shift-traffic\n    needs: [shift-50]",
+            "  - {id: breach, type: fail, needs: [shift-50], with: {class: rejected, message: \"error rate 12% > 1%\"}}\n  - id: promote\n    type: shift-traffic\n    needs: [breach]",
+        ),
+    );
+    let out = w.rollwright(
+        &["run", "spec.yaml", "--output", "json"],
+        &[("ROLLWRIGHT_TEST_STEPS", "1")],
+    );
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    assert_eq!(vs_weights(&w), "100 0");
+    assert_eq!(
+        w.kubectl(&["get", "deploy", "-n", "ml", "-o", "name"]),
+        "deployment.apps/fraud-stable\n"
+    );
+    w.wait_split("fraud", &[("7", 100)]);
+    // The first compensation (shift-50's) restored the original split at
+    // once; the later ones found nothing to do.
+    let events = String::from_utf8_lossy(&out.stdout).into_owned();
+    let restored: Vec<&str> = events
+        .lines()
+        .filter(|l| l.contains(r#""event":"restored""#))
+        .collect();
+    assert_eq!(restored.len(), 2, "{events}");
+    assert!(
+        restored[0].contains(r#""step":"shift-50""#)
+            && restored[0].contains("traffic back to its original split")
+    );
+    assert!(
+        restored[1].contains(r#""step":"deploy""#)
+            && restored[1].contains("Deployment ml/fraud-canary deleted")
+    );
+    let report = std::fs::read_to_string(only_run_dir(w.path()).join("report.md")).unwrap();
+    assert!(report.contains("restored for `shift-50`"), "{report}");
+}
+
+#[test]
+fn kserve_rollback_sends_everything_back_to_the_rolled_out_revision() {
+    let w = World::new(KSERVE_WORLD);
+    w.write("isvc.yaml.hbs", ISVC_MANIFEST);
+    w.write(
+        "spec.yaml",
+        &ISTIO_SPEC
+            .replace("serving: {platform: deployment, traffic: istio}", "serving: {platform: kserve, traffic: kserve}")
+            .replace("canary.yaml.hbs", "isvc.yaml.hbs")
+            .replace("with: {resources: [Deployment/fraud-canary]}", "with: {resources: [InferenceService/fraud]}")
+            .replace(
+                "  - id: promote\n    type: shift-traffic\n    needs: [shift-50]",
+                "  - {id: breach, type: fail, needs: [shift-50], with: {class: rejected}}\n  - id: promote\n    type: shift-traffic\n    needs: [breach]",
+            ),
+    );
+    w.wait_split("fraud", &[("7", 100)]);
+    let out = w.rollwright(&["run", "spec.yaml"], &[("ROLLWRIGHT_TEST_STEPS", "1")]);
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    // The InferenceService is as it was: version 7's spec, all traffic on it.
+    assert_eq!(
+        w.kubectl(&[
+            "get",
+            "isvc",
+            "fraud",
+            "-n",
+            "ml",
+            "-o",
+            "jsonpath={.spec.predictor.model.storageUri}"
+        ]),
+        "models:/fraud/7"
+    );
+    w.wait_split("fraud", &[("7", 100)]);
+}
