@@ -15,6 +15,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 mod lint;
 mod plan_cmd;
 mod progress;
+mod rbac_cmd;
 mod render;
 mod run_cmd;
 mod schema_cmd;
@@ -68,6 +69,8 @@ enum Command {
     Schema(schema_cmd::SchemaArgs),
     /// Run the embedded cluster (a Kubernetes API server on 127.0.0.1) until Ctrl-C.
     Sim(sim_cmd::SimArgs),
+    /// Print the least-privilege Role and RoleBinding a run of the spec needs.
+    Rbac(rbac_cmd::RbacArgs),
 }
 
 /// When to colour human output.
@@ -101,6 +104,7 @@ fn main() -> ExitCode {
         Command::Report(args) => run_cmd::report(&args),
         Command::Schema(args) => schema_cmd::run(&args),
         Command::Sim(args) => sim_cmd::run(&args),
+        Command::Rbac(args) => rbac_cmd::run(&args),
     };
     ExitCode::from(code)
 }

@@ -111,11 +111,11 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
 
 /// The policy in force for this process (`--policy` is exported by the CLI
 /// as `ROLLWRIGHT_POLICY`, so resume, approve and abort see the same one).
-fn current_policy() -> Option<Policy> {
+pub(crate) fn current_policy() -> Option<Policy> {
     Policy::discover(None).ok().flatten()
 }
 
-fn registry() -> Registry {
+pub(crate) fn registry() -> Registry {
     // The test-only kinds (`sleep`, `fail`) exist only when asked for.
     if std::env::var_os("ROLLWRIGHT_TEST_STEPS").is_some() {
         rollwright_steps::registry_with_test_steps()
@@ -135,7 +135,11 @@ fn state_code(s: FinalState) -> u8 {
 use crate::progress::{Output, Progress, state_name};
 
 /// Lints and expands a spec; prints problems and returns None when it has errors.
-fn prepare(linter: &Linter, spec: &Path, overrides: &[(String, Value)]) -> Result<(Spec, Value), u8> {
+pub(crate) fn prepare(
+    linter: &Linter,
+    spec: &Path,
+    overrides: &[(String, Value)],
+) -> Result<(Spec, Value), u8> {
     let bytes = std::fs::read(spec).map_err(|e| {
         eprintln!("error: cannot read `{}`: {e}", spec.display());
         exit::USAGE

@@ -126,8 +126,24 @@ impl StepKind for Apply {
     }
 }
 
+/// `(apiVersion, kind)` of every object of a rendered manifest.
+///
+/// # Errors
+/// The manifest does not parse (located).
+pub fn manifest_kinds(path: &str, text: &str) -> Result<Vec<(String, String)>, String> {
+    Ok(parse_manifests(path, text)?
+        .into_iter()
+        .map(|p| {
+            (
+                p.object["apiVersion"].as_str().unwrap_or_default().to_owned(),
+                p.object["kind"].as_str().unwrap_or_default().to_owned(),
+            )
+        })
+        .collect())
+}
+
 /// Kinds without a namespace.
-const CLUSTER_SCOPED: &[&str] = &[
+pub const CLUSTER_SCOPED: &[&str] = &[
     "Namespace",
     "ClusterRole",
     "ClusterRoleBinding",

@@ -450,3 +450,101 @@ pub fn merge_patch_of(fields: &serde_json::Map<String, Value>) -> Value {
     }
     patch
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rollwright_engine::spec::Serving;
+
+    fn router(traffic: &str) -> Router {
+        let mut cx = BuildContext::detached(std::path::Path::new("."));
+        cx.model = Some(("file".into(), "fraud".into(), "8".into()));
+        cx.serving = Some(Serving {
+            platform: "deployment".into(),
+            traffic: Some(traffic.into()),
+            route: None,
+            stable: None,
+            canary: None,
+        });
+        cx.target = Some(rollwright_engine::registry::TargetInfo {
+            context: "c".into(),
+            namespace: "ml".into(),
+            production: true,
+        });
+        Router::of(&cx, None).unwrap()
+    }
+
+    /// Every provider writes canary/stable weights that sum to 100, reads
+    /// them back, and names what it changes.
+    #[test]
+    fn every_provider_splits_100() {
+        let cases = [
+            (
+                "istio",
+                json!({"spec": {"http": [{"route": [
+                    {"destination": {"host": "fraud", "subset": "stable"}, "weight": 100},
+                    {"destination": {"host": "fraud", "subset": "canary"}, "weight": 0}]}]}}),
+            ),
+            (
+                "gateway-api",
+                json!({"spec": {"rules": [{"backendRefs": [{"name": "fraud", "weight": 1}, {"name": "fraud-canary", "weight": 0}]}]}}),
+            ),
+            (
+                "smi",
+                json!({"spec": {"service": "fraud", "backends": [{"service": "fraud", "weight": 100}, {"service": "fraud-canary", "weight": 0}]}}),
+            ),
+            (
+                "seldon",
+                json!({"spec": {"predictors": [{"name": "main", "traffic": 100}, {"name": "canary", "traffic": 0}]}}),
+            ),
+            ("nginx", json!({"metadata": {"annotations": {}}})),
+            (
+                "kserve",
+                json!({"spec": {"predictor": {"canaryTrafficPercent": 0}}}),
+            ),
+        ];
+        for (provider, obj) in cases {
+            let r = router(provider);
+            for w in [5u8, 20, 50, 100, 0] {
+                let fields = r
+                    .fields_for(&obj, w)
+                    .unwrap_or_else(|e| panic!("{provider}: {e}"));
+                let mut next = obj.clone();
+                let patch = merge_patch_of(&fields);
+                json_merge(&mut next, &patch);
+                assert_eq!(
+                    r.canary_weight(&next),
+                    Some(u64::from(w)),
+                    "{provider} at {w}: {next}"
+                );
+                let text = next.to_string();
+                if provider != "nginx" && provider != "kserve" {
+                    assert!(
+                        text.contains(&format!(":{}", 100 - w)),
+                        "{provider}: the stable side gets the rest: {text}"
+                    );
+                }
+            }
+            assert_eq!(r.pointers().len(), r.fields(&obj).len());
+        }
+        // A route without the canary backend is refused, naming it.
+        let e = router("istio")
+            .fields_for(&json!({"spec": {"http": [{"route": [{"destination": {"host": "fraud", "subset": "stable"}, "weight": 100}]}]}}), 20)
+            .unwrap_err();
+        assert!(e.contains("no entry for the canary backend `canary`"), "{e}");
+        assert_eq!(router("nginx").object().name, "fraud-canary");
+        assert_eq!(router("kserve").object().kind, "InferenceService");
+    }
+
+    fn json_merge(target: &mut Value, patch: &Value) {
+        if let (Some(t), Some(p)) = (target.as_object_mut(), patch.as_object()) {
+            for (k, v) in p {
+                if v.is_object() && t.get(k).is_some_and(Value::is_object) {
+                    json_merge(t.get_mut(k).unwrap(), v);
+                } else {
+                    t.insert(k.clone(), v.clone());
+                }
+            }
+        }
+    }
+}

@@ -526,3 +526,114 @@ fn kserve_rollback_sends_everything_back_to_the_rolled_out_revision() {
     );
     w.wait_split("fraud", &[("7", 100)]);
 }
+
+#[test]
+fn traffic_is_never_routed_to_a_canary_that_is_not_ready() {
+    let w = istio_world("pods:\n  - {version: \"8\", never-ready: true}\n");
+    // No wait-ready: shift-traffic itself must refuse.
+    w.write(
+        "spec.yaml",
+        &ISTIO_SPEC
+            .replace(
+                "  - id: ready\n    type: wait-ready\n    needs: [deploy]\n    with: {resources: [Deployment/fraud-canary]}\n",
+                "",
+            )
+            .replace("needs: [ready]", "needs: [deploy]"),
+    );
+    let out = w.rollwright(&["run", "spec.yaml"], &[]);
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains("refusing to route traffic to the canary: no Ready pod behind Service ml/fraud"),
+        "{err}"
+    );
+    assert_eq!(vs_weights(&w), "100 0");
+}
+
+/// Gateway API: the canary's Deployment and Service come from one
+/// multi-document manifest; HTTPRoute weights move.
+#[test]
+fn gateway_api_canary_promoted_to_100() {
+    let w = World::new(
+        r#"time-scale: 20
+startup: 4s
+traffic: {rate: 0}
+objects:
+  - {apiVersion: v1, kind: Namespace, metadata: {name: ml}}
+  - apiVersion: apps/v1
+    kind: Deployment
+    metadata: {name: fraud, namespace: ml}
+    spec:
+      replicas: 2
+      selector: {matchLabels: {app: fraud, track: stable}}
+      template:
+        metadata: {labels: {app: fraud, track: stable, version: "7"}}
+        spec: {containers: [{name: server, image: "models/fraud:7"}]}
+  - {apiVersion: v1, kind: Service, metadata: {name: fraud, namespace: ml}, spec: {selector: {app: fraud, track: stable}}}
+  - apiVersion: gateway.networking.k8s.io/v1
+    kind: HTTPRoute
+    metadata: {name: fraud, namespace: ml}
+    spec:
+      rules:
+        - backendRefs: [{name: fraud, port: 8080, weight: 100}, {name: fraud-canary, port: 8080, weight: 0}]
+"#,
+    );
+    w.write(
+        "canary.yaml.hbs",
+        &format!(
+            "{CANARY_MANIFEST}---\napiVersion: v1\nkind: Service\nmetadata: {{name: fraud-canary}}\nspec: {{selector: {{app: fraud, track: canary}}}}\n"
+        ),
+    );
+    w.write(
+        "spec.yaml",
+        &ISTIO_SPEC.replace("traffic: istio", "traffic: gateway-api"),
+    );
+    w.wait_split("fraud", &[("7", 100)]);
+    let out = w.rollwright(&["run", "spec.yaml"], &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(
+        w.kubectl(&[
+            "get",
+            "httproute",
+            "fraud",
+            "-n",
+            "ml",
+            "-o",
+            "jsonpath={.spec.rules[0].backendRefs[*].weight}"
+        ]),
+        "0 100"
+    );
+    w.wait_split("fraud", &[("8", 100)]);
+}
+
+#[test]
+fn rbac_prints_the_least_privilege_role_a_run_needs() {
+    let w = istio_world("");
+    let out = w.rollwright(&["rbac", "spec.yaml", "--service-account", "deployer"], &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let yaml = String::from_utf8_lossy(&out.stdout).into_owned();
+    for want in [
+        "kind: Role\nmetadata:\n  name: rollwright-fraud\n  namespace: ml",
+        "  - apiGroups: [\"apps\"]\n    resources: [deployments]\n    verbs: [create, delete, get, list, patch, update, watch]  # deploy, ready",
+        "  - apiGroups: [\"networking.istio.io\"]\n    resources: [virtualservices]\n    verbs: [get, patch]",
+        "  - apiGroups: [\"networking.istio.io\"]\n    resources: [destinationrules]\n    verbs: [list]",
+        "    name: deployer\n    namespace: ml",
+    ] {
+        assert!(yaml.contains(want), "{want}\n---\n{yaml}");
+    }
+    assert!(!yaml.contains("secrets"), "nothing more than the steps need");
+    // It is valid Kubernetes YAML: the (sim) API server takes it.
+    w.write("rbac.yaml", &yaml);
+    let applied = std::process::Command::new("kubectl")
+        .arg("--kubeconfig")
+        .arg(w.path().join("kubeconfig"))
+        .args(["apply", "--server-side", "--validate=false", "-f", "rbac.yaml"])
+        .current_dir(w.path())
+        .output()
+        .unwrap();
+    assert!(
+        applied.status.success(),
+        "{}",
+        String::from_utf8_lossy(&applied.stderr)
+    );
+}
