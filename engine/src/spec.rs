@@ -145,6 +145,15 @@ pub struct Serving {
     /// The canary backend in the route.
     #[serde(default)]
     pub canary: Option<String>,
+    /// Base URL of the inference endpoint.
+    #[serde(default)]
+    pub endpoint: Option<String>,
+    /// Headers that route a request to the canary.
+    #[serde(default, rename = "canary-headers")]
+    pub canary_headers: Option<BTreeMap<String, String>>,
+    /// Headers that route a request to the stable version.
+    #[serde(default, rename = "stable-headers")]
+    pub stable_headers: Option<BTreeMap<String, String>>,
 }
 
 /// Defaults applied to every step that does not set its own.

@@ -10,7 +10,8 @@
 //! Every answer carries `x-model-version` (the version that answered) and
 //! `x-sim-backend`. A request picks its backend by weight, unless it names a
 //! version (`x-sim-version` header, or `/versions/<v>/` in v2) as a client
-//! going to a canary's own Service does. A backend with no Ready pod answers
+//! going to a canary's own Service does, or excludes one
+//! (`x-sim-exclude-version`: the stable side of a canary). A backend with no Ready pod answers
 //! 503 (`no healthy upstream`), as a mesh does.
 
 use std::collections::{BTreeMap, HashMap};
@@ -166,6 +167,19 @@ impl Models {
 
     /// Routes one request and decides its outcome (and records it).
     pub fn answer(&self, model: &str, namespace: Option<&str>, version: Option<&str>) -> Answer {
+        self.answer_except(model, namespace, version, None)
+    }
+
+    /// As [`Self::answer`]; `except` routes among the backends that do not
+    /// serve that version (by weight, or evenly when they have none), as a
+    /// client calling the stable Service does during a canary.
+    pub fn answer_except(
+        &self,
+        model: &str,
+        namespace: Option<&str>,
+        version: Option<&str>,
+        except: Option<&str>,
+    ) -> Answer {
         let fail = |code: u16, error: String| Answer {
             code,
             version: String::new(),
@@ -180,23 +194,30 @@ impl Models {
         let backend: Option<Backend> = match version {
             Some(v) => route.backends.iter().find(|b| b.version == v).cloned(),
             None => {
-                let total: u32 = route.backends.iter().map(|b| b.weight).sum();
+                let mut candidates: Vec<Backend> = route
+                    .backends
+                    .iter()
+                    .filter(|b| except.is_none_or(|x| b.version != x))
+                    .cloned()
+                    .collect();
+                if except.is_some() && candidates.iter().all(|b| b.weight == 0) {
+                    for b in &mut candidates {
+                        b.weight = 1;
+                    }
+                }
+                let total: u32 = candidates.iter().map(|b| b.weight).sum();
                 if total == 0 {
                     None
                 } else {
                     let mut pick = self.rng.lock().map_or(0, |mut r| r.random_range(0..total));
-                    route
-                        .backends
-                        .iter()
-                        .find(|b| {
-                            if pick < b.weight {
-                                true
-                            } else {
-                                pick -= b.weight;
-                                false
-                            }
-                        })
-                        .cloned()
+                    candidates.into_iter().find(|b| {
+                        if pick < b.weight {
+                            true
+                        } else {
+                            pick -= b.weight;
+                            false
+                        }
+                    })
                 }
             }
         };
@@ -436,7 +457,12 @@ async fn serve(models: &Models, method: &Method, uri: &Uri, headers: &HeaderMap,
                 );
             };
             let n = instances.len();
-            let a = models.answer(model, ns.as_deref(), header("x-sim-version").as_deref());
+            let a = models.answer_except(
+                model,
+                ns.as_deref(),
+                header("x-sim-version").as_deref(),
+                header("x-sim-exclude-version").as_deref(),
+            );
             respond(a, |a| json!({"predictions": vec![a.output.clone(); n]})).await
         }
         (&Method::POST, ["v2", "models", m, "infer"])
@@ -465,7 +491,12 @@ async fn serve(models: &Models, method: &Method, uri: &Uri, headers: &HeaderMap,
                 .unwrap_or(1);
             let id = req["id"].clone();
             let model = (*m).to_owned();
-            let a = models.answer(m, ns.as_deref(), pinned.as_deref());
+            let a = models.answer_except(
+                m,
+                ns.as_deref(),
+                pinned.as_deref(),
+                header("x-sim-exclude-version").as_deref(),
+            );
             respond(a, move |a| {
                 let data = vec![a.output.clone(); usize::try_from(n).unwrap_or(1)];
                 json!({"model_name": model, "model_version": a.version, "id": id,

@@ -1,12 +1,15 @@
 //! `hold`: wait while judging the canary from metrics.
 
-use std::time::Duration;
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rollwright_engine::Code;
 use rollwright_engine::duration::Display;
-use rollwright_engine::registry::{Finding, Role, StepKind};
+use rollwright_engine::exec::{BoxFuture, Progress, Step, StepContext, StepError};
+use rollwright_engine::registry::{BuildContext, Finding, Role, StepKind};
 use serde::Deserialize;
-use serde_json::Value;
+use serde_json::{Map, Value, json};
 
 use crate::common::{SecretRef, config, dur};
 
@@ -40,8 +43,32 @@ pub struct Analysis {
     /// Samples before judging.
     #[serde(default = "one")]
     pub min_samples: u32,
+    /// Synthetic requests of probe metrics.
+    #[serde(default)]
+    pub probe: Option<ProbeConfig>,
     /// The metrics.
     pub metrics: Vec<Metric>,
+}
+
+/// The requests probe metrics send.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProbeConfig {
+    /// Protocol (default kserve-v1).
+    #[serde(default)]
+    pub protocol: Option<crate::verify_inference::Protocol>,
+    /// Path (http).
+    #[serde(default)]
+    pub path: Option<String>,
+    /// Body.
+    #[serde(default)]
+    pub request: Option<Value>,
+    /// Per version and evaluation.
+    #[serde(default)]
+    pub requests: Option<u32>,
+    /// Per-request timeout.
+    #[serde(default)]
+    pub timeout: Option<String>,
 }
 
 /// One judged metric.
@@ -123,6 +150,12 @@ impl StepKind for Hold {
     }
     fn role(&self) -> Role {
         Role::Observe
+    }
+    fn outputs(&self) -> &'static [&'static str] {
+        &["evaluations", "last"]
+    }
+    fn build(&self, with: &Value, cx: &BuildContext) -> Result<Arc<dyn Step>, String> {
+        Hold::build_step(with, cx)
     }
     fn min_duration(&self, with: &Value) -> Option<Duration> {
         with.get("duration").and_then(Value::as_str).map(dur)
@@ -222,5 +255,431 @@ impl StepKind for Hold {
             }
         }
         out
+    }
+}
+
+impl Hold {
+    fn build_step(with: &Value, cx: &BuildContext) -> Result<Arc<dyn Step>, String> {
+        let c: HoldConfig = serde_json::from_value(with.clone()).map_err(|e| e.to_string())?;
+        let analysis = c.analysis.clone();
+        let needs = |p: Provider| {
+            analysis
+                .as_ref()
+                .is_some_and(|a| a.metrics.iter().any(|m| m.provider == p))
+        };
+        let endpoint = if needs(Provider::Probe) {
+            Some(crate::inference::Endpoint::of(cx)?)
+        } else {
+            None
+        };
+        let cluster = if needs(Provider::Kubernetes) {
+            Some(crate::cluster::Cluster::of(cx)?)
+        } else {
+            None
+        };
+        if let Some(a) = &analysis {
+            for m in &a.metrics {
+                if m.provider == Provider::Prometheus && m.address.is_none() {
+                    return Err(format!(
+                        "prometheus metric `{}` needs `address` (the Prometheus URL)",
+                        m.name
+                    ));
+                }
+            }
+        }
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(10))
+            .build()
+            .map_err(|e| format!("cannot make an HTTP client: {e}"))?;
+        let (model, version) = cx
+            .model
+            .as_ref()
+            .map_or((String::new(), String::new()), |m| (m.1.clone(), m.2.clone()));
+        Ok(Arc::new(HoldStep {
+            duration: dur(&c.duration),
+            analysis,
+            endpoint,
+            cluster,
+            http,
+            model,
+            version,
+            namespace: cx
+                .target
+                .as_ref()
+                .map(|t| t.namespace.clone())
+                .unwrap_or_default(),
+            base: cx.spec_dir.clone(),
+            state: Mutex::default(),
+        }))
+    }
+}
+
+/// A measured value of one metric: the canary's, the stable version's
+/// (when measured), and how many samples back them.
+#[derive(Debug, Clone, Copy, Default)]
+struct Sample {
+    canary: Option<f64>,
+    stable: Option<f64>,
+    samples: u64,
+}
+
+/// How one evaluation of a metric went.
+#[derive(Debug, Clone, PartialEq)]
+enum Verdict {
+    Pass(String),
+    Breach(String),
+    NoData(String),
+}
+
+#[derive(Default)]
+struct HoldState {
+    next_eval_ms: u64,
+    evaluations: u32,
+    consecutive: BTreeMap<String, u32>,
+    total: BTreeMap<String, u32>,
+    last: BTreeMap<String, String>,
+    inconclusive: bool,
+}
+
+struct HoldStep {
+    duration: Duration,
+    analysis: Option<Analysis>,
+    endpoint: Option<crate::inference::Endpoint>,
+    cluster: Option<Arc<crate::cluster::Cluster>>,
+    http: reqwest::Client,
+    model: String,
+    version: String,
+    namespace: String,
+    base: std::path::PathBuf,
+    state: Mutex<HoldState>,
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+fn ms(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+fn show(v: f64) -> String {
+    if v != 0.0 && v.abs() < 0.01 {
+        format!("{v:.4}")
+    } else {
+        format!("{v:.3}")
+    }
+}
+
+/// Judges one metric's sample against its thresholds.
+fn judge(m: &Metric, s: Sample, min_samples: u32) -> Verdict {
+    let Some(value) = s.canary else {
+        return Verdict::NoData(format!("{}: no data for the canary", m.name));
+    };
+    if s.samples < u64::from(min_samples) {
+        return Verdict::NoData(format!(
+            "{}: {} sample(s), {min_samples} needed before judging",
+            m.name, s.samples
+        ));
+    }
+    if let Some(max) = m.max
+        && value > max
+    {
+        return Verdict::Breach(format!("{}: canary {} > max {}", m.name, show(value), show(max)));
+    }
+    if let Some(min) = m.min
+        && value < min
+    {
+        return Verdict::Breach(format!("{}: canary {} < min {}", m.name, show(value), show(min)));
+    }
+    if let Some(inc) = m.max_increase_over_stable {
+        // A difference, never a ratio: a canary failing while stable has no
+        // errors at all is a breach, not NaN.
+        let Some(stable) = s.stable else {
+            return Verdict::NoData(format!(
+                "{}: no data for the stable version to compare with",
+                m.name
+            ));
+        };
+        if value - stable > inc + 1e-12 {
+            return Verdict::Breach(format!(
+                "{}: canary {} > stable {} + {} (max-increase-over-stable)",
+                m.name,
+                show(value),
+                show(stable),
+                show(inc)
+            ));
+        }
+        return Verdict::Pass(format!(
+            "{}: canary {} vs stable {}",
+            m.name,
+            show(value),
+            show(stable)
+        ));
+    }
+    Verdict::Pass(format!("{}: {}", m.name, show(value)))
+}
+
+impl HoldStep {
+    /// One evaluation of every metric.
+    async fn evaluate(&self, a: &Analysis, cx: &StepContext) -> Vec<(String, Verdict)> {
+        let mut probe: Option<(crate::inference::Probe, crate::inference::Probe)> = None;
+        let mut out = Vec::new();
+        for m in &a.metrics {
+            let q = m.query.as_deref().unwrap_or_default();
+            let sample = match m.provider {
+                Provider::Probe => {
+                    if probe.is_none() {
+                        probe = Some(self.probe(a).await);
+                    }
+                    let (c, st) = probe
+                        .as_ref()
+                        .map_or_else(Default::default, |p| (p.0.clone(), p.1.clone()));
+                    let with_stable = m.max_increase_over_stable.is_some();
+                    Sample {
+                        canary: c.quantity(q),
+                        stable: if with_stable { st.quantity(q) } else { None },
+                        samples: c.answered(),
+                    }
+                }
+                Provider::Prometheus => self.prometheus(m, q).await,
+                Provider::Kubernetes => self.kubernetes(q, cx).await,
+            };
+            out.push((m.name.clone(), judge(m, sample, a.min_samples)));
+        }
+        out
+    }
+
+    async fn probe(&self, a: &Analysis) -> (crate::inference::Probe, crate::inference::Probe) {
+        let Some(ep) = &self.endpoint else {
+            return Default::default();
+        };
+        let p = a.probe.clone();
+        let protocol = p
+            .as_ref()
+            .and_then(|p| p.protocol)
+            .unwrap_or(crate::verify_inference::Protocol::KserveV1);
+        let (url, body) = ep.request(
+            protocol,
+            p.as_ref().and_then(|p| p.path.as_deref()),
+            p.as_ref().and_then(|p| p.request.as_ref()),
+        );
+        let n = p.as_ref().and_then(|p| p.requests).unwrap_or(20);
+        let timeout = p
+            .as_ref()
+            .and_then(|p| p.timeout.as_deref())
+            .map_or(Duration::from_secs(5), dur);
+        let canary = ep.probe(crate::inference::Track::Canary, &url, &body, n, timeout);
+        let stable = ep.probe(crate::inference::Track::Stable, &url, &body, n, timeout);
+        tokio::join!(canary, stable)
+    }
+
+    async fn prometheus(&self, m: &Metric, q: &str) -> Sample {
+        let Some(address) = &m.address else {
+            return Sample::default();
+        };
+        let token = m.token.as_ref().and_then(|t| {
+            let v = serde_json::to_value(t).ok()?;
+            rollwright_engine::secrets::resolve(&v, &self.base)
+                .ok()
+                .map(|s| s.expose().to_owned())
+        });
+        let render = |selector: &str| {
+            q.replace("{{model}}", &self.model)
+                .replace("{{namespace}}", &self.namespace)
+                .replace("{{version}}", &self.version)
+                .replace("{{selector}}", selector)
+        };
+        let value = |query: String| {
+            let mut req = self
+                .http
+                .get(format!("{}/api/v1/query", address.trim_end_matches('/')))
+                .query(&[("query", query)]);
+            if let Some(t) = &token {
+                req = req.bearer_auth(t);
+            }
+            async move {
+                let body: Value = req.send().await.ok()?.json().await.ok()?;
+                if body["status"] != "success" {
+                    return None;
+                }
+                let r = &body["data"]["result"];
+                let v = match body["data"]["resultType"].as_str() {
+                    Some("scalar") => r[1].as_str(),
+                    _ => r[0]["value"][1].as_str(),
+                }?;
+                v.parse::<f64>().ok().filter(|v| v.is_finite())
+            }
+        };
+        let canary_sel = format!("version=\"{}\"", self.version);
+        let stable_sel = format!("version!=\"{}\"", self.version);
+        let canary = value(render(&canary_sel)).await;
+        let stable = if m.max_increase_over_stable.is_some() {
+            value(render(&stable_sel)).await
+        } else {
+            None
+        };
+        Sample {
+            canary,
+            stable,
+            samples: u64::from(canary.is_some()),
+        }
+    }
+
+    async fn kubernetes(&self, q: &str, cx: &StepContext) -> Sample {
+        let Some(cluster) = &self.cluster else {
+            return Sample::default();
+        };
+        // The canary's pods: those of the workloads the run applied whose
+        // pods carry the canary's version label.
+        let Ok(pods) = cluster
+            .list("v1", "Pod", &format!("version={}", self.version))
+            .await
+        else {
+            return Sample::default();
+        };
+        let _ = cx;
+        if pods.is_empty() {
+            return Sample::default();
+        }
+        let value = match q {
+            "restarts" => pods
+                .iter()
+                .flat_map(|p| {
+                    p["status"]["containerStatuses"]
+                        .as_array()
+                        .cloned()
+                        .unwrap_or_default()
+                })
+                .map(|c| c["restartCount"].as_f64().unwrap_or(0.0))
+                .sum(),
+            _ => {
+                let ready = pods.iter().filter(|p| crate::cluster::pod_ready(p)).count();
+                ready as f64 / pods.len() as f64
+            }
+        };
+        Sample {
+            canary: Some(value),
+            stable: Some(0.0),
+            samples: pods.len() as u64,
+        }
+    }
+}
+
+impl Step for HoldStep {
+    fn run<'a>(&'a self, cx: &'a StepContext) -> BoxFuture<'a, Result<Progress, StepError>> {
+        Box::pin(async move {
+            // When the hold started, journaled: a resumed hold continues.
+            let started = match cx.recalled("started-ms").and_then(|v| v.as_u64()) {
+                Some(t) => t,
+                None => {
+                    let t = now_ms();
+                    cx.remember("started-ms", json!(t));
+                    t
+                }
+            };
+            let end = started + ms(self.duration);
+            let Some(a) = &self.analysis else {
+                let now = now_ms();
+                if now >= end {
+                    return Ok(Progress::Done { outputs: Map::new() });
+                }
+                return Ok(Progress::Wait {
+                    after: Duration::from_millis(end - now),
+                    reason: format!("holding {} more", Display(Duration::from_millis(end - now))),
+                });
+            };
+            let interval = ms(dur(&a.interval)).max(1);
+            let due = {
+                let st = self
+                    .state
+                    .lock()
+                    .map_err(|_| StepError::failed("hold state poisoned"))?;
+                st.next_eval_ms.max(started)
+            };
+            let now = now_ms();
+            if now >= due || now >= end {
+                let verdicts = self.evaluate(a, cx).await;
+                let mut st = self
+                    .state
+                    .lock()
+                    .map_err(|_| StepError::failed("hold state poisoned"))?;
+                st.evaluations += 1;
+                st.inconclusive = false;
+                let on_no_data = a.on_no_data.as_deref().unwrap_or("fail");
+                let total = a.count.as_deref() == Some("total");
+                for (name, v) in &verdicts {
+                    let breach = match v {
+                        Verdict::Breach(_) => true,
+                        Verdict::NoData(_) => match on_no_data {
+                            "fail" => true,
+                            "hold" => {
+                                st.inconclusive = true;
+                                false
+                            }
+                            _ => false,
+                        },
+                        Verdict::Pass(_) => false,
+                    };
+                    let text = match v {
+                        Verdict::Pass(t) | Verdict::Breach(t) | Verdict::NoData(t) => t.clone(),
+                    };
+                    st.last.insert(name.clone(), text.clone());
+                    let c = st.consecutive.entry(name.clone()).or_insert(0);
+                    if breach {
+                        *c += 1;
+                    } else if !matches!(v, Verdict::NoData(_)) || on_no_data != "hold" {
+                        *c = 0;
+                    }
+                    let consecutive = *c;
+                    let t = st.total.entry(name.clone()).or_insert(0);
+                    if breach {
+                        *t += 1;
+                    }
+                    let count = if total { *t } else { consecutive };
+                    if breach && count >= a.failure_limit {
+                        let how = if a.failure_limit == 1 {
+                            String::new()
+                        } else if total {
+                            format!(" ({count} breaches in total, limit {})", a.failure_limit)
+                        } else {
+                            format!(" ({count} consecutive breaches, limit {})", a.failure_limit)
+                        };
+                        return Err(StepError::rejected(format!("analysis failed: {text}{how}")));
+                    }
+                }
+                st.next_eval_ms = now + interval;
+            }
+            let st = self
+                .state
+                .lock()
+                .map_err(|_| StepError::failed("hold state poisoned"))?;
+            let now = now_ms();
+            let summary = st.last.values().cloned().collect::<Vec<_>>().join("; ");
+            if now >= end && !st.inconclusive {
+                let mut outputs = Map::new();
+                outputs.insert("evaluations".into(), json!(st.evaluations));
+                outputs.insert("last".into(), json!(st.last));
+                return Ok(Progress::Done { outputs });
+            }
+            let next = if now >= end {
+                now + interval.min(1000)
+            } else {
+                st.next_eval_ms.min(end)
+            };
+            Ok(Progress::Wait {
+                after: Duration::from_millis(next.saturating_sub(now).max(1)),
+                reason: if now >= end {
+                    format!("inconclusive, holding until the data is in: {summary}")
+                } else {
+                    format!(
+                        "holding {} more: {summary}",
+                        Display(Duration::from_millis(end - now))
+                    )
+                },
+            })
+        })
     }
 }

@@ -16,6 +16,7 @@ pub mod cluster;
 pub mod exec;
 pub mod gate_check;
 pub mod hold;
+pub mod inference;
 pub mod model_registry;
 pub mod notify;
 pub mod restore;

@@ -465,6 +465,9 @@ mod tests {
             route: None,
             stable: None,
             canary: None,
+            endpoint: None,
+            canary_headers: None,
+            stable_headers: None,
         });
         cx.target = Some(rollwright_engine::registry::TargetInfo {
             context: "c".into(),

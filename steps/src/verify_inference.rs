@@ -1,11 +1,16 @@
 //! `verify-inference`: synthetic requests against the canary.
 
-use rollwright_engine::Code;
-use rollwright_engine::registry::{Finding, Role, StepKind};
-use serde::Deserialize;
-use serde_json::Value;
+use std::sync::Arc;
+use std::time::Duration;
 
-use crate::common::{SecretRef, config};
+use rollwright_engine::Code;
+use rollwright_engine::exec::{BoxFuture, Progress, Step, StepContext, StepError};
+use rollwright_engine::registry::{BuildContext, Finding, Role, StepKind};
+use serde::Deserialize;
+use serde_json::{Map, Value, json};
+
+use crate::common::{SecretRef, config, dur};
+use crate::inference::{Endpoint, Track, quantile};
 
 /// `with` of a verify-inference.
 #[derive(Debug, Clone, Deserialize)]
@@ -30,10 +35,42 @@ pub struct VerifyInferenceConfig {
     pub success_ratio: Option<f64>,
     /// Expectations.
     #[serde(default)]
-    pub expect: Option<Value>,
+    pub expect: Expect,
     /// Auth header by reference.
     #[serde(default)]
     pub auth: Option<SecretRef>,
+}
+
+/// What every answer must satisfy.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Expect {
+    /// HTTP status (default 200).
+    #[serde(default)]
+    pub status: Option<u16>,
+    /// Latency budget per request.
+    #[serde(default)]
+    pub latency: Option<String>,
+    /// JSONPath assertions.
+    #[serde(default)]
+    pub json: Vec<JsonAssert>,
+}
+
+/// One JSONPath assertion.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JsonAssert {
+    /// `$.predictions[0]`.
+    pub path: String,
+    /// Expected value.
+    #[serde(default)]
+    pub equals: Option<Value>,
+    /// Accepted absolute difference for numbers.
+    #[serde(default)]
+    pub tolerance: Option<f64>,
+    /// Only require that the path exists.
+    #[serde(default)]
+    pub exists: Option<bool>,
 }
 
 /// Request protocol.
@@ -105,6 +142,260 @@ impl StepKind for VerifyInference {
         if let Some(a) = &c.auth {
             a.check("/auth", &mut out);
         }
+        for (i, j) in c.expect.json.iter().enumerate() {
+            if let Err(e) = serde_json_path::JsonPath::parse(&j.path) {
+                out.push(Finding::new(
+                    format!("/expect/json/{i}/path"),
+                    Code::InvalidStepConfig,
+                    format!("not a JSONPath: {e}"),
+                ));
+            }
+        }
         out
+    }
+    fn build(&self, with: &Value, cx: &BuildContext) -> Result<Arc<dyn Step>, String> {
+        let c: VerifyInferenceConfig = serde_json::from_value(with.clone()).map_err(|e| e.to_string())?;
+        let endpoint = Endpoint::of(cx)?;
+        let asserts = c
+            .expect
+            .json
+            .iter()
+            .map(|j| {
+                serde_json_path::JsonPath::parse(&j.path)
+                    .map(|p| (p, j.clone()))
+                    .map_err(|e| format!("`{}` is not a JSONPath: {e}", j.path))
+            })
+            .collect::<Result<Vec<_>, String>>()?;
+        Ok(Arc::new(VerifyStep {
+            endpoint,
+            budget: c.expect.latency.as_deref().map_or(Duration::from_secs(30), dur),
+            status: c.expect.status.unwrap_or(200),
+            asserts,
+            auth: with.get("auth").cloned(),
+            base: cx.spec_dir.clone(),
+            config: c,
+        }))
+    }
+}
+
+struct VerifyStep {
+    endpoint: Endpoint,
+    budget: Duration,
+    status: u16,
+    asserts: Vec<(serde_json_path::JsonPath, JsonAssert)>,
+    auth: Option<Value>,
+    base: std::path::PathBuf,
+    config: VerifyInferenceConfig,
+}
+
+impl VerifyStep {
+    /// What is wrong with one answer (`None`: it passes).
+    fn judge(&self, track: Track, call: &crate::inference::Call) -> Option<String> {
+        if let Some(e) = &call.error {
+            return Some(e.clone());
+        }
+        if call.status != self.status {
+            let why = call
+                .body
+                .as_ref()
+                .and_then(|b| b.get("error").and_then(Value::as_str).map(str::to_owned));
+            return Some(format!(
+                "status {} (expected {}){}",
+                call.status,
+                self.status,
+                why.map_or(String::new(), |w| format!(": {w}"))
+            ));
+        }
+        if call.latency > self.budget {
+            return Some(format!(
+                "took {} (budget {})",
+                humantime::format_duration(Duration::from_millis(
+                    u64::try_from(call.latency.as_millis()).unwrap_or(u64::MAX)
+                )),
+                humantime::format_duration(self.budget)
+            ));
+        }
+        let v = &self.endpoint.version;
+        match (track, call.version.as_deref()) {
+            (Track::Canary, Some(got)) if got != v => {
+                return Some(format!("answered by version {got}, not the canary {v}"));
+            }
+            (Track::Stable, Some(got)) if got == v => {
+                return Some(format!("answered by the canary {v}, not the stable version"));
+            }
+            _ => {}
+        }
+        let body = call.body.clone().unwrap_or(Value::Null);
+        for (path, a) in &self.asserts {
+            let found: Vec<&Value> = path.query(&body).all();
+            let Some(first) = found.first() else {
+                return Some(format!("{} is missing from the answer", a.path));
+            };
+            if a.exists == Some(true) && a.equals.is_none() {
+                continue;
+            }
+            if let Some(want) = &a.equals {
+                let ok = match (first.as_f64(), want.as_f64()) {
+                    (Some(g), Some(w)) => (g - w).abs() <= a.tolerance.unwrap_or(0.0),
+                    _ => *first == want,
+                };
+                if !ok {
+                    return Some(format!(
+                        "{} is {first}, expected {want}{}",
+                        a.path,
+                        a.tolerance.map_or(String::new(), |t| format!(" ± {t}"))
+                    ));
+                }
+            }
+        }
+        None
+    }
+}
+
+impl Step for VerifyStep {
+    fn run<'a>(&'a self, _cx: &'a StepContext) -> BoxFuture<'a, Result<Progress, StepError>> {
+        Box::pin(async move {
+            let auth = match &self.auth {
+                Some(r) => Some(
+                    rollwright_engine::secrets::resolve(r, &self.base)
+                        .map_err(StepError::failed)?
+                        .expose()
+                        .to_owned(),
+                ),
+                None => None,
+            };
+            let track = match self.config.target {
+                Target::Canary => Track::Canary,
+                Target::Stable => Track::Stable,
+            };
+            let (url, body) = self.endpoint.request(
+                self.config.protocol,
+                self.config.path.as_deref(),
+                self.config.request.as_ref(),
+            );
+            let n = self.config.requests.max(1);
+            let mut passed = 0u32;
+            let mut failures: Vec<String> = Vec::new();
+            let mut latencies = Vec::new();
+            let mut versions = std::collections::BTreeSet::new();
+            for _ in 0..n {
+                let call = self
+                    .endpoint
+                    .call(
+                        track,
+                        &url,
+                        &body,
+                        auth.as_deref(),
+                        self.budget.saturating_add(Duration::from_secs(10)),
+                    )
+                    .await;
+                latencies.push(call.latency);
+                if let Some(v) = &call.version {
+                    versions.insert(v.clone());
+                }
+                match self.judge(track, &call) {
+                    None => passed += 1,
+                    Some(why) => failures.push(why),
+                }
+            }
+            let ratio = f64::from(passed) / f64::from(n);
+            let need = self.config.success_ratio.unwrap_or(1.0);
+            let p99 = quantile(&latencies, 0.99).unwrap_or(0.0);
+            if ratio + 1e-9 < need {
+                let mut distinct: Vec<String> = Vec::new();
+                for f in &failures {
+                    if !distinct.contains(f) && distinct.len() < 3 {
+                        distinct.push(f.clone());
+                    }
+                }
+                return Err(StepError::rejected(format!(
+                    "{passed} of {n} requests to the {} passed (needed {:.0}%): {}",
+                    if track == Track::Canary {
+                        "canary"
+                    } else {
+                        "stable version"
+                    },
+                    need * 100.0,
+                    distinct.join("; ")
+                )));
+            }
+            let mut outputs = Map::new();
+            outputs.insert(
+                "answered-by".into(),
+                json!(versions.into_iter().collect::<Vec<_>>()),
+            );
+            outputs.insert("latency-p99".into(), json!((p99 * 1000.0).round() / 1000.0));
+            outputs.insert("passed".into(), json!(format!("{passed}/{n}")));
+            Ok(Progress::Done { outputs })
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn judge_checks_status_version_and_json() {
+        let mut cx = BuildContext::detached(std::path::Path::new("."));
+        cx.model = Some(("file".into(), "fraud".into(), "8".into()));
+        cx.serving =
+            serde_json::from_value(json!({"platform": "deployment", "endpoint": "http://127.0.0.1:1"})).ok();
+        let with = json!({"protocol": "kserve-v1", "expect": {"json": [{"path": "$.predictions[0]", "equals": 0.9, "tolerance": 0.05}]}});
+        let c: VerifyInferenceConfig = serde_json::from_value(with.clone()).unwrap();
+        assert_eq!(c.expect.json.len(), 1);
+        let endpoint = Endpoint::of(&cx).unwrap();
+        let step = VerifyStep {
+            endpoint,
+            budget: Duration::from_secs(1),
+            status: 200,
+            asserts: c
+                .expect
+                .json
+                .iter()
+                .map(|j| (serde_json_path::JsonPath::parse(&j.path).unwrap(), j.clone()))
+                .collect(),
+            auth: None,
+            base: ".".into(),
+            config: c,
+        };
+        let call = |status: u16, version: Option<&str>, body: Value| crate::inference::Call {
+            status,
+            latency: Duration::from_millis(5),
+            body: Some(body),
+            version: version.map(str::to_owned),
+            error: None,
+        };
+        assert_eq!(
+            step.judge(
+                Track::Canary,
+                &call(200, Some("8"), json!({"predictions": [0.92]}))
+            ),
+            None
+        );
+        assert_eq!(
+            step.judge(
+                Track::Canary,
+                &call(200, Some("8"), json!({"predictions": [0.5]}))
+            )
+            .unwrap(),
+            "$.predictions[0] is 0.5, expected 0.9 ± 0.05"
+        );
+        assert_eq!(
+            step.judge(
+                Track::Canary,
+                &call(200, Some("7"), json!({"predictions": [0.9]}))
+            )
+            .unwrap(),
+            "answered by version 7, not the canary 8"
+        );
+        assert_eq!(
+            step.judge(
+                Track::Canary,
+                &call(503, None, json!({"error": "no healthy upstream"}))
+            )
+            .unwrap(),
+            "status 503 (expected 200): no healthy upstream"
+        );
     }
 }

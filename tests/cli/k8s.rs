@@ -637,3 +637,228 @@ fn rbac_prints_the_least_privilege_role_a_run_needs() {
         String::from_utf8_lossy(&applied.stderr)
     );
 }
+
+/// The Istio spec with `serving.endpoint` on the sim's model servers, a
+/// smoke test after wait-ready and an analysed hold at 20 %.
+fn analysed_spec(w: &World, hold: &str, metrics: &str) -> String {
+    ISTIO_SPEC
+        .replace(
+            "serving: {platform: deployment, traffic: istio}",
+            &format!(
+                "serving: {{platform: deployment, traffic: istio, endpoint: \"{}\"}}",
+                w.sim.models_url()
+            ),
+        )
+        .replace(
+            "  - id: shift-50\n    type: shift-traffic\n    needs: [shift-20]",
+            &format!(
+                "  - id: hold-20\n    type: hold\n    needs: [shift-20]\n    with:\n      duration: {hold}\n      analysis:\n        interval: 500ms\n{metrics}\n  - id: shift-50\n    type: shift-traffic\n    needs: [hold-20]"
+            ),
+        )
+}
+
+const PROBE_METRICS: &str = "        failure-limit: 1\n        probe: {requests: 40}\n        metrics:\n          - {name: error-rate, provider: probe, query: error-rate, max-increase-over-stable: 0.05}\n          - {name: p99, provider: probe, query: latency-p99, max: 0.25}";
+
+#[test]
+fn a_healthy_canary_passes_its_analysed_hold() {
+    let w = istio_world(
+        "models:\n  fraud:\n    versions:\n      \"7\": {latency: {p50: 5ms, p99: 20ms}}\n      \"8\": {latency: {p50: 5ms, p99: 20ms}}\n",
+    );
+    w.write("spec.yaml", &analysed_spec(&w, "2s", PROBE_METRICS));
+    let out = w.rollwright(&["run", "spec.yaml"], &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let journal = journal_of(w.path());
+    assert!(
+        journal.contains(r#""step":"hold-20","outputs":{"evaluations":"#),
+        "{journal}"
+    );
+    w.wait_split("fraud", &[("8", 100)]);
+}
+
+#[test]
+fn an_error_rate_rising_mid_hold_fails_it_and_rolls_back() {
+    // Version 8 starts failing half of its requests 1 s after it first serves.
+    let w = istio_world(
+        "models:\n  fraud:\n    versions:\n      \"8\":\n        phases:\n          - {after: 20s, error-rate: 50%}\n",
+    );
+    w.write("spec.yaml", &analysed_spec(&w, "30s", PROBE_METRICS));
+    let started = std::time::Instant::now();
+    let out = w.rollwright(&["run", "spec.yaml"], &[]);
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(err.contains("analysis failed: error-rate: canary 0."), "{err}");
+    assert!(err.contains("(max-increase-over-stable)"), "{err}");
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(20),
+        "failed early, not at the end of the 30 s hold"
+    );
+    assert_eq!(vs_weights(&w), "100 0");
+    w.wait_split("fraud", &[("7", 100)]);
+}
+
+#[test]
+fn a_latency_regression_fails_the_hold() {
+    let w =
+        istio_world("models:\n  fraud:\n    versions:\n      \"8\": {latency: {p50: 400ms, p99: 600ms}}\n");
+    w.write("spec.yaml", &analysed_spec(&w, "5s", PROBE_METRICS));
+    let out = w.rollwright(&["run", "spec.yaml"], &[]);
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("analysis failed: p99: canary 0."),
+        "{}",
+        stderr(&out)
+    );
+    assert!(stderr(&out).contains("> max 0.250"), "{}", stderr(&out));
+}
+
+#[test]
+fn a_canary_that_errors_while_stable_has_none_is_a_breach_not_nan() {
+    let w = istio_world(
+        "models:\n  fraud:\n    versions:\n      \"7\": {error-rate: 0}\n      \"8\": {error-rate: 30%}\n",
+    );
+    w.write(
+        "spec.yaml",
+        &analysed_spec(
+            &w,
+            "5s",
+            "        probe: {requests: 40}\n        metrics:\n          - {name: error-rate, provider: probe, query: error-rate, max-increase-over-stable: 0.005}",
+        ),
+    );
+    let out = w.rollwright(&["run", "spec.yaml"], &[]);
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains("> stable 0.000 + 0.0050 (max-increase-over-stable)"),
+        "{err}"
+    );
+    assert!(!err.contains("NaN"));
+}
+
+#[test]
+fn no_data_fails_by_default_and_can_be_ignored() {
+    // A Prometheus nobody listens on: no data.
+    let metrics = "        metrics:\n          - {name: errors, provider: prometheus, address: \"http://127.0.0.1:9\", query: \"sum(rate(x[1m]))\", max: 0.01}";
+    let w = istio_world("");
+    w.write("spec.yaml", &analysed_spec(&w, "2s", metrics));
+    let out = w.rollwright(&["run", "spec.yaml"], &[]);
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("analysis failed: errors: no data for the canary"),
+        "{}",
+        stderr(&out)
+    );
+
+    let w = istio_world("");
+    w.write(
+        "spec.yaml",
+        &analysed_spec(&w, "2s", &format!("        on-no-data: ignore\n{metrics}")),
+    );
+    let out = w.rollwright(&["run", "spec.yaml"], &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+}
+
+#[test]
+fn canary_pods_crashing_during_the_hold_fail_it() {
+    let w = istio_world("");
+    w.write(
+        "spec.yaml",
+        &analysed_spec(
+            &w,
+            "20s",
+            "        metrics:\n          - {name: restarts, provider: kubernetes, query: restarts, max: 0}",
+        ),
+    );
+    let child = std::process::Command::new(assert_cmd::cargo::cargo_bin("rollwright"))
+        .current_dir(w.path())
+        .env("KUBECONFIG", w.path().join("kubeconfig"))
+        .args(["run", "spec.yaml"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Once the hold runs, version 8's pods start crashing.
+    for _ in 0..200 {
+        if std::fs::read_dir(w.path().join(".rollwright/runs"))
+            .ok()
+            .and_then(|mut d| d.next())
+            .is_some_and(|_| journal_of(w.path()).contains(r#""step":"hold-20","key":"started-ms""#))
+        {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    w.sim.set_scenario(
+        &Scenario::from_yaml(
+            "traffic: {rate: 0}\npods:\n  - {version: \"8\", crash-loop: true}\n",
+            "live",
+        )
+        .unwrap(),
+    );
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("analysis failed: restarts: canary"));
+    assert_eq!(vs_weights(&w), "100 0");
+}
+
+#[test]
+fn verify_inference_over_v1_and_v2_with_assertions_and_a_latency_budget() {
+    let w = istio_world(
+        "models:\n  fraud:\n    versions:\n      \"8\": {output: 0.93, latency: {p50: 5ms, p99: 10ms}}\n      \"7\": {output: 0.2}\n",
+    );
+    let spec = |w: &World, verify: &str| {
+        analysed_spec(w, "1s", "        metrics:\n          - {name: p99, provider: probe, query: latency-p99, max: 1}").replace(
+            "  - id: shift-20\n    type: shift-traffic\n    needs: [ready]",
+            &format!("  - id: smoke\n    type: verify-inference\n    needs: [ready]\n    with: {verify}\n  - id: shift-20\n    type: shift-traffic\n    needs: [smoke]"),
+        )
+    };
+    w.write(
+        "spec.yaml",
+        &spec(&w, "{protocol: v2, requests: 5, expect: {status: 200, latency: 1s, json: [{path: \"$.outputs[0].data[0]\", equals: 0.9, tolerance: 0.05}, {path: \"$.model_version\", equals: \"8\"}]}}"),
+    );
+    let out = w.rollwright(&["run", "spec.yaml", "--output", "json"], &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let events = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        events.contains(r#""step":"smoke","outputs":{"answered-by":["8"]"#),
+        "{events}"
+    );
+
+    // A failing assertion (v1), naming the path, the value and the expectation.
+    let w = istio_world("models:\n  fraud:\n    versions:\n      \"8\": {output: 0.5}\n");
+    let spec2 = spec(
+        &w,
+        "{protocol: kserve-v1, expect: {json: [{path: \"$.predictions[0]\", equals: 0.9, tolerance: 0.05}]}}",
+    );
+    w.write("spec.yaml", &spec2);
+    let out = w.rollwright(&["run", "spec.yaml", "--output", "json"], &[]);
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "{}\n{spec2}\n{}",
+        stderr(&out),
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert!(
+        stderr(&out).contains(
+            "0 of 1 requests to the canary passed (needed 100%): $.predictions[0] is 0.5, expected 0.9 ± 0.05"
+        ),
+        "{}",
+        stderr(&out)
+    );
+
+    // A slow canary misses the latency budget.
+    let w =
+        istio_world("models:\n  fraud:\n    versions:\n      \"8\": {latency: {p50: 300ms, p99: 300ms}}\n");
+    w.write(
+        "spec.yaml",
+        &spec(&w, "{protocol: kserve-v1, requests: 3, expect: {latency: 100ms}}"),
+    );
+    let out = w.rollwright(&["run", "spec.yaml"], &[]);
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    assert!(stderr(&out).contains("(budget 100ms)"), "{}", stderr(&out));
+}

@@ -1,0 +1,250 @@
+//! Synthetic inference requests, shared by `verify-inference` and the
+//! `probe` metric provider of `hold`: where to send them (`serving.endpoint`),
+//! how to address the canary or the stable version (`serving.canary-headers`
+//! / `stable-headers`; by default the headers the embedded cluster's router
+//! understands), what to send per protocol, and which version answered (the
+//! `x-model-version` response header, else `model_version` in a v2 body).
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use rollwright_engine::registry::BuildContext;
+use serde_json::{Value, json};
+
+use crate::verify_inference::Protocol;
+
+/// Which version a request addresses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Track {
+    /// The version being rolled out.
+    Canary,
+    /// What served before.
+    Stable,
+}
+
+/// Where and how to call the model.
+#[derive(Debug, Clone)]
+pub struct Endpoint {
+    base: String,
+    /// The model name.
+    pub model: String,
+    /// The canary's version (the run's model version).
+    pub version: String,
+    canary_headers: BTreeMap<String, String>,
+    stable_headers: BTreeMap<String, String>,
+    client: reqwest::Client,
+}
+
+/// One answered (or failed) request.
+#[derive(Debug, Clone)]
+pub struct Call {
+    /// HTTP status (0 when no answer came).
+    pub status: u16,
+    /// Round-trip time.
+    pub latency: Duration,
+    /// The JSON body, if any.
+    pub body: Option<Value>,
+    /// The version that answered, when the answer says.
+    pub version: Option<String>,
+    /// A transport error.
+    pub error: Option<String>,
+}
+
+impl Endpoint {
+    /// The endpoint of a run.
+    ///
+    /// # Errors
+    /// No `serving.endpoint` or no model.
+    pub fn of(cx: &BuildContext) -> Result<Endpoint, String> {
+        let serving = cx.serving.as_ref();
+        let base = serving
+            .and_then(|s| s.endpoint.clone())
+            .ok_or("this step calls the model: set `serving.endpoint` (the inference URL)")?;
+        let (_, model, version) = cx.model.clone().ok_or("this step needs the spec's `model`")?;
+        let fill = |m: &BTreeMap<String, String>| -> BTreeMap<String, String> {
+            m.iter()
+                .map(|(k, v)| (k.clone(), v.replace("{{model.version}}", &version)))
+                .collect()
+        };
+        let canary_headers = serving.and_then(|s| s.canary_headers.as_ref()).map_or_else(
+            || BTreeMap::from([("x-sim-version".to_owned(), version.clone())]),
+            fill,
+        );
+        let stable_headers = serving.and_then(|s| s.stable_headers.as_ref()).map_or_else(
+            || BTreeMap::from([("x-sim-exclude-version".to_owned(), version.clone())]),
+            fill,
+        );
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let client = reqwest::Client::builder()
+            .timeout(Duration::from_secs(30))
+            .build()
+            .map_err(|e| format!("cannot make an HTTP client: {e}"))?;
+        Ok(Endpoint {
+            base: base.trim_end_matches('/').to_owned(),
+            model,
+            version,
+            canary_headers,
+            stable_headers,
+            client,
+        })
+    }
+
+    /// The URL and body of a request (`path`/`body` override the protocol's defaults).
+    #[must_use]
+    pub fn request(&self, protocol: Protocol, path: Option<&str>, body: Option<&Value>) -> (String, Value) {
+        let (default_path, default_body) = match protocol {
+            Protocol::KserveV1 => (
+                format!("/v1/models/{}:predict", self.model),
+                json!({"instances": [[1.0, 2.0, 3.0]]}),
+            ),
+            Protocol::V2 => (
+                format!("/v2/models/{}/infer", self.model),
+                json!({"id": "rollwright-probe", "inputs": [{"name": "input-0", "shape": [1, 3], "datatype": "FP32", "data": [1.0, 2.0, 3.0]}]}),
+            ),
+            Protocol::Http => ("/".to_owned(), json!({})),
+        };
+        (
+            format!("{}{}", self.base, path.unwrap_or(&default_path)),
+            body.cloned().unwrap_or(default_body),
+        )
+    }
+
+    /// Sends one request to `track`.
+    pub async fn call(
+        &self,
+        track: Track,
+        url: &str,
+        body: &Value,
+        auth: Option<&str>,
+        budget: Duration,
+    ) -> Call {
+        let headers = match track {
+            Track::Canary => &self.canary_headers,
+            Track::Stable => &self.stable_headers,
+        };
+        let mut req = self.client.post(url).json(body).timeout(budget);
+        for (k, v) in headers {
+            req = req.header(k, v);
+        }
+        if let Some(a) = auth {
+            req = req.header("authorization", a);
+        }
+        let started = Instant::now();
+        match req.send().await {
+            Ok(r) => {
+                let status = r.status().as_u16();
+                let header_version = r
+                    .headers()
+                    .get("x-model-version")
+                    .and_then(|v| v.to_str().ok())
+                    .filter(|v| !v.is_empty())
+                    .map(str::to_owned);
+                let body = r
+                    .bytes()
+                    .await
+                    .ok()
+                    .and_then(|b| serde_json::from_slice::<Value>(&b).ok());
+                let latency = started.elapsed();
+                let version = header_version.or_else(|| {
+                    body.as_ref()
+                        .and_then(|b| b.get("model_version"))
+                        .and_then(Value::as_str)
+                        .filter(|v| !v.is_empty())
+                        .map(str::to_owned)
+                });
+                Call {
+                    status,
+                    latency,
+                    body,
+                    version,
+                    error: None,
+                }
+            }
+            Err(e) => Call {
+                status: 0,
+                latency: started.elapsed(),
+                body: None,
+                version: None,
+                error: Some(if e.is_timeout() {
+                    format!("no answer within {}", humantime::format_duration(budget))
+                } else {
+                    format!("request failed: {}", crate::inference::without_url(&e))
+                }),
+            },
+        }
+    }
+}
+
+/// The answers of a burst of probe requests to one version.
+#[derive(Debug, Clone, Default)]
+pub struct Probe {
+    /// Requests sent.
+    pub sent: u64,
+    /// Answered with a 2xx.
+    pub ok: u64,
+    /// Latencies of the answered requests.
+    pub latencies: Vec<Duration>,
+}
+
+impl Probe {
+    /// Requests that got an answer at all.
+    #[must_use]
+    pub fn answered(&self) -> u64 {
+        self.sent
+    }
+
+    /// `error-rate` (errors and timeouts over requests) or `latency-pNN` (seconds).
+    #[must_use]
+    pub fn quantity(&self, q: &str) -> Option<f64> {
+        if self.sent == 0 {
+            return None;
+        }
+        match q {
+            "error-rate" => Some((self.sent - self.ok) as f64 / self.sent as f64),
+            "latency-p50" => quantile(&self.latencies, 0.5),
+            "latency-p90" => quantile(&self.latencies, 0.9),
+            "latency-p99" => quantile(&self.latencies, 0.99),
+            _ => None,
+        }
+    }
+}
+
+impl Endpoint {
+    /// `n` concurrent requests to `track`.
+    pub async fn probe(&self, track: Track, url: &str, body: &Value, n: u32, timeout: Duration) -> Probe {
+        let calls = (0..n).map(|_| self.call(track, url, body, None, timeout));
+        let answers = futures_util::future::join_all(calls).await;
+        let mut p = Probe::default();
+        for a in answers {
+            p.sent += 1;
+            if (200..300).contains(&a.status) {
+                p.ok += 1;
+            }
+            if a.error.is_none() {
+                p.latencies.push(a.latency);
+            }
+        }
+        p
+    }
+}
+
+/// A reqwest error without its URL (which may carry credentials).
+fn without_url(e: &reqwest::Error) -> String {
+    let mut s = e.to_string();
+    if let Some(u) = e.url() {
+        s = s.replace(u.as_str(), "<endpoint>");
+    }
+    s
+}
+
+/// The `q` quantile (0–1) of durations, in seconds.
+#[must_use]
+pub fn quantile(samples: &[Duration], q: f64) -> Option<f64> {
+    if samples.is_empty() {
+        return None;
+    }
+    let mut v: Vec<f64> = samples.iter().map(Duration::as_secs_f64).collect();
+    v.sort_by(f64::total_cmp);
+    let rank = ((q * v.len() as f64).ceil() as usize).clamp(1, v.len());
+    Some(v[rank - 1])
+}
