@@ -292,23 +292,14 @@ impl Hold {
             .timeout(Duration::from_secs(10))
             .build()
             .map_err(|e| format!("cannot make an HTTP client: {e}"))?;
-        let (model, version) = cx
-            .model
-            .as_ref()
-            .map_or((String::new(), String::new()), |m| (m.1.clone(), m.2.clone()));
+        let version = cx.model.as_ref().map_or_else(String::new, |m| m.2.clone());
         Ok(Arc::new(HoldStep {
             duration: dur(&c.duration),
             analysis,
             endpoint,
             cluster,
             http,
-            model,
             version,
-            namespace: cx
-                .target
-                .as_ref()
-                .map(|t| t.namespace.clone())
-                .unwrap_or_default(),
             base: cx.spec_dir.clone(),
             state: Mutex::default(),
         }))
@@ -348,9 +339,7 @@ struct HoldStep {
     endpoint: Option<crate::inference::Endpoint>,
     cluster: Option<Arc<crate::cluster::Cluster>>,
     http: reqwest::Client,
-    model: String,
     version: String,
-    namespace: String,
     base: std::path::PathBuf,
     state: Mutex<HoldState>,
 }
@@ -486,12 +475,9 @@ impl HoldStep {
                 .ok()
                 .map(|s| s.expose().to_owned())
         });
-        let render = |selector: &str| {
-            q.replace("{{model}}", &self.model)
-                .replace("{{namespace}}", &self.namespace)
-                .replace("{{version}}", &self.version)
-                .replace("{{selector}}", selector)
-        };
+        // `{{model.name}}` and the like were filled in when the spec was
+        // expanded; `${selector}` is filled in here, once per version.
+        let render = |selector: &str| q.replace("${selector}", selector);
         let value = |query: String| {
             let mut req = self
                 .http

@@ -9,8 +9,8 @@ use rollwright_sim::{Scenario, Sim, SimOptions};
 
 use crate::stderr;
 
-struct World {
-    sim: Sim,
+pub struct World {
+    pub sim: Sim,
     dir: tempfile::TempDir,
     _rt: tokio::runtime::Runtime,
 }
@@ -39,11 +39,11 @@ impl World {
         self.dir.path()
     }
 
-    fn write(&self, name: &str, text: &str) {
+    pub fn write(&self, name: &str, text: &str) {
         std::fs::write(self.path().join(name), text).unwrap();
     }
 
-    fn rollwright(&self, args: &[&str], env: &[(&str, &str)]) -> Output {
+    pub fn rollwright(&self, args: &[&str], env: &[(&str, &str)]) -> Output {
         let mut cmd = Command::cargo_bin("rollwright").unwrap();
         cmd.current_dir(self.path())
             .env("NO_COLOR", "1")
@@ -80,7 +80,7 @@ impl World {
         v
     }
 
-    fn wait_split(&self, model: &str, want: &[(&str, u32)]) {
+    pub fn wait_split(&self, model: &str, want: &[(&str, u32)]) {
         let want: Vec<(String, u32)> = want.iter().map(|(v, w)| ((*v).to_owned(), *w)).collect();
         for _ in 0..100 {
             if self.split(model) == want {
@@ -92,116 +92,16 @@ impl World {
     }
 }
 
-const REGISTRY: &str = r#"apiVersion: rollwright.dev/v1alpha1
-kind: ModelRegistry
-models:
-  - name: fraud
-    versions:
-      - version: "8"
-        artifact: {uri: "s3://models/fraud/8", digest: "sha256:8888"}
-        aliases: [production-approved]
-        approvals:
-          - {who: alice, role: ml-lead, at: "2026-11-01T10:00:00Z"}
-"#;
+const REGISTRY: &str = include_str!("../fixtures/k8s/registry.yaml");
 
 /// A stable version 7 behind Istio (subsets by `track`), in namespace `ml`.
-const ISTIO_WORLD: &str = r#"time-scale: 20
-startup: 4s
-traffic: {rate: 0}
-objects:
-  - {apiVersion: v1, kind: Namespace, metadata: {name: ml}}
-  - {apiVersion: v1, kind: ServiceAccount, metadata: {name: fraud, namespace: ml}}
-  - apiVersion: apps/v1
-    kind: Deployment
-    metadata: {name: fraud-stable, namespace: ml}
-    spec:
-      replicas: 2
-      selector: {matchLabels: {app: fraud, track: stable}}
-      template:
-        metadata: {labels: {app: fraud, track: stable, version: "7"}}
-        spec: {serviceAccountName: fraud, containers: [{name: server, image: "models/fraud:7"}]}
-  - {apiVersion: v1, kind: Service, metadata: {name: fraud, namespace: ml}, spec: {selector: {app: fraud}}}
-  - apiVersion: networking.istio.io/v1beta1
-    kind: DestinationRule
-    metadata: {name: fraud, namespace: ml}
-    spec:
-      host: fraud
-      subsets:
-        - {name: stable, labels: {track: stable}}
-        - {name: canary, labels: {track: canary}}
-  - apiVersion: networking.istio.io/v1beta1
-    kind: VirtualService
-    metadata: {name: fraud, namespace: ml}
-    spec:
-      hosts: [fraud]
-      http:
-        - route:
-            - {destination: {host: fraud, subset: stable}, weight: 100}
-            - {destination: {host: fraud, subset: canary}, weight: 0}
-"#;
+const ISTIO_WORLD: &str = include_str!("../fixtures/k8s/istio-world.yaml");
 
-const CANARY_MANIFEST: &str = r#"apiVersion: apps/v1
-kind: Deployment
-metadata:
-  name: {{model.name}}-canary
-  labels: {app: {{model.name}}, track: canary}
-spec:
-  replicas: 2
-  selector:
-    matchLabels: {app: {{model.name}}, track: canary}
-  template:
-    metadata:
-      labels: {app: {{model.name}}, track: canary, version: "{{model.version}}"}
-    spec:
-      serviceAccountName: {{model.name}}
-      containers:
-        - name: server
-          image: models/{{model.name}}:{{model.version}}
-          resources:
-            requests: {cpu: 500m, memory: 1Gi}
-            limits: {cpu: "1", memory: 2Gi}
-"#;
+const CANARY_MANIFEST: &str = include_str!("../fixtures/k8s/canary.yaml.hbs");
 
-const ISTIO_SPEC: &str = r#"apiVersion: rollwright.dev/v1alpha1
-kind: Rollout
-metadata: {name: fraud}
-model: {registry: file, name: fraud, version: "8"}
-target: {context: prod-east, namespace: ml, environment: production}
-serving: {platform: deployment, traffic: istio}
-defaults:
-  timeout: 1m
-  retry: {attempts: 6, backoff: exponential, initial: 50ms, max: 500ms}
-steps:
-  - id: gate
-    type: gate-check
-    with: {approvals: 1, alias: production-approved}
-  - id: deploy
-    type: apply
-    needs: [gate]
-    with: {template: canary.yaml.hbs}
-    compensate: {type: rollback, timeout: 30s}
-  - id: ready
-    type: wait-ready
-    needs: [deploy]
-    with: {resources: [Deployment/fraud-canary]}
-  - id: shift-20
-    type: shift-traffic
-    needs: [ready]
-    with: {canary: 20}
-    compensate: {type: rollback, timeout: 30s}
-  - id: shift-50
-    type: shift-traffic
-    needs: [shift-20]
-    with: {canary: 50}
-    compensate: {type: rollback, timeout: 30s}
-  - id: promote
-    type: shift-traffic
-    needs: [shift-50]
-    with: {canary: 100}
-    compensate: {type: rollback, timeout: 30s}
-"#;
+const ISTIO_SPEC: &str = include_str!("../fixtures/k8s/istio-spec.yaml");
 
-fn istio_world(extra: &str) -> World {
+pub fn istio_world(extra: &str) -> World {
     let w = World::new(&format!("{ISTIO_WORLD}{extra}"));
     w.write("canary.yaml.hbs", CANARY_MANIFEST);
     w.write("spec.yaml", ISTIO_SPEC);
@@ -640,7 +540,7 @@ fn rbac_prints_the_least_privilege_role_a_run_needs() {
 
 /// The Istio spec with `serving.endpoint` on the sim's model servers, a
 /// smoke test after wait-ready and an analysed hold at 20 %.
-fn analysed_spec(w: &World, hold: &str, metrics: &str) -> String {
+pub fn analysed_spec(w: &World, hold: &str, metrics: &str) -> String {
     ISTIO_SPEC
         .replace(
             "serving: {platform: deployment, traffic: istio}",

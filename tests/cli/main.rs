@@ -1,6 +1,7 @@
 //! End-to-end tests of the `rollwright` binary: stdout, stderr, exit code.
 //! One integration test binary, organised by modules.
 
+mod analysis;
 mod fixtures;
 mod k8s;
 mod lint;

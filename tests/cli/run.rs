@@ -82,23 +82,39 @@ fn a_run_succeeds_and_a_failed_run_rolls_back_in_reverse_order() {
 }
 
 #[test]
-fn kinds_that_cannot_run_yet_are_refused_before_anything_happens() {
-    let state = tempfile::tempdir().unwrap();
-    let state_dir = state.path().to_string_lossy().into_owned();
-    let out = crate::rollwright(&[
-        "run",
-        "specs/examples/deployment-canary.yaml",
-        "--state-dir",
-        &state_dir,
-    ]);
-    assert_eq!(out.status.code(), Some(1));
+fn steps_that_cannot_be_built_are_refused_before_anything_happens() {
+    // The shipped example without its inference endpoint: the smoke test
+    // and the probe analysis cannot call the model.
+    let dir = tempfile::tempdir().unwrap();
+    let example = std::fs::read_to_string(crate::root().join("specs/examples/deployment-canary.yaml"))
+        .unwrap()
+        .replace(
+            "uses: ../strategies/canary.yaml",
+            &format!(
+                "uses: {}",
+                crate::root().join("specs/strategies/canary.yaml").display()
+            ),
+        )
+        .replace(
+            "manifest: ../manifests/",
+            &format!("manifest: {}/", crate::root().join("specs/manifests").display()),
+        )
+        .replace(
+            "  endpoint: http://churn-scorer.growth.svc.cluster.local:8080\n",
+            "",
+        );
+    std::fs::write(dir.path().join("spec.yaml"), example).unwrap();
+    let out = run_in(dir.path(), &["run", "spec.yaml"], &[]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
     assert!(
-        stderr(&out)
-            .contains("error: step `smoke`: step kind `verify-inference` cannot run in this build yet"),
+        stderr(&out).contains("error: step `smoke`: this step calls the model: set `serving.endpoint`"),
         "{}",
         stderr(&out)
     );
-    assert!(!state.path().join("runs").exists(), "no run was created");
+    assert!(
+        !dir.path().join(".rollwright/runs").exists(),
+        "no run was created"
+    );
 }
 
 /// Kill the process (abort, as kill -9 would: no cleanup) right after each
