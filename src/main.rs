@@ -20,6 +20,7 @@ mod render;
 mod run_cmd;
 mod schema_cmd;
 mod sim_cmd;
+mod test_cmd;
 
 /// Stable exit codes.
 pub mod exit {
@@ -71,6 +72,8 @@ enum Command {
     Sim(sim_cmd::SimArgs),
     /// Print the least-privilege Role and RoleBinding a run of the spec needs.
     Rbac(rbac_cmd::RbacArgs),
+    /// Run scenario tests (`kind: RolloutTest`), each on its own embedded cluster.
+    Test(test_cmd::TestArgs),
 }
 
 /// When to colour human output.
@@ -105,6 +108,7 @@ fn main() -> ExitCode {
         Command::Schema(args) => schema_cmd::run(&args),
         Command::Sim(args) => sim_cmd::run(&args),
         Command::Rbac(args) => rbac_cmd::run(&args),
+        Command::Test(args) => test_cmd::run(&args),
     };
     ExitCode::from(code)
 }

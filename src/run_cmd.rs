@@ -49,8 +49,27 @@ pub struct RunArgs {
     kubeconfig: Option<PathBuf>,
     /// kubeconfig context instead of the spec's `target.context` (refused in
     /// production unless it is the same).
-    #[arg(long, value_name = "NAME")]
+    #[arg(long, value_name = "NAME", conflicts_with = "sim")]
     context: Option<String>,
+    /// Run against the embedded cluster, started in this process (prints
+    /// its kubeconfig so `kubectl` can watch).
+    #[arg(long, conflicts_with = "kubeconfig")]
+    sim: bool,
+    /// With `--sim`: the scenario (stable version, model registry, model
+    /// behaviour, faults, time scale).
+    #[arg(long, value_name = "FILE", requires = "sim")]
+    scenario: Option<PathBuf>,
+    /// With `--sim`: how much faster than real time (default: the scenario's).
+    #[arg(long, value_name = "N", requires = "sim")]
+    time_scale: Option<f64>,
+    /// Used by `rollwright test`: run against a sim it started (its model
+    /// servers, registry file and time scale).
+    #[arg(long, hide = true, value_name = "URL", requires = "kubeconfig")]
+    sim_endpoint: Option<String>,
+    #[arg(long, hide = true, value_name = "FILE", requires = "sim_endpoint")]
+    sim_registry: Option<PathBuf>,
+    #[arg(long, hide = true, value_name = "N", requires = "sim_endpoint")]
+    sim_time_scale: Option<f64>,
 }
 
 /// How a run reaches its cluster; saved in the run directory so that
@@ -59,6 +78,15 @@ pub struct RunArgs {
 struct ClusterFlags {
     kubeconfig: Option<PathBuf>,
     context: Option<String>,
+    /// The inference endpoint instead of `serving.endpoint` (the sim's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    endpoint: Option<String>,
+    /// The model registry file instead of `model.registry` (the sim's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    registry_file: Option<PathBuf>,
+    /// Holds run this much faster.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    time_scale: Option<f64>,
 }
 
 impl ClusterFlags {
@@ -333,6 +361,109 @@ fn journal_sink(journal: Arc<GroupCommit>, progress: Arc<Progress>) -> Sink {
     })
 }
 
+/// Starts the embedded cluster for `run --sim` on a thread of its own (it
+/// lives as long as the process): the scenario's objects, the target
+/// namespace, a kubeconfig whose context is the spec's, and the scenario's
+/// model registry.
+fn start_sim(args: &RunArgs, spec: &Spec, run: &str) -> Result<ClusterFlags, String> {
+    let mut scenario = match &args.scenario {
+        Some(p) => rollwright_sim::Scenario::load(p).map_err(|e| e.to_string())?,
+        None => rollwright_sim::Scenario::default(),
+    };
+    if let Some(t) = args.time_scale {
+        if !(t.is_finite() && (0.001..=100_000.0).contains(&t)) {
+            return Err(format!("--time-scale must be between 0.001 and 100000, not {t}"));
+        }
+        scenario.time_scale = rollwright_sim::scenario::TimeScale(t);
+    }
+    let target = spec.target.clone().ok_or("--sim needs the spec's `target`")?;
+    // The target namespace exists in the sim unless the scenario makes it.
+    let has_ns = scenario
+        .objects
+        .iter()
+        .any(|o| o["kind"] == "Namespace" && o["metadata"]["name"] == target.namespace.as_str());
+    if !has_ns {
+        scenario.objects.push(
+            serde_json::json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": target.namespace}}),
+        );
+    }
+    let time_scale = scenario.time_scale.0;
+    let registry = scenario.registry.clone();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let context = target.context.clone();
+    std::thread::spawn(move || {
+        let rt = match tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+        {
+            Ok(rt) => rt,
+            Err(e) => {
+                let _ = tx.send(Err(e.to_string()));
+                return;
+            }
+        };
+        rt.block_on(async move {
+            let options = rollwright_sim::SimOptions {
+                scenario,
+                ..rollwright_sim::SimOptions::default()
+            };
+            match rollwright_sim::Sim::start_with(options).await {
+                Ok(sim) => {
+                    // The scenario's world (the stable version) is up before the run starts.
+                    let _ = sim.settled(std::time::Duration::from_secs(60)).await;
+                    let _ = tx.send(Ok((sim.kubeconfig_for(&context), sim.models_url(), sim.url())));
+                    std::future::pending::<()>().await;
+                }
+                Err(e) => {
+                    let _ = tx.send(Err(e.to_string()));
+                }
+            }
+        });
+    });
+    let (kubeconfig, models, api) = rx.recv().map_err(|e| e.to_string())??;
+    let dir = args.state_dir.join("sim").join(run);
+    std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let dir = std::fs::canonicalize(&dir).unwrap_or(dir);
+    let kc_path = dir.join("kubeconfig");
+    {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&kc_path)
+            .map_err(|e| format!("{}: {e}", kc_path.display()))?;
+        f.write_all(kubeconfig.as_bytes()).map_err(|e| e.to_string())?;
+    }
+    let registry_file = match registry {
+        Some(r) => {
+            let p = dir.join("registry.yaml");
+            let mut doc =
+                serde_json::json!({"apiVersion": "rollwright.dev/v1alpha1", "kind": "ModelRegistry"});
+            doc["models"] = r.get("models").cloned().unwrap_or(r);
+            std::fs::write(&p, doc.to_string()).map_err(|e| format!("{}: {e}", p.display()))?;
+            Some(p)
+        }
+        None => None,
+    };
+    eprintln!("embedded cluster: {api} (time scale {time_scale}x), model servers {models}");
+    eprintln!(
+        "watch it:  kubectl --kubeconfig {} get all -n {}",
+        kc_path.display(),
+        target.namespace
+    );
+    Ok(ClusterFlags {
+        kubeconfig: Some(kc_path),
+        context: None,
+        endpoint: Some(models),
+        registry_file,
+        time_scale: Some(time_scale),
+    })
+}
+
 /// What step builders of a run see: one place, for the pre-run check and the run.
 fn build_context(
     spec: &Spec,
@@ -351,11 +482,21 @@ fn build_context(
                 namespace: t.namespace.clone(),
                 production: t.environment == Environment::Production,
             }),
-        serving: spec.serving.clone(),
+        serving: spec.serving.clone().map(|mut sv| {
+            // On the embedded cluster the sim's router addresses versions.
+            if let Some(e) = &cluster.endpoint {
+                sv.endpoint = Some(e.clone());
+                sv.canary_headers = None;
+                sv.stable_headers = None;
+            }
+            sv
+        }),
         manifests: spec.manifests.clone(),
         kubeconfig: cluster.kubeconfig.clone(),
         context: cluster.context.clone(),
         step: String::new(),
+        time_scale: cluster.time_scale.unwrap_or(1.0),
+        registry_file: cluster.registry_file.clone(),
         spec_dir: spec_path
             .parent()
             .map(Path::to_path_buf)
@@ -537,13 +678,26 @@ pub fn run(args: &RunArgs) -> u8 {
     };
     let run = new_run_id(&spec.metadata.name);
     // Every step must be buildable before the run exists: nothing half-created.
-    let cluster = ClusterFlags {
-        kubeconfig: args
-            .kubeconfig
-            .clone()
-            .or_else(|| std::env::var_os("KUBECONFIG").map(PathBuf::from))
-            .map(|p| std::fs::canonicalize(&p).unwrap_or(p)),
-        context: args.context.clone(),
+    let cluster = if args.sim {
+        match start_sim(args, &spec, &run) {
+            Ok(c) => c,
+            Err(e) => {
+                eprintln!("error: {e}");
+                return exit::USAGE;
+            }
+        }
+    } else {
+        ClusterFlags {
+            kubeconfig: args
+                .kubeconfig
+                .clone()
+                .or_else(|| std::env::var_os("KUBECONFIG").map(PathBuf::from))
+                .map(|p| std::fs::canonicalize(&p).unwrap_or(p)),
+            context: args.context.clone(),
+            endpoint: args.sim_endpoint.clone(),
+            registry_file: args.sim_registry.clone(),
+            time_scale: args.sim_time_scale,
+        }
     };
     let probe = build_context(
         &spec,

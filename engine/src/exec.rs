@@ -437,6 +437,9 @@ async fn drive(
                         reason,
                     });
                     sleep(after).await;
+                    // Progress was made: the retry budget counts consecutive
+                    // failures, so a long wait survives occasional 503s.
+                    attempt = 1;
                 }
                 Err(e) if e.class == ErrorClass::Transient && attempt < limits.retry.attempts => {
                     let base = limits.retry.delay_after(attempt);

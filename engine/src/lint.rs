@@ -322,6 +322,11 @@ fn missing_templates(path: &Path, spec: &Spec, doc: &yaml::Document, out: &mut V
 fn looks_like_spec(v: &serde_json::Value) -> bool {
     let api = v.get("apiVersion").and_then(|a| a.as_str());
     let kind = v.get("kind").and_then(|k| k.as_str());
+    // Other rollwright documents (scenario tests, file model registries) are
+    // not specs; a misspelt kind still is, so that it gets reported.
+    if matches!(kind, Some("RolloutTest" | "ModelRegistry" | "SimScenario")) {
+        return false;
+    }
     api.is_some_and(|a| a.starts_with("rollwright.dev/")) || matches!(kind, Some("Rollout" | "Strategy"))
 }
 

@@ -142,6 +142,10 @@ pub struct BuildContext {
     pub context: Option<String>,
     /// The id of the step being built (for a compensation, the step it undoes).
     pub step: String,
+    /// How much faster than real time holds run (`run --sim --time-scale`); 1 normally.
+    pub time_scale: f64,
+    /// The model registry file to use whatever `model.registry` says (`run --sim`).
+    pub registry_file: Option<std::path::PathBuf>,
 }
 
 /// The target of a run, as the spec names it.
@@ -171,6 +175,8 @@ impl BuildContext {
             kubeconfig: None,
             context: None,
             step: String::new(),
+            time_scale: 1.0,
+            registry_file: None,
         }
     }
 }

@@ -101,7 +101,7 @@ pub fn resolve(reference: &Value, base: &Path) -> Result<Secret, String> {
             .map_err(|e| format!("cannot read secret file `{}`: {e}", path.display()))?
     } else if let Some(name) = get("secretRef") {
         return Err(format!(
-            "Kubernetes Secret `{name}` cannot be read: cluster access is not built yet; use `env` or `file`"
+            "Kubernetes Secret `{name}` cannot be read: Secret references are not resolved from the cluster in this build; use `env` or `file`"
         ));
     } else {
         return Err("not a secret reference: expected `secretRef`, `env` or `file`".into());

@@ -167,6 +167,41 @@ impl Sim {
         self.state.set_live(scenario);
     }
 
+    /// Waits (at most `max`) until the world has settled: every Deployment
+    /// rolled out, every InferenceService Ready, every SeldonDeployment
+    /// Available. Returns whether it did.
+    pub async fn settled(&self, max: std::time::Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + max;
+        loop {
+            let done = self
+                .state
+                .read(|store| {
+                    let deployments = store.of_kind("apps", "deployments").all(|d| {
+                        let want = d["spec"]["replicas"].as_u64().unwrap_or(1);
+                        d["status"]["observedGeneration"] == d["metadata"]["generation"]
+                            && d["status"]["readyReplicas"].as_u64().unwrap_or(0) >= want
+                    });
+                    let isvcs = store.of_kind("serving.kserve.io", "inferenceservices").all(|i| {
+                        i["status"]["conditions"].as_array().is_some_and(|cs| {
+                            cs.iter().any(|c| c["type"] == "Ready" && c["status"] == "True")
+                        }) && i["status"]["components"]["predictor"]["latestRolledoutRevision"].is_string()
+                    });
+                    let sdeps = store
+                        .of_kind("machinelearning.seldon.io", "seldondeployments")
+                        .all(|s| s["status"]["state"] == "Available");
+                    deployments && isvcs && sdeps
+                })
+                .unwrap_or(false);
+            if done {
+                return true;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    }
+
     /// The current traffic split per model.
     #[must_use]
     pub fn routes(&self) -> Vec<Route> {

@@ -47,6 +47,11 @@ pub struct Scenario {
     /// Free text.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub description: Option<String>,
+    /// A scenario this one builds on (path relative to this file): its
+    /// fields are taken, then this file's on top (mappings merged, `pods`,
+    /// `api` and `objects` appended).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub extends: Option<String>,
     /// How much faster than real time the sim runs (startup delays, phase
     /// times and, in `run --sim`, holds are divided by it).
     #[serde(default)]
@@ -72,6 +77,10 @@ pub struct Scenario {
     /// Objects created when the sim starts (Namespaces first).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub objects: Vec<Value>,
+    /// Not read by the sim: the model registry `rollwright run --sim` seeds
+    /// (the file registry format, `{models: [...]}`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub registry: Option<Value>,
 }
 
 /// Why a scenario cannot be used.
@@ -112,12 +121,44 @@ impl Scenario {
     /// # Errors
     /// As [`Scenario::from_yaml`], or the file cannot be read.
     pub fn load(path: &std::path::Path) -> Result<Scenario, ScenarioError> {
+        Scenario::load_value(path, 0).and_then(|(v, shown)| {
+            serde_json::from_value(v).map_err(|e| ScenarioError::Invalid {
+                path: shown,
+                message: e.to_string(),
+            })
+        })
+    }
+
+    /// A file with its `extends` chain merged in, as a value (each file is
+    /// validated alone first, so errors keep their line and column).
+    fn load_value(path: &std::path::Path, depth: u32) -> Result<(Value, String), ScenarioError> {
         let shown = path.display().to_string();
         let text = std::fs::read_to_string(path).map_err(|source| ScenarioError::Read {
             path: shown.clone(),
             source,
         })?;
-        Scenario::from_yaml(&text, &shown)
+        let own = Scenario::from_yaml(&text, &shown)?;
+        // What the file itself says (not its defaults), to lay over the base.
+        let mut value: Value = serde_saphyr::from_str(&text).map_err(|e| ScenarioError::Invalid {
+            path: shown.clone(),
+            message: e.to_string(),
+        })?;
+        let Some(base) = own.extends else {
+            return Ok((value, shown));
+        };
+        if depth >= 8 {
+            return Err(ScenarioError::Invalid {
+                path: shown,
+                message: "`extends` goes more than 8 files deep (a cycle?)".into(),
+            });
+        }
+        let base_path = path.parent().unwrap_or(std::path::Path::new(".")).join(base);
+        let (mut merged, _) = Scenario::load_value(&base_path, depth + 1)?;
+        if let Some(m) = value.as_object_mut() {
+            m.remove("extends");
+        }
+        overlay(&mut merged, value);
+        Ok((merged, shown))
     }
 
     /// The pod startup delay in real time.
@@ -125,6 +166,29 @@ impl Scenario {
     pub fn startup_real(&self) -> Duration {
         self.time_scale
             .to_real(self.startup.map_or(Duration::from_secs(2), |d| d.0))
+    }
+}
+
+/// Lays `top` over `base`: mappings merged, `pods`/`api`/`objects` appended,
+/// anything else replaced.
+fn overlay(base: &mut Value, top: Value) {
+    match (base, top) {
+        (Value::Object(b), Value::Object(t)) => {
+            for (k, v) in t {
+                match (b.get_mut(&k), v) {
+                    (Some(Value::Array(old)), Value::Array(new))
+                        if matches!(k.as_str(), "pods" | "api" | "objects") =>
+                    {
+                        old.extend(new);
+                    }
+                    (Some(slot @ Value::Object(_)), v @ Value::Object(_)) => overlay(slot, v),
+                    (_, v) => {
+                        b.insert(k, v);
+                    }
+                }
+            }
+        }
+        (b, t) => *b = t,
     }
 }
 

@@ -631,9 +631,10 @@ async fn shipped_scenarios_start() {
         })
         .await
         .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-        if path.ends_with("fraud-regression.yaml") {
+        if path.ends_with("fraud-healthy.yaml") || path.ends_with("fraud-regression.yaml") {
+            assert!(sim.settled(Duration::from_secs(20)).await, "{}", path.display());
             eventually("the seeded stable version serves", || async {
-                split(&sim, "fraud-detector") == BTreeMap::from([("7".into(), (100, true))])
+                split(&sim, "fraud-detector") == BTreeMap::from([("6".into(), (100, true))])
             })
             .await;
         }

@@ -92,6 +92,9 @@ impl StepKind for GateCheck {
             return Err("a gate-check needs the spec's `model`".into());
         };
         let backend: Box<dyn ModelRegistry> = match registry.as_str() {
+            _ if cx.registry_file.is_some() => {
+                Box::new(FileRegistry::at(cx.registry_file.clone().unwrap_or_default()))
+            }
             "file" => Box::new(FileRegistry::locate(&cx.spec_dir)),
             "mlflow" => Box::new(MlflowRegistry::from_env(with.get("token"), &cx.spec_dir)?),
             other => return Err(format!("unknown model registry `{other}`")),

@@ -293,8 +293,16 @@ impl Hold {
             .build()
             .map_err(|e| format!("cannot make an HTTP client: {e}"))?;
         let version = cx.model.as_ref().map_or_else(String::new, |m| m.2.clone());
+        // Under a time scale (the embedded cluster at 60×), a 10-minute hold
+        // takes 10 s and its analysis interval shrinks alike.
+        let scale = if cx.time_scale > 0.0 { cx.time_scale } else { 1.0 };
+        let analysis = analysis.map(|mut a| {
+            let iv = dur(&a.interval).div_f64(scale).max(Duration::from_millis(100));
+            a.interval = format!("{}ms", iv.as_millis());
+            a
+        });
         Ok(Arc::new(HoldStep {
-            duration: dur(&c.duration),
+            duration: dur(&c.duration).div_f64(scale),
             analysis,
             endpoint,
             cluster,

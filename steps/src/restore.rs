@@ -203,7 +203,12 @@ pub fn not_ready(obj: &Value) -> Option<String> {
                         c["message"].as_str().unwrap_or("").to_owned(),
                     )
                 });
+            let p = &status["components"]["predictor"];
+            let latest = p["latestCreatedRevision"].as_str();
             match ready {
+                Some((true, _)) if latest.is_some() && latest != p["latestReadyRevision"].as_str() => Some(
+                    format!("revision {} is not Ready yet", latest.unwrap_or_default()),
+                ),
                 Some((true, _)) if status["observedGeneration"] == obj["metadata"]["generation"] => None,
                 Some((true, _)) => Some("new generation not observed yet".into()),
                 Some((false, msg)) => Some(format!("not Ready: {msg}")),

@@ -7,6 +7,7 @@ mod k8s;
 mod lint;
 mod mlflow;
 mod plan;
+mod quickstart;
 mod run;
 mod schema;
 mod sim;

@@ -1,0 +1,503 @@
+//! `rollwright test [PATH…] [--junit FILE]`: scenario tests. Each
+//! `kind: RolloutTest` file names a spec, a sim scenario and the expected
+//! outcome; each runs on its own embedded cluster (started here), with the
+//! rollout itself in a child `rollwright run` process — so a test can kill
+//! it mid-run and `resume` it — in parallel, then a summary line and
+//! optionally JUnit XML.
+//!
+//! ```yaml
+//! apiVersion: rollwright.dev/v1alpha1
+//! kind: RolloutTest
+//! metadata: {name: error-rate-regression-at-20}
+//! spec: ../examples/kserve-canary.yaml     # relative to this file
+//! scenario: ../sim/fraud-healthy.yaml       # a sim scenario file, or one inline
+//! time-scale: 240                           # optional: overrides the scenario's
+//! set: {weights: [5, 20, 50]}               # optional: parameter overrides
+//! kill-at: '"step":"ramp[20].shift","key":"traffic"'   # optional: kill -9 after
+//!                                           # the first journal record containing
+//!                                           # this, then `rollwright resume`
+//! expect:
+//!   outcome: rolled-back                    # promoted | rolled-back | rollback-failed | refused
+//!   failed-step: ramp[20].hold              # optional
+//!   error: analysis failed                  # optional: in the failure message
+//!   split: {"6": 100}                       # optional: final traffic split (version: percent)
+//! ```
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use clap::Args;
+use serde::Deserialize;
+use serde_json::Value;
+
+use crate::exit;
+
+#[derive(Args)]
+pub struct TestArgs {
+    /// Test files or directories (default: specs/scenarios).
+    #[arg(value_name = "PATH")]
+    paths: Vec<PathBuf>,
+    /// Write JUnit XML here.
+    #[arg(long, value_name = "FILE")]
+    junit: Option<PathBuf>,
+    /// Tests run at once (default: 2).
+    #[arg(long, value_name = "N", default_value_t = 2)]
+    jobs: usize,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct RolloutTest {
+    #[serde(rename = "apiVersion")]
+    api_version: String,
+    kind: String,
+    metadata: Meta,
+    spec: String,
+    scenario: Value,
+    #[serde(default)]
+    time_scale: Option<f64>,
+    #[serde(default)]
+    set: BTreeMap<String, Value>,
+    #[serde(default)]
+    kill_at: Option<String>,
+    expect: Expect,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Meta {
+    name: String,
+    #[serde(default)]
+    description: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct Expect {
+    outcome: Outcome,
+    #[serde(default)]
+    failed_step: Option<String>,
+    #[serde(default)]
+    error: Option<String>,
+    #[serde(default)]
+    split: Option<BTreeMap<String, u32>>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+enum Outcome {
+    Promoted,
+    RolledBack,
+    RollbackFailed,
+    Refused,
+}
+
+impl Outcome {
+    fn of_exit(code: Option<i32>) -> Option<Outcome> {
+        match code {
+            Some(0) => Some(Outcome::Promoted),
+            Some(3) => Some(Outcome::RolledBack),
+            Some(4) => Some(Outcome::RollbackFailed),
+            Some(1) => Some(Outcome::Refused),
+            _ => None,
+        }
+    }
+    fn name(self) -> &'static str {
+        match self {
+            Outcome::Promoted => "promoted",
+            Outcome::RolledBack => "rolled-back",
+            Outcome::RollbackFailed => "rollback-failed",
+            Outcome::Refused => "refused",
+        }
+    }
+}
+
+/// One test's result.
+struct Result_ {
+    name: String,
+    file: PathBuf,
+    took: Duration,
+    failures: Vec<String>,
+    log: String,
+}
+
+fn collect(paths: &[PathBuf]) -> Result<Vec<PathBuf>, String> {
+    let mut out = Vec::new();
+    let defaults = [PathBuf::from("specs/scenarios")];
+    let paths = if paths.is_empty() { &defaults[..] } else { paths };
+    for p in paths {
+        if p.is_dir() {
+            for e in walkdir::WalkDir::new(p).sort_by_file_name() {
+                let e = e.map_err(|e| e.to_string())?;
+                let path = e.path();
+                if path.is_file() && path.extension().is_some_and(|x| x == "yaml" || x == "yml") {
+                    out.push(path.to_path_buf());
+                }
+            }
+        } else if p.is_file() {
+            out.push(p.clone());
+        } else {
+            return Err(format!("{}: no such file or directory", p.display()));
+        }
+    }
+    Ok(out)
+}
+
+fn load(file: &Path) -> Result<RolloutTest, String> {
+    let text = std::fs::read_to_string(file).map_err(|e| format!("{}: {e}", file.display()))?;
+    let t: RolloutTest = serde_saphyr_like(&text).map_err(|e| format!("{}: {e}", file.display()))?;
+    if t.kind != "RolloutTest" || t.api_version != "rollwright.dev/v1alpha1" {
+        return Err(format!(
+            "{}: not a RolloutTest (apiVersion rollwright.dev/v1alpha1, kind RolloutTest)",
+            file.display()
+        ));
+    }
+    Ok(t)
+}
+
+/// The YAML of a test file, through the engine's located loader.
+fn serde_saphyr_like(text: &str) -> Result<RolloutTest, String> {
+    let doc =
+        rollwright_engine::yaml::load_str(text, &rollwright_engine::Limits::default()).map_err(|d| {
+            d.first().map_or_else(
+                || "cannot be read".to_owned(),
+                |d| format!("{}:{}: {}", d.span.start.line, d.span.start.col, d.message),
+            )
+        })?;
+    serde_path_to_error::deserialize(&doc.value).map_err(|e| {
+        let ptr: String = e.path().iter().map(|s| format!("/{s}")).collect();
+        let at = doc.locate(&ptr).start;
+        format!("{}:{}: {}", at.line, at.col, e.inner())
+    })
+}
+
+fn run_one(file: &Path, t: &RolloutTest) -> Vec<String> {
+    let base = file.parent().unwrap_or(Path::new("."));
+    let base = &std::fs::canonicalize(base).unwrap_or_else(|_| base.to_path_buf());
+    let mut failures = Vec::new();
+    let mut scenario = match &t.scenario {
+        Value::String(p) => match rollwright_sim::Scenario::load(&base.join(p)) {
+            Ok(s) => s,
+            Err(e) => return vec![e.to_string()],
+        },
+        inline => {
+            // An inline scenario may extend a file relative to the test.
+            let mut v = inline.clone();
+            if let Some(e) = v.get("extends").and_then(Value::as_str) {
+                v["extends"] = Value::from(base.join(e).to_string_lossy().into_owned());
+            }
+            let tmp = std::env::temp_dir().join(format!(
+                "rollwright-test-{}-{}.yaml",
+                std::process::id(),
+                t.metadata.name
+            ));
+            let loaded = std::fs::write(&tmp, v.to_string())
+                .map_err(|e| e.to_string())
+                .and_then(|()| rollwright_sim::Scenario::load(&tmp).map_err(|e| e.to_string()));
+            let _ = std::fs::remove_file(&tmp);
+            match loaded {
+                Ok(s) => s,
+                Err(e) => return vec![format!("{}: scenario: {e}", file.display())],
+            }
+        }
+    };
+    if let Some(ts) = t.time_scale {
+        scenario.time_scale = rollwright_sim::scenario::TimeScale(ts);
+    }
+    let spec_path = base.join(&t.spec);
+    let spec_text = match std::fs::read_to_string(&spec_path) {
+        Ok(s) => s,
+        Err(e) => return vec![format!("{}: {e}", spec_path.display())],
+    };
+    let spec_doc = rollwright_engine::yaml::load_str(&spec_text, &rollwright_engine::Limits::default())
+        .map(|d| d.value)
+        .unwrap_or(Value::Null);
+    let context = spec_doc["target"]["context"].as_str().unwrap_or("sim").to_owned();
+    let namespace = spec_doc["target"]["namespace"]
+        .as_str()
+        .unwrap_or("default")
+        .to_owned();
+    let model = spec_doc["model"]["name"].as_str().unwrap_or_default().to_owned();
+    if !scenario
+        .objects
+        .iter()
+        .any(|o| o["kind"] == "Namespace" && o["metadata"]["name"] == namespace.as_str())
+    {
+        scenario.objects.push(
+            serde_json::json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}}),
+        );
+    }
+    let registry = scenario.registry.clone();
+    let time_scale = scenario.time_scale.0;
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => return vec![e.to_string()],
+    };
+    let sim = match rt.block_on(async {
+        let sim = rollwright_sim::Sim::start_with(rollwright_sim::SimOptions {
+            scenario,
+            ..rollwright_sim::SimOptions::default()
+        })
+        .await?;
+        sim.settled(Duration::from_secs(60)).await;
+        Ok::<_, rollwright_sim::SimError>(sim)
+    }) {
+        Ok(s) => s,
+        Err(e) => return vec![e.to_string()],
+    };
+    let Ok(dir) = tempfile::tempdir() else {
+        return vec!["cannot make a temporary directory".into()];
+    };
+    let kc = dir.path().join("kubeconfig");
+    if let Err(e) = sim
+        .write_kubeconfig(&kc)
+        .and_then(|()| std::fs::write(&kc, sim.kubeconfig_for(&context)))
+    {
+        return vec![e.to_string()];
+    }
+    let reg = dir.path().join("registry.yaml");
+    let mut doc =
+        serde_json::json!({"apiVersion": "rollwright.dev/v1alpha1", "kind": "ModelRegistry", "models": []});
+    if let Some(r) = registry {
+        doc["models"] = r.get("models").cloned().unwrap_or(r);
+    }
+    if let Err(e) = std::fs::write(&reg, doc.to_string()) {
+        return vec![e.to_string()];
+    }
+    let state = dir.path().join("state");
+    let exe = std::env::current_exe().unwrap_or_else(|_| PathBuf::from("rollwright"));
+    let mut cmd = std::process::Command::new(&exe);
+    cmd.arg("run")
+        .arg(&spec_path)
+        .arg("--kubeconfig")
+        .arg(&kc)
+        .arg("--state-dir")
+        .arg(&state)
+        .arg("--sim-endpoint")
+        .arg(sim.models_url())
+        .arg("--sim-registry")
+        .arg(&reg)
+        .arg("--sim-time-scale")
+        .arg(time_scale.to_string())
+        .env("NO_COLOR", "1");
+    for (k, v) in &t.set {
+        cmd.arg("--set").arg(format!("{k}={v}"));
+    }
+    if let Some(m) = &t.kill_at {
+        cmd.env("ROLLWRIGHT_TEST_CRASH_AT", m);
+    }
+    let mut out = match cmd.output() {
+        Ok(o) => o,
+        Err(e) => return vec![format!("cannot run {}: {e}", exe.display())],
+    };
+    let mut log = String::from_utf8_lossy(&out.stderr).into_owned();
+    let run_id = std::fs::read_dir(state.join("runs"))
+        .ok()
+        .and_then(|mut d| d.next())
+        .and_then(Result::ok)
+        .map(|e| e.file_name().to_string_lossy().into_owned());
+    if t.kill_at.is_some() {
+        let Some(id) = &run_id else {
+            return vec![format!("the run was not started: {log}")];
+        };
+        if out.status.code() != Some(134) && out.status.code().is_some() {
+            failures.push(format!(
+                "kill-at: the run was not killed at the marker (it exited {:?})",
+                out.status.code()
+            ));
+        }
+        match std::process::Command::new(&exe)
+            .arg("resume")
+            .arg(id)
+            .arg("--state-dir")
+            .arg(&state)
+            .env("NO_COLOR", "1")
+            .output()
+        {
+            Ok(o) => {
+                log.push_str("\n--- resume ---\n");
+                log.push_str(&String::from_utf8_lossy(&o.stderr));
+                out = o;
+            }
+            Err(e) => return vec![format!("cannot resume: {e}")],
+        }
+    }
+    let outcome = Outcome::of_exit(out.status.code());
+    if outcome != Some(t.expect.outcome) {
+        failures.push(format!(
+            "expected {}, got {} (exit {:?})",
+            t.expect.outcome.name(),
+            outcome.map_or("a crash", Outcome::name),
+            out.status.code()
+        ));
+    }
+    let failure = run_id
+        .as_ref()
+        .and_then(|id| std::fs::read(state.join("runs").join(id).join("report.json")).ok())
+        .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
+        .map(|r| r["rollback"]["failure"].clone())
+        .unwrap_or(Value::Null);
+    let failed_step = failure[0].as_str().unwrap_or_default();
+    let error = failure[1].as_str().map_or_else(|| log.clone(), str::to_owned);
+    if let Some(want) = &t.expect.failed_step
+        && failed_step != want
+    {
+        failures.push(format!(
+            "expected the run to fail at `{want}`, it failed at `{failed_step}`"
+        ));
+    }
+    if let Some(want) = &t.expect.error
+        && !error.contains(want.as_str())
+    {
+        failures.push(format!("expected the failure to mention `{want}`: {error}"));
+    }
+    if let Some(want) = &t.expect.split {
+        // The split settles within a controller tick of the last change.
+        let started = Instant::now();
+        let got = loop {
+            let got: BTreeMap<String, u32> = sim
+                .routes()
+                .into_iter()
+                .filter(|r| r.model == model)
+                .flat_map(|r| r.backends)
+                .filter(|b| b.weight > 0)
+                .map(|b| (b.version, b.weight))
+                .collect();
+            if &got == want || started.elapsed() > Duration::from_secs(3) {
+                break got;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        if &got != want {
+            failures.push(format!("expected the traffic split {want:?}, got {got:?}"));
+        }
+    }
+    if !failures.is_empty() {
+        failures.push(format!("log:\n{log}"));
+    }
+    drop(sim);
+    drop(rt);
+    failures
+}
+
+fn xml(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+}
+
+fn junit(results: &[Result_]) -> String {
+    let failed = results.iter().filter(|r| !r.failures.is_empty()).count();
+    let total: f64 = results.iter().map(|r| r.took.as_secs_f64()).sum();
+    let mut out = format!(
+        "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<testsuites name=\"rollwright\" tests=\"{}\" failures=\"{failed}\" time=\"{total:.3}\">\n  <testsuite name=\"rollout scenarios\" tests=\"{}\" failures=\"{failed}\" time=\"{total:.3}\">\n",
+        results.len(),
+        results.len()
+    );
+    for r in results {
+        out.push_str(&format!(
+            "    <testcase name=\"{}\" classname=\"{}\" time=\"{:.3}\"",
+            xml(&r.name),
+            xml(&r.file.display().to_string()),
+            r.took.as_secs_f64()
+        ));
+        if r.failures.is_empty() {
+            out.push_str("/>\n");
+        } else {
+            out.push_str(&format!(
+                ">\n      <failure message=\"{}\">{}</failure>\n    </testcase>\n",
+                xml(r.failures.first().map_or("", String::as_str)),
+                xml(&r.failures.join("\n"))
+            ));
+        }
+    }
+    out.push_str("  </testsuite>\n</testsuites>\n");
+    out
+}
+
+pub fn run(args: &TestArgs) -> u8 {
+    let files = match collect(&args.paths) {
+        Ok(f) if f.is_empty() => {
+            eprintln!("error: no test files found");
+            return exit::USAGE;
+        }
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return exit::USAGE;
+        }
+    };
+    let mut tests = Vec::new();
+    for f in &files {
+        match load(f) {
+            Ok(t) => tests.push((f.clone(), t)),
+            Err(e) => {
+                eprintln!("error: {e}");
+                return exit::USAGE;
+            }
+        }
+    }
+    let queue = std::sync::Mutex::new(tests.into_iter().enumerate().collect::<Vec<_>>());
+    let results = std::sync::Mutex::new(Vec::new());
+    std::thread::scope(|s| {
+        for _ in 0..args.jobs.max(1) {
+            s.spawn(|| {
+                loop {
+                    let next = queue.lock().ok().and_then(|mut q| q.pop());
+                    let Some((i, (file, t))) = next else { break };
+                    let started = Instant::now();
+                    let failures = run_one(&file, &t);
+                    let r = Result_ {
+                        name: t.metadata.name.clone(),
+                        file,
+                        took: started.elapsed(),
+                        log: t.metadata.description.clone().unwrap_or_default(),
+                        failures,
+                    };
+                    println!(
+                        "{} {} ({:.1}s){}",
+                        if r.failures.is_empty() { "PASS" } else { "FAIL" },
+                        r.name,
+                        r.took.as_secs_f64(),
+                        if r.log.is_empty() {
+                            String::new()
+                        } else {
+                            format!(": {}", r.log)
+                        }
+                    );
+                    if let Ok(mut all) = results.lock() {
+                        all.push((i, r));
+                    }
+                }
+            });
+        }
+    });
+    let mut results: Vec<Result_> = results
+        .into_inner()
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(_, r)| r)
+        .collect();
+    results.sort_by(|a, b| a.file.cmp(&b.file));
+    for r in results.iter().filter(|r| !r.failures.is_empty()) {
+        eprintln!("\n--- {} ({}) ---", r.name, r.file.display());
+        for f in &r.failures {
+            eprintln!("{f}");
+        }
+    }
+    let failed = results.iter().filter(|r| !r.failures.is_empty()).count();
+    println!("{} passed, {failed} failed", results.len() - failed);
+    if let Some(path) = &args.junit
+        && let Err(e) = std::fs::write(path, junit(&results))
+    {
+        eprintln!("error: cannot write {}: {e}", path.display());
+        return exit::USAGE;
+    }
+    if failed == 0 { exit::OK } else { exit::FINDINGS }
+}

@@ -1,0 +1,105 @@
+//! The README's main commands and the shipped scenarios, as tests.
+
+use crate::{rollwright_in, root, stderr, stdout};
+
+/// `rollwright run specs/examples/kserve-canary.yaml --sim --scenario …`:
+/// promoted on the healthy world, rolled back on the regressing one.
+#[test]
+fn the_quickstart_promotes_then_rolls_back() {
+    let state = tempfile::tempdir().unwrap();
+    let state_dir = state.path().to_string_lossy().into_owned();
+    let run = |scenario: &str| {
+        rollwright_in(
+            &root(),
+            &[
+                "run",
+                "specs/examples/kserve-canary.yaml",
+                "--sim",
+                "--scenario",
+                scenario,
+                "--time-scale",
+                "240",
+                "--state-dir",
+                &state_dir,
+            ],
+        )
+    };
+    let out = run("specs/sim/fraud-healthy.yaml");
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(err.contains("embedded cluster: https://127.0.0.1:"), "{err}");
+    assert!(err.contains("watch it:  kubectl --kubeconfig "), "{err}");
+    assert!(err.contains("promote: succeeded"), "{err}");
+    let out = run("specs/sim/fraud-regression.yaml");
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("failed at `ramp[5].hold`: analysis failed: error-rate"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn every_shipped_scenario_passes_with_junit_output() {
+    let dir = tempfile::tempdir().unwrap();
+    let junit = dir.path().join("junit.xml");
+    let out = rollwright_in(
+        &root(),
+        &["test", "specs/scenarios", "--junit", &junit.to_string_lossy()],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}\n{}", stdout(&out), stderr(&out));
+    assert!(
+        stdout(&out).trim_end().ends_with("7 passed, 0 failed"),
+        "{}",
+        stdout(&out)
+    );
+    let xml = std::fs::read_to_string(&junit).unwrap();
+    assert!(
+        xml.contains(r#"<testsuite name="rollout scenarios" tests="7" failures="0""#),
+        "{xml}"
+    );
+    assert!(xml.contains(r#"<testcase name="killed-and-resumed""#));
+}
+
+#[test]
+fn a_wrong_expectation_fails_the_test_and_says_why() {
+    let dir = tempfile::tempdir().unwrap();
+    let scenarios = root().join("specs");
+    std::fs::write(
+        dir.path().join("wrong.yaml"),
+        format!(
+            "apiVersion: rollwright.dev/v1alpha1\nkind: RolloutTest\nmetadata: {{name: wrong}}\nspec: {}/examples/kserve-canary.yaml\nscenario:\n  extends: {}/sim/fraud-healthy.yaml\n  registry: {{models: []}}\ntime-scale: 240\nexpect:\n  outcome: promoted\n  split: {{\"7\": 100}}\n",
+            scenarios.display(),
+            scenarios.display()
+        ),
+    )
+    .unwrap();
+    let junit = dir.path().join("junit.xml");
+    let out = rollwright_in(dir.path(), &["test", "wrong.yaml", "--junit", "junit.xml"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(stdout(&out).contains("FAIL wrong"), "{}", stdout(&out));
+    assert!(stdout(&out).trim_end().ends_with("0 passed, 1 failed"));
+    let err = stderr(&out);
+    assert!(
+        err.contains("expected promoted, got rolled-back (exit Some(3))"),
+        "{err}"
+    );
+    assert!(
+        err.contains(r#"expected the traffic split {"7": 100}, got {"6": 100}"#),
+        "{err}"
+    );
+    let xml = std::fs::read_to_string(junit).unwrap();
+    assert!(
+        xml.contains(r#"failures="1""#) && xml.contains("<failure message=\"expected promoted"),
+        "{xml}"
+    );
+    // Not a test file: a usage error, located.
+    std::fs::write(dir.path().join("bad.yaml"), "apiVersion: rollwright.dev/v1alpha1\nkind: RolloutTest\nmetadata: {name: bad}\nspec: x.yaml\nscenario: y.yaml\nexpect: {outcome: sideways}\n").unwrap();
+    let out = rollwright_in(dir.path(), &["test", "bad.yaml"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).contains("bad.yaml: 6:19: unknown variant `sideways`"),
+        "{}",
+        stderr(&out)
+    );
+}
