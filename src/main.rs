@@ -12,6 +12,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+mod init_cmd;
 mod lint;
 mod plan_cmd;
 mod progress;
@@ -74,6 +75,8 @@ enum Command {
     Rbac(rbac_cmd::RbacArgs),
     /// Run scenario tests (`kind: RolloutTest`), each on its own embedded cluster.
     Test(test_cmd::TestArgs),
+    /// Scaffold a Rollout on a shipped strategy (asks on a terminal for what flags leave open).
+    Init(init_cmd::InitArgs),
 }
 
 /// When to colour human output.
@@ -109,6 +112,7 @@ fn main() -> ExitCode {
         Command::Sim(args) => sim_cmd::run(&args),
         Command::Rbac(args) => rbac_cmd::run(&args),
         Command::Test(args) => test_cmd::run(&args),
+        Command::Init(args) => init_cmd::run(args),
     };
     ExitCode::from(code)
 }

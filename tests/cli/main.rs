@@ -3,6 +3,7 @@
 
 mod analysis;
 mod fixtures;
+mod init;
 mod k8s;
 mod lint;
 mod mlflow;

@@ -1,0 +1,197 @@
+//! `rollwright init`: with flags (non-interactive), through a pseudo-terminal,
+//! and its refusals; what it writes lints clean and plans.
+
+use crate::{rollwright_in, root, stderr, stdout};
+
+fn strategies() -> String {
+    root().join("specs/strategies").to_string_lossy().into_owned()
+}
+
+#[test]
+fn init_with_flags_writes_a_spec_that_lints_and_plans() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = strategies();
+    let out = rollwright_in(
+        dir.path(),
+        &[
+            "init",
+            "--model",
+            "churn",
+            "--model-version",
+            "12",
+            "--registry",
+            "file",
+            "--context",
+            "prod-west",
+            "--namespace",
+            "growth",
+            "--platform",
+            "deployment",
+            "--traffic",
+            "gateway-api",
+            "--strategy",
+            "canary",
+            "--weights",
+            "10,50",
+            "--hold",
+            "5m",
+            "--cpu",
+            "500m",
+            "--memory",
+            "1Gi",
+            "--gpu",
+            "1",
+            "--replicas",
+            "3",
+            "--endpoint",
+            "https://churn.example.com",
+            "--auth-secret",
+            "churn-token",
+            "--strategies",
+            &s,
+            "--dir",
+            "rollouts",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(
+        stdout(&out),
+        "wrote rollouts/churn.yaml\nwrote rollouts/churn.yaml.hbs\n"
+    );
+    let spec = std::fs::read_to_string(dir.path().join("rollouts/churn.yaml")).unwrap();
+    for want in [
+        "weights: [10, 50]\n  hold: 5m",
+        "model: {registry: file, name: churn, version: \"12\"}",
+        "serving: {platform: deployment, traffic: gateway-api, endpoint: \"https://churn.example.com\"}",
+        "target: {context: prod-west, namespace: growth, environment: production}",
+        "auth: {secretRef: churn-token}",
+    ] {
+        assert!(spec.contains(want), "{want}\n{spec}");
+    }
+    let manifest = std::fs::read_to_string(dir.path().join("rollouts/churn.yaml.hbs")).unwrap();
+    assert!(manifest.contains("replicas: 3"), "{manifest}");
+    assert!(
+        manifest.contains("requests: {cpu: \"500m\", memory: 1Gi}\n            limits: {cpu: \"1000m\", memory: 2Gi, nvidia.com/gpu: 1}"),
+        "{manifest}"
+    );
+    let lint = rollwright_in(dir.path(), &["lint", "rollouts/"]);
+    assert_eq!(lint.status.code(), Some(0), "{}{}", stdout(&lint), stderr(&lint));
+    let plan = rollwright_in(dir.path(), &["plan", "rollouts/churn.yaml"]);
+    assert_eq!(plan.status.code(), Some(0), "{}", stderr(&plan));
+    assert!(stdout(&plan).contains("ramp[50].hold"), "{}", stdout(&plan));
+
+    // Never overwritten without --force.
+    let again = rollwright_in(
+        dir.path(),
+        &[
+            "init",
+            "--model",
+            "churn",
+            "--model-version",
+            "13",
+            "--context",
+            "c",
+            "--namespace",
+            "growth",
+            "--strategies",
+            &s,
+            "--dir",
+            "rollouts",
+        ],
+    );
+    assert_eq!(again.status.code(), Some(2));
+    assert!(
+        stderr(&again).contains("rollouts/churn.yaml exists (--force overwrites it)"),
+        "{}",
+        stderr(&again)
+    );
+}
+
+#[test]
+fn init_without_a_terminal_asks_nothing_and_names_what_is_missing() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = rollwright_in(
+        dir.path(),
+        &["init", "--model", "fraud", "--strategies", &strategies()],
+    );
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out)
+            .contains("model version: required (pass it as a flag; not on a terminal, nothing is asked)"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(!dir.path().join("fraud.yaml").exists());
+    let bad = rollwright_in(
+        dir.path(),
+        &[
+            "init",
+            "--model",
+            "fraud",
+            "--model-version",
+            "1",
+            "--context",
+            "c",
+            "--namespace",
+            "n",
+            "--platform",
+            "lambda",
+            "--strategies",
+            &strategies(),
+        ],
+    );
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(
+        stderr(&bad).contains("serving platform: `lambda` is not one of kserve, deployment, seldon"),
+        "{}",
+        stderr(&bad)
+    );
+}
+
+#[test]
+fn init_asks_on_a_terminal_for_what_flags_leave_open() {
+    let dir = tempfile::tempdir().unwrap();
+    // model name, version, registry, rollout name, context, namespace,
+    // environment (a wrong answer first), then defaults for the rest.
+    std::fs::write(
+        dir.path().join("answers"),
+        "fraud\n9\n\n\nprod-east\nrisk\nprod\nstaging\n\n\n\n\n\n\n\n\n\n\n\n",
+    )
+    .unwrap();
+    let bin = assert_cmd::cargo::cargo_bin("rollwright");
+    let out = std::process::Command::new("python3")
+        .current_dir(dir.path())
+        .arg(root().join("tests/pty_run.py"))
+        .arg("answers")
+        .arg(&bin)
+        .args(["init", "--strategies", &strategies(), "--hold", "2m"])
+        .output()
+        .unwrap();
+    let screen = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert_eq!(out.status.code(), Some(0), "{screen}");
+    assert!(screen.contains("model name: "), "{screen}");
+    assert!(
+        screen.contains("model registry (file/mlflow) [mlflow]: "),
+        "{screen}"
+    );
+    assert!(
+        screen.contains("environment: `prod` is not one of production, staging, dev"),
+        "{screen}"
+    );
+    assert!(
+        !screen.contains("hold at each weight"),
+        "flags are not asked again: {screen}"
+    );
+    let spec = std::fs::read_to_string(dir.path().join("fraud.yaml")).unwrap();
+    assert!(
+        spec.contains("target: {context: prod-east, namespace: risk, environment: staging}"),
+        "{spec}"
+    );
+    assert!(
+        spec.contains("uses: ") && spec.contains("kserve-canary.yaml"),
+        "{spec}"
+    );
+    assert!(spec.contains("hold: 2m"), "{spec}");
+    let lint = rollwright_in(dir.path(), &["lint", "fraud.yaml"]);
+    assert_eq!(lint.status.code(), Some(0), "{}{}", stdout(&lint), stderr(&lint));
+}
