@@ -16,6 +16,9 @@
 //! kill-at: '"step":"ramp[20].shift","key":"traffic"'   # optional: kill -9 after
 //!                                           # the first journal record containing
 //!                                           # this, then `rollwright resume`
+//! change-registry:                          # optional: replace the model registry
+//!   at: '"step":"ramp[50].hold","key":"started-ms"'     # once the journal shows this
+//!   registry: {models: []}                  # (an approval revoked mid-rollout)
 //! expect:
 //!   outcome: rolled-back                    # promoted | rolled-back | rollback-failed | refused
 //!   failed-step: ramp[20].hold              # optional
@@ -61,7 +64,18 @@ struct RolloutTest {
     set: BTreeMap<String, Value>,
     #[serde(default)]
     kill_at: Option<String>,
+    #[serde(default)]
+    change_registry: Option<RegistryChange>,
     expect: Expect,
+}
+
+/// Replaces the model registry while the run goes on (an approval revoked
+/// mid-rollout), once the journal has a record containing `at`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RegistryChange {
+    at: String,
+    registry: Value,
 }
 
 #[derive(Debug, Deserialize)]
@@ -291,7 +305,49 @@ fn run_one(file: &Path, t: &RolloutTest) -> Vec<String> {
     if let Some(m) = &t.kill_at {
         cmd.env("ROLLWRIGHT_TEST_CRASH_AT", m);
     }
-    let mut out = match cmd.output() {
+    cmd.stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped());
+    let child = match cmd.spawn() {
+        Ok(c) => c,
+        Err(e) => return vec![format!("cannot run {}: {e}", exe.display())],
+    };
+    if let Some(change) = &t.change_registry {
+        // Watch the journal; when the marker shows, swap the registry file.
+        let started = Instant::now();
+        let journal = || {
+            std::fs::read_dir(state.join("runs"))
+                .ok()
+                .and_then(|mut d| d.next())
+                .and_then(Result::ok)
+                .and_then(|e| std::fs::read_to_string(e.path().join("journal.jsonl")).ok())
+                .unwrap_or_default()
+        };
+        let mut changed = false;
+        while started.elapsed() < Duration::from_secs(120) {
+            if journal().contains(change.at.as_str()) {
+                let mut doc =
+                    serde_json::json!({"apiVersion": "rollwright.dev/v1alpha1", "kind": "ModelRegistry"});
+                doc["models"] = change
+                    .registry
+                    .get("models")
+                    .cloned()
+                    .unwrap_or(Value::Array(Vec::new()));
+                let tmp = reg.with_extension("tmp");
+                changed = std::fs::write(&tmp, doc.to_string())
+                    .and_then(|()| std::fs::rename(&tmp, &reg))
+                    .is_ok();
+                break;
+            }
+            if journal().contains(r#""record":"run-finished""#) {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        if !changed {
+            failures.push(format!("change-registry: the run never reached `{}`", change.at));
+        }
+    }
+    let mut out = match child.wait_with_output() {
         Ok(o) => o,
         Err(e) => return vec![format!("cannot run {}: {e}", exe.display())],
     };

@@ -49,13 +49,13 @@ fn every_shipped_scenario_passes_with_junit_output() {
     );
     assert_eq!(out.status.code(), Some(0), "{}\n{}", stdout(&out), stderr(&out));
     assert!(
-        stdout(&out).trim_end().ends_with("7 passed, 0 failed"),
+        stdout(&out).trim_end().ends_with("8 passed, 0 failed"),
         "{}",
         stdout(&out)
     );
     let xml = std::fs::read_to_string(&junit).unwrap();
     assert!(
-        xml.contains(r#"<testsuite name="rollout scenarios" tests="7" failures="0""#),
+        xml.contains(r#"<testsuite name="rollout scenarios" tests="8" failures="0""#),
         "{xml}"
     );
     assert!(xml.contains(r#"<testcase name="killed-and-resumed""#));
