@@ -4,35 +4,19 @@
 //! serving a tiny model on 127.0.0.1.
 
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::stderr;
 
-/// A child process killed with its process group when dropped.
+/// A server process, killed with its process group when dropped.
 struct Server {
-    child: Child,
+    _child: crate::ProcessGroup,
     port: u16,
     _dir: tempfile::TempDir,
 }
 
-impl Drop for Server {
-    fn drop(&mut self) {
-        // SAFETY: signalling a process group we created.
-        unsafe {
-            libc::kill(-(self.child.id() as i32), libc::SIGKILL);
-        }
-        let _ = self.child.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+use crate::free_port;
 
 fn wait_http(port: u16, path: &str, what: &str) {
     let started = Instant::now();
@@ -85,7 +69,7 @@ fn prometheus(target: &str) -> Server {
         .spawn()
         .unwrap();
     let s = Server {
-        child,
+        _child: crate::ProcessGroup(child),
         port,
         _dir: dir,
     };
@@ -147,7 +131,7 @@ fn model_server(delay: f64, output: f64) -> Server {
         .spawn()
         .unwrap();
     let s = Server {
-        child,
+        _child: crate::ProcessGroup(child),
         port,
         _dir: dir,
     };

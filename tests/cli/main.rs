@@ -85,3 +85,26 @@ fn readme_documents_every_diagnostic_code() {
         assert!(readme.contains(&row), "README lacks `{row}`");
     }
 }
+
+/// A child process started in its own process group, killed with the whole
+/// group when dropped (servers fork workers).
+pub struct ProcessGroup(pub std::process::Child);
+
+impl Drop for ProcessGroup {
+    fn drop(&mut self) {
+        // SAFETY: signalling a process group we created.
+        unsafe {
+            libc::kill(-(self.0.id() as i32), libc::SIGKILL);
+        }
+        let _ = self.0.wait();
+    }
+}
+
+/// A free port on 127.0.0.1.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}

@@ -4,27 +4,16 @@
 //! approvals, expired approval, and an approval revoked mid-run.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::{stderr, stdout};
 
 struct Server {
-    child: Child,
+    _child: crate::ProcessGroup,
     uri: String,
     venv: PathBuf,
     _dir: tempfile::TempDir,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        // The server forks workers: end the whole process group.
-        // SAFETY: signalling a process group we created.
-        unsafe {
-            libc::kill(-(self.child.id() as i32), libc::SIGKILL);
-        }
-        let _ = self.child.wait();
-    }
 }
 
 fn venv() -> PathBuf {
@@ -38,11 +27,7 @@ fn start() -> Server {
     use std::os::unix::process::CommandExt;
     let venv = venv();
     let dir = tempfile::tempdir().unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = crate::free_port();
     let child = Command::new(venv.join("bin/mlflow"))
         .args([
             "server",
@@ -64,7 +49,7 @@ fn start() -> Server {
         .unwrap();
     let uri = format!("http://127.0.0.1:{port}");
     let server = Server {
-        child,
+        _child: crate::ProcessGroup(child),
         uri,
         venv,
         _dir: dir,
