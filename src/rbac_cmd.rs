@@ -222,6 +222,26 @@ pub fn run(args: &RbacArgs) -> u8 {
             }
         }
     }
+    // Secrets the steps read (`secretRef`), by name only.
+    let mut secret_names = BTreeSet::new();
+    fn secret_refs(v: &Value, out: &mut BTreeSet<String>) {
+        match v {
+            Value::Object(m) => {
+                if let Some(n) = m.get("secretRef").and_then(Value::as_str) {
+                    out.insert(n.to_owned());
+                }
+                m.values().for_each(|x| secret_refs(x, out));
+            }
+            Value::Array(a) => a.iter().for_each(|x| secret_refs(x, out)),
+            _ => {}
+        }
+    }
+    for (_, _, with) in &work {
+        secret_refs(with, &mut secret_names);
+    }
+    for h in &spec.on_failure {
+        secret_refs(&h.with, &mut secret_names);
+    }
     let name = format!("rollwright-{}", spec.metadata.name);
     let ns = &target.namespace;
     let mut out = String::new();
@@ -240,7 +260,7 @@ pub fn run(args: &RbacArgs) -> u8 {
     out.push_str(&format!(
         "apiVersion: rbac.authorization.k8s.io/v1\nkind: Role\nmetadata:\n  name: {name}\n  namespace: {ns}\nrules:\n"
     ));
-    if rules.is_empty() {
+    if rules.is_empty() && secret_names.is_empty() {
         out.push_str("  []\n");
     }
     for ((g, r), verbs) in &rules {
@@ -250,6 +270,12 @@ pub fn run(args: &RbacArgs) -> u8 {
         out.push_str(&format!(
             "  - apiGroups: [\"{g}\"]\n    resources: [{r}]\n    verbs: [{}]{steps}\n",
             verbs.iter().copied().collect::<Vec<_>>().join(", ")
+        ));
+    }
+    if !secret_names.is_empty() {
+        out.push_str(&format!(
+            "  - apiGroups: [\"\"]\n    resources: [secrets]\n    resourceNames: [{}]\n    verbs: [get]  # secretRef\n",
+            secret_names.into_iter().collect::<Vec<_>>().join(", ")
         ));
     }
     out.push_str(&format!(

@@ -17,6 +17,14 @@ use serde_json::Value;
 pub struct Secret(String);
 
 impl Secret {
+    /// A value resolved elsewhere (a Kubernetes Secret): registered for
+    /// redaction before anything else sees it.
+    #[must_use]
+    pub fn from_resolved(value: String) -> Self {
+        register(&value);
+        Secret(value)
+    }
+
     /// The value, for the one place that must send it.
     #[must_use]
     pub fn expose(&self) -> &str {
@@ -101,7 +109,7 @@ pub fn resolve(reference: &Value, base: &Path) -> Result<Secret, String> {
             .map_err(|e| format!("cannot read secret file `{}`: {e}", path.display()))?
     } else if let Some(name) = get("secretRef") {
         return Err(format!(
-            "Kubernetes Secret `{name}` cannot be read: Secret references are not resolved from the cluster in this build; use `env` or `file`"
+            "Kubernetes Secret `{name}` is read by the step that uses it, from the target cluster; here it cannot be: use `env` or `file`"
         ));
     } else {
         return Err("not a secret reference: expected `secretRef`, `env` or `file`".into());

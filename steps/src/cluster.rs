@@ -353,6 +353,56 @@ impl Cluster {
     }
 }
 
+/// Resolves a secret reference: `{secretRef: NAME, key: KEY}` from a
+/// Kubernetes Secret in the target namespace (the `key`, or its only key),
+/// `{env}` and `{file}` as the engine does. The value is registered for
+/// redaction before it is returned; errors never contain it.
+///
+/// # Errors
+/// What is missing (a `secretRef` without a cluster, an unknown key, …).
+pub async fn resolve_secret(
+    cluster: Option<&Cluster>,
+    reference: &Value,
+    base: &std::path::Path,
+) -> Result<rollwright_engine::secrets::Secret, StepError> {
+    let Some(name) = reference.get("secretRef").and_then(Value::as_str) else {
+        return rollwright_engine::secrets::resolve(reference, base).map_err(StepError::failed);
+    };
+    let cluster = cluster.ok_or_else(|| {
+        StepError::failed(format!(
+            "Kubernetes Secret `{name}` needs the spec's `target` to be read; or use `env` or `file`"
+        ))
+    })?;
+    let r = ObjRef::new("v1", "Secret", &cluster.namespace, name);
+    let secret = cluster
+        .get(&r)
+        .await?
+        .ok_or_else(|| StepError::failed(format!("{r} does not exist")))?;
+    let data = secret["data"].as_object().cloned().unwrap_or_default();
+    let key = match reference.get("key").and_then(Value::as_str) {
+        Some(k) => k.to_owned(),
+        None if data.len() == 1 => data.keys().next().cloned().unwrap_or_default(),
+        None => {
+            return Err(StepError::failed(format!(
+                "{r} has {} keys: name one with `key` (it has: {})",
+                data.len(),
+                data.keys().cloned().collect::<Vec<_>>().join(", ")
+            )));
+        }
+    };
+    let encoded = data
+        .get(&key)
+        .and_then(Value::as_str)
+        .ok_or_else(|| StepError::failed(format!("{r} has no key `{key}`")))?;
+    let bytes = base64::Engine::decode(&base64::engine::general_purpose::STANDARD, encoded)
+        .map_err(|_| StepError::failed(format!("{r}: key `{key}` is not base64")))?;
+    let value =
+        String::from_utf8(bytes).map_err(|_| StepError::failed(format!("{r}: key `{key}` is not text")))?;
+    Ok(rollwright_engine::secrets::Secret::from_resolved(
+        value.trim_end_matches(['\n', '\r']).to_owned(),
+    ))
+}
+
 /// An API error as the executor needs it.
 #[must_use]
 pub fn classify(e: kube::Error, doing: &str) -> StepError {

@@ -308,6 +308,7 @@ impl Hold {
             cluster,
             http,
             version,
+            secrets: crate::cluster::Cluster::of(cx).ok(),
             base: cx.spec_dir.clone(),
             state: Mutex::default(),
         }))
@@ -348,6 +349,8 @@ struct HoldStep {
     cluster: Option<Arc<crate::cluster::Cluster>>,
     http: reqwest::Client,
     version: String,
+    /// Where `secretRef` tokens are read (the target, when there is one).
+    secrets: Option<Arc<crate::cluster::Cluster>>,
     base: std::path::PathBuf,
     state: Mutex<HoldState>,
 }
@@ -477,12 +480,13 @@ impl HoldStep {
         let Some(address) = &m.address else {
             return Sample::default();
         };
-        let token = m.token.as_ref().and_then(|t| {
-            let v = serde_json::to_value(t).ok()?;
-            rollwright_engine::secrets::resolve(&v, &self.base)
+        let token = match m.token.as_ref().and_then(|t| serde_json::to_value(t).ok()) {
+            Some(v) => crate::cluster::resolve_secret(self.secrets.as_deref(), &v, &self.base)
+                .await
                 .ok()
-                .map(|s| s.expose().to_owned())
-        });
+                .map(|s| s.expose().to_owned()),
+            None => None,
+        };
         // `{{model.name}}` and the like were filled in when the spec was
         // expanded; `${selector}` is filled in here, once per version.
         let render = |selector: &str| q.replace("${selector}", selector);

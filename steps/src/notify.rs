@@ -69,6 +69,7 @@ impl StepKind for Notify {
                 .unwrap_or_default(),
             message: config.message,
             base: cx.spec_dir.clone(),
+            cluster: crate::cluster::Cluster::of(cx).ok(),
             run_id: cx.run_id.clone(),
             client,
         }))
@@ -93,6 +94,7 @@ struct NotifyStep {
     headers: Map<String, Value>,
     message: Option<String>,
     base: PathBuf,
+    cluster: Option<Arc<crate::cluster::Cluster>>,
     run_id: String,
     client: reqwest::Client,
 }
@@ -101,7 +103,8 @@ impl Step for NotifyStep {
     fn run<'a>(&'a self, cx: &'a StepContext) -> BoxFuture<'a, Result<Progress, StepError>> {
         Box::pin(async move {
             // Resolved at the moment of use, registered for redaction.
-            let url = secrets::resolve(&self.webhook, &self.base).map_err(StepError::failed)?;
+            let url =
+                crate::cluster::resolve_secret(self.cluster.as_deref(), &self.webhook, &self.base).await?;
             let payload = json!({
                 "run": self.run_id,
                 "step": cx.step_id,
@@ -110,7 +113,7 @@ impl Step for NotifyStep {
             });
             let mut req = self.client.post(url.expose()).json(&payload);
             for (name, r) in &self.headers {
-                let v = secrets::resolve(r, &self.base).map_err(StepError::failed)?;
+                let v = crate::cluster::resolve_secret(self.cluster.as_deref(), r, &self.base).await?;
                 req = req.header(name.as_str(), v.expose());
             }
             let resp = req.send().await.map_err(|e| {

@@ -172,6 +172,7 @@ impl StepKind for VerifyInference {
             status: c.expect.status.unwrap_or(200),
             asserts,
             auth: with.get("auth").cloned(),
+            cluster: crate::cluster::Cluster::of(cx).ok(),
             base: cx.spec_dir.clone(),
             config: c,
         }))
@@ -184,6 +185,7 @@ struct VerifyStep {
     status: u16,
     asserts: Vec<(serde_json_path::JsonPath, JsonAssert)>,
     auth: Option<Value>,
+    cluster: Option<Arc<crate::cluster::Cluster>>,
     base: std::path::PathBuf,
     config: VerifyInferenceConfig,
 }
@@ -257,8 +259,8 @@ impl Step for VerifyStep {
         Box::pin(async move {
             let auth = match &self.auth {
                 Some(r) => Some(
-                    rollwright_engine::secrets::resolve(r, &self.base)
-                        .map_err(StepError::failed)?
+                    crate::cluster::resolve_secret(self.cluster.as_deref(), r, &self.base)
+                        .await?
                         .expose()
                         .to_owned(),
                 ),
@@ -356,6 +358,7 @@ mod tests {
                 .map(|j| (serde_json_path::JsonPath::parse(&j.path).unwrap(), j.clone()))
                 .collect(),
             auth: None,
+            cluster: None,
             base: ".".into(),
             config: c,
         };

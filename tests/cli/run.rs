@@ -387,7 +387,7 @@ fn every_run_writes_a_report_in_the_charter_format() {
 
 /// A one-thread HTTP server on 127.0.0.1 that answers the given statuses in
 /// turn and hands back every request it read.
-fn webhook_server(statuses: Vec<u16>) -> (String, std::sync::mpsc::Receiver<String>) {
+pub fn webhook_server(statuses: Vec<u16>) -> (String, std::sync::mpsc::Receiver<String>) {
     use std::io::{Read, Write};
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
