@@ -99,7 +99,6 @@ fn an_error_rate_regression_judged_by_a_real_prometheus() {
         prom.port
     );
     w.write("spec.yaml", &crate::k8s::analysed_spec(&w, "60s", &metrics));
-    let started = Instant::now();
     let out = w.rollwright(&["run", "spec.yaml"], &[]);
     assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
     let err = stderr(&out);
@@ -108,10 +107,8 @@ fn an_error_rate_regression_judged_by_a_real_prometheus() {
         err.contains("> stable 0.000 + 0.050 (max-increase-over-stable) (2 consecutive breaches, limit 2)"),
         "{err}"
     );
-    assert!(
-        started.elapsed() < Duration::from_secs(45),
-        "caught well before the end of the hold"
-    );
+    // Caught by the analysis during the hold, not by a deadline.
+    assert!(!err.contains("deadline"), "{err}");
     w.wait_split("fraud", &[("7", 100)]);
 }
 

@@ -152,16 +152,13 @@ fn deployment_and_istio_canary_promoted_to_100() {
 #[test]
 fn a_crash_looping_canary_is_caught_and_rolled_back_with_stable_untouched() {
     let w = istio_world("pods:\n  - {version: \"8\", crash-loop: true}\n");
-    let started = std::time::Instant::now();
     let out = w.rollwright(&["run", "spec.yaml"], &[]);
     assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
     let err = stderr(&out);
     assert!(err.contains("CrashLoopBackOff"), "{err}");
     assert!(err.contains("fraud-canary"), "{err}");
-    assert!(
-        started.elapsed() < std::time::Duration::from_secs(30),
-        "fails fast, not at the 1m timeout"
-    );
+    // Failed by crash detection, not by waiting out the 1m timeout.
+    assert!(!err.contains("deadline"), "{err}");
     // The canary is gone, traffic never moved, stable untouched.
     assert_eq!(
         w.kubectl(&["get", "deploy", "-n", "ml", "-o", "name"]),
@@ -586,16 +583,13 @@ fn an_error_rate_rising_mid_hold_fails_it_and_rolls_back() {
         "models:\n  fraud:\n    versions:\n      \"8\":\n        phases:\n          - {after: 20s, error-rate: 50%}\n",
     );
     w.write("spec.yaml", &analysed_spec(&w, "30s", PROBE_METRICS));
-    let started = std::time::Instant::now();
     let out = w.rollwright(&["run", "spec.yaml"], &[]);
     assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
     let err = stderr(&out);
     assert!(err.contains("analysis failed: error-rate: canary 0."), "{err}");
     assert!(err.contains("(max-increase-over-stable)"), "{err}");
-    assert!(
-        started.elapsed() < std::time::Duration::from_secs(20),
-        "failed early, not at the end of the 30 s hold"
-    );
+    // Failed by the analysis during the 30 s hold (a hold that ran out would have passed).
+    assert!(err.contains("failed at `hold-20`"), "{err}");
     assert_eq!(vs_weights(&w), "100 0");
     w.wait_split("fraud", &[("7", 100)]);
 }
