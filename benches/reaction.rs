@@ -58,13 +58,7 @@ fn once(rt: &tokio::runtime::Runtime, interval: &str, offset: Duration) -> Durat
     while !journal().contains(r#""step":"hold-20","key":"started-ms""#) {
         std::thread::sleep(Duration::from_millis(5));
     }
-    let on_stable = || {
-        sim.routes()
-            .iter()
-            .filter(|r| r.model == "fraud")
-            .flat_map(|r| r.backends.iter())
-            .all(|b| b.weight == if b.version == "7" { 100 } else { 0 })
-    };
+    let on_stable = || sim.split("fraud") == std::collections::BTreeMap::from([("7".to_owned(), 100)]);
     // The sim routes 20 % to the canary by now.
     while on_stable() {
         std::thread::sleep(Duration::from_millis(2));

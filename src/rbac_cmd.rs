@@ -50,15 +50,7 @@ fn allow(rules: &mut Rules, api_version: &str, kind: &str, verbs: &[&'static str
 
 /// The route kind each provider patches.
 fn route_kind(provider: &str) -> Option<(&'static str, &'static str)> {
-    Some(match provider {
-        "istio" => ("networking.istio.io/v1beta1", "VirtualService"),
-        "gateway-api" => ("gateway.networking.k8s.io/v1", "HTTPRoute"),
-        "kserve" => ("serving.kserve.io/v1beta1", "InferenceService"),
-        "smi" => ("split.smi-spec.io/v1alpha2", "TrafficSplit"),
-        "nginx" => ("networking.k8s.io/v1", "Ingress"),
-        "seldon" => ("machinelearning.seldon.io/v1", "SeldonDeployment"),
-        _ => return None,
-    })
+    rollwright_steps::traffic::Provider::parse(provider).map(rollwright_steps::traffic::Provider::route_kind)
 }
 
 pub fn run(args: &RbacArgs) -> u8 {
@@ -157,14 +149,8 @@ pub fn run(args: &RbacArgs) -> u8 {
                     .filter_map(Value::as_str)
                     .filter_map(|r| r.split_once('/'))
                     .filter_map(|(k, _)| {
-                        let av = match k {
-                            "Deployment" | "StatefulSet" => "apps/v1",
-                            "Pod" => "v1",
-                            "InferenceService" => "serving.kserve.io/v1beta1",
-                            "SeldonDeployment" => "machinelearning.seldon.io/v1",
-                            _ => return None,
-                        };
-                        Some((av.to_owned(), k.to_owned()))
+                        rollwright_steps::wait_ready::api_version_of(k)
+                            .map(|av| (av.to_owned(), k.to_owned()))
                     })
                     .collect();
                 let targets = if listed.is_empty() {

@@ -378,19 +378,15 @@ fn start_sim(args: &RunArgs, spec: &Spec, run: &str) -> Result<ClusterFlags, Str
     }
     let target = spec.target.clone().ok_or("--sim needs the spec's `target`")?;
     // The target namespace exists in the sim unless the scenario makes it.
-    let has_ns = scenario
-        .objects
-        .iter()
-        .any(|o| o["kind"] == "Namespace" && o["metadata"]["name"] == target.namespace.as_str());
-    if !has_ns {
-        scenario.objects.push(
-            serde_json::json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": target.namespace}}),
-        );
-    }
+    scenario.ensure_namespace(&target.namespace);
     let time_scale = scenario.time_scale.0;
     let registry = scenario.registry.clone();
+    let dir = args.state_dir.join("sim").join(run);
+    std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let dir = std::fs::canonicalize(&dir).unwrap_or(dir);
+    let kc_path = dir.join("kubeconfig");
     let (tx, rx) = std::sync::mpsc::channel();
-    let context = target.context.clone();
+    let (context, kc) = (target.context.clone(), kc_path.clone());
     std::thread::spawn(move || {
         let rt = match tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
@@ -412,7 +408,11 @@ fn start_sim(args: &RunArgs, spec: &Spec, run: &str) -> Result<ClusterFlags, Str
                 Ok(sim) => {
                     // The scenario's world (the stable version) is up before the run starts.
                     let _ = sim.settled(std::time::Duration::from_secs(60)).await;
-                    let _ = tx.send(Ok((sim.kubeconfig_for(&context), sim.models_url(), sim.url())));
+                    let written = sim
+                        .write_kubeconfig_for(&kc, &context)
+                        .map(|()| (sim.models_url(), sim.url()))
+                        .map_err(|e| format!("{}: {e}", kc.display()));
+                    let _ = tx.send(written);
                     std::future::pending::<()>().await;
                 }
                 Err(e) => {
@@ -421,30 +421,11 @@ fn start_sim(args: &RunArgs, spec: &Spec, run: &str) -> Result<ClusterFlags, Str
             }
         });
     });
-    let (kubeconfig, models, api) = rx.recv().map_err(|e| e.to_string())??;
-    let dir = args.state_dir.join("sim").join(run);
-    std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-    let dir = std::fs::canonicalize(&dir).unwrap_or(dir);
-    let kc_path = dir.join("kubeconfig");
-    {
-        use std::io::Write;
-        use std::os::unix::fs::OpenOptionsExt;
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&kc_path)
-            .map_err(|e| format!("{}: {e}", kc_path.display()))?;
-        f.write_all(kubeconfig.as_bytes()).map_err(|e| e.to_string())?;
-    }
+    let (models, api) = rx.recv().map_err(|e| e.to_string())??;
     let registry_file = match registry {
         Some(r) => {
             let p = dir.join("registry.yaml");
-            let mut doc =
-                serde_json::json!({"apiVersion": "rollwright.dev/v1alpha1", "kind": "ModelRegistry"});
-            doc["models"] = r.get("models").cloned().unwrap_or(r);
-            std::fs::write(&p, doc.to_string()).map_err(|e| format!("{}: {e}", p.display()))?;
+            write_registry(&p, &r)?;
             Some(p)
         }
         None => None,
@@ -462,6 +443,16 @@ fn start_sim(args: &RunArgs, spec: &Spec, run: &str) -> Result<ClusterFlags, Str
         registry_file,
         time_scale: Some(time_scale),
     })
+}
+
+/// Writes a file model registry: `registry` is `{models: [...]}` or the list itself.
+pub(crate) fn write_registry(path: &Path, registry: &Value) -> Result<(), String> {
+    let mut doc = serde_json::json!({"apiVersion": "rollwright.dev/v1alpha1", "kind": "ModelRegistry"});
+    doc["models"] = registry
+        .get("models")
+        .cloned()
+        .unwrap_or_else(|| registry.clone());
+    std::fs::write(path, doc.to_string()).map_err(|e| format!("{}: {e}", path.display()))
 }
 
 /// What step builders of a run see: one place, for the pre-run check and the run.

@@ -186,6 +186,15 @@ fn serde_saphyr_like(text: &str) -> Result<RolloutTest, String> {
     })
 }
 
+/// The directory of the (only) run in a test's state directory.
+fn the_run(state: &Path) -> Option<PathBuf> {
+    std::fs::read_dir(state.join("runs"))
+        .ok()?
+        .next()?
+        .ok()
+        .map(|e| e.path())
+}
+
 fn run_one(file: &Path, t: &RolloutTest) -> Vec<String> {
     let base = file.parent().unwrap_or(Path::new("."));
     let base = &std::fs::canonicalize(base).unwrap_or_else(|_| base.to_path_buf());
@@ -233,15 +242,7 @@ fn run_one(file: &Path, t: &RolloutTest) -> Vec<String> {
         .unwrap_or("default")
         .to_owned();
     let model = spec_doc["model"]["name"].as_str().unwrap_or_default().to_owned();
-    if !scenario
-        .objects
-        .iter()
-        .any(|o| o["kind"] == "Namespace" && o["metadata"]["name"] == namespace.as_str())
-    {
-        scenario.objects.push(
-            serde_json::json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}}),
-        );
-    }
+    scenario.ensure_namespace(&namespace);
     let registry = scenario.registry.clone();
     let time_scale = scenario.time_scale.0;
     let rt = match tokio::runtime::Builder::new_multi_thread()
@@ -268,20 +269,13 @@ fn run_one(file: &Path, t: &RolloutTest) -> Vec<String> {
         return vec!["cannot make a temporary directory".into()];
     };
     let kc = dir.path().join("kubeconfig");
-    if let Err(e) = sim
-        .write_kubeconfig(&kc)
-        .and_then(|()| std::fs::write(&kc, sim.kubeconfig_for(&context)))
-    {
+    if let Err(e) = sim.write_kubeconfig_for(&kc, &context) {
         return vec![e.to_string()];
     }
     let reg = dir.path().join("registry.yaml");
-    let mut doc =
-        serde_json::json!({"apiVersion": "rollwright.dev/v1alpha1", "kind": "ModelRegistry", "models": []});
-    if let Some(r) = registry {
-        doc["models"] = r.get("models").cloned().unwrap_or(r);
-    }
-    if let Err(e) = std::fs::write(&reg, doc.to_string()) {
-        return vec![e.to_string()];
+    let empty = serde_json::json!({"models": []});
+    if let Err(e) = crate::run_cmd::write_registry(&reg, registry.as_ref().unwrap_or(&empty)) {
+        return vec![e];
     }
     let state = dir.path().join("state");
     let exe = std::env::current_exe().unwrap_or_else(|_| PathBuf::from("rollwright"));
@@ -314,31 +308,19 @@ fn run_one(file: &Path, t: &RolloutTest) -> Vec<String> {
     if let Some(change) = &t.change_registry {
         // Watch the journal; when the marker shows, swap the registry file.
         let started = Instant::now();
-        let journal = || {
-            std::fs::read_dir(state.join("runs"))
-                .ok()
-                .and_then(|mut d| d.next())
-                .and_then(Result::ok)
-                .and_then(|e| std::fs::read_to_string(e.path().join("journal.jsonl")).ok())
-                .unwrap_or_default()
-        };
         let mut changed = false;
         while started.elapsed() < Duration::from_secs(120) {
-            if journal().contains(change.at.as_str()) {
-                let mut doc =
-                    serde_json::json!({"apiVersion": "rollwright.dev/v1alpha1", "kind": "ModelRegistry"});
-                doc["models"] = change
-                    .registry
-                    .get("models")
-                    .cloned()
-                    .unwrap_or(Value::Array(Vec::new()));
+            let journal = the_run(&state)
+                .and_then(|d| std::fs::read_to_string(d.join("journal.jsonl")).ok())
+                .unwrap_or_default();
+            if journal.contains(change.at.as_str()) {
+                // Written aside, then renamed: the run never reads half a file.
                 let tmp = reg.with_extension("tmp");
-                changed = std::fs::write(&tmp, doc.to_string())
-                    .and_then(|()| std::fs::rename(&tmp, &reg))
-                    .is_ok();
+                changed = crate::run_cmd::write_registry(&tmp, &change.registry).is_ok()
+                    && std::fs::rename(&tmp, &reg).is_ok();
                 break;
             }
-            if journal().contains(r#""record":"run-finished""#) {
+            if journal.contains(r#""record":"run-finished""#) {
                 break;
             }
             std::thread::sleep(Duration::from_millis(10));
@@ -352,11 +334,7 @@ fn run_one(file: &Path, t: &RolloutTest) -> Vec<String> {
         Err(e) => return vec![format!("cannot run {}: {e}", exe.display())],
     };
     let mut log = String::from_utf8_lossy(&out.stderr).into_owned();
-    let run_id = std::fs::read_dir(state.join("runs"))
-        .ok()
-        .and_then(|mut d| d.next())
-        .and_then(Result::ok)
-        .map(|e| e.file_name().to_string_lossy().into_owned());
+    let run_id = the_run(&state).and_then(|d| d.file_name().map(|n| n.to_string_lossy().into_owned()));
     if t.kill_at.is_some() {
         let Some(id) = &run_id else {
             return vec![format!("the run was not started: {log}")];
@@ -416,14 +394,7 @@ fn run_one(file: &Path, t: &RolloutTest) -> Vec<String> {
         // The split settles within a controller tick of the last change.
         let started = Instant::now();
         let got = loop {
-            let got: BTreeMap<String, u32> = sim
-                .routes()
-                .into_iter()
-                .filter(|r| r.model == model)
-                .flat_map(|r| r.backends)
-                .filter(|b| b.weight > 0)
-                .map(|b| (b.version, b.weight))
-                .collect();
+            let got = sim.split(&model);
             if &got == want || started.elapsed() > Duration::from_secs(3) {
                 break got;
             }

@@ -208,6 +208,19 @@ impl Sim {
         self.state.models.routes().values().cloned().collect()
     }
 
+    /// The versions serving `model` now and their share of traffic
+    /// (backends without traffic left out).
+    #[must_use]
+    pub fn split(&self, model: &str) -> std::collections::BTreeMap<String, u32> {
+        self.routes()
+            .into_iter()
+            .filter(|r| r.model == model)
+            .flat_map(|r| r.backends)
+            .filter(|b| b.weight > 0)
+            .map(|b| (b.version, b.weight))
+            .collect()
+    }
+
     /// The time scale.
     #[must_use]
     pub fn time_scale(&self) -> f64 {
@@ -261,6 +274,14 @@ impl Sim {
     /// # Errors
     /// I/O errors.
     pub fn write_kubeconfig(&self, path: &Path) -> std::io::Result<()> {
+        self.write_kubeconfig_for(path, "sim")
+    }
+
+    /// Writes the kubeconfig of [`Sim::kubeconfig_for`] (mode 0600).
+    ///
+    /// # Errors
+    /// I/O errors.
+    pub fn write_kubeconfig_for(&self, path: &Path, context: &str) -> std::io::Result<()> {
         use std::io::Write;
         use std::os::unix::fs::OpenOptionsExt;
         let mut f = std::fs::OpenOptions::new()
@@ -269,7 +290,7 @@ impl Sim {
             .truncate(true)
             .mode(0o600)
             .open(path)?;
-        f.write_all(self.kubeconfig().as_bytes())
+        f.write_all(self.kubeconfig_for(context).as_bytes())
     }
 }
 

@@ -161,6 +161,20 @@ impl Scenario {
         Ok((merged, shown))
     }
 
+    /// Adds the Namespace `name` to the objects created at start, unless
+    /// they already create it.
+    pub fn ensure_namespace(&mut self, name: &str) {
+        if !self
+            .objects
+            .iter()
+            .any(|o| o["kind"] == "Namespace" && o["metadata"]["name"] == name)
+        {
+            self.objects.push(
+                serde_json::json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}}),
+            );
+        }
+    }
+
     /// The pod startup delay in real time.
     #[must_use]
     pub fn startup_real(&self) -> Duration {

@@ -465,13 +465,13 @@ impl Step for ApplyStep {
     fn settle<'a>(&'a self, cx: &'a StepContext) -> BoxFuture<'a, Result<Progress, StepError>> {
         Box::pin(async move {
             let owner = [cx.owner.clone()];
-            match crate::restore::pending(&self.cluster, cx, Some(&owner)).await? {
-                None => Ok(Progress::Done { outputs: Map::new() }),
-                Some(reason) => Ok(Progress::Wait {
-                    after: std::time::Duration::from_millis(500),
-                    reason,
-                }),
-            }
+            crate::restore::settled(
+                &self.cluster,
+                cx,
+                Some(&owner),
+                std::time::Duration::from_millis(500),
+            )
+            .await
         })
     }
 }

@@ -424,7 +424,7 @@ fn judge(m: &Metric, s: Sample, min_samples: u32) -> Verdict {
 
 impl HoldStep {
     /// One evaluation of every metric.
-    async fn evaluate(&self, a: &Analysis, cx: &StepContext) -> Vec<(String, Verdict)> {
+    async fn evaluate(&self, a: &Analysis) -> Vec<(String, Verdict)> {
         let mut probe: Option<(crate::inference::Probe, crate::inference::Probe)> = None;
         let mut out = Vec::new();
         for m in &a.metrics {
@@ -445,7 +445,7 @@ impl HoldStep {
                     }
                 }
                 Provider::Prometheus => self.prometheus(m, q).await,
-                Provider::Kubernetes => self.kubernetes(q, cx).await,
+                Provider::Kubernetes => self.kubernetes(q).await,
             };
             out.push((m.name.clone(), judge(m, sample, a.min_samples)));
         }
@@ -526,19 +526,17 @@ impl HoldStep {
         }
     }
 
-    async fn kubernetes(&self, q: &str, cx: &StepContext) -> Sample {
+    async fn kubernetes(&self, q: &str) -> Sample {
         let Some(cluster) = &self.cluster else {
             return Sample::default();
         };
-        // The canary's pods: those of the workloads the run applied whose
-        // pods carry the canary's version label.
+        // The canary's pods: those carrying its version label.
         let Ok(pods) = cluster
             .list("v1", "Pod", &format!("version={}", self.version))
             .await
         else {
             return Sample::default();
         };
-        let _ = cx;
         if pods.is_empty() {
             return Sample::default();
         }
@@ -599,7 +597,7 @@ impl Step for HoldStep {
             };
             let now = now_ms();
             if now >= due || now >= end {
-                let verdicts = self.evaluate(a, cx).await;
+                let verdicts = self.evaluate(a).await;
                 let mut st = self
                     .state
                     .lock()

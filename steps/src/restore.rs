@@ -171,6 +171,25 @@ pub async fn pending(
     Ok(None)
 }
 
+/// [`pending`] as a step's progress: done, or a wait of `after` with the reason.
+///
+/// # Errors
+/// Classified API errors.
+pub async fn settled(
+    cluster: &Cluster,
+    cx: &StepContext,
+    steps: Option<&[String]>,
+    after: std::time::Duration,
+) -> Result<rollwright_engine::exec::Progress, StepError> {
+    use rollwright_engine::exec::Progress;
+    Ok(match pending(cluster, cx, steps).await? {
+        None => Progress::Done {
+            outputs: serde_json::Map::new(),
+        },
+        Some(reason) => Progress::Wait { after, reason },
+    })
+}
+
 /// Why a workload is not ready (`None` when it is, or is not a workload).
 #[must_use]
 pub fn not_ready(obj: &Value) -> Option<String> {

@@ -106,8 +106,14 @@ impl RollbackStep {
         Ok(done)
     }
 
-    async fn verify(&self, cx: &StepContext) -> Result<Option<String>, StepError> {
-        crate::restore::pending(&self.cluster, cx, self.scope(cx).as_deref()).await
+    async fn verify(&self, cx: &StepContext) -> Result<Progress, StepError> {
+        crate::restore::settled(
+            &self.cluster,
+            cx,
+            self.scope(cx).as_deref(),
+            Duration::from_millis(500),
+        )
+        .await
     }
 }
 
@@ -116,15 +122,12 @@ impl Step for RollbackStep {
         Box::pin(async move {
             let done = self.restore(cx).await?;
             match self.verify(cx).await? {
-                None => {
+                Progress::Done { .. } => {
                     let mut outputs = Map::new();
                     outputs.insert("restored".into(), json!(done));
                     Ok(Progress::Done { outputs })
                 }
-                Some(reason) => Ok(Progress::Wait {
-                    after: Duration::from_millis(500),
-                    reason,
-                }),
+                wait => Ok(wait),
             }
         })
     }
@@ -134,14 +137,6 @@ impl Step for RollbackStep {
     }
 
     fn settle<'a>(&'a self, cx: &'a StepContext) -> BoxFuture<'a, Result<Progress, StepError>> {
-        Box::pin(async move {
-            match self.verify(cx).await? {
-                None => Ok(Progress::Done { outputs: Map::new() }),
-                Some(reason) => Ok(Progress::Wait {
-                    after: Duration::from_millis(500),
-                    reason,
-                }),
-            }
-        })
+        Box::pin(self.verify(cx))
     }
 }

@@ -154,13 +154,7 @@ impl Step for ShiftTrafficStep {
 
     fn settle<'a>(&'a self, cx: &'a StepContext) -> BoxFuture<'a, Result<Progress, StepError>> {
         Box::pin(async move {
-            match crate::restore::pending(&self.cluster, cx, Some(&[])).await? {
-                None => Ok(Progress::Done { outputs: Map::new() }),
-                Some(reason) => Ok(Progress::Wait {
-                    after: Duration::from_millis(200),
-                    reason,
-                }),
-            }
+            crate::restore::settled(&self.cluster, cx, Some(&[]), Duration::from_millis(200)).await
         })
     }
 }

@@ -35,6 +35,35 @@ pub enum Provider {
     Seldon,
 }
 
+impl Provider {
+    /// The provider a spec names (`serving.traffic`, a step's `provider`).
+    #[must_use]
+    pub fn parse(name: &str) -> Option<Provider> {
+        Some(match name {
+            "istio" => Provider::Istio,
+            "gateway-api" => Provider::GatewayApi,
+            "kserve" => Provider::Kserve,
+            "smi" => Provider::Smi,
+            "nginx" => Provider::Nginx,
+            "seldon" => Provider::Seldon,
+            _ => return None,
+        })
+    }
+
+    /// `(apiVersion, kind)` of the object whose fields a shift changes.
+    #[must_use]
+    pub fn route_kind(self) -> (&'static str, &'static str) {
+        match self {
+            Provider::Istio => ("networking.istio.io/v1beta1", "VirtualService"),
+            Provider::GatewayApi => ("gateway.networking.k8s.io/v1", "HTTPRoute"),
+            Provider::Kserve => ("serving.kserve.io/v1beta1", "InferenceService"),
+            Provider::Smi => ("split.smi-spec.io/v1alpha2", "TrafficSplit"),
+            Provider::Nginx => ("networking.k8s.io/v1", "Ingress"),
+            Provider::Seldon => ("machinelearning.seldon.io/v1", "SeldonDeployment"),
+        }
+    }
+}
+
 const NGINX_CANARY: &str = "nginx.ingress.kubernetes.io/canary";
 const NGINX_WEIGHT: &str = "nginx.ingress.kubernetes.io/canary-weight";
 
@@ -66,15 +95,8 @@ impl Router {
             .or_else(|| serving.and_then(|s| (s.platform == "kserve").then(|| "kserve".to_owned())))
             .or_else(|| serving.and_then(|s| (s.platform == "seldon").then(|| "seldon".to_owned())))
             .ok_or("shift-traffic needs a provider: set `serving.traffic` (or `provider`)")?;
-        let provider = match name.as_str() {
-            "istio" => Provider::Istio,
-            "gateway-api" => Provider::GatewayApi,
-            "kserve" => Provider::Kserve,
-            "smi" => Provider::Smi,
-            "nginx" => Provider::Nginx,
-            "seldon" => Provider::Seldon,
-            other => return Err(format!("traffic provider `{other}` cannot shift traffic")),
-        };
+        let provider = Provider::parse(&name)
+            .ok_or_else(|| format!("traffic provider `{name}` cannot shift traffic"))?;
         let route = serving
             .and_then(|s| s.route.clone())
             .or_else(|| cx.model.as_ref().map(|m| m.1.clone()))
@@ -102,27 +124,13 @@ impl Router {
     /// The object whose fields change.
     #[must_use]
     pub fn object(&self) -> ObjRef {
-        let (av, kind, name) = match self.provider {
-            Provider::Istio => (
-                "networking.istio.io/v1beta1",
-                "VirtualService",
-                self.route.clone(),
-            ),
-            Provider::GatewayApi => ("gateway.networking.k8s.io/v1", "HTTPRoute", self.route.clone()),
-            Provider::Kserve => (
-                "serving.kserve.io/v1beta1",
-                "InferenceService",
-                self.route.clone(),
-            ),
-            Provider::Smi => ("split.smi-spec.io/v1alpha2", "TrafficSplit", self.route.clone()),
-            Provider::Nginx => ("networking.k8s.io/v1", "Ingress", self.canary.clone()),
-            Provider::Seldon => (
-                "machinelearning.seldon.io/v1",
-                "SeldonDeployment",
-                self.route.clone(),
-            ),
+        let (av, kind) = self.provider.route_kind();
+        let name = if self.provider == Provider::Nginx {
+            &self.canary
+        } else {
+            &self.route
         };
-        ObjRef::new(av, kind, &self.namespace, &name)
+        ObjRef::new(av, kind, &self.namespace, name)
     }
 
     /// The fields a shift changes, as JSON pointers (what is recorded).

@@ -73,7 +73,9 @@ impl StepKind for WaitReady {
     }
 }
 
-fn api_version_of(kind: &str) -> Option<&'static str> {
+/// The apiVersion of a kind wait-ready knows.
+#[must_use]
+pub fn api_version_of(kind: &str) -> Option<&'static str> {
     Some(match kind {
         "Deployment" | "StatefulSet" => "apps/v1",
         "Pod" => "v1",

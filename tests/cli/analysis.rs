@@ -36,6 +36,27 @@ fn wait_http(port: u16, path: &str, what: &str) {
     panic!("{what} did not become ready on 127.0.0.1:{port}");
 }
 
+impl Server {
+    /// Starts `cmd` in its own process group, serving on `port`, and waits
+    /// until `ready_path` answers 200.
+    fn start(mut cmd: Command, port: u16, dir: tempfile::TempDir, ready_path: &str, what: &str) -> Server {
+        use std::os::unix::process::CommandExt;
+        let child = cmd
+            .process_group(0)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let s = Server {
+            _child: crate::ProcessGroup(child),
+            port,
+            _dir: dir,
+        };
+        wait_http(port, ready_path, what);
+        s
+    }
+}
+
 fn env_path(var: &str, script: &str) -> PathBuf {
     PathBuf::from(std::env::var_os(var).unwrap_or_else(|| {
         panic!("{var} is not set: run the suite with scripts/test, which installs it ({script})")
@@ -44,7 +65,6 @@ fn env_path(var: &str, script: &str) -> PathBuf {
 
 /// Prometheus scraping `target` (host:port) every second.
 fn prometheus(target: &str) -> Server {
-    use std::os::unix::process::CommandExt;
     let bin = env_path("ROLLWRIGHT_PROMETHEUS", "scripts/setup-prometheus");
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("prometheus.yml");
@@ -56,25 +76,14 @@ fn prometheus(target: &str) -> Server {
     )
     .unwrap();
     let port = free_port();
-    let child = Command::new(bin)
-        .arg(format!("--config.file={}", config.display()))
+    let mut cmd = Command::new(bin);
+    cmd.arg(format!("--config.file={}", config.display()))
         .arg(format!(
             "--storage.tsdb.path={}",
             dir.path().join("data").display()
         ))
-        .arg(format!("--web.listen-address=127.0.0.1:{port}"))
-        .process_group(0)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let s = Server {
-        _child: crate::ProcessGroup(child),
-        port,
-        _dir: dir,
-    };
-    wait_http(port, "/-/ready", "Prometheus");
-    s
+        .arg(format!("--web.listen-address=127.0.0.1:{port}"));
+    Server::start(cmd, port, dir, "/-/ready", "Prometheus")
 }
 
 /// The same error-rate regression as the sim test, judged through real PromQL.
@@ -114,26 +123,14 @@ fn an_error_rate_regression_judged_by_a_real_prometheus() {
 
 /// The tiny model on a real KServe ModelServer.
 fn model_server(delay: f64, output: f64) -> Server {
-    use std::os::unix::process::CommandExt;
     let venv = env_path("ROLLWRIGHT_KSERVE_VENV", "scripts/setup-kserve");
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
-    let child = Command::new(venv.join("bin/python"))
-        .arg(crate::root().join("tests/kserve_model.py"))
+    let mut cmd = Command::new(venv.join("bin/python"));
+    cmd.arg(crate::root().join("tests/kserve_model.py"))
         .args([port.to_string(), delay.to_string(), output.to_string()])
-        .current_dir(dir.path())
-        .process_group(0)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let s = Server {
-        _child: crate::ProcessGroup(child),
-        port,
-        _dir: dir,
-    };
-    wait_http(port, "/v2/health/ready", "the KServe ModelServer");
-    s
+        .current_dir(dir.path());
+    Server::start(cmd, port, dir, "/v2/health/ready", "the KServe ModelServer")
 }
 
 fn verify_spec(port: u16, steps: &str) -> String {

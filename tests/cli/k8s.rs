@@ -67,17 +67,7 @@ impl World {
 
     /// `version → percent` of what the sim routes for `model`.
     fn split(&self, model: &str) -> Vec<(String, u32)> {
-        let mut v: Vec<(String, u32)> = self
-            .sim
-            .routes()
-            .into_iter()
-            .filter(|r| r.model == model)
-            .flat_map(|r| r.backends)
-            .filter(|b| b.weight > 0)
-            .map(|b| (b.version, b.weight))
-            .collect();
-        v.sort();
-        v
+        self.sim.split(model).into_iter().collect()
     }
 
     pub fn wait_split(&self, model: &str, want: &[(&str, u32)]) {
