@@ -67,9 +67,25 @@ pub struct InitArgs {
     /// Minimum replicas.
     #[arg(long)]
     replicas: Option<u32>,
-    /// Apply through GitOps (Argo CD / Flux) instead of directly.
+    /// The target is GitOps-managed: apply, shift-traffic and rollback
+    /// commit to a repository and wait for Argo CD / Flux (asks for the rest).
     #[arg(long)]
     gitops: bool,
+    /// GitOps repository (path or URL); implies --gitops.
+    #[arg(long, value_name = "URL")]
+    gitops_repo: Option<String>,
+    /// Branch the controller follows.
+    #[arg(long, value_name = "BRANCH")]
+    gitops_branch: Option<String>,
+    /// Directory of the target's manifests in the repository.
+    #[arg(long, value_name = "PATH")]
+    gitops_path: Option<String>,
+    /// argocd or flux.
+    #[arg(long, value_name = "CONTROLLER")]
+    gitops_controller: Option<String>,
+    /// The Argo CD Application / Flux Kustomization name.
+    #[arg(long, value_name = "NAME")]
+    gitops_app: Option<String>,
     /// Where the shipped strategies are.
     #[arg(long, value_name = "DIR", default_value = "specs/strategies")]
     strategies: PathBuf,
@@ -210,11 +226,12 @@ pub fn run(args: InitArgs) -> u8 {
 }
 
 fn scaffold(args: InitArgs, a: &mut Asker<'_>) -> Result<Vec<PathBuf>, String> {
-    if args.gitops {
-        return Err(
-            "GitOps targets (Argo CD / Flux) are not supported yet: this build applies directly".into(),
-        );
-    }
+    let gitops = args.gitops
+        || args.gitops_repo.is_some()
+        || args.gitops_path.is_some()
+        || args.gitops_controller.is_some()
+        || args.gitops_app.is_some()
+        || args.gitops_branch.is_some();
     let model = a.ask(args.model, "model name", None, &[])?;
     if !dns_label(&model) {
         return Err(format!(
@@ -271,6 +288,39 @@ fn scaffold(args: InitArgs, a: &mut Asker<'_>) -> Result<Vec<PathBuf>, String> {
             "endpoint `{endpoint}` must start with http:// or https://"
         ));
     }
+    let gitops = if gitops {
+        let repo = a.ask(args.gitops_repo, "GitOps repository (path or URL)", None, &[])?;
+        let branch = a.ask(
+            args.gitops_branch,
+            "branch the controller follows",
+            Some("main"),
+            &[],
+        )?;
+        let default_path = format!("deploy/{namespace}/{model}");
+        let path = a.ask(
+            args.gitops_path,
+            "directory of the manifests in the repository",
+            Some(&default_path),
+            &[],
+        )?;
+        let controller = a.ask(
+            args.gitops_controller,
+            "GitOps controller",
+            Some("argocd"),
+            &["argocd", "flux"],
+        )?;
+        let app = a.ask(
+            args.gitops_app,
+            "Application / Kustomization name",
+            Some(&model),
+            &[],
+        )?;
+        Some(format!(
+            ",\n  gitops: {{repo: \"{repo}\", branch: {branch}, path: \"{path}\", controller: {controller}, app: {app}}}"
+        ))
+    } else {
+        None
+    };
     let auth = a.ask(
         args.auth_secret,
         "Secret with the endpoint's Authorization header (empty: none)",
@@ -387,7 +437,8 @@ fn scaffold(args: InitArgs, a: &mut Asker<'_>) -> Result<Vec<PathBuf>, String> {
         ));
     }
     spec.push_str(&format!(
-        "model: {{registry: {registry}, name: {model}, version: \"{version}\"}}\nserving: {{platform: {platform}, traffic: {traffic}, endpoint: \"{endpoint}\"}}\ntarget: {{context: {context}, namespace: {namespace}, environment: {environment}}}\n"
+        "model: {{registry: {registry}, name: {model}, version: \"{version}\"}}\nserving: {{platform: {platform}, traffic: {traffic}, endpoint: \"{endpoint}\"}}\ntarget: {{context: {context}, namespace: {namespace}, environment: {environment}{}}}\n",
+        gitops.unwrap_or_default()
     ));
     if !auth.is_empty() {
         // `customize.with` replaces a step's `with`: the whole smoke test, plus auth.

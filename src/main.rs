@@ -76,7 +76,7 @@ enum Command {
     /// Run scenario tests (`kind: RolloutTest`), each on its own embedded cluster.
     Test(test_cmd::TestArgs),
     /// Scaffold a Rollout on a shipped strategy (asks on a terminal for what flags leave open).
-    Init(init_cmd::InitArgs),
+    Init(Box<init_cmd::InitArgs>),
 }
 
 /// When to colour human output.
@@ -112,7 +112,7 @@ fn main() -> ExitCode {
         Command::Sim(args) => sim_cmd::run(&args),
         Command::Rbac(args) => rbac_cmd::run(&args),
         Command::Test(args) => test_cmd::run(&args),
-        Command::Init(args) => init_cmd::run(args),
+        Command::Init(args) => init_cmd::run(*args),
     };
     ExitCode::from(code)
 }

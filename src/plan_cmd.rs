@@ -132,6 +132,21 @@ fn text(p: &Plan) -> String {
     }
     let _ = writeln!(s, "  model:   {}", compact(&p.model));
     let _ = writeln!(s, "  target:  {}", compact(&p.target));
+    if let Some(g) = p.target.get("gitops").filter(|g| g.is_object()) {
+        let controller = if g["controller"] == "flux" {
+            "Flux Kustomization"
+        } else {
+            "Argo CD Application"
+        };
+        let _ = writeln!(
+            s,
+            "  gitops:  apply, shift-traffic and rollback commit to {} ({}) at {}; the run waits for {controller} `{}` to sync",
+            g["repo"].as_str().unwrap_or_default(),
+            g["branch"].as_str().unwrap_or("main"),
+            g["path"].as_str().unwrap_or_default(),
+            g["app"].as_str().unwrap_or_default(),
+        );
+    }
     let _ = writeln!(s, "  serving: {}", compact(&p.serving));
     if !p.params.is_empty() {
         let _ = writeln!(s, "  params:  {}", compact(&Value::Object(p.params.clone())));

@@ -166,6 +166,18 @@ pub fn describe(e: &Event) -> String {
         Event::Recorded { step, key, value } if key == "restored" => {
             format!("{step}: restored {}", value.as_str().unwrap_or_default())
         }
+        Event::Recorded { step, key, value } if key == "gitops-commit" => {
+            let sha = value["sha"].as_str().unwrap_or_default();
+            format!(
+                "{step}: committed {} (journaled before the push)",
+                sha.get(..8).unwrap_or(sha)
+            )
+        }
+        Event::Recorded { step, key, value } if key == "gitops-pushed" || key == "gitops-revert" => {
+            let sha = value["sha"].as_str().unwrap_or_default();
+            let what = if key == "gitops-revert" { "revert " } else { "" };
+            format!("{step}: pushed {what}{}", sha.get(..8).unwrap_or(sha))
+        }
         Event::Recorded { step, key, .. } => {
             format!("{step}: recorded {key} (journaled before changing anything)")
         }

@@ -82,6 +82,8 @@ pub fn run(args: &RbacArgs) -> u8 {
         );
         return exit::USAGE;
     };
+    // A GitOps target is changed through Git: the steps only read the cluster.
+    let gitops = target.gitops.as_ref();
     let mut rules = Rules::new();
     let mut cluster_scoped = BTreeSet::new();
     let mut applied: Vec<(String, String)> = Vec::new();
@@ -131,12 +133,14 @@ pub fn run(args: &RbacArgs) -> u8 {
                     }
                     // get: record the last known-good state; patch: server-side
                     // apply (create included); update/delete: restore it.
-                    allow(
-                        &mut rules,
-                        &a,
-                        &k,
-                        &["get", "patch", "create", "update", "delete"],
-                    );
+                    if gitops.is_none() {
+                        allow(
+                            &mut rules,
+                            &a,
+                            &k,
+                            &["get", "patch", "create", "update", "delete"],
+                        );
+                    }
                     applied.push((a, k));
                 }
             }
@@ -170,7 +174,12 @@ pub fn run(args: &RbacArgs) -> u8 {
                     .map(str::to_owned)
                     .or_else(|| provider.clone());
                 if let Some((a, k)) = p.as_deref().and_then(route_kind) {
-                    allow(&mut rules, a, k, &["get", "patch"]);
+                    let verbs: &[&'static str] = if gitops.is_some() {
+                        &["get"]
+                    } else {
+                        &["get", "patch"]
+                    };
+                    allow(&mut rules, a, k, verbs);
                 }
                 // Readiness of the canary before routing to it.
                 match p.as_deref() {
@@ -192,6 +201,7 @@ pub fn run(args: &RbacArgs) -> u8 {
                     }
                 }
             }
+            "rollback" if gitops.is_some() => {}
             "rollback" => {
                 if let Some((a, k)) = provider.as_deref().and_then(route_kind) {
                     allow(&mut rules, a, k, &["get", "patch"]);
@@ -227,6 +237,11 @@ pub fn run(args: &RbacArgs) -> u8 {
     }
     for h in &spec.on_failure {
         secret_refs(&h.with, &mut secret_names);
+    }
+    if let Some(c) = gitops.and_then(|g| g.credentials.as_ref()) {
+        for r in [&c.token, &c.ssh_key].into_iter().flatten() {
+            secret_refs(r, &mut secret_names);
+        }
     }
     let name = format!("rollwright-{}", spec.metadata.name);
     let ns = &target.namespace;
@@ -268,6 +283,18 @@ pub fn run(args: &RbacArgs) -> u8 {
         "---\napiVersion: rbac.authorization.k8s.io/v1\nkind: RoleBinding\nmetadata:\n  name: {name}\n  namespace: {ns}\nroleRef:\n  apiGroup: rbac.authorization.k8s.io\n  kind: Role\n  name: {name}\nsubjects:\n  - kind: ServiceAccount\n    name: {}\n    namespace: {ns}\n",
         args.service_account
     ));
+    if let Some(g) = gitops {
+        // Reading the sync status of the one Application / Kustomization.
+        let app_ns = g.app_namespace();
+        let (group, resource) = match g.controller {
+            rollwright_engine::spec::Controller::Argocd => ("argoproj.io", "applications"),
+            rollwright_engine::spec::Controller::Flux => ("kustomize.toolkit.fluxcd.io", "kustomizations"),
+        };
+        out.push_str(&format!(
+            "---\n# GitOps: apply, shift-traffic and rollback push to {} ({}); the run only reads the sync status.\napiVersion: rbac.authorization.k8s.io/v1\nkind: Role\nmetadata:\n  name: {name}\n  namespace: {app_ns}\nrules:\n  - apiGroups: [\"{group}\"]\n    resources: [{resource}]\n    resourceNames: [{}]\n    verbs: [get]\n---\napiVersion: rbac.authorization.k8s.io/v1\nkind: RoleBinding\nmetadata:\n  name: {name}\n  namespace: {app_ns}\nroleRef:\n  apiGroup: rbac.authorization.k8s.io\n  kind: Role\n  name: {name}\nsubjects:\n  - kind: ServiceAccount\n    name: {}\n    namespace: {ns}\n",
+            g.repo, g.branch, g.app, args.service_account
+        ));
+    }
     print!("{out}");
     exit::OK
 }

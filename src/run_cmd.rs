@@ -472,6 +472,7 @@ fn build_context(
                 context: t.context.clone(),
                 namespace: t.namespace.clone(),
                 production: t.environment == Environment::Production,
+                gitops: t.gitops.clone(),
             }),
         serving: spec.serving.clone().map(|mut sv| {
             // On the embedded cluster the sim's router addresses versions.

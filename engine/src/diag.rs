@@ -192,6 +192,8 @@ codes! {
     EnvironmentDodge = "RW055", Error, "target is production by policy";
     /// A gate weaker than the policy's minimum for the environment.
     GateBelowPolicy = "RW056", Error, "gate weaker than the policy";
+    /// A step that would change directly a target the policy declares GitOps-managed.
+    ImperativeOnGitOps = "RW057", Error, "imperative change on a GitOps-managed target";
     /// A literal secret value where a reference is required.
     LiteralSecret = "RW060", Error, "literal secret value";
     /// A value shaped like a well-known credential.

@@ -16,6 +16,9 @@
 //!   contexts: [prod-east, prod-west]
 //!   api-servers: ["https://10.0.0.1:6443"]
 //!   namespaces: [payments]
+//! gitops:                       # targets Argo CD / Flux manage: specs must
+//!   contexts: [prod-east]       # declare `target.gitops`, never apply directly
+//!   namespaces: [payments]
 //! environments:
 //!   production:
 //!     gate: {approvals: 2, roles: [ml-lead], evals: {auc: {min: 0.9}}}
@@ -98,6 +101,9 @@ pub struct Policy {
     /// Which targets are production.
     #[serde(default)]
     pub production: Production,
+    /// Targets a GitOps controller manages (same matching as `production`).
+    #[serde(default)]
+    pub gitops: Production,
     /// Rules per environment (`production`, `staging`, `dev`).
     #[serde(default)]
     pub environments: BTreeMap<String, EnvironmentRules>,
@@ -188,6 +194,26 @@ impl Policy {
                 reason: None,
             },
         })
+    }
+
+    /// Why the policy says a GitOps controller manages `spec`'s target, if it does.
+    #[must_use]
+    pub fn gitops_managed(&self, spec: &Spec) -> Option<String> {
+        let t = spec.target.as_ref()?;
+        let g = &self.gitops;
+        let reason = if g.contexts.contains(&t.context) {
+            Some(format!("context `{}`", t.context))
+        } else if g.namespaces.contains(&t.namespace) {
+            Some(format!("namespace `{}`", t.namespace))
+        } else {
+            kube_server(&t.context)
+                .filter(|s| g.api_servers.contains(s))
+                .map(|s| format!("API server {s}"))
+        }?;
+        Some(format!(
+            "{reason} is GitOps-managed (policy {})",
+            self.path.display()
+        ))
     }
 
     /// The rules of an environment.

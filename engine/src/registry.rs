@@ -157,6 +157,8 @@ pub struct TargetInfo {
     pub namespace: String,
     /// Production: every safety rule applies.
     pub production: bool,
+    /// Set when a GitOps controller manages the target.
+    pub gitops: Option<crate::spec::GitOps>,
 }
 
 impl BuildContext {

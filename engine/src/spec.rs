@@ -113,6 +113,77 @@ pub struct Target {
     pub namespace: String,
     /// Environment class; production enables every safety rule.
     pub environment: Environment,
+    /// Set when Argo CD or Flux manages the target: changes go through Git.
+    #[serde(default)]
+    pub gitops: Option<GitOps>,
+}
+
+/// A GitOps-managed target: `apply`, `shift-traffic` and `rollback` commit
+/// to `repo` and wait for the controller to sync, instead of changing the
+/// cluster.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct GitOps {
+    /// The repository: a local path, `file://`, `https://` or ssh URL.
+    pub repo: String,
+    /// The branch the controller follows.
+    #[serde(default = "default_branch")]
+    pub branch: String,
+    /// Directory in the repository holding the target's manifests.
+    pub path: String,
+    /// `argocd` or `flux`.
+    pub controller: Controller,
+    /// The Argo CD `Application` or Flux `Kustomization` name.
+    pub app: String,
+    /// Its namespace (default `argocd`, or `flux-system` for Flux).
+    #[serde(default)]
+    pub app_namespace: Option<String>,
+    /// Credentials for a remote repository, by reference.
+    #[serde(default)]
+    pub credentials: Option<GitCredentials>,
+    /// Commit author, `Name <email>` (default `rollwright <rollwright@localhost>`).
+    #[serde(default)]
+    pub author: Option<String>,
+}
+
+impl GitOps {
+    /// The namespace of the controller's object.
+    #[must_use]
+    pub fn app_namespace(&self) -> &str {
+        self.app_namespace.as_deref().unwrap_or(match self.controller {
+            Controller::Argocd => "argocd",
+            Controller::Flux => "flux-system",
+        })
+    }
+}
+
+/// The GitOps controller that syncs the repository.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Controller {
+    /// Argo CD (`Application`).
+    Argocd,
+    /// Flux (`Kustomization`).
+    Flux,
+}
+
+/// How to authenticate to a remote repository (secret references only).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct GitCredentials {
+    /// HTTPS: a token (sent as basic auth with `username`).
+    #[serde(default)]
+    pub token: Option<serde_json::Value>,
+    /// HTTPS user name for the token (default `x-access-token`).
+    #[serde(default)]
+    pub username: Option<String>,
+    /// SSH: a private key.
+    #[serde(default)]
+    pub ssh_key: Option<serde_json::Value>,
+}
+
+fn default_branch() -> String {
+    "main".into()
 }
 
 /// Environment class of a target.

@@ -111,6 +111,7 @@ pub fn check(cx: &Context<'_>) -> Vec<Diagnostic> {
         check_failure_paths(cx, &mut out);
     }
     check_policy(cx, &mut out);
+    check_gitops(cx, &mut out);
     out.sort_by(|a, b| a.span.cmp(&b.span).then(a.code.cmp(&b.code)));
     out
 }
@@ -566,6 +567,40 @@ fn path_avoiding_gates(
         }
     }
     vec!["start".into(), "…".into()]
+}
+
+/// GitOps: on a target the policy declares GitOps-managed, nothing changes
+/// the cluster directly (`target.gitops` is required). (A repository URL
+/// with a password is caught by the credential-shape rule, RW061.)
+fn check_gitops(cx: &Context<'_>, out: &mut Vec<Diagnostic>) {
+    let Some(target) = cx.spec.target.as_ref() else {
+        return;
+    };
+    if target.gitops.is_some() {
+        return;
+    }
+    let Some(why) = cx.policy.and_then(|p| p.gitops_managed(cx.spec)) else {
+        return;
+    };
+    for c in configured(cx.spec) {
+        let Some(k) = cx.registry.get(c.kind) else {
+            continue;
+        };
+        if !matches!(k.role(), Role::Promote | Role::Restore) {
+            continue;
+        }
+        out.push(
+            Diagnostic::new(
+                Code::ImperativeOnGitOps,
+                cx.span(&format!("{}/type", c.base)),
+                format!(
+                    "{} `{}` would change the cluster directly, but {why}: the controller would undo it or fight it",
+                    c.what, c.kind
+                ),
+            )
+            .with_help("declare `target.gitops: {repo, branch, path, controller, app}` so apply, shift-traffic and rollback commit to Git"),
+        );
+    }
 }
 
 /// The policy: a declared environment cannot dodge production, and gates

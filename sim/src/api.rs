@@ -989,6 +989,72 @@ impl State {
         }
     }
 
+    fn kind_by(&self, api_version: &str, kind: &str) -> Option<&'static Kind> {
+        self.kinds()
+            .into_iter()
+            .find(|k| kinds::api_version(k) == api_version && k.kind == kind)
+    }
+
+    /// Server-side applies an object, forced (the GitOps controller).
+    ///
+    /// # Errors
+    /// The kind is not served, or the API server refused it.
+    pub fn apply_object(&self, obj: Value, manager: &str) -> Result<(), String> {
+        let what = format!(
+            "{} {}",
+            obj["kind"].as_str().unwrap_or("?"),
+            obj["metadata"]["name"].as_str().unwrap_or("?")
+        );
+        let kind = self.kind_of(&obj).ok_or_else(|| {
+            format!(
+                "{what}: the server could not find the requested resource ({})",
+                obj["apiVersion"].as_str().unwrap_or("?")
+            )
+        })?;
+        let ns = obj["metadata"]["namespace"].as_str().map(str::to_owned);
+        if kind.namespaced {
+            let exists = self
+                .store
+                .lock()
+                .is_ok_and(|s| Self::namespace_exists(&s, ns.as_deref().unwrap_or_default()));
+            if !exists {
+                return Err(format!(
+                    "{what}: namespaces \"{}\" not found",
+                    ns.unwrap_or_default()
+                ));
+            }
+        }
+        let t = Target {
+            kind,
+            namespace: kind.namespaced.then(|| ns.unwrap_or_default()),
+            name: obj["metadata"]["name"].as_str().map(str::to_owned),
+            status: false,
+        };
+        let r = self.apply(&t, obj, manager, true);
+        if r.status().is_success() {
+            Ok(())
+        } else {
+            Err(format!("{what}: {}", r.status()))
+        }
+    }
+
+    /// An object by apiVersion, kind, namespace and name (controllers).
+    pub fn get_object(&self, api_version: &str, kind: &str, ns: &str, name: &str) -> Option<Value> {
+        let k = self.kind_by(api_version, kind)?;
+        let store = self.store.lock().ok()?;
+        store
+            .objects
+            .get(&key(k, k.namespaced.then_some(ns), name))
+            .cloned()
+    }
+
+    /// Deletes an object by apiVersion, kind, namespace and name (controllers).
+    pub fn delete_object(&self, api_version: &str, kind: &str, ns: &str, name: &str) {
+        if let Some(k) = self.kind_by(api_version, kind) {
+            self.remove(k.group, k.plural, ns, name);
+        }
+    }
+
     /// Writes an object's status (controllers).
     pub fn set_status(&self, group: &str, plural: &str, ns: &str, name: &str, status: Value) {
         let Some(t) = self.target(group, plural, ns, name, true) else {

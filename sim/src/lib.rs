@@ -25,6 +25,10 @@
 //! router that follows the routing objects ([`routing`]), a background
 //! traffic generator and `/metrics` in Prometheus text format ([`models`]).
 //!
+//! Also a GitOps controller standing in for Argo CD (`Application`) and
+//! Flux (`GitRepository` + `Kustomization`): it applies what is committed
+//! in a repository on this machine and reports sync and health as they do.
+//!
 //! A [`Scenario`] (YAML, see [`scenario`]) sets model behaviour per version,
 //! pod faults, API faults and the time scale; its live parts can be changed
 //! while running (`PUT /sim/scenario`, `PUT /sim/faults`).
@@ -32,6 +36,7 @@
 mod api;
 mod controllers;
 mod faults;
+mod gitops;
 mod kinds;
 pub mod models;
 pub mod routing;
@@ -113,6 +118,7 @@ impl Sim {
         let tick = std::time::Duration::from_millis(100);
         let controllers = tokio::spawn(controllers::run(state.clone(), tick));
         let generator = tokio::spawn(state.models.clone().generate(tick));
+        let gitops = tokio::spawn(gitops::run(state.clone(), std::time::Duration::from_millis(200)));
         let models_app = models::router(state.models.clone());
         let model_server = tokio::spawn(async move {
             let _ = axum::serve(models_listener, models_app).await;
@@ -128,6 +134,7 @@ impl Sim {
                     _ = &mut rx => {
                         controllers.abort();
                         generator.abort();
+                        gitops.abort();
                         model_server.abort();
                         return;
                     }

@@ -32,6 +32,9 @@ pub struct ApplyConfig {
     /// Auth policy protecting exposed endpoints.
     #[serde(default)]
     pub auth_policy: Option<String>,
+    /// Change objects a GitOps controller tracks directly anyway.
+    #[serde(default)]
+    pub allow_gitops_managed: bool,
 }
 
 fn field_manager() -> String {
@@ -120,6 +123,8 @@ impl StepKind for Apply {
         }
         Ok(Arc::new(ApplyStep {
             objects: objects.into_iter().map(|p| p.object).collect(),
+            gitops: crate::gitops::GitOpsTarget::of(cx)?,
+            allow_gitops_managed: c.allow_gitops_managed,
             cluster,
             manager: c.field_manager,
         }))
@@ -410,13 +415,55 @@ fn policy(objects: &[Placed], c: &ApplyConfig, production: bool, namespace: &str
 
 struct ApplyStep {
     objects: Vec<Value>,
+    gitops: Option<Arc<crate::gitops::GitOpsTarget>>,
+    allow_gitops_managed: bool,
     cluster: Arc<Cluster>,
     manager: String,
+}
+
+impl ApplyStep {
+    /// GitOps: the rendered objects written into the repository, committed,
+    /// pushed and synced.
+    async fn commit(&self, g: &crate::gitops::GitOpsTarget, cx: &StepContext) -> Result<Progress, StepError> {
+        let names: Vec<String> = self
+            .objects
+            .iter()
+            .map(|o| {
+                format!(
+                    "{} {}",
+                    o["kind"].as_str().unwrap_or_default(),
+                    o["metadata"]["name"].as_str().unwrap_or_default()
+                )
+            })
+            .collect();
+        let summary = format!("apply {}", names.join(", "));
+        let progress = g
+            .commit_and_sync(cx, "apply", &summary, |root| {
+                self.objects
+                    .iter()
+                    .try_for_each(|o| crate::gitops::upsert(root, o, g.namespace()))
+            })
+            .await?;
+        Ok(match progress {
+            Progress::Done { mut outputs } => {
+                outputs.insert("revision".into(), outputs["commit"].clone());
+                outputs.insert(
+                    "objects".into(),
+                    Value::Array(names.into_iter().map(Value::from).collect()),
+                );
+                Progress::Done { outputs }
+            }
+            wait => wait,
+        })
+    }
 }
 
 impl Step for ApplyStep {
     fn run<'a>(&'a self, cx: &'a StepContext) -> BoxFuture<'a, Result<Progress, StepError>> {
         Box::pin(async move {
+            if let Some(g) = &self.gitops {
+                return self.commit(g, cx).await;
+            }
             // The last known-good state of everything this step touches,
             // recorded (and journaled) before the first change.
             if cx.recalled("objects").is_none() {
@@ -426,6 +473,13 @@ impl Step for ApplyStep {
                         StepError::failed("an object needs apiVersion, kind and metadata.name")
                     })?;
                     let current = self.cluster.get(&r).await?;
+                    if let Some(by) = current.as_ref().and_then(crate::gitops::managed_by)
+                        && !self.allow_gitops_managed
+                    {
+                        return Err(StepError::failed(format!(
+                            "{r} is managed by {by}: applying it directly would fight the controller; declare `target.gitops` so the change goes through Git (or `allow-gitops-managed: true` if the controller ignores these fields)"
+                        )));
+                    }
                     before.push(json!({"ref": r, "existed": current.is_some(), "object": current.as_ref().map(restorable)}));
                 }
                 cx.remember("objects", Value::Array(before));
@@ -453,6 +507,9 @@ impl Step for ApplyStep {
 
     fn compensate<'a>(&'a self, cx: &'a StepContext) -> BoxFuture<'a, Result<(), StepError>> {
         Box::pin(async move {
+            if let Some(g) = &self.gitops {
+                return g.revert_run(cx, None).await.map(|_| ());
+            }
             let owner = [cx.owner.clone()];
             let done = crate::restore::objects(&self.cluster, cx, Some(&owner), true).await?;
             if !done.is_empty() {
@@ -464,6 +521,9 @@ impl Step for ApplyStep {
 
     fn settle<'a>(&'a self, cx: &'a StepContext) -> BoxFuture<'a, Result<Progress, StepError>> {
         Box::pin(async move {
+            if let Some(g) = &self.gitops {
+                return g.revert_settled(cx).await;
+            }
             let owner = [cx.owner.clone()];
             crate::restore::settled(
                 &self.cluster,

@@ -15,6 +15,8 @@ pub mod approval;
 pub mod cluster;
 pub mod exec;
 pub mod gate_check;
+pub mod git;
+pub mod gitops;
 pub mod hold;
 pub mod inference;
 pub mod model_registry;

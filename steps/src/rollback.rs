@@ -58,6 +58,7 @@ impl StepKind for Rollback {
         Ok(Arc::new(RollbackStep {
             restore: c.restore,
             delete_created: c.scale_down_canary,
+            gitops: crate::gitops::GitOpsTarget::of(cx)?,
             cluster: Cluster::of(cx)?,
         }))
     }
@@ -80,6 +81,7 @@ impl StepKind for Rollback {
 struct RollbackStep {
     restore: Vec<String>,
     delete_created: bool,
+    gitops: Option<Arc<crate::gitops::GitOpsTarget>>,
     cluster: Arc<Cluster>,
 }
 
@@ -120,6 +122,17 @@ impl RollbackStep {
 impl Step for RollbackStep {
     fn run<'a>(&'a self, cx: &'a StepContext) -> BoxFuture<'a, Result<Progress, StepError>> {
         Box::pin(async move {
+            if let Some(g) = &self.gitops {
+                // An explicit rollback reverts the commits of the steps it
+                // restores (and every traffic shift); as a compensation, all
+                // of the run's commits.
+                let scope = if self.restore.is_empty() {
+                    None
+                } else {
+                    Some(self.restore.clone())
+                };
+                return g.revert_and_sync(cx, scope.as_deref()).await;
+            }
             let done = self.restore(cx).await?;
             match self.verify(cx).await? {
                 Progress::Done { .. } => {
@@ -133,10 +146,20 @@ impl Step for RollbackStep {
     }
 
     fn compensate<'a>(&'a self, cx: &'a StepContext) -> BoxFuture<'a, Result<(), StepError>> {
-        Box::pin(async move { self.restore(cx).await.map(|_| ()) })
+        Box::pin(async move {
+            if let Some(g) = &self.gitops {
+                return g.revert_run(cx, None).await.map(|_| ());
+            }
+            self.restore(cx).await.map(|_| ())
+        })
     }
 
     fn settle<'a>(&'a self, cx: &'a StepContext) -> BoxFuture<'a, Result<Progress, StepError>> {
-        Box::pin(self.verify(cx))
+        Box::pin(async move {
+            match &self.gitops {
+                Some(g) => g.revert_settled(cx).await,
+                None => self.verify(cx).await,
+            }
+        })
     }
 }

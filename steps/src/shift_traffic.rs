@@ -28,6 +28,9 @@ pub struct ShiftTrafficConfig {
     /// Why production may skip the canary.
     #[serde(default)]
     pub justification: Option<String>,
+    /// Change a route a GitOps controller tracks directly anyway.
+    #[serde(default, rename = "allow-gitops-managed")]
+    pub allow_gitops_managed: bool,
 }
 
 /// The shift-traffic kind.
@@ -70,6 +73,8 @@ impl StepKind for ShiftTraffic {
             canary: c.canary,
             mirror: c.mirror,
             router,
+            gitops: crate::gitops::GitOpsTarget::of(cx)?,
+            allow_gitops_managed: c.allow_gitops_managed,
             cluster: Cluster::of(cx)?,
         }))
     }
@@ -82,12 +87,80 @@ struct ShiftTrafficStep {
     canary: u8,
     mirror: u8,
     router: Router,
+    gitops: Option<Arc<crate::gitops::GitOpsTarget>>,
+    allow_gitops_managed: bool,
     cluster: Arc<Cluster>,
+}
+
+impl ShiftTrafficStep {
+    /// The fields this step sets on the routing object `current`.
+    fn want(&self, current: &Value) -> Result<Map<String, Value>, String> {
+        let mut want = self.router.fields_for(current, self.canary)?;
+        if self.mirror > 0
+            && let Some(Value::Array(http)) = want.get_mut("/spec/http")
+            && let Some(first) = http.first_mut()
+        {
+            let host = first["route"]
+                .as_array()
+                .and_then(|rs| {
+                    rs.iter()
+                        .find(|d| d["destination"]["subset"].as_str() == Some(&self.router.canary))
+                })
+                .map(|d| d["destination"].clone());
+            if let Some(dest) = host {
+                first["mirror"] = dest;
+                first["mirrorPercentage"] = json!({"value": self.mirror});
+            }
+        }
+        Ok(want)
+    }
+
+    /// GitOps: the routing object's fields changed in the repository,
+    /// committed, pushed and synced.
+    async fn commit(&self, g: &crate::gitops::GitOpsTarget, cx: &StepContext) -> Result<Progress, StepError> {
+        let r = self.router.object();
+        if self.canary > 0
+            && cx.recalled("gitops-pushed").is_none()
+            && let Some(live) = self.cluster.get(&r).await?
+        {
+            self.router.canary_ready(&self.cluster, &live).await?;
+        }
+        let like = serde_json::to_value(&r).unwrap_or_default();
+        let summary = format!("shift {}% of traffic to the canary ({r})", self.canary);
+        let path = g.config.path.clone();
+        let progress = g
+            .commit_and_sync(cx, "shift-traffic", &summary, |root| {
+                let doc = crate::gitops::find_doc(root, &like_object(&like), g.namespace())?
+                    .ok_or_else(|| format!("{r} is not in the repository under `{path}`: the routing object must be committed before traffic is shifted"))?;
+                let mut next = doc.value.clone();
+                for (p, v) in self.want(&doc.value)? {
+                    crate::gitops::set_pointer(&mut next, &p, v);
+                }
+                crate::gitops::rewrite(&doc, &next)
+            })
+            .await?;
+        Ok(match progress {
+            Progress::Done { mut outputs } => {
+                outputs.insert("canary".into(), json!(self.canary));
+                outputs.insert("route".into(), json!(r.to_string()));
+                Progress::Done { outputs }
+            }
+            wait => wait,
+        })
+    }
+}
+
+/// An object skeleton naming what an [`crate::cluster::ObjRef`] names.
+fn like_object(r: &Value) -> Value {
+    json!({"apiVersion": r["apiVersion"], "kind": r["kind"], "metadata": {"name": r["name"], "namespace": r["namespace"]}})
 }
 
 impl Step for ShiftTrafficStep {
     fn run<'a>(&'a self, cx: &'a StepContext) -> BoxFuture<'a, Result<Progress, StepError>> {
         Box::pin(async move {
+            if let Some(g) = &self.gitops {
+                return self.commit(g, cx).await;
+            }
             let r = self.router.object();
             let Some(current) = self.cluster.get(&r).await? else {
                 return Err(StepError::failed(format!(
@@ -103,26 +176,14 @@ impl Step for ShiftTrafficStep {
                     fields
                 }
             };
-            let mut want = self
-                .router
-                .fields_for(&current, self.canary)
-                .map_err(StepError::failed)?;
-            if self.mirror > 0
-                && let Some(Value::Array(http)) = want.get_mut("/spec/http")
-                && let Some(first) = http.first_mut()
+            if let Some(by) = crate::gitops::managed_by(&current)
+                && !self.allow_gitops_managed
             {
-                let host = first["route"]
-                    .as_array()
-                    .and_then(|rs| {
-                        rs.iter()
-                            .find(|d| d["destination"]["subset"].as_str() == Some(&self.router.canary))
-                    })
-                    .map(|d| d["destination"].clone());
-                if let Some(dest) = host {
-                    first["mirror"] = dest;
-                    first["mirrorPercentage"] = json!({"value": self.mirror});
-                }
+                return Err(StepError::failed(format!(
+                    "{r} is managed by {by}: changing it directly would fight the controller; declare `target.gitops` so the change goes through Git (or `allow-gitops-managed: true` if the controller ignores the weights)"
+                )));
             }
+            let want = self.want(&current).map_err(StepError::failed)?;
             let unchanged = want
                 .iter()
                 .all(|(p, v)| current.pointer(p).unwrap_or(&Value::Null) == v);
@@ -144,6 +205,9 @@ impl Step for ShiftTrafficStep {
 
     fn compensate<'a>(&'a self, cx: &'a StepContext) -> BoxFuture<'a, Result<(), StepError>> {
         Box::pin(async move {
+            if let Some(g) = &self.gitops {
+                return g.revert_run(cx, None).await.map(|_| ());
+            }
             let done = crate::restore::traffic(&self.cluster, cx, MANAGER).await?;
             if !done.is_empty() {
                 cx.remember("restored", Value::from(done.join("; ")));
@@ -154,6 +218,9 @@ impl Step for ShiftTrafficStep {
 
     fn settle<'a>(&'a self, cx: &'a StepContext) -> BoxFuture<'a, Result<Progress, StepError>> {
         Box::pin(async move {
+            if let Some(g) = &self.gitops {
+                return g.revert_settled(cx).await;
+            }
             crate::restore::settled(&self.cluster, cx, Some(&[]), Duration::from_millis(200)).await
         })
     }

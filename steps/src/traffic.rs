@@ -481,6 +481,7 @@ mod tests {
             context: "c".into(),
             namespace: "ml".into(),
             production: true,
+            gitops: None,
         });
         Router::of(&cx, None).unwrap()
     }

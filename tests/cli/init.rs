@@ -195,3 +195,62 @@ fn init_asks_on_a_terminal_for_what_flags_leave_open() {
     let lint = rollwright_in(dir.path(), &["lint", "fraud.yaml"]);
     assert_eq!(lint.status.code(), Some(0), "{}{}", stdout(&lint), stderr(&lint));
 }
+
+#[test]
+fn init_for_a_gitops_target_declares_it_and_lints_clean() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = strategies();
+    let out = rollwright_in(
+        dir.path(),
+        &[
+            "init",
+            "--model",
+            "fraud",
+            "--model-version",
+            "8",
+            "--registry",
+            "file",
+            "--context",
+            "prod-east",
+            "--namespace",
+            "ml",
+            "--gitops-repo",
+            "git@git.example.com:platform/deploy.git",
+            "--gitops-controller",
+            "flux",
+            "--strategies",
+            &s,
+        ],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let spec = std::fs::read_to_string(dir.path().join("fraud.yaml")).unwrap();
+    assert!(
+        spec.contains("  gitops: {repo: \"git@git.example.com:platform/deploy.git\", branch: main, path: \"deploy/ml/fraud\", controller: flux, app: fraud}}"),
+        "{spec}"
+    );
+    let out = rollwright_in(dir.path(), &["lint", "fraud.yaml"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stdout(&out));
+    // A wrong controller is refused off a terminal, naming the choices.
+    let out = rollwright_in(
+        dir.path(),
+        &[
+            "init",
+            "--model",
+            "x",
+            "--model-version",
+            "1",
+            "--context",
+            "c",
+            "--namespace",
+            "n",
+            "--gitops-repo",
+            "r",
+            "--gitops-controller",
+            "jenkins",
+            "--dir",
+            "other",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains("argocd"), "{}", stderr(&out));
+}

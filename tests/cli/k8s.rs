@@ -16,7 +16,7 @@ pub struct World {
 }
 
 impl World {
-    fn new(scenario: &str) -> World {
+    pub fn new(scenario: &str) -> World {
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
@@ -35,7 +35,7 @@ impl World {
         World { sim, dir, _rt: rt }
     }
 
-    fn path(&self) -> &Path {
+    pub fn path(&self) -> &Path {
         self.dir.path()
     }
 
@@ -55,7 +55,7 @@ impl World {
         cmd.output().unwrap()
     }
 
-    fn kubectl(&self, args: &[&str]) -> String {
+    pub fn kubectl(&self, args: &[&str]) -> String {
         let out = std::process::Command::new("kubectl")
             .arg("--kubeconfig")
             .arg(self.path().join("kubeconfig"))
@@ -82,14 +82,14 @@ impl World {
     }
 }
 
-const REGISTRY: &str = include_str!("../fixtures/k8s/registry.yaml");
+pub const REGISTRY: &str = include_str!("../fixtures/k8s/registry.yaml");
 
 /// A stable version 7 behind Istio (subsets by `track`), in namespace `ml`.
-const ISTIO_WORLD: &str = include_str!("../fixtures/k8s/istio-world.yaml");
+pub const ISTIO_WORLD: &str = include_str!("../fixtures/k8s/istio-world.yaml");
 
-const CANARY_MANIFEST: &str = include_str!("../fixtures/k8s/canary.yaml.hbs");
+pub const CANARY_MANIFEST: &str = include_str!("../fixtures/k8s/canary.yaml.hbs");
 
-const ISTIO_SPEC: &str = include_str!("../fixtures/k8s/istio-spec.yaml");
+pub const ISTIO_SPEC: &str = include_str!("../fixtures/k8s/istio-spec.yaml");
 
 pub fn istio_world(extra: &str) -> World {
     let w = World::new(&format!("{ISTIO_WORLD}{extra}"));
@@ -323,7 +323,7 @@ fn kserve_canary_promoted_to_100() {
     w.wait_split("fraud", &[("8", 100)]);
 }
 
-fn only_run_dir(dir: &Path) -> PathBuf {
+pub fn only_run_dir(dir: &Path) -> PathBuf {
     let runs: Vec<PathBuf> = std::fs::read_dir(dir.join(".rollwright/runs"))
         .unwrap()
         .map(|e| e.unwrap().path())
@@ -332,7 +332,7 @@ fn only_run_dir(dir: &Path) -> PathBuf {
     runs[0].clone()
 }
 
-fn journal_of(dir: &Path) -> String {
+pub fn journal_of(dir: &Path) -> String {
     std::fs::read_to_string(only_run_dir(dir).join("journal.jsonl")).unwrap()
 }
 
@@ -544,7 +544,7 @@ pub fn analysed_spec(w: &World, hold: &str, metrics: &str) -> String {
         )
 }
 
-const PROBE_METRICS: &str = "        failure-limit: 1\n        probe: {requests: 40}\n        metrics:\n          - {name: error-rate, provider: probe, query: error-rate, max-increase-over-stable: 0.05}\n          - {name: p99, provider: probe, query: latency-p99, max: 0.25}";
+pub const PROBE_METRICS: &str = "        failure-limit: 1\n        probe: {requests: 40}\n        metrics:\n          - {name: error-rate, provider: probe, query: error-rate, max-increase-over-stable: 0.05}\n          - {name: p99, provider: probe, query: latency-p99, max: 0.25}";
 
 #[test]
 fn a_healthy_canary_passes_its_analysed_hold() {

@@ -334,3 +334,71 @@ steps:
     assert_eq!(out.status.code(), Some(1));
     assert!(!dir.path().join(".rollwright/runs").exists());
 }
+
+/// A target the policy declares GitOps-managed refuses steps that would
+/// change the cluster directly; `target.gitops` makes the same spec clean,
+/// and a repository URL with a password is refused (as every credential-shaped value).
+#[test]
+fn gitops_managed_targets_refuse_imperative_changes() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("policy.yaml"),
+        "apiVersion: rollwright.dev/v1alpha1\nkind: Policy\ngitops:\n  namespaces: [payments]\n",
+    )
+    .unwrap();
+    std::fs::write(dir.path().join("x.yaml.hbs"), "kind: ConfigMap\n").unwrap();
+    let direct = "apiVersion: rollwright.dev/v1alpha1
+kind: Rollout
+metadata: {name: direct}
+model: {name: m, version: \"1\"}
+target: {context: stage, namespace: payments, environment: staging}
+steps:
+  - {id: deploy, type: apply, with: {template: x.yaml.hbs}, compensate: {type: rollback}}
+  - {id: shift, type: shift-traffic, needs: [deploy], with: {canary: 20}}
+";
+    std::fs::write(dir.path().join("direct.yaml"), direct).unwrap();
+    let declared = direct.replace(
+        "environment: staging}",
+        "environment: staging,\n  gitops: {repo: \"https://ci:hunter2hunter2@git.example.com/platform.git\", path: envs/stage, controller: argocd, app: m}}",
+    );
+    std::fs::write(dir.path().join("declared.yaml"), declared).unwrap();
+    let out = rollwright_in(
+        dir.path(),
+        &[
+            "lint",
+            "--format",
+            "json",
+            "--policy",
+            "policy.yaml",
+            "direct.yaml",
+            "declared.yaml",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let v: Value = serde_json::from_str(&stdout(&out)).unwrap();
+    let got: Vec<String> = v["diagnostics"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| {
+            format!(
+                "{} {}:{} {} {}",
+                d["file"].as_str().unwrap(),
+                d["line"],
+                d["column"],
+                d["code"].as_str().unwrap(),
+                d["message"].as_str().unwrap()
+            )
+        })
+        .collect();
+    assert_eq!(
+        got,
+        [
+            "declared.yaml 6:18 RW061 value looks like a URL with an embedded password",
+            "direct.yaml 7:24 RW057 step `apply` would change the cluster directly, but namespace `payments` is GitOps-managed (policy policy.yaml): the controller would undo it or fight it",
+            "direct.yaml 7:80 RW057 compensation `rollback` would change the cluster directly, but namespace `payments` is GitOps-managed (policy policy.yaml): the controller would undo it or fight it",
+            "direct.yaml 8:23 RW057 step `shift-traffic` would change the cluster directly, but namespace `payments` is GitOps-managed (policy policy.yaml): the controller would undo it or fight it",
+        ]
+    );
+    assert!(!stdout(&out).contains("hunter2hunter2"), "{}", stdout(&out));
+}

@@ -3,6 +3,7 @@
 
 mod analysis;
 mod fixtures;
+mod gitops;
 mod init;
 mod k8s;
 mod lint;

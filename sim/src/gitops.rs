@@ -1,0 +1,563 @@
+//! A GitOps controller for tests, standing in for Argo CD and Flux.
+//!
+//! It follows repositories on this machine (a path or `file://` URL; read
+//! with the `git` CLI) and applies what is committed at a path:
+//! - **Argo CD** `Application` (`argoproj.io/v1alpha1`): `spec.source`
+//!   {`repoURL`, `targetRevision` (a branch; default `HEAD`), `path`},
+//!   `spec.destination.namespace`, `spec.syncPolicy.automated.prune`.
+//!   Objects get the `argocd.argoproj.io/instance` label. Status as Argo CD
+//!   writes it: `sync` {status, revision}, `health` {status, message},
+//!   `operationState` {phase, message, syncResult.revision}, `resources`
+//!   (with `requiresPruning`), `conditions` (`ComparisonError` when the
+//!   manifests cannot be read), `reconciledAt`.
+//! - **Flux** `GitRepository` (`source.toolkit.fluxcd.io/v1`: `spec.url`,
+//!   `spec.ref.branch`; `status.artifact.revision` = `BRANCH@sha1:SHA`) and
+//!   `Kustomization` (`kustomize.toolkit.fluxcd.io/v1`: `sourceRef`, `path`,
+//!   `prune`, `targetNamespace`, `wait`): objects labelled
+//!   `kustomize.toolkit.fluxcd.io/{name,namespace}`; `Ready` condition
+//!   (`ReconciliationSucceeded`, `ReconciliationFailed`, `HealthCheckFailed`
+//!   when `wait` and a workload is degraded), `lastAppliedRevision`,
+//!   `lastAttemptedRevision`, `observedGeneration`, `inventory`.
+//!
+//! Sync is automatic and prompt (every 200 ms of real time): a new revision
+//! is applied with server-side apply (field manager `argocd-controller` /
+//! `kustomize-controller`, forced); objects of the app no longer in Git are
+//! deleted when the app prunes. Health: a Deployment is Healthy when rolled
+//! out, Degraded when a pod of it crash-loops, else Progressing; an
+//! InferenceService follows its `Ready` condition; other kinds are Healthy.
+//! Not simulated: self-heal of live edits, sync waves and hooks, Helm and
+//! kustomize builds (plain YAML files only), webhooks and polling delays.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+use std::process::Command;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use crate::api::State;
+
+/// What the controller remembers of an app between passes.
+#[derive(Debug, Default, Clone)]
+struct Synced {
+    revision: String,
+    /// `(apiVersion, kind, namespace, name)` of what it applied.
+    objects: Vec<(String, String, String, String)>,
+    /// Why the last sync failed, if it did.
+    error: Option<String>,
+}
+
+/// Runs until the sim stops.
+pub async fn run(state: Arc<State>, every: Duration) {
+    let mut memory: HashMap<String, Synced> = HashMap::new();
+    loop {
+        let s = state.clone();
+        let m = std::mem::take(&mut memory);
+        memory = tokio::task::spawn_blocking(move || {
+            let mut m = m;
+            reconcile(&s, &mut m);
+            m
+        })
+        .await
+        .unwrap_or_default();
+        tokio::time::sleep(every).await;
+    }
+}
+
+fn reconcile(state: &State, memory: &mut HashMap<String, Synced>) {
+    for app in state.snapshot("argoproj.io", "applications") {
+        argo(state, &app, memory);
+    }
+    let repos = state.snapshot("source.toolkit.fluxcd.io", "gitrepositories");
+    for repo in &repos {
+        git_repository(state, repo);
+    }
+    for k in state.snapshot("kustomize.toolkit.fluxcd.io", "kustomizations") {
+        flux(state, &k, &repos, memory);
+    }
+}
+
+fn meta<'a>(v: &'a Value, field: &str) -> &'a str {
+    v["metadata"][field].as_str().unwrap_or_default()
+}
+
+fn now() -> String {
+    humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string()
+}
+
+fn git(repo: &Path, args: &[&str]) -> Result<String, String> {
+    let out = Command::new("git")
+        .arg("-C")
+        .arg(repo)
+        .args(args)
+        .env("LC_ALL", "C")
+        .output()
+        .map_err(|e| format!("cannot run git: {e}"))?;
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).trim().to_owned())
+    }
+}
+
+fn local_path(url: &str) -> &Path {
+    Path::new(url.strip_prefix("file://").unwrap_or(url))
+}
+
+/// The commit a branch (or `HEAD`) of a local repository points at.
+fn resolve(url: &str, revision: &str) -> Result<String, String> {
+    let rev = if revision.is_empty() || revision == "HEAD" {
+        "HEAD".to_owned()
+    } else {
+        format!("refs/heads/{revision}")
+    };
+    git(
+        local_path(url),
+        &["rev-parse", "--verify", &format!("{rev}^{{commit}}")],
+    )
+    .map(|s| s.trim().to_owned())
+    .map_err(|e| format!("unable to resolve '{revision}' in repository {url}: {e}"))
+}
+
+/// The objects committed under `path` at `sha` (YAML files, any depth).
+fn manifests(url: &str, sha: &str, path: &str) -> Result<Vec<Value>, String> {
+    let repo = local_path(url);
+    let path = path.trim_start_matches("./").trim_end_matches('/');
+    let mut args = vec!["ls-tree", "-r", "--name-only", sha];
+    if !path.is_empty() && path != "." {
+        args.extend(["--", path]);
+    }
+    let files = git(repo, &args)?;
+    let mut out = Vec::new();
+    for f in files
+        .lines()
+        .filter(|f| f.ends_with(".yaml") || f.ends_with(".yml"))
+    {
+        let text = git(repo, &["show", &format!("{sha}:{f}")])?;
+        let docs: Vec<Value> =
+            serde_saphyr::from_str_multiple(&text).map_err(|e| format!("failed to unmarshal {f}: {e}"))?;
+        for d in docs.into_iter().filter(|d| !d.is_null()) {
+            if !d["kind"].is_string() || !d["apiVersion"].is_string() || !d["metadata"]["name"].is_string() {
+                return Err(format!("{f}: an object needs apiVersion, kind and metadata.name"));
+            }
+            out.push(d);
+        }
+    }
+    Ok(out)
+}
+
+type ObjKey = (String, String, String, String);
+
+fn key_of(o: &Value) -> ObjKey {
+    (
+        o["apiVersion"].as_str().unwrap_or_default().to_owned(),
+        o["kind"].as_str().unwrap_or_default().to_owned(),
+        meta(o, "namespace").to_owned(),
+        meta(o, "name").to_owned(),
+    )
+}
+
+/// Applies the objects (labelled as the controller's own), prunes what the
+/// app applied before and no longer has when `prune`; the error, if any,
+/// and what was left unpruned.
+fn apply_all(
+    state: &State,
+    objects: &mut [Value],
+    namespace: &str,
+    labels: &BTreeMap<&str, String>,
+    manager: &str,
+    previous: &[ObjKey],
+    prune: bool,
+) -> (Option<String>, Vec<ObjKey>) {
+    let mut errors = Vec::new();
+    for o in objects.iter_mut() {
+        if o["metadata"]["namespace"].is_null() && state.kind_of(o).is_some_and(|k| k.namespaced) {
+            o["metadata"]["namespace"] = Value::from(namespace);
+        }
+        for (k, v) in labels {
+            o["metadata"]["labels"][*k] = Value::from(v.clone());
+        }
+        if let Err(e) = state.apply_object(o.clone(), manager) {
+            errors.push(e);
+        }
+    }
+    let now: Vec<ObjKey> = objects.iter().map(key_of).collect();
+    let mut unpruned = Vec::new();
+    for gone in previous.iter().filter(|k| !now.contains(k)) {
+        if prune {
+            state.delete_object(&gone.0, &gone.1, &gone.2, &gone.3);
+        } else {
+            unpruned.push(gone.clone());
+        }
+    }
+    let error =
+        (!errors.is_empty()).then(|| format!("one or more objects failed to apply: {}", errors.join("; ")));
+    (error, unpruned)
+}
+
+/// Health of one live object: (status, message).
+fn health(state: &State, k: &ObjKey) -> (&'static str, String) {
+    let Some(live) = state.get_object(&k.0, &k.1, &k.2, &k.3) else {
+        return ("Missing", format!("{} {} does not exist", k.1, k.3));
+    };
+    match k.1.as_str() {
+        "Deployment" => {
+            let selector = live["spec"]["selector"]["matchLabels"]
+                .as_object()
+                .cloned()
+                .unwrap_or_default();
+            let crashing = state.snapshot("", "pods").into_iter().find_map(|p| {
+                if meta(&p, "namespace") != k.2
+                    || !selector.iter().all(|(l, v)| &p["metadata"]["labels"][l] == v)
+                {
+                    return None;
+                }
+                p["status"]["containerStatuses"].as_array()?.iter().find_map(|c| {
+                    let reason = c["state"]["waiting"]["reason"].as_str()?;
+                    matches!(reason, "CrashLoopBackOff" | "ImagePullBackOff" | "ErrImagePull").then(|| {
+                        format!(
+                            "pod {} container {}: {reason}",
+                            meta(&p, "name"),
+                            c["name"].as_str().unwrap_or_default()
+                        )
+                    })
+                })
+            });
+            if let Some(why) = crashing {
+                return ("Degraded", why);
+            }
+            let want = live["spec"]["replicas"].as_u64().unwrap_or(1);
+            let s = &live["status"];
+            if s["observedGeneration"] == live["metadata"]["generation"]
+                && s["updatedReplicas"].as_u64().unwrap_or(0) >= want
+                && s["availableReplicas"].as_u64().unwrap_or(0) >= want
+            {
+                ("Healthy", String::new())
+            } else {
+                (
+                    "Progressing",
+                    format!("Waiting for rollout of deployment {} to finish", k.3),
+                )
+            }
+        }
+        "InferenceService" => {
+            let ready = live["status"]["conditions"]
+                .as_array()
+                .is_some_and(|cs| cs.iter().any(|c| c["type"] == "Ready" && c["status"] == "True"));
+            if ready {
+                ("Healthy", String::new())
+            } else {
+                ("Progressing", format!("InferenceService {} is not Ready", k.3))
+            }
+        }
+        _ => ("Healthy", String::new()),
+    }
+}
+
+fn worst<'a>(all: impl Iterator<Item = &'a str>) -> &'a str {
+    let rank = |s: &str| match s {
+        "Degraded" => 3,
+        "Missing" => 2,
+        "Progressing" => 1,
+        _ => 0,
+    };
+    all.max_by_key(|s| rank(s)).unwrap_or("Healthy")
+}
+
+fn set_status_if_changed(
+    state: &State,
+    group: &str,
+    plural: &str,
+    obj: &Value,
+    mut status: Value,
+    stamp: &str,
+) {
+    // Time stamps alone do not make a change.
+    let mut old = obj["status"].clone();
+    if let Some(o) = old.as_object_mut() {
+        o.remove(stamp);
+    }
+    if old == status {
+        return;
+    }
+    status[stamp] = Value::from(now());
+    state.set_status(group, plural, meta(obj, "namespace"), meta(obj, "name"), status);
+}
+
+fn argo(state: &State, app: &Value, memory: &mut HashMap<String, Synced>) {
+    let (ns, name) = (meta(app, "namespace"), meta(app, "name"));
+    let src = &app["spec"]["source"];
+    let url = src["repoURL"].as_str().unwrap_or_default();
+    let path = src["path"].as_str().unwrap_or(".");
+    let dest = app["spec"]["destination"]["namespace"]
+        .as_str()
+        .unwrap_or("default");
+    let prune = app["spec"]["syncPolicy"]["automated"]["prune"] == true;
+    let mem = memory.entry(format!("argo/{ns}/{name}")).or_default();
+    let sha = match resolve(url, src["targetRevision"].as_str().unwrap_or("HEAD")) {
+        Ok(s) => s,
+        Err(e) => {
+            let status = json!({"sync": {"status": "Unknown"}, "health": {"status": "Unknown"},
+                "conditions": [{"type": "ComparisonError", "message": e}]});
+            set_status_if_changed(state, "argoproj.io", "applications", app, status, "reconciledAt");
+            return;
+        }
+    };
+    let unpruned: Vec<ObjKey>;
+    if mem.revision != sha || mem.error.is_some() {
+        match manifests(url, &sha, path) {
+            Err(e) => {
+                mem.revision = sha.clone();
+                mem.error = Some(e.clone());
+                let status = json!({"sync": {"status": "Unknown", "revision": sha}, "health": {"status": "Unknown"},
+                    "conditions": [{"type": "ComparisonError", "message": format!("Failed to load target state: failed to generate manifest for source 1 of 1: {e}")}]});
+                set_status_if_changed(state, "argoproj.io", "applications", app, status, "reconciledAt");
+                return;
+            }
+            Ok(mut objects) => {
+                let labels = BTreeMap::from([("argocd.argoproj.io/instance", name.to_owned())]);
+                let (error, left) = apply_all(
+                    state,
+                    &mut objects,
+                    dest,
+                    &labels,
+                    "argocd-controller",
+                    &mem.objects,
+                    prune,
+                );
+                unpruned = left;
+                mem.revision = sha.clone();
+                mem.error = error;
+                mem.objects = objects
+                    .iter()
+                    .map(key_of)
+                    .chain(unpruned.iter().cloned())
+                    .collect();
+            }
+        }
+    } else {
+        let live = &app["status"]["resources"];
+        unpruned = live
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|r| r["requiresPruning"] == true)
+            .map(|r| {
+                (
+                    format!(
+                        "{}{}",
+                        r["group"].as_str().map(|g| format!("{g}/")).unwrap_or_default(),
+                        r["version"].as_str().unwrap_or_default()
+                    ),
+                    r["kind"].as_str().unwrap_or_default().to_owned(),
+                    r["namespace"].as_str().unwrap_or_default().to_owned(),
+                    r["name"].as_str().unwrap_or_default().to_owned(),
+                )
+            })
+            .collect();
+    }
+    let mut resources = Vec::new();
+    let mut healths = Vec::new();
+    for k in &mem.objects {
+        let (h, msg) = health(state, k);
+        let (group, version) = k.0.rsplit_once('/').unwrap_or(("", &k.0));
+        let mut r = json!({"group": group, "version": version, "kind": k.1, "namespace": k.2, "name": k.3,
+            "status": if unpruned.contains(k) { "OutOfSync" } else { "Synced" }, "health": {"status": h}});
+        if group.is_empty()
+            && let Some(m) = r.as_object_mut()
+        {
+            m.remove("group");
+        }
+        if !msg.is_empty() {
+            r["health"]["message"] = Value::from(msg);
+        }
+        if unpruned.contains(k) {
+            r["requiresPruning"] = Value::Bool(true);
+        } else {
+            healths.push(h);
+        }
+        resources.push(r);
+    }
+    let app_health = worst(healths.iter().copied());
+    let (sync, phase, message) = match (&mem.error, unpruned.is_empty()) {
+        (Some(e), _) => ("OutOfSync", "Failed", e.clone()),
+        (None, true) => (
+            "Synced",
+            "Succeeded",
+            "successfully synced (all tasks run)".to_owned(),
+        ),
+        (None, false) => (
+            "OutOfSync",
+            "Succeeded",
+            "successfully synced (all tasks run); pruning skipped".to_owned(),
+        ),
+    };
+    let mut health = json!({"status": app_health});
+    if let Some(m) = resources
+        .iter()
+        .find(|r| r["health"]["status"] == app_health)
+        .and_then(|r| r["health"]["message"].as_str())
+    {
+        health["message"] = Value::from(m);
+    }
+    let status = json!({
+        "sync": {"status": sync, "revision": sha, "comparedTo": {"source": src, "destination": app["spec"]["destination"]}},
+        "health": health,
+        "operationState": {"phase": phase, "message": message, "syncResult": {"revision": sha}},
+        "resources": resources,
+        "sourceType": "Directory",
+    });
+    set_status_if_changed(state, "argoproj.io", "applications", app, status, "reconciledAt");
+}
+
+fn git_repository(state: &State, repo: &Value) {
+    let url = repo["spec"]["url"].as_str().unwrap_or_default();
+    let branch = repo["spec"]["ref"]["branch"].as_str().unwrap_or("master");
+    let status = match resolve(url, branch) {
+        Ok(sha) => json!({"artifact": {"revision": format!("{branch}@sha1:{sha}"), "url": url},
+            "conditions": [{"type": "Ready", "status": "True", "reason": "Succeeded", "message": format!("stored artifact for revision '{branch}@sha1:{sha}'")}],
+            "observedGeneration": repo["metadata"]["generation"]}),
+        Err(e) => {
+            json!({"conditions": [{"type": "Ready", "status": "False", "reason": "GitOperationFailed", "message": e}],
+            "observedGeneration": repo["metadata"]["generation"]})
+        }
+    };
+    set_status_if_changed(
+        state,
+        "source.toolkit.fluxcd.io",
+        "gitrepositories",
+        repo,
+        status,
+        "lastHandledReconcileAt",
+    );
+}
+
+fn flux(state: &State, k: &Value, repos: &[Value], memory: &mut HashMap<String, Synced>) {
+    let (ns, name) = (meta(k, "namespace"), meta(k, "name"));
+    let src_name = k["spec"]["sourceRef"]["name"].as_str().unwrap_or_default();
+    let src_ns = k["spec"]["sourceRef"]["namespace"].as_str().unwrap_or(ns);
+    let generation = k["metadata"]["generation"].clone();
+    let fail = |reason: &str, message: String, attempted: &str, applied: &Value| {
+        json!({"conditions": [{"type": "Ready", "status": "False", "reason": reason, "message": message}],
+            "lastAttemptedRevision": attempted, "lastAppliedRevision": applied, "observedGeneration": generation})
+    };
+    let applied_before = k["status"]["lastAppliedRevision"].clone();
+    let Some(repo) = repos
+        .iter()
+        .find(|r| meta(r, "name") == src_name && meta(r, "namespace") == src_ns)
+    else {
+        let status = fail(
+            "ArtifactFailed",
+            format!("Source 'GitRepository/{src_ns}/{src_name}' not found"),
+            "",
+            &applied_before,
+        );
+        set_status_if_changed(
+            state,
+            "kustomize.toolkit.fluxcd.io",
+            "kustomizations",
+            k,
+            status,
+            "lastHandledReconcileAt",
+        );
+        return;
+    };
+    let url = repo["spec"]["url"].as_str().unwrap_or_default();
+    let branch = repo["spec"]["ref"]["branch"].as_str().unwrap_or("master");
+    let Ok(sha) = resolve(url, branch) else {
+        return;
+    };
+    let revision = format!("{branch}@sha1:{sha}");
+    let mem = memory.entry(format!("flux/{ns}/{name}")).or_default();
+    if mem.revision != sha || mem.error.is_some() {
+        let path = k["spec"]["path"].as_str().unwrap_or(".");
+        match manifests(url, &sha, path) {
+            Err(e) => {
+                mem.revision = sha.clone();
+                mem.error = Some(e.clone());
+                let status = fail("BuildFailed", e, &revision, &applied_before);
+                set_status_if_changed(
+                    state,
+                    "kustomize.toolkit.fluxcd.io",
+                    "kustomizations",
+                    k,
+                    status,
+                    "lastHandledReconcileAt",
+                );
+                return;
+            }
+            Ok(mut objects) => {
+                let target = k["spec"]["targetNamespace"].as_str().unwrap_or(ns);
+                if k["spec"]["targetNamespace"].is_string() {
+                    for o in &mut objects {
+                        if state.kind_of(o).is_some_and(|kind| kind.namespaced) {
+                            o["metadata"]["namespace"] = Value::from(target);
+                        }
+                    }
+                }
+                let labels = BTreeMap::from([
+                    ("kustomize.toolkit.fluxcd.io/name", name.to_owned()),
+                    ("kustomize.toolkit.fluxcd.io/namespace", ns.to_owned()),
+                ]);
+                let prune = k["spec"]["prune"] == true;
+                let (error, left) = apply_all(
+                    state,
+                    &mut objects,
+                    target,
+                    &labels,
+                    "kustomize-controller",
+                    &mem.objects,
+                    prune,
+                );
+                mem.revision = sha.clone();
+                mem.error = error;
+                mem.objects = objects.iter().map(key_of).chain(left).collect();
+            }
+        }
+    }
+    if let Some(e) = &mem.error {
+        let status = fail("ReconciliationFailed", e.clone(), &revision, &applied_before);
+        set_status_if_changed(
+            state,
+            "kustomize.toolkit.fluxcd.io",
+            "kustomizations",
+            k,
+            status,
+            "lastHandledReconcileAt",
+        );
+        return;
+    }
+    let inventory: Vec<Value> = mem
+        .objects
+        .iter()
+        .map(|o| {
+            let (group, version) = o.0.rsplit_once('/').unwrap_or(("", &o.0));
+            json!({"id": format!("{}_{}_{}_{}", o.2, o.3, group, o.1), "v": version})
+        })
+        .collect();
+    let mut status = json!({"lastAttemptedRevision": revision, "observedGeneration": generation, "inventory": {"entries": inventory}});
+    let healths: Vec<(&str, String)> = mem.objects.iter().map(|o| health(state, o)).collect();
+    let degraded = healths.iter().find(|(h, _)| *h == "Degraded");
+    let waiting = k["spec"]["wait"] == true && healths.iter().any(|(h, _)| *h != "Healthy");
+    if k["spec"]["wait"] == true
+        && let Some((_, why)) = degraded
+    {
+        status["conditions"] = json!([{"type": "Ready", "status": "False", "reason": "HealthCheckFailed", "message": format!("health check failed after 0s: {why}")}]);
+        status["lastAppliedRevision"] = applied_before;
+    } else if waiting {
+        status["conditions"] = json!([{"type": "Ready", "status": "Unknown", "reason": "Progressing", "message": "Reconciliation in progress"}]);
+        status["lastAppliedRevision"] = applied_before;
+    } else {
+        status["conditions"] = json!([{"type": "Ready", "status": "True", "reason": "ReconciliationSucceeded", "message": format!("Applied revision: {revision}")}]);
+        status["lastAppliedRevision"] = Value::from(revision);
+    }
+    set_status_if_changed(
+        state,
+        "kustomize.toolkit.fluxcd.io",
+        "kustomizations",
+        k,
+        status,
+        "lastHandledReconcileAt",
+    );
+}
