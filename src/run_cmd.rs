@@ -70,6 +70,8 @@ pub struct RunArgs {
     sim_registry: Option<PathBuf>,
     #[arg(long, hide = true, value_name = "N", requires = "sim_endpoint")]
     sim_time_scale: Option<f64>,
+    #[arg(long, hide = true, value_name = "DIR", requires = "sim_endpoint")]
+    sim_gitops_repo: Option<PathBuf>,
 }
 
 /// How a run reaches its cluster; saved in the run directory so that
@@ -87,6 +89,9 @@ struct ClusterFlags {
     /// Holds run this much faster.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     time_scale: Option<f64>,
+    /// The repository instead of `target.gitops.repo` (the sim's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    gitops_repo: Option<PathBuf>,
 }
 
 impl ClusterFlags {
@@ -387,6 +392,8 @@ fn start_sim(args: &RunArgs, spec: &Spec, run: &str) -> Result<ClusterFlags, Str
     let kc_path = dir.join("kubeconfig");
     let (tx, rx) = std::sync::mpsc::channel();
     let (context, kc) = (target.context.clone(), kc_path.clone());
+    let gitops_url = target.gitops.as_ref().map(|g| g.repo.clone());
+    let repos_dir = dir.join("repos");
     std::thread::spawn(move || {
         let rt = match tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
@@ -402,16 +409,21 @@ fn start_sim(args: &RunArgs, spec: &Spec, run: &str) -> Result<ClusterFlags, Str
         rt.block_on(async move {
             let options = rollwright_sim::SimOptions {
                 scenario,
+                // Kept after the run, to look at its history.
+                repositories_dir: Some(repos_dir),
                 ..rollwright_sim::SimOptions::default()
             };
             match rollwright_sim::Sim::start_with(options).await {
                 Ok(sim) => {
                     // The scenario's world (the stable version) is up before the run starts.
                     let _ = sim.settled(std::time::Duration::from_secs(60)).await;
-                    let written = sim
-                        .write_kubeconfig_for(&kc, &context)
-                        .map(|()| (sim.models_url(), sim.url()))
-                        .map_err(|e| format!("{}: {e}", kc.display()));
+                    // A GitOps target pushes to the sim's repository, never elsewhere.
+                    let repo = gitops_url.as_deref().map(|u| sim.repository_for(u)).transpose();
+                    let written = repo.and_then(|repo| {
+                        sim.write_kubeconfig_for(&kc, &context)
+                            .map(|()| (sim.models_url(), sim.url(), repo))
+                            .map_err(|e| format!("{}: {e}", kc.display()))
+                    });
                     let _ = tx.send(written);
                     std::future::pending::<()>().await;
                 }
@@ -421,7 +433,7 @@ fn start_sim(args: &RunArgs, spec: &Spec, run: &str) -> Result<ClusterFlags, Str
             }
         });
     });
-    let (models, api) = rx.recv().map_err(|e| e.to_string())??;
+    let (models, api, gitops_repo) = rx.recv().map_err(|e| e.to_string())??;
     let registry_file = match registry {
         Some(r) => {
             let p = dir.join("registry.yaml");
@@ -431,6 +443,12 @@ fn start_sim(args: &RunArgs, spec: &Spec, run: &str) -> Result<ClusterFlags, Str
         None => None,
     };
     eprintln!("embedded cluster: {api} (time scale {time_scale}x), model servers {models}");
+    if let Some(r) = &gitops_repo {
+        eprintln!(
+            "GitOps repository (the sim's, kept after the run): git -C {} log --oneline",
+            r.display()
+        );
+    }
     eprintln!(
         "watch it:  kubectl --kubeconfig {} get all -n {}",
         kc_path.display(),
@@ -442,6 +460,7 @@ fn start_sim(args: &RunArgs, spec: &Spec, run: &str) -> Result<ClusterFlags, Str
         endpoint: Some(models),
         registry_file,
         time_scale: Some(time_scale),
+        gitops_repo,
     })
 }
 
@@ -472,7 +491,12 @@ fn build_context(
                 context: t.context.clone(),
                 namespace: t.namespace.clone(),
                 production: t.environment == Environment::Production,
-                gitops: t.gitops.clone(),
+                gitops: t.gitops.clone().map(|mut g| {
+                    if let Some(r) = &cluster.gitops_repo {
+                        g.repo = r.to_string_lossy().into_owned();
+                    }
+                    g
+                }),
             }),
         serving: spec.serving.clone().map(|mut sv| {
             // On the embedded cluster the sim's router addresses versions.
@@ -689,6 +713,7 @@ pub fn run(args: &RunArgs) -> u8 {
             endpoint: args.sim_endpoint.clone(),
             registry_file: args.sim_registry.clone(),
             time_scale: args.sim_time_scale,
+            gitops_repo: args.sim_gitops_repo.clone(),
         }
     };
     let probe = build_context(

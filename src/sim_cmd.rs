@@ -50,6 +50,7 @@ pub fn run(args: &SimArgs) -> u8 {
             port: args.port,
             models_port: args.models_port,
             scenario,
+            repositories_dir: None,
         };
         let sim = match rollwright_sim::Sim::start_with(options).await {
             Ok(s) => s,
@@ -80,6 +81,12 @@ pub fn run(args: &SimArgs) -> u8 {
         println!("metrics:        {}/metrics", sim.models_url());
         println!("traffic split:  {}/routes", sim.models_url());
         println!("time scale:     {}x", sim.time_scale());
+        for (name, path) in sim.repositories() {
+            println!(
+                "repository:     sim://{name} = {} (removed at exit)",
+                path.display()
+            );
+        }
         println!("try:            kubectl --kubeconfig {kc} get namespaces");
         println!("change faults:  kubectl --kubeconfig {kc} replace --raw /sim/scenario -f scenario.yaml");
         println!("Ctrl-C stops it.");

@@ -210,6 +210,14 @@ fn run_one(file: &Path, t: &RolloutTest) -> Vec<String> {
             if let Some(e) = v.get("extends").and_then(Value::as_str) {
                 v["extends"] = Value::from(base.join(e).to_string_lossy().into_owned());
             }
+            // So are its repository directories.
+            if let Some(repos) = v.get_mut("repositories").and_then(Value::as_object_mut) {
+                for d in repos.values_mut() {
+                    if let Some(rel) = d.as_str().filter(|r| Path::new(r).is_relative()) {
+                        *d = Value::from(base.join(rel).to_string_lossy().into_owned());
+                    }
+                }
+            }
             let tmp = std::env::temp_dir().join(format!(
                 "rollwright-test-{}-{}.yaml",
                 std::process::id(),
@@ -265,6 +273,14 @@ fn run_one(file: &Path, t: &RolloutTest) -> Vec<String> {
         Ok(s) => s,
         Err(e) => return vec![e.to_string()],
     };
+    // A GitOps target pushes to the sim's repository, never elsewhere.
+    let gitops_repo = match spec_doc["target"]["gitops"]["repo"].as_str() {
+        Some(url) => match sim.repository_for(url) {
+            Ok(p) => Some(p),
+            Err(e) => return vec![e],
+        },
+        None => None,
+    };
     let Ok(dir) = tempfile::tempdir() else {
         return vec!["cannot make a temporary directory".into()];
     };
@@ -293,6 +309,9 @@ fn run_one(file: &Path, t: &RolloutTest) -> Vec<String> {
         .arg("--sim-time-scale")
         .arg(time_scale.to_string())
         .env("NO_COLOR", "1");
+    if let Some(r) = &gitops_repo {
+        cmd.arg("--sim-gitops-repo").arg(r);
+    }
     for (k, v) in &t.set {
         cmd.arg("--set").arg(format!("{k}={v}"));
     }

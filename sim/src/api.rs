@@ -31,6 +31,8 @@ pub struct State {
     /// The model servers.
     pub models: Arc<Models>,
     scenario: Mutex<Scenario>,
+    /// The scenario's git repositories, by name.
+    repos: RwLock<std::collections::HashMap<String, std::path::PathBuf>>,
 }
 
 impl State {
@@ -53,6 +55,7 @@ impl State {
                 scenario.traffic.rate,
             )),
             scenario: Mutex::new(scenario),
+            repos: RwLock::default(),
         };
         // The namespaces a fresh cluster has.
         for ns in ["default", "kube-system"] {
@@ -95,6 +98,29 @@ impl State {
             }
         }
         Ok(())
+    }
+
+    /// Registers the scenario's repositories (`sim://NAME`).
+    pub fn set_repositories(&self, repos: std::collections::HashMap<String, std::path::PathBuf>) {
+        if let Ok(mut r) = self.repos.write() {
+            *r = repos;
+        }
+    }
+
+    /// The path of the repository `sim://name`.
+    pub fn repository(&self, name: &str) -> Option<std::path::PathBuf> {
+        self.repos.read().ok()?.get(name).cloned()
+    }
+
+    /// Every repository, by name.
+    pub fn repositories(&self) -> Vec<(String, std::path::PathBuf)> {
+        let mut all: Vec<_> = self
+            .repos
+            .read()
+            .map(|r| r.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
+            .unwrap_or_default();
+        all.sort();
+        all
     }
 
     /// Every kind served now: the built-in ones and those CRDs define.

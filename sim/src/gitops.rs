@@ -29,7 +29,7 @@
 //! kustomize builds (plain YAML files only), webhooks and polling delays.
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
@@ -101,19 +101,80 @@ fn git(repo: &Path, args: &[&str]) -> Result<String, String> {
     }
 }
 
-fn local_path(url: &str) -> &Path {
-    Path::new(url.strip_prefix("file://").unwrap_or(url))
+fn local_path(state: &State, url: &str) -> PathBuf {
+    if let Some(name) = url.strip_prefix("sim://") {
+        return state.repository(name).unwrap_or_else(|| PathBuf::from(url));
+    }
+    PathBuf::from(url.strip_prefix("file://").unwrap_or(url))
+}
+
+/// Creates the scenario's repositories under `root`: bare, branch `main`,
+/// one commit holding each directory's files.
+///
+/// # Errors
+/// A directory that does not exist, or git failing.
+pub fn create_repositories(
+    root: &Path,
+    repos: &BTreeMap<String, String>,
+) -> Result<HashMap<String, PathBuf>, String> {
+    let mut out = HashMap::new();
+    for (name, dir) in repos {
+        let src = Path::new(dir);
+        if !src.is_dir() {
+            return Err(format!("repositories.{name}: {dir} is not a directory"));
+        }
+        std::fs::create_dir_all(root).map_err(|e| format!("{}: {e}", root.display()))?;
+        let bare = root.join(format!("{name}.git"));
+        let b = bare.to_string_lossy().into_owned();
+        git(root, &["init", "--quiet", "--bare", "-b", "main", &b])?;
+        let seed = |args: &[&str]| -> Result<String, String> {
+            let out = Command::new("git")
+                .args(["--git-dir", &b, "--work-tree"])
+                .arg(src)
+                .args([
+                    "-c",
+                    "user.name=rollwright-sim",
+                    "-c",
+                    "user.email=sim@localhost",
+                    "-c",
+                    "commit.gpgsign=false",
+                ])
+                .args(args)
+                .env("LC_ALL", "C")
+                .output()
+                .map_err(|e| format!("cannot run git: {e}"))?;
+            if out.status.success() {
+                Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+            } else {
+                Err(format!(
+                    "repositories.{name}: {}",
+                    String::from_utf8_lossy(&out.stderr).trim()
+                ))
+            }
+        };
+        seed(&["add", "-A", "."])?;
+        seed(&[
+            "commit",
+            "--quiet",
+            "--no-verify",
+            "-m",
+            &format!("seed from {dir}"),
+        ])?;
+        let _ = std::fs::remove_file(bare.join("index"));
+        out.insert(name.clone(), bare);
+    }
+    Ok(out)
 }
 
 /// The commit a branch (or `HEAD`) of a local repository points at.
-fn resolve(url: &str, revision: &str) -> Result<String, String> {
+fn resolve(state: &State, url: &str, revision: &str) -> Result<String, String> {
     let rev = if revision.is_empty() || revision == "HEAD" {
         "HEAD".to_owned()
     } else {
         format!("refs/heads/{revision}")
     };
     git(
-        local_path(url),
+        &local_path(state, url),
         &["rev-parse", "--verify", &format!("{rev}^{{commit}}")],
     )
     .map(|s| s.trim().to_owned())
@@ -121,8 +182,8 @@ fn resolve(url: &str, revision: &str) -> Result<String, String> {
 }
 
 /// The objects committed under `path` at `sha` (YAML files, any depth).
-fn manifests(url: &str, sha: &str, path: &str) -> Result<Vec<Value>, String> {
-    let repo = local_path(url);
+fn manifests(state: &State, url: &str, sha: &str, path: &str) -> Result<Vec<Value>, String> {
+    let repo = &local_path(state, url);
     let path = path.trim_start_matches("./").trim_end_matches('/');
     let mut args = vec!["ls-tree", "-r", "--name-only", sha];
     if !path.is_empty() && path != "." {
@@ -295,7 +356,7 @@ fn argo(state: &State, app: &Value, memory: &mut HashMap<String, Synced>) {
         .unwrap_or("default");
     let prune = app["spec"]["syncPolicy"]["automated"]["prune"] == true;
     let mem = memory.entry(format!("argo/{ns}/{name}")).or_default();
-    let sha = match resolve(url, src["targetRevision"].as_str().unwrap_or("HEAD")) {
+    let sha = match resolve(state, url, src["targetRevision"].as_str().unwrap_or("HEAD")) {
         Ok(s) => s,
         Err(e) => {
             let status = json!({"sync": {"status": "Unknown"}, "health": {"status": "Unknown"},
@@ -306,7 +367,7 @@ fn argo(state: &State, app: &Value, memory: &mut HashMap<String, Synced>) {
     };
     let unpruned: Vec<ObjKey>;
     if mem.revision != sha || mem.error.is_some() {
-        match manifests(url, &sha, path) {
+        match manifests(state, url, &sha, path) {
             Err(e) => {
                 mem.revision = sha.clone();
                 mem.error = Some(e.clone());
@@ -414,7 +475,7 @@ fn argo(state: &State, app: &Value, memory: &mut HashMap<String, Synced>) {
 fn git_repository(state: &State, repo: &Value) {
     let url = repo["spec"]["url"].as_str().unwrap_or_default();
     let branch = repo["spec"]["ref"]["branch"].as_str().unwrap_or("master");
-    let status = match resolve(url, branch) {
+    let status = match resolve(state, url, branch) {
         Ok(sha) => json!({"artifact": {"revision": format!("{branch}@sha1:{sha}"), "url": url},
             "conditions": [{"type": "Ready", "status": "True", "reason": "Succeeded", "message": format!("stored artifact for revision '{branch}@sha1:{sha}'")}],
             "observedGeneration": repo["metadata"]["generation"]}),
@@ -465,14 +526,14 @@ fn flux(state: &State, k: &Value, repos: &[Value], memory: &mut HashMap<String, 
     };
     let url = repo["spec"]["url"].as_str().unwrap_or_default();
     let branch = repo["spec"]["ref"]["branch"].as_str().unwrap_or("master");
-    let Ok(sha) = resolve(url, branch) else {
+    let Ok(sha) = resolve(state, url, branch) else {
         return;
     };
     let revision = format!("{branch}@sha1:{sha}");
     let mem = memory.entry(format!("flux/{ns}/{name}")).or_default();
     if mem.revision != sha || mem.error.is_some() {
         let path = k["spec"]["path"].as_str().unwrap_or(".");
-        match manifests(url, &sha, path) {
+        match manifests(state, url, &sha, path) {
             Err(e) => {
                 mem.revision = sha.clone();
                 mem.error = Some(e.clone());

@@ -72,11 +72,16 @@ pub struct SimOptions {
     pub models_port: u16,
     /// The scenario.
     pub scenario: Scenario,
+    /// Where to create the scenario's repositories (kept); default a
+    /// temporary directory removed when the sim is dropped.
+    pub repositories_dir: Option<std::path::PathBuf>,
 }
 
 /// A running sim. Dropping it stops the server.
 pub struct Sim {
     state: Arc<api::State>,
+    /// Where the scenario's repositories live (removed on drop).
+    repos_root: Option<std::path::PathBuf>,
     addr: SocketAddr,
     models_addr: SocketAddr,
     token: String,
@@ -112,7 +117,23 @@ impl Sim {
         let (tls, ca_pem) = tls_config()?;
         let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
         let objects = options.scenario.objects.clone();
+        let has_repos = !options.scenario.repositories.is_empty();
+        let repos_root = (has_repos && options.repositories_dir.is_none()).then(|| {
+            static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+            std::env::temp_dir().join(format!(
+                "rollwright-sim-{}-{}",
+                std::process::id(),
+                N.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            ))
+        });
+        let repos = match repos_root.as_ref().or(options.repositories_dir.as_ref()) {
+            Some(root) if has_repos => {
+                gitops::create_repositories(root, &options.scenario.repositories).map_err(SimError::Seed)?
+            }
+            _ => std::collections::HashMap::new(),
+        };
         let state = Arc::new(api::State::new(token.clone(), options.scenario));
+        state.set_repositories(repos);
         state.seed(&objects).map_err(SimError::Seed)?;
         let app = api::router(state.clone());
         let tick = std::time::Duration::from_millis(100);
@@ -155,6 +176,7 @@ impl Sim {
         });
         Ok(Sim {
             state,
+            repos_root,
             addr,
             models_addr,
             token,
@@ -176,7 +198,8 @@ impl Sim {
 
     /// Waits (at most `max`) until the world has settled: every Deployment
     /// rolled out, every InferenceService Ready, every SeldonDeployment
-    /// Available. Returns whether it did.
+    /// Available, every Argo CD Application Synced and Healthy, every Flux
+    /// Kustomization Ready. Returns whether it did.
     pub async fn settled(&self, max: std::time::Duration) -> bool {
         let deadline = tokio::time::Instant::now() + max;
         loop {
@@ -196,7 +219,18 @@ impl Sim {
                     let sdeps = store
                         .of_kind("machinelearning.seldon.io", "seldondeployments")
                         .all(|s| s["status"]["state"] == "Available");
-                    deployments && isvcs && sdeps
+                    let apps = store.of_kind("argoproj.io", "applications").all(|a| {
+                        a["status"]["sync"]["status"] == "Synced"
+                            && a["status"]["health"]["status"] == "Healthy"
+                    });
+                    let kustomizations = store
+                        .of_kind("kustomize.toolkit.fluxcd.io", "kustomizations")
+                        .all(|k| {
+                            k["status"]["conditions"].as_array().is_some_and(|cs| {
+                                cs.iter().any(|c| c["type"] == "Ready" && c["status"] == "True")
+                            })
+                        });
+                    deployments && isvcs && sdeps && apps && kustomizations
                 })
                 .unwrap_or(false);
             if done {
@@ -207,6 +241,39 @@ impl Sim {
             }
             tokio::time::sleep(std::time::Duration::from_millis(50)).await;
         }
+    }
+
+    /// The scenario's repositories (`sim://NAME` → a bare repository path).
+    #[must_use]
+    pub fn repositories(&self) -> Vec<(String, std::path::PathBuf)> {
+        self.state.repositories()
+    }
+
+    /// The sim repository standing in for a spec's `target.gitops.repo`:
+    /// the only one, else the one named like the URL's last segment
+    /// (`…/deploy.git` → `deploy`).
+    ///
+    /// # Errors
+    /// No repository, or none that matches among several.
+    pub fn repository_for(&self, url: &str) -> Result<std::path::PathBuf, String> {
+        let all = self.repositories();
+        if let [(_, only)] = all.as_slice() {
+            return Ok(only.clone());
+        }
+        let base = url
+            .trim_end_matches('/')
+            .rsplit(['/', ':'])
+            .next()
+            .unwrap_or(url)
+            .trim_end_matches(".git");
+        all.into_iter()
+            .find(|(n, _)| n == base)
+            .map(|(_, p)| p)
+            .ok_or_else(|| {
+                format!(
+                    "the spec's GitOps repository `{url}` needs a scenario repository (`repositories: {{{base}: DIR}}`); the sim never pushes anywhere else"
+                )
+            })
     }
 
     /// The current traffic split per model.
@@ -305,6 +372,9 @@ impl Drop for Sim {
     fn drop(&mut self) {
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());
+        }
+        if let Some(root) = &self.repos_root {
+            let _ = std::fs::remove_dir_all(root);
         }
     }
 }

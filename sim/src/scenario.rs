@@ -77,6 +77,12 @@ pub struct Scenario {
     /// Objects created when the sim starts (Namespaces first).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub objects: Vec<Value>,
+    /// Git repositories the sim creates at start (bare, branch `main`), each
+    /// seeded with one commit of a directory (relative to the scenario
+    /// file); Argo CD Applications and Flux GitRepositories address them
+    /// as `sim://NAME`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub repositories: BTreeMap<String, String>,
     /// Not read by the sim: the model registry `rollwright run --sim` seeds
     /// (the file registry format, `{models: [...]}`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -143,6 +149,17 @@ impl Scenario {
             path: shown.clone(),
             message: e.to_string(),
         })?;
+        // Repository directories are relative to the file that names them.
+        let dir = path.parent().unwrap_or(std::path::Path::new("."));
+        if let Some(repos) = value.get_mut("repositories").and_then(Value::as_object_mut) {
+            for v in repos.values_mut() {
+                if let Some(d) = v.as_str()
+                    && std::path::Path::new(d).is_relative()
+                {
+                    *v = Value::from(dir.join(d).to_string_lossy().into_owned());
+                }
+            }
+        }
         let Some(base) = own.extends else {
             return Ok((value, shown));
         };

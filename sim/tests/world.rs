@@ -624,6 +624,9 @@ async fn shipped_scenarios_start() {
     let mut seen = 0;
     for entry in std::fs::read_dir(&dir).unwrap() {
         let path = entry.unwrap().path();
+        if path.extension().is_none_or(|e| e != "yaml") {
+            continue; // gitops-repo/: a repository's seed, not a scenario
+        }
         let scenario = Scenario::load(&path).unwrap_or_else(|e| panic!("{e}"));
         let sim = Sim::start_with(SimOptions {
             scenario,
@@ -631,7 +634,11 @@ async fn shipped_scenarios_start() {
         })
         .await
         .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-        if path.ends_with("fraud-healthy.yaml") || path.ends_with("fraud-regression.yaml") {
+        // fraud-gitops.yaml: the same world, synced from its repository by the sim's Argo CD.
+        if path.ends_with("fraud-healthy.yaml")
+            || path.ends_with("fraud-regression.yaml")
+            || path.ends_with("fraud-gitops.yaml")
+        {
             assert!(sim.settled(Duration::from_secs(20)).await, "{}", path.display());
             eventually("the seeded stable version serves", || async {
                 split(&sim, "fraud-detector") == BTreeMap::from([("6".into(), (100, true))])

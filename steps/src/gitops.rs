@@ -102,6 +102,12 @@ impl GitOpsTarget {
         let Some(c) = &self.config.credentials else {
             return Ok(out);
         };
+        // A repository on this machine needs none (e.g. the sim's, standing
+        // in for the remote under `run --sim`).
+        let r = &self.config.repo;
+        if r.starts_with("file://") || (!r.contains("://") && !r.contains('@')) {
+            return Ok(out);
+        }
         if let Some(t) = &c.token {
             let token = crate::cluster::resolve_secret(Some(&self.cluster), t, &self.spec_dir).await?;
             let user = c.username.clone().unwrap_or_else(|| "x-access-token".into());

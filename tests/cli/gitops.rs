@@ -448,3 +448,45 @@ fn rbac_for_a_gitops_target_grants_reads_only() {
         String::from_utf8_lossy(&applied.stderr)
     );
 }
+
+#[test]
+fn a_sync_error_fails_the_step_with_argo_cds_message() {
+    let g = git_world("argocd", "");
+    // The canary comes with a PodMonitor, a kind this cluster does not serve.
+    g.w.write(
+        "canary.yaml.hbs",
+        &format!(
+            "{CANARY_MANIFEST}---\napiVersion: monitoring.coreos.com/v1\nkind: PodMonitor\nmetadata: {{name: fraud-canary}}\nspec: {{selector: {{matchLabels: {{app: fraud}}}}}}\n"
+        ),
+    );
+    let out = g.w.rollwright(&["run", "spec.yaml"], &[]);
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains("Argo CD Application `fraud` failed to sync"),
+        "{err}"
+    );
+    assert!(
+        err.contains("PodMonitor fraud-canary: the server could not find the requested resource"),
+        "{err}"
+    );
+    assert_eq!(git(&g.bare, &["diff", &g.initial, "main"]), "", "reverted");
+    assert_eq!(g.vs_weights(), "100 0");
+}
+
+#[test]
+fn a_flux_health_check_failure_is_reverted() {
+    let g = git_world("flux", "pods:\n  - {image: \"fraud:8\", crash-loop: true}\n");
+    let out = g.w.rollwright(&["run", "spec.yaml"], &[]);
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(err.contains("Flux Kustomization `fraud` failed at"), "{err}");
+    assert!(err.contains("HealthCheckFailed"), "{err}");
+    assert!(err.contains("CrashLoopBackOff"), "{err}");
+    assert_eq!(git(&g.bare, &["diff", &g.initial, "main"]), "");
+    assert_eq!(
+        g.w.kubectl(&["get", "deploy", "-n", "ml", "-o", "name"]),
+        "deployment.apps/fraud-stable\n",
+        "pruned by Flux after the revert"
+    );
+}

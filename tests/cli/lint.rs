@@ -51,7 +51,7 @@ fn json_format() {
     ]);
     assert_eq!(out.status.code(), Some(1));
     let v: Value = serde_json::from_str(&stdout(&out)).unwrap();
-    assert_eq!(v["files"], 5);
+    assert_eq!(v["files"], 6);
     assert_eq!(v["errors"], 2);
     assert_eq!(v["warnings"], 0);
     let d = &v["diagnostics"][0];
@@ -143,7 +143,7 @@ fn globs_and_directories() {
     let out = rollwright(&["lint", "--format", "json", "specs/examples/*.yaml"]);
     assert_eq!(out.status.code(), Some(0));
     let v: Value = serde_json::from_str(&stdout(&out)).unwrap();
-    assert_eq!(v["files"], 4);
+    assert_eq!(v["files"], 5);
 }
 
 #[test]

@@ -39,6 +39,57 @@ fn the_quickstart_promotes_then_rolls_back() {
     );
 }
 
+/// The GitOps quickstart: the sim's Argo CD follows a repository seeded
+/// from `specs/sim/gitops-repo`; the run commits, and the repository is kept.
+#[test]
+fn the_gitops_quickstart_promotes_through_commits() {
+    let state = tempfile::tempdir().unwrap();
+    let out = rollwright_in(
+        &root(),
+        &[
+            "run",
+            "specs/examples/kserve-canary-gitops.yaml",
+            "--sim",
+            "--scenario",
+            "specs/sim/fraud-gitops.yaml",
+            "--time-scale",
+            "240",
+            "--state-dir",
+            &state.path().to_string_lossy(),
+        ],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains("GitOps repository (the sim's, kept after the run)"),
+        "{err}"
+    );
+    let repo = std::fs::read_dir(state.path().join("sim"))
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path()
+        .join("repos/deploy.git");
+    let log = std::process::Command::new("git")
+        .arg("-C")
+        .arg(&repo)
+        .args(["log", "--reverse", "--format=%an: %s", "main"])
+        .output()
+        .unwrap();
+    let log = String::from_utf8_lossy(&log.stdout).into_owned();
+    let lines: Vec<&str> = log.lines().collect();
+    assert_eq!(lines.len(), 6, "{log}");
+    assert!(
+        lines[1].starts_with("rollwright bot: rollwright: apply InferenceService fraud-detector"),
+        "{log}"
+    );
+    assert!(
+        lines[5].starts_with("rollwright bot: rollwright: shift 100% of traffic"),
+        "{log}"
+    );
+}
+
 #[test]
 fn every_shipped_scenario_passes_with_junit_output() {
     let dir = tempfile::tempdir().unwrap();
@@ -49,13 +100,13 @@ fn every_shipped_scenario_passes_with_junit_output() {
     );
     assert_eq!(out.status.code(), Some(0), "{}\n{}", stdout(&out), stderr(&out));
     assert!(
-        stdout(&out).trim_end().ends_with("8 passed, 0 failed"),
+        stdout(&out).trim_end().ends_with("10 passed, 0 failed"),
         "{}",
         stdout(&out)
     );
     let xml = std::fs::read_to_string(&junit).unwrap();
     assert!(
-        xml.contains(r#"<testsuite name="rollout scenarios" tests="8" failures="0""#),
+        xml.contains(r#"<testsuite name="rollout scenarios" tests="10" failures="0""#),
         "{xml}"
     );
     assert!(xml.contains(r#"<testcase name="killed-and-resumed""#));
