@@ -87,10 +87,14 @@ fn now() -> String {
 }
 
 fn git(repo: &Path, args: &[&str]) -> Result<String, String> {
-    let out = Command::new("git")
-        .arg("-C")
-        .arg(repo)
-        .args(args)
+    let mut cmd = Command::new("git");
+    cmd.arg("-C").arg(repo).args(args);
+    output(&mut cmd)
+}
+
+/// Runs a git command: its stdout, or its error output.
+fn output(cmd: &mut Command) -> Result<String, String> {
+    let out = cmd
         .env("LC_ALL", "C")
         .output()
         .map_err(|e| format!("cannot run git: {e}"))?;
@@ -128,29 +132,13 @@ pub fn create_repositories(
         let b = bare.to_string_lossy().into_owned();
         git(root, &["init", "--quiet", "--bare", "-b", "main", &b])?;
         let seed = |args: &[&str]| -> Result<String, String> {
-            let out = Command::new("git")
-                .args(["--git-dir", &b, "--work-tree"])
+            let mut cmd = Command::new("git");
+            cmd.args(["--git-dir", &b, "--work-tree"])
                 .arg(src)
-                .args([
-                    "-c",
-                    "user.name=rollwright-sim",
-                    "-c",
-                    "user.email=sim@localhost",
-                    "-c",
-                    "commit.gpgsign=false",
-                ])
-                .args(args)
-                .env("LC_ALL", "C")
-                .output()
-                .map_err(|e| format!("cannot run git: {e}"))?;
-            if out.status.success() {
-                Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-            } else {
-                Err(format!(
-                    "repositories.{name}: {}",
-                    String::from_utf8_lossy(&out.stderr).trim()
-                ))
-            }
+                .args(["-c", "user.name=rollwright-sim", "-c", "user.email=sim@localhost"])
+                .args(["-c", "commit.gpgsign=false"])
+                .args(args);
+            output(&mut cmd).map_err(|e| format!("repositories.{name}: {e}"))
         };
         seed(&["add", "-A", "."])?;
         seed(&[
@@ -346,6 +334,21 @@ fn set_status_if_changed(
     state.set_status(group, plural, meta(obj, "namespace"), meta(obj, "name"), status);
 }
 
+fn publish_application(state: &State, app: &Value, status: Value) {
+    set_status_if_changed(state, "argoproj.io", "applications", app, status, "reconciledAt");
+}
+
+fn publish_kustomization(state: &State, k: &Value, status: Value) {
+    set_status_if_changed(
+        state,
+        "kustomize.toolkit.fluxcd.io",
+        "kustomizations",
+        k,
+        status,
+        "lastHandledReconcileAt",
+    );
+}
+
 fn argo(state: &State, app: &Value, memory: &mut HashMap<String, Synced>) {
     let (ns, name) = (meta(app, "namespace"), meta(app, "name"));
     let src = &app["spec"]["source"];
@@ -361,7 +364,7 @@ fn argo(state: &State, app: &Value, memory: &mut HashMap<String, Synced>) {
         Err(e) => {
             let status = json!({"sync": {"status": "Unknown"}, "health": {"status": "Unknown"},
                 "conditions": [{"type": "ComparisonError", "message": e}]});
-            set_status_if_changed(state, "argoproj.io", "applications", app, status, "reconciledAt");
+            publish_application(state, app, status);
             return;
         }
     };
@@ -373,7 +376,7 @@ fn argo(state: &State, app: &Value, memory: &mut HashMap<String, Synced>) {
                 mem.error = Some(e.clone());
                 let status = json!({"sync": {"status": "Unknown", "revision": sha}, "health": {"status": "Unknown"},
                     "conditions": [{"type": "ComparisonError", "message": format!("Failed to load target state: failed to generate manifest for source 1 of 1: {e}")}]});
-                set_status_if_changed(state, "argoproj.io", "applications", app, status, "reconciledAt");
+                publish_application(state, app, status);
                 return;
             }
             Ok(mut objects) => {
@@ -469,7 +472,7 @@ fn argo(state: &State, app: &Value, memory: &mut HashMap<String, Synced>) {
         "resources": resources,
         "sourceType": "Directory",
     });
-    set_status_if_changed(state, "argoproj.io", "applications", app, status, "reconciledAt");
+    publish_application(state, app, status);
 }
 
 fn git_repository(state: &State, repo: &Value) {
@@ -514,14 +517,7 @@ fn flux(state: &State, k: &Value, repos: &[Value], memory: &mut HashMap<String, 
             "",
             &applied_before,
         );
-        set_status_if_changed(
-            state,
-            "kustomize.toolkit.fluxcd.io",
-            "kustomizations",
-            k,
-            status,
-            "lastHandledReconcileAt",
-        );
+        publish_kustomization(state, k, status);
         return;
     };
     let url = repo["spec"]["url"].as_str().unwrap_or_default();
@@ -538,14 +534,7 @@ fn flux(state: &State, k: &Value, repos: &[Value], memory: &mut HashMap<String, 
                 mem.revision = sha.clone();
                 mem.error = Some(e.clone());
                 let status = fail("BuildFailed", e, &revision, &applied_before);
-                set_status_if_changed(
-                    state,
-                    "kustomize.toolkit.fluxcd.io",
-                    "kustomizations",
-                    k,
-                    status,
-                    "lastHandledReconcileAt",
-                );
+                publish_kustomization(state, k, status);
                 return;
             }
             Ok(mut objects) => {
@@ -579,14 +568,7 @@ fn flux(state: &State, k: &Value, repos: &[Value], memory: &mut HashMap<String, 
     }
     if let Some(e) = &mem.error {
         let status = fail("ReconciliationFailed", e.clone(), &revision, &applied_before);
-        set_status_if_changed(
-            state,
-            "kustomize.toolkit.fluxcd.io",
-            "kustomizations",
-            k,
-            status,
-            "lastHandledReconcileAt",
-        );
+        publish_kustomization(state, k, status);
         return;
     }
     let inventory: Vec<Value> = mem
@@ -613,12 +595,5 @@ fn flux(state: &State, k: &Value, repos: &[Value], memory: &mut HashMap<String, 
         status["conditions"] = json!([{"type": "Ready", "status": "True", "reason": "ReconciliationSucceeded", "message": format!("Applied revision: {revision}")}]);
         status["lastAppliedRevision"] = Value::from(revision);
     }
-    set_status_if_changed(
-        state,
-        "kustomize.toolkit.fluxcd.io",
-        "kustomizations",
-        k,
-        status,
-        "lastHandledReconcileAt",
-    );
+    publish_kustomization(state, k, status);
 }

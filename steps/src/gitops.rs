@@ -158,6 +158,13 @@ impl GitOpsTarget {
         )
     }
 
+    fn kept_moving(&self) -> StepError {
+        StepError::transient(format!(
+            "branch `{}` kept moving: {PUSH_ATTEMPTS} pushes were refused",
+            self.config.branch
+        ))
+    }
+
     /// Makes `edit` in the repository (at `path`) as one pushed commit of
     /// this step; the revision to wait for (the branch's tip when nothing
     /// needed to change).
@@ -173,12 +180,8 @@ impl GitOpsTarget {
     ) -> Result<String, StepError> {
         let git = self.git().await?;
         let _held = git.lock().await;
-        git.fetch().await?;
         for attempt in 0..PUSH_ATTEMPTS {
-            if attempt > 0 {
-                tokio::time::sleep(Duration::from_millis(50 << attempt.min(5))).await;
-                git.fetch().await?;
-            }
+            fetch_after_backoff(&git, attempt).await?;
             // Already on the branch (a retry after the push, a resume)?
             if let Some(c) = git
                 .run_commits(&self.run)
@@ -196,11 +199,10 @@ impl GitOpsTarget {
                 && git.parent_of(&sha).await.as_deref() == Some(tip.as_str())
             {
                 git.checkout(&sha).await?;
-                match git.push().await {
-                    Ok(()) => return Ok(sha),
-                    Err(GitError::Moved { .. }) => continue,
-                    Err(e) => return Err(e.into()),
+                if pushed(&git).await? {
+                    return Ok(sha);
                 }
+                continue;
             }
             git.reset_to_remote().await?;
             let root = git.dir.join(&self.config.path);
@@ -216,16 +218,11 @@ impl GitOpsTarget {
                 json!({"sha": sha, "parent": tip, "action": action}),
             );
             before_push_hook(&cx.owner);
-            match git.push().await {
-                Ok(()) => return Ok(sha),
-                Err(GitError::Moved { .. }) => {}
-                Err(e) => return Err(e.into()),
+            if pushed(&git).await? {
+                return Ok(sha);
             }
         }
-        Err(StepError::transient(format!(
-            "branch `{}` kept moving: {PUSH_ATTEMPTS} pushes were refused",
-            self.config.branch
-        )))
+        Err(self.kept_moving())
     }
 
     /// Reverts the run's commits not reverted yet (those of `steps` only,
@@ -241,12 +238,8 @@ impl GitOpsTarget {
     ) -> Result<Option<String>, StepError> {
         let git = self.git().await?;
         let _held = git.lock().await;
-        git.fetch().await?;
         for attempt in 0..PUSH_ATTEMPTS {
-            if attempt > 0 {
-                tokio::time::sleep(Duration::from_millis(50 << attempt.min(5))).await;
-                git.fetch().await?;
-            }
+            fetch_after_backoff(&git, attempt).await?;
             let commits = git.run_commits(&self.run).await?;
             let reverted: Vec<&String> = commits.iter().flat_map(|c| c.reverts.iter()).collect();
             let todo: Vec<String> = commits
@@ -282,19 +275,12 @@ impl GitOpsTarget {
                 "gitops-commit",
                 json!({"sha": sha, "action": "revert", "reverts": todo}),
             );
-            match git.push().await {
-                Ok(()) => {
-                    cx.remember("gitops-revert", json!({"sha": sha, "reverts": todo}));
-                    return Ok(Some(sha));
-                }
-                Err(GitError::Moved { .. }) => {}
-                Err(e) => return Err(e.into()),
+            if pushed(&git).await? {
+                cx.remember("gitops-revert", json!({"sha": sha, "reverts": todo}));
+                return Ok(Some(sha));
             }
         }
-        Err(StepError::transient(format!(
-            "branch `{}` kept moving: {PUSH_ATTEMPTS} pushes were refused",
-            self.config.branch
-        )))
+        Err(self.kept_moving())
     }
 
     /// The step's change, committed and pushed once (see [`Self::change`]),
@@ -512,6 +498,25 @@ pub fn managed_by(obj: &Value) -> Option<String> {
             .unwrap_or("flux-system");
         format!("Flux Kustomization `{ns}/{k}`")
     })
+}
+
+/// Fetches the branch; after a refused push (attempt > 0) first waits
+/// 100 ms, 200 ms, … up to 1.6 s.
+async fn fetch_after_backoff(git: &Git, attempt: u32) -> Result<(), StepError> {
+    if attempt > 0 {
+        tokio::time::sleep(Duration::from_millis(50 << attempt.min(5))).await;
+    }
+    git.fetch().await.map_err(StepError::from)
+}
+
+/// Pushes HEAD: whether it went through (`false`: the branch moved under
+/// it, fetch and try again).
+async fn pushed(git: &Git) -> Result<bool, StepError> {
+    match git.push().await {
+        Ok(()) => Ok(true),
+        Err(GitError::Moved { .. }) => Ok(false),
+        Err(e) => Err(e.into()),
+    }
 }
 
 fn done(revision: &str, at: &str) -> Progress {

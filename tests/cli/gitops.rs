@@ -111,15 +111,7 @@ impl GitWorld {
     }
 
     fn vs_weights(&self) -> String {
-        self.w.kubectl(&[
-            "get",
-            "vs",
-            "fraud",
-            "-n",
-            "ml",
-            "-o",
-            "jsonpath={.spec.http[0].route[*].weight}",
-        ])
+        crate::k8s::vs_weights(&self.w)
     }
 
     fn committed_vs(&self) -> String {

@@ -99,7 +99,7 @@ pub fn istio_world(extra: &str) -> World {
     w
 }
 
-fn vs_weights(w: &World) -> String {
+pub fn vs_weights(w: &World) -> String {
     w.kubectl(&[
         "get",
         "vs",

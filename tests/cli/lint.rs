@@ -299,22 +299,7 @@ steps:
         ],
     );
     assert_eq!(out.status.code(), Some(1));
-    let v: Value = serde_json::from_str(&stdout(&out)).unwrap();
-    let got: Vec<String> = v["diagnostics"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|d| {
-            format!(
-                "{} {}:{} {} {}",
-                d["file"].as_str().unwrap(),
-                d["line"],
-                d["column"],
-                d["code"].as_str().unwrap(),
-                d["message"].as_str().unwrap()
-            )
-        })
-        .collect();
+    let got = diagnostic_lines(&out);
     assert_eq!(
         got,
         [
@@ -375,8 +360,23 @@ steps:
         ],
     );
     assert_eq!(out.status.code(), Some(1));
-    let v: Value = serde_json::from_str(&stdout(&out)).unwrap();
-    let got: Vec<String> = v["diagnostics"]
+    let got = diagnostic_lines(&out);
+    assert_eq!(
+        got,
+        [
+            "declared.yaml 6:18 RW061 value looks like a URL with an embedded password",
+            "direct.yaml 7:24 RW057 step `apply` would change the cluster directly, but namespace `payments` is GitOps-managed (policy policy.yaml): the controller would undo it or fight it",
+            "direct.yaml 7:80 RW057 compensation `rollback` would change the cluster directly, but namespace `payments` is GitOps-managed (policy policy.yaml): the controller would undo it or fight it",
+            "direct.yaml 8:23 RW057 step `shift-traffic` would change the cluster directly, but namespace `payments` is GitOps-managed (policy policy.yaml): the controller would undo it or fight it",
+        ]
+    );
+    assert!(!stdout(&out).contains("hunter2hunter2"), "{}", stdout(&out));
+}
+
+/// `file line:col code message` of each diagnostic of a `--format json` lint.
+fn diagnostic_lines(out: &std::process::Output) -> Vec<String> {
+    let v: Value = serde_json::from_str(&stdout(out)).unwrap();
+    v["diagnostics"]
         .as_array()
         .unwrap()
         .iter()
@@ -390,15 +390,5 @@ steps:
                 d["message"].as_str().unwrap()
             )
         })
-        .collect();
-    assert_eq!(
-        got,
-        [
-            "declared.yaml 6:18 RW061 value looks like a URL with an embedded password",
-            "direct.yaml 7:24 RW057 step `apply` would change the cluster directly, but namespace `payments` is GitOps-managed (policy policy.yaml): the controller would undo it or fight it",
-            "direct.yaml 7:80 RW057 compensation `rollback` would change the cluster directly, but namespace `payments` is GitOps-managed (policy policy.yaml): the controller would undo it or fight it",
-            "direct.yaml 8:23 RW057 step `shift-traffic` would change the cluster directly, but namespace `payments` is GitOps-managed (policy policy.yaml): the controller would undo it or fight it",
-        ]
-    );
-    assert!(!stdout(&out).contains("hunter2hunter2"), "{}", stdout(&out));
+        .collect()
 }
