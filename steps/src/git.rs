@@ -41,6 +41,16 @@ pub enum GitError {
         /// What the remote said.
         message: String,
     },
+    /// The remote refused the credentials (or none were given).
+    #[error(
+        "git {command}: the remote refused the credentials ({message}); check `target.gitops.credentials`"
+    )]
+    Auth {
+        /// What ran.
+        command: String,
+        /// What git said (scrubbed).
+        message: String,
+    },
     /// Reverting the run's commits conflicts with later commits.
     #[error(
         "reverting {commits} conflicts with later changes to {files}; resolve by hand (nothing was pushed)"
@@ -279,10 +289,10 @@ impl Git {
                 )
                 .await?;
             if !ok {
-                return Err(GitError::Failed {
-                    command: format!("clone of {} (branch {})", scrub(&self.remote), self.branch),
-                    message: err,
-                });
+                return Err(failure(
+                    &format!("clone of {} (branch {})", scrub(&self.remote), self.branch),
+                    err,
+                ));
             }
             return Ok(());
         }
@@ -379,6 +389,9 @@ impl Git {
             return Ok(());
         }
         let all = format!("{out}\n{err}");
+        if let e @ GitError::Auth { .. } = failure("push", err.clone()) {
+            return Err(e);
+        }
         if all.contains("(fetch first)") || all.contains("(non-fast-forward)") || all.contains("stale info") {
             return Err(GitError::Moved {
                 branch: self.branch.clone(),
@@ -491,6 +504,31 @@ impl Git {
                 files
             },
         })
+    }
+}
+
+/// A failed command: [`GitError::Auth`] when git says the credentials
+/// were refused or missing, else [`GitError::Failed`].
+fn failure(command: &str, message: String) -> GitError {
+    const AUTH: &[&str] = &[
+        "Authentication failed",
+        "could not read Username",
+        "could not read Password",
+        "Permission denied (publickey",
+        "The requested URL returned error: 401",
+        "The requested URL returned error: 403",
+        "terminal prompts disabled",
+    ];
+    if AUTH.iter().any(|a| message.contains(a)) {
+        GitError::Auth {
+            command: command.to_owned(),
+            message: message.lines().last().unwrap_or_default().trim().to_owned(),
+        }
+    } else {
+        GitError::Failed {
+            command: command.to_owned(),
+            message,
+        }
     }
 }
 

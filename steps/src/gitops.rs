@@ -55,7 +55,9 @@ impl From<GitError> for StepError {
         match e {
             GitError::Moved { .. } => StepError::transient(e.to_string()),
             GitError::Failed { .. } | GitError::Spawn(_) => StepError::transient(e.to_string()),
-            GitError::Rejected { .. } | GitError::Conflict { .. } => StepError::failed(e.to_string()),
+            GitError::Rejected { .. } | GitError::Conflict { .. } | GitError::Auth { .. } => {
+                StepError::failed(e.to_string())
+            }
         }
     }
 }
@@ -236,6 +238,11 @@ impl GitOpsTarget {
         cx: &StepContext,
         steps: Option<&[String]>,
     ) -> Result<Option<String>, StepError> {
+        // A run that never committed has nothing to revert: no need to reach
+        // the remote (which may be why it failed).
+        if !cx.all_records().iter().any(|m| m.key == "gitops-commit") {
+            return Ok(None);
+        }
         let git = self.git().await?;
         let _held = git.lock().await;
         for attempt in 0..PUSH_ATTEMPTS {

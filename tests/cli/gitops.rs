@@ -482,3 +482,80 @@ fn a_flux_health_check_failure_is_reverted() {
         "pruned by Flux after the revert"
     );
 }
+
+/// A smart-HTTP remote behind basic auth (`tests/git_http.py` in front of
+/// `git http-backend`), serving the bare repository's directory.
+fn https_remote(root: &Path, token: &str) -> (crate::ProcessGroup, u16) {
+    use std::os::unix::process::CommandExt;
+    let port = crate::free_port();
+    let child = Command::new("python3")
+        .arg(crate::root().join("tests/git_http.py"))
+        .arg(port.to_string())
+        .arg(root)
+        .arg(token)
+        .process_group(0)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let guard = crate::ProcessGroup(child);
+    for _ in 0..100 {
+        if let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) {
+            use std::io::{Read, Write};
+            let _ = write!(s, "GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+            let mut buf = String::new();
+            let _ = s.read_to_string(&mut buf);
+            if buf.starts_with("HTTP/1.1 200") || buf.starts_with("HTTP/1.0 200") {
+                return (guard, port);
+            }
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    panic!("the git HTTP server did not start on 127.0.0.1:{port}");
+}
+
+#[test]
+fn an_http_remote_gets_the_token_by_reference_and_never_shows_it() {
+    let g = git_world("argocd", "");
+    let root = g.bare.parent().unwrap().to_path_buf();
+    let token = "gho-test-token-5f2d9c41";
+    let (_server, port) = https_remote(&root, token);
+    let spec = gitops_spec(ISTIO_SPEC, &g.bare, "argocd").replace(
+        &format!("repo: \"{}\"", g.bare.display()),
+        &format!(
+            "repo: \"http://127.0.0.1:{port}/gitops.git\", credentials: {{token: {{env: DEPLOY_TOKEN}}}}"
+        ),
+    );
+    assert!(spec.contains("credentials"), "{spec}");
+    g.w.write("spec.yaml", &spec);
+    // A wrong token: refused by the remote, named as such, nothing to revert.
+    let out =
+        g.w.rollwright(&["run", "spec.yaml"], &[("DEPLOY_TOKEN", "wrong-token-value")]);
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(err.contains("the remote refused the credentials"), "{err}");
+    assert!(err.contains("check `target.gitops.credentials`"), "{err}");
+    assert!(!err.contains("wrong-token-value"), "{err}");
+    assert_eq!(g.subjects().len(), 1);
+    // The right one: promoted through the HTTP remote.
+    std::fs::remove_dir_all(g.w.path().join(".rollwright/runs")).unwrap();
+    let out = g.w.rollwright(&["run", "spec.yaml"], &[("DEPLOY_TOKEN", token)]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(g.subjects().len(), 5);
+    assert_eq!(g.vs_weights(), "0 100");
+    let log = std::fs::read_to_string(root.join("auth.log")).unwrap();
+    assert!(
+        log.lines().filter(|l| *l == "ok").count() >= 8,
+        "every request authenticated: {log}"
+    );
+    // The token is nowhere: output, journal, report, the clone's config.
+    let run = only_run_dir(g.w.path());
+    let mut seen = stderr(&out);
+    for f in ["journal.jsonl", "report.md", "gitops/.git/config"] {
+        seen.push_str(&std::fs::read_to_string(run.join(f)).unwrap_or_default());
+    }
+    assert!(!seen.contains(token), "the token leaked");
+    use base64::Engine as _;
+    let basic = base64::engine::general_purpose::STANDARD.encode(format!("x-access-token:{token}"));
+    assert!(!seen.contains(&basic), "the encoded header leaked");
+}
