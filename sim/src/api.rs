@@ -1064,6 +1064,21 @@ impl State {
         }
     }
 
+    /// Replaces an object's metadata and content, not its status (controllers).
+    pub fn update_object(&self, obj: Value) {
+        let Some(kind) = self.kind_of(&obj) else { return };
+        let t = Target {
+            kind,
+            namespace: obj["metadata"]["namespace"]
+                .as_str()
+                .filter(|_| kind.namespaced)
+                .map(str::to_owned),
+            name: obj["metadata"]["name"].as_str().map(str::to_owned),
+            status: false,
+        };
+        let _ = self.store_update(&t, obj, false);
+    }
+
     /// An object by apiVersion, kind, namespace and name (controllers).
     pub fn get_object(&self, api_version: &str, kind: &str, ns: &str, name: &str) -> Option<Value> {
         let k = self.kind_by(api_version, kind)?;

@@ -19,14 +19,22 @@
 //!   when `wait` and a workload is degraded), `lastAppliedRevision`,
 //!   `lastAttemptedRevision`, `observedGeneration`, `inventory`.
 //!
-//! Sync is automatic and prompt (every 200 ms of real time): a new revision
+//! Sync is prompt (every 200 ms of real time) for an Application with
+//! `syncPolicy.automated` and for every Kustomization (unless
+//! `spec.suspend`); an Application without it stays OutOfSync at the new
+//! revision until someone sets `operation.sync` (as `argocd app sync`
+//! does). A new revision
 //! is applied with server-side apply (field manager `argocd-controller` /
 //! `kustomize-controller`, forced); objects of the app no longer in Git are
 //! deleted when the app prunes. Health: a Deployment is Healthy when rolled
 //! out, Degraded when a pod of it crash-loops, else Progressing; an
 //! InferenceService follows its `Ready` condition; other kinds are Healthy.
+//! A path with a `kustomization.yaml` is built the simple way: its
+//! `resources` (files, directories with their own kustomization) and its
+//! `namespace`; without one, every YAML file below the path.
 //! Not simulated: self-heal of live edits, sync waves and hooks, Helm and
-//! kustomize builds (plain YAML files only), webhooks and polling delays.
+//! the rest of kustomize (patches, images, generators), webhooks and
+//! polling delays.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -170,27 +178,97 @@ fn resolve(state: &State, url: &str, revision: &str) -> Result<String, String> {
 }
 
 /// The objects committed under `path` at `sha` (YAML files, any depth).
+/// The kustomization file names kustomize looks for.
+const KUSTOMIZATION: [&str; 3] = ["kustomization.yaml", "kustomization.yml", "Kustomization"];
+
+/// The objects committed under `path` at `sha`: what its kustomization
+/// lists (`resources`: files and directories; `namespace`), else every
+/// YAML file below it.
 fn manifests(state: &State, url: &str, sha: &str, path: &str) -> Result<Vec<Value>, String> {
     let repo = &local_path(state, url);
-    let path = path.trim_start_matches("./").trim_end_matches('/');
-    let mut args = vec!["ls-tree", "-r", "--name-only", sha];
-    if !path.is_empty() && path != "." {
-        args.extend(["--", path]);
-    }
-    let files = git(repo, &args)?;
-    let mut out = Vec::new();
-    for f in files
-        .lines()
-        .filter(|f| f.ends_with(".yaml") || f.ends_with(".yml"))
-    {
-        let text = git(repo, &["show", &format!("{sha}:{f}")])?;
-        let docs: Vec<Value> =
-            serde_saphyr::from_str_multiple(&text).map_err(|e| format!("failed to unmarshal {f}: {e}"))?;
-        for d in docs.into_iter().filter(|d| !d.is_null()) {
-            if !d["kind"].is_string() || !d["apiVersion"].is_string() || !d["metadata"]["name"].is_string() {
-                return Err(format!("{f}: an object needs apiVersion, kind and metadata.name"));
+    build(
+        state,
+        repo,
+        sha,
+        path.trim_start_matches("./").trim_end_matches('/'),
+        0,
+    )
+}
+
+fn join(dir: &str, rel: &str) -> String {
+    let mut parts: Vec<&str> = if dir.is_empty() || dir == "." {
+        Vec::new()
+    } else {
+        dir.split('/').collect()
+    };
+    for seg in rel.trim_start_matches("./").split('/') {
+        match seg {
+            "" | "." => {}
+            ".." => {
+                parts.pop();
             }
-            out.push(d);
+            s => parts.push(s),
+        }
+    }
+    parts.join("/")
+}
+
+fn objects_of(repo: &Path, sha: &str, f: &str) -> Result<Vec<Value>, String> {
+    let text = git(repo, &["show", &format!("{sha}:{f}")])?;
+    let docs: Vec<Value> =
+        serde_saphyr::from_str_multiple(&text).map_err(|e| format!("failed to unmarshal {f}: {e}"))?;
+    let docs: Vec<Value> = docs.into_iter().filter(|d| !d.is_null()).collect();
+    for d in &docs {
+        if !d["kind"].is_string() || !d["apiVersion"].is_string() || !d["metadata"]["name"].is_string() {
+            return Err(format!("{f}: an object needs apiVersion, kind and metadata.name"));
+        }
+    }
+    Ok(docs)
+}
+
+fn build(state: &State, repo: &Path, sha: &str, dir: &str, depth: u32) -> Result<Vec<Value>, String> {
+    if depth > 8 {
+        return Err(format!("{dir}: kustomizations nest more than 8 deep"));
+    }
+    let kustomization = KUSTOMIZATION
+        .iter()
+        .map(|n| join(dir, n))
+        .find_map(|f| git(repo, &["show", &format!("{sha}:{f}")]).ok().map(|t| (f, t)));
+    let Some((kfile, text)) = kustomization else {
+        let mut args = vec!["ls-tree", "-r", "--name-only", sha];
+        if !dir.is_empty() && dir != "." {
+            args.extend(["--", dir]);
+        }
+        let mut out = Vec::new();
+        for f in git(repo, &args)?
+            .lines()
+            .filter(|f| f.ends_with(".yaml") || f.ends_with(".yml"))
+        {
+            out.extend(objects_of(repo, sha, f)?);
+        }
+        return Ok(out);
+    };
+    let k: Value = serde_saphyr::from_str(&text).map_err(|e| format!("failed to unmarshal {kfile}: {e}"))?;
+    let mut out = Vec::new();
+    for r in k["resources"].as_array().into_iter().flatten() {
+        let Some(r) = r.as_str() else { continue };
+        if r.contains("://") || r.starts_with("github.com/") {
+            return Err(format!("{kfile}: remote resource {r} is not simulated"));
+        }
+        let p = join(dir, r);
+        let kind = git(repo, &["cat-file", "-t", &format!("{sha}:{p}")])
+            .map_err(|_| format!("{kfile}: accumulating resources: {r}: no such file or directory"))?;
+        if kind.trim() == "tree" {
+            out.extend(build(state, repo, sha, &p, depth + 1)?);
+        } else {
+            out.extend(objects_of(repo, sha, &p)?);
+        }
+    }
+    if let Some(ns) = k["namespace"].as_str() {
+        for o in &mut out {
+            if state.kind_of(o).is_none_or(|kind| kind.namespaced) {
+                o["metadata"]["namespace"] = Value::from(ns);
+            }
         }
     }
     Ok(out)
@@ -368,6 +446,30 @@ fn argo(state: &State, app: &Value, memory: &mut HashMap<String, Synced>) {
             return;
         }
     };
+    // Without an automated sync policy nothing is applied until someone
+    // asks (`operation.sync`, as `argocd app sync` writes it).
+    let automated = app["spec"]["syncPolicy"]["automated"].is_object();
+    let requested = app["operation"]["sync"].is_object();
+    let prune = prune || app["operation"]["sync"]["prune"] == true;
+    if !automated && !requested {
+        if mem.revision != sha {
+            let mut status = if app["status"].is_object() {
+                app["status"].clone()
+            } else {
+                json!({"health": {"status": "Missing"}})
+            };
+            status["sync"] = json!({"status": "OutOfSync", "revision": sha, "comparedTo": {"source": src}});
+            publish_application(state, app, status);
+            return;
+        }
+    } else if requested {
+        let mut done = app.clone();
+        if let Some(m) = done.as_object_mut() {
+            m.remove("operation");
+        }
+        state.update_object(done);
+        mem.error = Some("sync requested".into()); // apply below, whatever the revision
+    }
     let unpruned: Vec<ObjKey>;
     if mem.revision != sha || mem.error.is_some() {
         match manifests(state, url, &sha, path) {
@@ -499,6 +601,9 @@ fn git_repository(state: &State, repo: &Value) {
 
 fn flux(state: &State, k: &Value, repos: &[Value], memory: &mut HashMap<String, Synced>) {
     let (ns, name) = (meta(k, "namespace"), meta(k, "name"));
+    if k["spec"]["suspend"] == true {
+        return; // a suspended Kustomization is not reconciled
+    }
     let src_name = k["spec"]["sourceRef"]["name"].as_str().unwrap_or_default();
     let src_ns = k["spec"]["sourceRef"]["namespace"].as_str().unwrap_or(ns);
     let generation = k["metadata"]["generation"].clone();

@@ -391,6 +391,17 @@ impl GitOpsTarget {
         match self.config.controller {
             Controller::Argocd => {
                 let at = status["sync"]["revision"].as_str().unwrap_or_default();
+                let sync = status["sync"]["status"].as_str().unwrap_or("Unknown");
+                let automated = app["spec"]["syncPolicy"]["automated"].is_object();
+                if !automated && sync == "OutOfSync" && app["operation"].is_null() {
+                    // Manual sync: someone has to press the button; the step's
+                    // timeout bounds the wait.
+                    return wait(format!(
+                        "someone to sync {name} (no automated sync policy): OutOfSync at {}, waiting for {}",
+                        short(at),
+                        short(revision)
+                    ));
+                }
                 if !self.holds(at, revision).await {
                     return wait(format!("{name} to sync {} (at {})", short(revision), short(at)));
                 }
@@ -420,7 +431,6 @@ impl GitOpsTarget {
                         degraded_message(status)
                     )));
                 }
-                let sync = status["sync"]["status"].as_str().unwrap_or("Unknown");
                 if sync == "OutOfSync"
                     && op["phase"] == "Succeeded"
                     && let Some(prune) = needs_pruning(status)
@@ -444,6 +454,12 @@ impl GitOpsTarget {
                 let applied = flux_sha(status["lastAppliedRevision"].as_str().unwrap_or_default());
                 let attempted = flux_sha(status["lastAttemptedRevision"].as_str().unwrap_or_default());
                 let observed = app["metadata"]["generation"] == status["observedGeneration"];
+                if app["spec"]["suspend"] == true {
+                    return wait(format!(
+                        "{name} is suspended: waiting for it to be resumed to apply {}",
+                        short(revision)
+                    ));
+                }
                 if ready["status"] == "False"
                     && ready["reason"] != "Progressing"
                     && self.holds(attempted, revision).await
@@ -752,10 +768,82 @@ pub fn upsert(root: &Path, object: &Value, namespace: &str) -> Result<(), String
                 object["metadata"]["name"].as_str().unwrap_or("unnamed")
             );
             let text = serde_saphyr::to_string(object).map_err(|e| e.to_string())?;
-            let path = root.join(name);
-            std::fs::write(&path, text).map_err(|e| format!("{}: {e}", path.display()))
+            let path = root.join(&name);
+            std::fs::write(&path, text).map_err(|e| format!("{}: {e}", path.display()))?;
+            add_to_kustomization(root, &name)
         }
     }
+}
+
+/// When `root` holds a kustomization, lists `file` in its `resources`
+/// (kustomize — and so Flux, and Argo CD on such a path — builds only
+/// what is listed): a line added to a block list, in place; otherwise the
+/// file is re-serialised with it.
+///
+/// # Errors
+/// The kustomization cannot be read, parsed or written.
+pub fn add_to_kustomization(root: &Path, file: &str) -> Result<(), String> {
+    let Some(k) = ["kustomization.yaml", "kustomization.yml", "Kustomization"]
+        .iter()
+        .map(|n| root.join(n))
+        .find(|p| p.is_file())
+    else {
+        return Ok(());
+    };
+    let shown = k.display().to_string();
+    let text = std::fs::read_to_string(&k).map_err(|e| format!("{shown}: {e}"))?;
+    let limits = rollwright_engine::Limits::default();
+    let parse = |t: &str| {
+        rollwright_engine::yaml::load_str(t, &limits)
+            .map(|d| d.value)
+            .map_err(|d| format!("{shown}:{}: {}", d[0].span.start, d[0].message))
+    };
+    let listed = |v: &Value| {
+        v["resources"].as_array().is_some_and(|rs| {
+            rs.iter()
+                .any(|r| r.as_str().map(|r| r.trim_start_matches("./")) == Some(file))
+        })
+    };
+    let mut value = parse(&text)?;
+    if listed(&value) {
+        return Ok(());
+    }
+    let lines: Vec<&str> = text.lines().collect();
+    if let Some(i) = lines.iter().position(|l| l.trim_end() == "resources:") {
+        let mut end = i + 1;
+        let mut indent = String::new();
+        while let Some(l) = lines.get(end) {
+            let item = l.trim_start();
+            if !item.starts_with("- ") {
+                break;
+            }
+            indent = l[..l.len() - item.len()].to_owned();
+            end += 1;
+        }
+        let mut out: Vec<String> = lines.iter().map(|l| (*l).to_owned()).collect();
+        out.insert(end, format!("{indent}- {file}"));
+        let edited = out.join("\n") + "\n";
+        if parse(&edited).is_ok_and(|v| listed(&v)) {
+            return std::fs::write(&k, edited).map_err(|e| format!("{shown}: {e}"));
+        }
+    } else if value.get("resources").is_none() {
+        let sep = if text.ends_with('\n') || text.is_empty() {
+            ""
+        } else {
+            "\n"
+        };
+        let edited = format!("{text}{sep}resources:\n- {file}\n");
+        if parse(&edited).is_ok_and(|v| listed(&v)) {
+            return std::fs::write(&k, edited).map_err(|e| format!("{shown}: {e}"));
+        }
+    }
+    // A flow list or an unusual layout: the document, re-serialised.
+    match value.get_mut("resources") {
+        Some(Value::Array(rs)) => rs.push(Value::from(file)),
+        _ => value["resources"] = serde_json::json!([file]),
+    }
+    let y = serde_saphyr::to_string(&value).map_err(|e| e.to_string())?;
+    std::fs::write(&k, y).map_err(|e| format!("{shown}: {e}"))
 }
 
 /// Replaces a document with `want`: scalar by scalar when only values
@@ -967,6 +1055,45 @@ mod tests {
         let before = std::fs::read_to_string(&written.file).unwrap();
         upsert(dir.path(), &dep, "ml").unwrap();
         assert_eq!(std::fs::read_to_string(&written.file).unwrap(), before);
+    }
+
+    #[test]
+    fn new_files_are_listed_in_the_kustomization() {
+        let dir = tempfile::tempdir().unwrap();
+        let k = dir.path().join("kustomization.yaml");
+        std::fs::write(&k, "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\nresources:\n  - fraud.yaml # stable\n  - routes.yaml\nnamespace: ml\n").unwrap();
+        let dep =
+            json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "fraud-canary"}});
+        upsert(dir.path(), &dep, "ml").unwrap();
+        assert_eq!(
+            std::fs::read_to_string(&k).unwrap(),
+            "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\nresources:\n  - fraud.yaml # stable\n  - routes.yaml\n  - deployment-fraud-canary.yaml\nnamespace: ml\n"
+        );
+        // Listed once, however often it is written.
+        add_to_kustomization(dir.path(), "deployment-fraud-canary.yaml").unwrap();
+        assert_eq!(
+            std::fs::read_to_string(&k)
+                .unwrap()
+                .matches("deployment-fraud-canary")
+                .count(),
+            1
+        );
+        // A flow list is re-serialised with the file; no list gets one.
+        std::fs::write(&k, "resources: [a.yaml]\n").unwrap();
+        add_to_kustomization(dir.path(), "b.yaml").unwrap();
+        let v = rollwright_engine::yaml::load_str(
+            &std::fs::read_to_string(&k).unwrap(),
+            &rollwright_engine::Limits::default(),
+        )
+        .unwrap()
+        .value;
+        assert_eq!(v["resources"], json!(["a.yaml", "b.yaml"]));
+        std::fs::write(&k, "namespace: ml\n").unwrap();
+        add_to_kustomization(dir.path(), "c.yaml").unwrap();
+        assert_eq!(
+            std::fs::read_to_string(&k).unwrap(),
+            "namespace: ml\nresources:\n- c.yaml\n"
+        );
     }
 
     #[test]

@@ -559,3 +559,101 @@ fn an_http_remote_gets_the_token_by_reference_and_never_shows_it() {
     let basic = base64::engine::general_purpose::STANDARD.encode(format!("x-access-token:{token}"));
     assert!(!seen.contains(&basic), "the encoded header leaked");
 }
+
+#[test]
+fn with_a_kustomization_new_files_are_listed_so_flux_builds_them() {
+    let g = git_world("flux", "");
+    // The platform team's path is a kustomization (as Flux repos usually are).
+    std::fs::write(
+        g.other.join("envs/prod/kustomization.yaml"),
+        "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\nnamespace: ml\nresources:\n  - fraud.yaml\n",
+    )
+    .unwrap();
+    git(&g.other, &["add", "-A"]);
+    git(&g.other, &["commit", "--quiet", "-m", "platform: kustomize"]);
+    git(&g.other, &["push", "--quiet", "origin", "HEAD:main"]);
+    let out = g.w.rollwright(&["run", "spec.yaml"], &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let k = git(&g.bare, &["show", "main:envs/prod/kustomization.yaml"]);
+    assert_eq!(
+        k,
+        "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\nnamespace: ml\nresources:\n  - fraud.yaml\n  - deployment-fraud-canary.yaml\n"
+    );
+    assert_eq!(g.vs_weights(), "0 100");
+    g.w.wait_split("fraud", &[("8", 100)]);
+}
+
+#[test]
+fn a_manual_sync_application_is_waited_for_until_someone_syncs_it() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+    let g = git_world("argocd", "");
+    g.w.kubectl(&[
+        "patch",
+        "application",
+        "fraud",
+        "-n",
+        "argocd",
+        "--type",
+        "merge",
+        "-p",
+        r#"{"spec":{"syncPolicy":{"automated":null}}}"#,
+    ]);
+    // An operator who syncs whenever the Application is OutOfSync, as
+    // `argocd app sync` does (it writes `operation.sync`).
+    let stop = Arc::new(AtomicBool::new(false));
+    let syncs = Arc::new(AtomicU32::new(0));
+    let kubeconfig = g.w.path().join("kubeconfig");
+    let operator = {
+        let (stop, syncs) = (stop.clone(), syncs.clone());
+        std::thread::spawn(move || {
+            let kubectl = |args: &[&str]| {
+                let out = Command::new("kubectl")
+                    .arg("--kubeconfig")
+                    .arg(&kubeconfig)
+                    .args(args)
+                    .output()
+                    .unwrap();
+                String::from_utf8_lossy(&out.stdout).into_owned()
+            };
+            while !stop.load(Ordering::Relaxed) {
+                let state = kubectl(&[
+                    "get",
+                    "application",
+                    "fraud",
+                    "-n",
+                    "argocd",
+                    "-o",
+                    "jsonpath={.status.sync.status}/{.operation}",
+                ]);
+                if state == "OutOfSync/" {
+                    std::thread::sleep(std::time::Duration::from_millis(300));
+                    kubectl(&[
+                        "patch",
+                        "application",
+                        "fraud",
+                        "-n",
+                        "argocd",
+                        "--type",
+                        "merge",
+                        "-p",
+                        r#"{"operation":{"sync":{"prune":true}}}"#,
+                    ]);
+                    syncs.fetch_add(1, Ordering::Relaxed);
+                }
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
+        })
+    };
+    let out = g.w.rollwright(&["run", "spec.yaml"], &[]);
+    stop.store(true, Ordering::Relaxed);
+    operator.join().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("someone to sync Argo CD Application `fraud` (no automated sync policy)"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(syncs.load(Ordering::Relaxed) >= 4, "one sync per commit at least");
+    assert_eq!(g.vs_weights(), "0 100");
+}
