@@ -153,8 +153,8 @@ impl Git {
     /// A remote that is a relative local path is taken from `base`.
     #[must_use]
     pub fn new(dir: PathBuf, remote: &str, branch: &str, author: Option<&str>, base: &Path) -> Git {
-        let local = !remote.contains("://") && !remote.contains('@');
-        let remote = if local && Path::new(remote).is_relative() {
+        let remote = if is_local(remote) && !remote.starts_with("file://") && Path::new(remote).is_relative()
+        {
             base.join(remote).to_string_lossy().into_owned()
         } else {
             remote.to_owned()
@@ -505,6 +505,12 @@ impl Git {
             },
         })
     }
+}
+
+/// Whether a remote is a repository on this machine (a path or `file://`).
+#[must_use]
+pub fn is_local(remote: &str) -> bool {
+    remote.starts_with("file://") || (!remote.contains("://") && !remote.contains('@'))
 }
 
 /// A failed command: [`GitError::Auth`] when git says the credentials

@@ -93,12 +93,6 @@ impl GitOpsTarget {
         })))
     }
 
-    /// The cluster (read-only here).
-    #[must_use]
-    pub fn cluster(&self) -> &Arc<Cluster> {
-        &self.cluster
-    }
-
     async fn credentials(&self) -> Result<Credentials, StepError> {
         let mut out = Credentials::default();
         let Some(c) = &self.config.credentials else {
@@ -106,8 +100,7 @@ impl GitOpsTarget {
         };
         // A repository on this machine needs none (e.g. the sim's, standing
         // in for the remote under `run --sim`).
-        let r = &self.config.repo;
-        if r.starts_with("file://") || (!r.contains("://") && !r.contains('@')) {
+        if crate::git::is_local(&self.config.repo) {
             return Ok(out);
         }
         if let Some(t) = &c.token {
@@ -122,10 +115,12 @@ impl GitOpsTarget {
                 let key = crate::cluster::resolve_secret(Some(&self.cluster), k, &self.spec_dir).await?;
                 // Written for this operation only (0600), removed when the
                 // git handle is dropped.
+                static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+                let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 let path = self
                     .git
                     .dir
-                    .with_file_name(format!("gitops-ssh-key-{}", std::process::id()));
+                    .with_file_name(format!("gitops-ssh-key-{}-{n}", std::process::id()));
                 write_private(&path, key.expose())
                     .map_err(|e| StepError::failed(format!("cannot write the SSH key: {e}")))?;
                 out.ssh_key = Some(path);
@@ -284,6 +279,17 @@ impl GitOpsTarget {
             );
             if pushed(&git).await? {
                 cx.remember("gitops-revert", json!({"sha": sha, "reverts": todo}));
+                // For the progress stream and the report, like a direct restore.
+                cx.remember(
+                    "restored",
+                    Value::from(format!(
+                        "reverted {} commit{} of this run ({list}) as {} on {}",
+                        todo.len(),
+                        if todo.len() == 1 { "" } else { "s" },
+                        short(&sha),
+                        self.config.branch
+                    )),
+                );
                 return Ok(Some(sha));
             }
         }

@@ -215,6 +215,19 @@ fn a_regression_is_rolled_back_by_a_revert_commit() {
         .filter_map(|l| l.strip_prefix("Rollwright-Reverts: "))
         .collect();
     assert_eq!(reverts, [shas[1].as_str(), shas[2].as_str()], "{body}");
+    // Said in the progress stream and the report.
+    let err = stderr(&out);
+    assert!(
+        err.contains(&format!(
+            "restored reverted 2 commits of this run ({}, {}) as {} on main",
+            &shas[1][..8],
+            &shas[2][..8],
+            &shas[0][..8]
+        )),
+        "{err}"
+    );
+    let report = std::fs::read_to_string(only_run_dir(g.w.path()).join("report.md")).unwrap();
+    assert!(report.contains("reverted 2 commits of this run"), "{report}");
     // The tree is back to what it was; so is the cluster.
     assert_eq!(git(&g.bare, &["diff", &g.initial, "main"]), "");
     assert_eq!(g.vs_weights(), "100 0");
