@@ -698,6 +698,8 @@ pub fn run(args: &RunArgs) -> u8 {
         match start_sim(args, &spec, &run) {
             Ok(c) => c,
             Err(e) => {
+                // Nothing half-made stays behind.
+                let _ = std::fs::remove_dir_all(args.state_dir.join("sim").join(&run));
                 eprintln!("error: {e}");
                 return exit::USAGE;
             }

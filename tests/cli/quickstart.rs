@@ -87,7 +87,29 @@ fn the_gitops_quickstart_promotes_through_commits() {
     assert!(
         lines[5].starts_with("rollwright bot: rollwright: shift 100% of traffic"),
         "{log}"
+    ); // A world without a repository: refused (the sim never pushes to the
+    // spec's real remote), nothing left behind.
+    let other = tempfile::tempdir().unwrap();
+    let out = rollwright_in(
+        &root(),
+        &[
+            "run",
+            "specs/examples/kserve-canary-gitops.yaml",
+            "--sim",
+            "--scenario",
+            "specs/sim/fraud-healthy.yaml",
+            "--state-dir",
+            &other.path().to_string_lossy(),
+        ],
     );
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("needs a scenario repository"),
+        "{}",
+        stderr(&out)
+    );
+    let left = std::fs::read_dir(other.path().join("sim")).map_or(0, Iterator::count);
+    assert_eq!(left, 0, "nothing half-made");
 }
 
 #[test]
