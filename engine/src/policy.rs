@@ -75,10 +75,11 @@ pub struct EnvironmentRules {
     pub canary_by_default: bool,
 }
 
-/// What makes a target production.
+/// A set of targets (which are production, which are GitOps-managed): by
+/// kubeconfig context, API server, or namespace.
 #[derive(Debug, Clone, Default, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
-pub struct Production {
+pub struct Targets {
     /// kubeconfig context names.
     #[serde(default)]
     pub contexts: Vec<String>,
@@ -100,16 +101,44 @@ pub struct Policy {
     pub kind: String,
     /// Which targets are production.
     #[serde(default)]
-    pub production: Production,
+    pub production: Targets,
     /// Targets a GitOps controller manages (same matching as `production`).
     #[serde(default)]
-    pub gitops: Production,
+    pub gitops: Targets,
     /// Rules per environment (`production`, `staging`, `dev`).
     #[serde(default)]
     pub environments: BTreeMap<String, EnvironmentRules>,
     /// Where it was read from (for messages).
     #[serde(skip)]
     pub path: PathBuf,
+}
+
+/// Which part of a target a [`Targets`] set matched.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Matched {
+    /// Its kubeconfig context.
+    Context,
+    /// Its namespace.
+    Namespace,
+    /// The API server its context points at.
+    Server(String),
+}
+
+impl Targets {
+    /// Whether `t` is in the set: its context, else its namespace, else the
+    /// API server its context points at (through the kubeconfig).
+    #[must_use]
+    pub fn matched(&self, t: &crate::spec::Target) -> Option<Matched> {
+        if self.contexts.contains(&t.context) {
+            Some(Matched::Context)
+        } else if self.namespaces.contains(&t.namespace) {
+            Some(Matched::Namespace)
+        } else {
+            kube_server(&t.context)
+                .filter(|s| self.api_servers.contains(s))
+                .map(Matched::Server)
+        }
+    }
 }
 
 /// Where a target's environment comes from.
@@ -175,15 +204,11 @@ impl Policy {
     #[must_use]
     pub fn derive(&self, spec: &Spec) -> Option<Derived> {
         let t = spec.target.as_ref()?;
-        let reason = if self.production.contexts.contains(&t.context) {
-            Some(format!("context `{}` is production", t.context))
-        } else if self.production.namespaces.contains(&t.namespace) {
-            Some(format!("namespace `{}` is production", t.namespace))
-        } else {
-            kube_server(&t.context)
-                .filter(|s| self.production.api_servers.contains(s))
-                .map(|s| format!("context `{}` points at production API server {s}", t.context))
-        };
+        let reason = self.production.matched(t).map(|m| match m {
+            Matched::Context => format!("context `{}` is production", t.context),
+            Matched::Namespace => format!("namespace `{}` is production", t.namespace),
+            Matched::Server(s) => format!("context `{}` points at production API server {s}", t.context),
+        });
         Some(match reason {
             Some(r) => Derived {
                 environment: Environment::Production,
@@ -200,16 +225,11 @@ impl Policy {
     #[must_use]
     pub fn gitops_managed(&self, spec: &Spec) -> Option<String> {
         let t = spec.target.as_ref()?;
-        let g = &self.gitops;
-        let reason = if g.contexts.contains(&t.context) {
-            Some(format!("context `{}`", t.context))
-        } else if g.namespaces.contains(&t.namespace) {
-            Some(format!("namespace `{}`", t.namespace))
-        } else {
-            kube_server(&t.context)
-                .filter(|s| g.api_servers.contains(s))
-                .map(|s| format!("API server {s}"))
-        }?;
+        let reason = match self.gitops.matched(t)? {
+            Matched::Context => format!("context `{}`", t.context),
+            Matched::Namespace => format!("namespace `{}`", t.namespace),
+            Matched::Server(s) => format!("API server {s}"),
+        };
         Some(format!(
             "{reason} is GitOps-managed (policy {})",
             self.path.display()

@@ -324,7 +324,8 @@ fn apply_all(
 }
 
 /// Health of one live object: (status, message).
-fn health(state: &State, k: &ObjKey) -> (&'static str, String) {
+/// `pods` is read from the store once per pass, on first need.
+fn health(state: &State, pods: &std::cell::OnceCell<Vec<Value>>, k: &ObjKey) -> (&'static str, String) {
     let Some(live) = state.get_object(&k.0, &k.1, &k.2, &k.3) else {
         return ("Missing", format!("{} {} does not exist", k.1, k.3));
     };
@@ -334,8 +335,9 @@ fn health(state: &State, k: &ObjKey) -> (&'static str, String) {
                 .as_object()
                 .cloned()
                 .unwrap_or_default();
-            let crashing = state.snapshot("", "pods").into_iter().find_map(|p| {
-                if meta(&p, "namespace") != k.2
+            let pods = pods.get_or_init(|| state.snapshot("", "pods"));
+            let crashing = pods.iter().find_map(|p| {
+                if meta(p, "namespace") != k.2
                     || !selector.iter().all(|(l, v)| &p["metadata"]["labels"][l] == v)
                 {
                     return None;
@@ -345,7 +347,7 @@ fn health(state: &State, k: &ObjKey) -> (&'static str, String) {
                     matches!(reason, "CrashLoopBackOff" | "ImagePullBackOff" | "ErrImagePull").then(|| {
                         format!(
                             "pod {} container {}: {reason}",
-                            meta(&p, "name"),
+                            meta(p, "name"),
                             c["name"].as_str().unwrap_or_default()
                         )
                     })
@@ -468,10 +470,10 @@ fn argo(state: &State, app: &Value, memory: &mut HashMap<String, Synced>) {
             m.remove("operation");
         }
         state.update_object(done);
-        mem.error = Some("sync requested".into()); // apply below, whatever the revision
     }
     let unpruned: Vec<ObjKey>;
-    if mem.revision != sha || mem.error.is_some() {
+    // A requested sync applies whatever the revision; a failed one is retried.
+    if requested || mem.revision != sha || mem.error.is_some() {
         match manifests(state, url, &sha, path) {
             Err(e) => {
                 mem.revision = sha.clone();
@@ -523,10 +525,11 @@ fn argo(state: &State, app: &Value, memory: &mut HashMap<String, Synced>) {
             })
             .collect();
     }
+    let pods = std::cell::OnceCell::new();
     let mut resources = Vec::new();
     let mut healths = Vec::new();
     for k in &mem.objects {
-        let (h, msg) = health(state, k);
+        let (h, msg) = health(state, &pods, k);
         let (group, version) = k.0.rsplit_once('/').unwrap_or(("", &k.0));
         let mut r = json!({"group": group, "version": version, "kind": k.1, "namespace": k.2, "name": k.3,
             "status": if unpruned.contains(k) { "OutOfSync" } else { "Synced" }, "health": {"status": h}});
@@ -685,7 +688,8 @@ fn flux(state: &State, k: &Value, repos: &[Value], memory: &mut HashMap<String, 
         })
         .collect();
     let mut status = json!({"lastAttemptedRevision": revision, "observedGeneration": generation, "inventory": {"entries": inventory}});
-    let healths: Vec<(&str, String)> = mem.objects.iter().map(|o| health(state, o)).collect();
+    let pods = std::cell::OnceCell::new();
+    let healths: Vec<(&str, String)> = mem.objects.iter().map(|o| health(state, &pods, o)).collect();
     let degraded = healths.iter().find(|(h, _)| *h == "Degraded");
     let waiting = k["spec"]["wait"] == true && healths.iter().any(|(h, _)| *h != "Healthy");
     if k["spec"]["wait"] == true

@@ -512,9 +512,7 @@ impl Step for ApplyStep {
             }
             let owner = [cx.owner.clone()];
             let done = crate::restore::objects(&self.cluster, cx, Some(&owner), true).await?;
-            if !done.is_empty() {
-                cx.remember("restored", Value::from(done.join("; ")));
-            }
+            crate::restore::report(cx, &done);
             Ok(())
         })
     }

@@ -42,7 +42,8 @@ const PUSH_ATTEMPTS: u32 = 8;
 pub struct GitOpsTarget {
     /// The spec's `target.gitops`.
     pub config: GitOps,
-    git: Git,
+    /// The run's clone (`<run dir>/gitops`).
+    work: PathBuf,
     run: String,
     model: String,
     namespace: String,
@@ -72,20 +73,13 @@ impl GitOpsTarget {
             return Ok(None);
         };
         let cluster = Cluster::of(cx)?;
-        let git = Git::new(
-            cx.run_dir.join("gitops"),
-            &config.repo,
-            &config.branch,
-            config.author.as_deref(),
-            &cx.spec_dir,
-        );
         let model = cx.model.as_ref().map_or_else(String::new, |(_, name, version)| {
             format!("{name} version {version}")
         });
         Ok(Some(Arc::new(GitOpsTarget {
             namespace: cluster.namespace.clone(),
             config,
-            git,
+            work: cx.run_dir.join("gitops"),
             run: cx.run_id.clone(),
             model,
             spec_dir: cx.spec_dir.clone(),
@@ -118,8 +112,7 @@ impl GitOpsTarget {
                 static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
                 let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 let path = self
-                    .git
-                    .dir
+                    .work
                     .with_file_name(format!("gitops-ssh-key-{}-{n}", std::process::id()));
                 write_private(&path, key.expose())
                     .map_err(|e| StepError::failed(format!("cannot write the SSH key: {e}")))?;
@@ -130,14 +123,20 @@ impl GitOpsTarget {
         Ok(out)
     }
 
-    async fn git(&self) -> Result<Git, StepError> {
-        let mut g = Git::new(
-            self.git.dir.clone(),
+    /// The run's clone, without credentials (local reads).
+    fn local(&self) -> Git {
+        Git::new(
+            self.work.clone(),
             &self.config.repo,
             &self.config.branch,
             self.config.author.as_deref(),
             &self.spec_dir,
-        );
+        )
+    }
+
+    /// The run's clone, with credentials for the remote.
+    async fn git(&self) -> Result<Git, StepError> {
+        let mut g = self.local();
         g.set_credentials(&self.credentials().await?);
         Ok(g)
     }
@@ -280,15 +279,15 @@ impl GitOpsTarget {
             if pushed(&git).await? {
                 cx.remember("gitops-revert", json!({"sha": sha, "reverts": todo}));
                 // For the progress stream and the report, like a direct restore.
-                cx.remember(
-                    "restored",
-                    Value::from(format!(
+                crate::restore::report(
+                    cx,
+                    &[format!(
                         "reverted {} commit{} of this run ({list}) as {} on {}",
                         todo.len(),
                         if todo.len() == 1 { "" } else { "s" },
                         short(&sha),
                         self.config.branch
-                    )),
+                    )],
                 );
                 return Ok(Some(sha));
             }
@@ -497,7 +496,7 @@ impl GitOpsTarget {
         if at == revision {
             return true;
         }
-        if self.git.contains(at, revision).await {
+        if self.local().contains(at, revision).await {
             return true;
         }
         // A newer revision than the last fetch: fetch once and look again.
@@ -719,33 +718,26 @@ fn chunks(text: &str) -> Vec<((usize, usize), String)> {
     out
 }
 
-fn same_object(a: &Value, b: &Value, namespace: &str) -> bool {
-    let group = |v: &Value| {
-        v["apiVersion"]
-            .as_str()
-            .and_then(|av| av.rsplit_once('/').map(|(g, _)| g.to_owned()))
-            .unwrap_or_default()
-    };
-    let ns = |v: &Value| {
-        v["metadata"]["namespace"]
-            .as_str()
-            .unwrap_or(namespace)
-            .to_owned()
-    };
-    group(a) == group(b)
-        && a["kind"] == b["kind"]
-        && a["metadata"]["name"] == b["metadata"]["name"]
-        && ns(a) == ns(b)
+/// Whether a document is the object `r` names (any version of its group;
+/// a document without a namespace is in `namespace`).
+fn same_object(doc: &Value, r: &ObjRef, namespace: &str) -> bool {
+    let group = |av: &str| av.rsplit_once('/').map_or("", |(g, _)| g).to_owned();
+    ObjRef::of(doc, namespace).is_some_and(|d| {
+        group(&d.api_version) == group(&r.api_version)
+            && d.kind == r.kind
+            && d.name == r.name
+            && d.namespace == r.namespace
+    })
 }
 
-/// Finds the document holding the object `like` names.
+/// Finds the document holding the object `r` names.
 ///
 /// # Errors
 /// The files cannot be read.
-pub fn find_doc(root: &Path, like: &Value, namespace: &str) -> Result<Option<RepoDoc>, String> {
+pub fn find_doc(root: &Path, r: &ObjRef, namespace: &str) -> Result<Option<RepoDoc>, String> {
     Ok(docs_in(root)?
         .into_iter()
-        .find(|d| same_object(&d.value, like, namespace)))
+        .find(|d| same_object(&d.value, r, namespace)))
 }
 
 /// Writes `object` into the repository: in place of the document that holds
@@ -754,7 +746,8 @@ pub fn find_doc(root: &Path, like: &Value, namespace: &str) -> Result<Option<Rep
 /// # Errors
 /// The files cannot be read or written.
 pub fn upsert(root: &Path, object: &Value, namespace: &str) -> Result<(), String> {
-    match find_doc(root, object, namespace)? {
+    let r = ObjRef::of(object, namespace).ok_or("an object needs apiVersion, kind and metadata.name")?;
+    match find_doc(root, &r, namespace)? {
         Some(doc) => {
             // Keep the file's own habit about namespaces.
             let mut want = object.clone();
@@ -973,28 +966,6 @@ fn edit_scalars(text: &str, old: &Value, new: &Value) -> Option<String> {
     (again.value == *new).then_some(out)
 }
 
-/// Sets the value at a JSON pointer, making the objects on the way.
-pub fn set_pointer(target: &mut Value, pointer: &str, value: Value) {
-    let mut cur = target;
-    for raw in pointer.split('/').skip(1) {
-        let seg = raw.replace("~1", "/").replace("~0", "~");
-        cur = match cur {
-            Value::Array(a) => match seg.parse::<usize>() {
-                Ok(i) if i < a.len() => &mut a[i],
-                _ => return,
-            },
-            other => {
-                if !other.is_object() {
-                    *other = Value::Object(Map::new());
-                }
-                let Value::Object(m) = other else { return };
-                m.entry(seg).or_insert(Value::Null)
-            }
-        };
-    }
-    *cur = value;
-}
-
 fn plain_safe(s: &str) -> bool {
     !s.is_empty()
         && s.chars().all(|c| c.is_ascii_alphanumeric() || "-_./".contains(c))
@@ -1018,7 +989,9 @@ mod tests {
         )
         .unwrap();
         let vs = json!({"apiVersion": "networking.istio.io/v1", "kind": "VirtualService", "metadata": {"name": "fraud", "namespace": "ml"}});
-        let doc = find_doc(dir.path(), &vs, "ml").unwrap().unwrap();
+        let doc = find_doc(dir.path(), &ObjRef::of(&vs, "ml").unwrap(), "ml")
+            .unwrap()
+            .unwrap();
         assert_eq!(doc.lines, (4, 17));
         let mut want = doc.value.clone();
         want["spec"]["http"][0]["route"][0]["weight"] = json!(80);
@@ -1037,7 +1010,7 @@ mod tests {
         std::fs::write(dir.path().join("vs.yaml"), VS).unwrap();
         let doc = find_doc(
             dir.path(),
-            &json!({"apiVersion": "networking.istio.io/v1beta1", "kind": "VirtualService", "metadata": {"name": "fraud"}}),
+            &ObjRef::new("networking.istio.io/v1beta1", "VirtualService", "ml", "fraud"),
             "ml",
         )
         .unwrap()
@@ -1045,7 +1018,9 @@ mod tests {
         let mut want = doc.value.clone();
         want["spec"]["http"][0]["mirror"] = json!({"host": "fraud", "subset": "canary"});
         rewrite(&doc, &want).unwrap();
-        let again = find_doc(dir.path(), &want, "ml").unwrap().unwrap();
+        let again = find_doc(dir.path(), &ObjRef::of(&want, "ml").unwrap(), "ml")
+            .unwrap()
+            .unwrap();
         assert_eq!(again.value, want);
         assert!(
             std::fs::read_to_string(dir.path().join("vs.yaml"))
@@ -1054,7 +1029,9 @@ mod tests {
         );
         let dep = json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "fraud-canary", "namespace": "ml"}, "spec": {"replicas": 2}});
         upsert(dir.path(), &dep, "ml").unwrap();
-        let written = find_doc(dir.path(), &dep, "ml").unwrap().unwrap();
+        let written = find_doc(dir.path(), &ObjRef::of(&dep, "ml").unwrap(), "ml")
+            .unwrap()
+            .unwrap();
         assert_eq!(written.file, dir.path().join("deployment-fraud-canary.yaml"));
         assert_eq!(written.value, dep);
         // Writing the same object again changes nothing.

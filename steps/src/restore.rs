@@ -68,6 +68,14 @@ fn touched_by(records: &[Memo], steps: Option<&[String]>) -> Vec<ObjRef> {
     out
 }
 
+/// Journals what a restore did, when it did anything: the progress stream
+/// shows it and the report lists it under the step it undid.
+pub fn report(cx: &StepContext, done: &[String]) {
+    if !done.is_empty() {
+        cx.remember("restored", Value::from(done.join("; ")));
+    }
+}
+
 /// Sends every recorded route back to its original split. Returns what it changed.
 ///
 /// # Errors

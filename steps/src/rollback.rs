@@ -102,9 +102,7 @@ impl RollbackStep {
         let mut done = crate::restore::traffic(&self.cluster, cx, crate::shift_traffic::MANAGER).await?;
         let scope = self.scope(cx);
         done.extend(crate::restore::objects(&self.cluster, cx, scope.as_deref(), self.delete_created).await?);
-        if !done.is_empty() {
-            cx.remember("restored", Value::from(done.join("; ")));
-        }
+        crate::restore::report(cx, &done);
         Ok(done)
     }
 

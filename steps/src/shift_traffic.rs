@@ -9,7 +9,7 @@ use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
 use crate::cluster::Cluster;
-use crate::traffic::{Provider, Router, merge_patch_of};
+use crate::traffic::{Provider, Router, apply_merge_patch, merge_patch_of};
 
 use crate::common::config;
 
@@ -125,17 +125,15 @@ impl ShiftTrafficStep {
         {
             self.router.canary_ready(&self.cluster, &live).await?;
         }
-        let like = serde_json::to_value(&r).unwrap_or_default();
         let summary = format!("shift {}% of traffic to the canary ({r})", self.canary);
         let path = g.config.path.clone();
         let progress = g
             .commit_and_sync(cx, "shift-traffic", &summary, |root| {
-                let doc = crate::gitops::find_doc(root, &like_object(&like), g.namespace())?
+                let doc = crate::gitops::find_doc(root, &r, g.namespace())?
                     .ok_or_else(|| format!("{r} is not in the repository under `{path}`: the routing object must be committed before traffic is shifted"))?;
+                // The same change a merge patch makes in the cluster.
                 let mut next = doc.value.clone();
-                for (p, v) in self.want(&doc.value)? {
-                    crate::gitops::set_pointer(&mut next, &p, v);
-                }
+                apply_merge_patch(&mut next, &merge_patch_of(&self.want(&doc.value)?));
                 crate::gitops::rewrite(&doc, &next)
             })
             .await?;
@@ -148,11 +146,6 @@ impl ShiftTrafficStep {
             wait => wait,
         })
     }
-}
-
-/// An object skeleton naming what an [`crate::cluster::ObjRef`] names.
-fn like_object(r: &Value) -> Value {
-    json!({"apiVersion": r["apiVersion"], "kind": r["kind"], "metadata": {"name": r["name"], "namespace": r["namespace"]}})
 }
 
 impl Step for ShiftTrafficStep {
@@ -209,9 +202,7 @@ impl Step for ShiftTrafficStep {
                 return g.revert_run(cx, None).await.map(|_| ());
             }
             let done = crate::restore::traffic(&self.cluster, cx, MANAGER).await?;
-            if !done.is_empty() {
-                cx.remember("restored", Value::from(done.join("; ")));
-            }
+            crate::restore::report(cx, &done);
             Ok(())
         })
     }

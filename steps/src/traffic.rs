@@ -459,6 +459,27 @@ pub fn merge_patch_of(fields: &serde_json::Map<String, Value>) -> Value {
     patch
 }
 
+/// Applies a merge patch (RFC 7386: objects merge, `null` removes, anything
+/// else replaces) to a local copy of an object, as the API server would.
+pub fn apply_merge_patch(target: &mut Value, patch: &Value) {
+    let Value::Object(p) = patch else {
+        *target = patch.clone();
+        return;
+    };
+    if !target.is_object() {
+        *target = json!({});
+    }
+    if let Value::Object(t) = target {
+        for (k, v) in p {
+            if v.is_null() {
+                t.remove(k);
+            } else {
+                apply_merge_patch(t.entry(k.clone()).or_insert(Value::Null), v);
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -523,7 +544,7 @@ mod tests {
                     .unwrap_or_else(|e| panic!("{provider}: {e}"));
                 let mut next = obj.clone();
                 let patch = merge_patch_of(&fields);
-                json_merge(&mut next, &patch);
+                apply_merge_patch(&mut next, &patch);
                 assert_eq!(
                     r.canary_weight(&next),
                     Some(u64::from(w)),
@@ -546,17 +567,5 @@ mod tests {
         assert!(e.contains("no entry for the canary backend `canary`"), "{e}");
         assert_eq!(router("nginx").object().name, "fraud-canary");
         assert_eq!(router("kserve").object().kind, "InferenceService");
-    }
-
-    fn json_merge(target: &mut Value, patch: &Value) {
-        if let (Some(t), Some(p)) = (target.as_object_mut(), patch.as_object()) {
-            for (k, v) in p {
-                if v.is_object() && t.get(k).is_some_and(Value::is_object) {
-                    json_merge(t.get_mut(k).unwrap(), v);
-                } else {
-                    t.insert(k.clone(), v.clone());
-                }
-            }
-        }
     }
 }

@@ -114,6 +114,10 @@ impl GitWorld {
         crate::k8s::vs_weights(&self.w)
     }
 
+    fn head(&self) -> String {
+        git(&self.bare, &["rev-parse", "main"]).trim().to_owned()
+    }
+
     fn committed_vs(&self) -> String {
         git(&self.bare, &["show", "main:envs/prod/fraud.yaml"])
     }
@@ -158,7 +162,7 @@ fn a_canary_is_promoted_through_commits_argo_cd_syncs() {
         "jsonpath={.metadata.labels.argocd\\.argoproj\\.io/instance}",
     ]);
     assert_eq!(labels, "fraud", "applied by the controller, not by rollwright");
-    let head = git(&g.bare, &["rev-parse", "main"]).trim().to_owned();
+    let head = g.head();
     let app = g.w.kubectl(&[
         "get",
         "application",
@@ -233,7 +237,7 @@ fn a_regression_is_rolled_back_by_a_revert_commit() {
     assert_eq!(g.vs_weights(), "100 0");
     g.w.wait_split("fraud", &[("7", 100)]);
     assert_eq!(
-        g.w.kubectl(&["get", "deploy", "-n", "ml", "-o", "name"]),
+        g.w.deployments(),
         "deployment.apps/fraud-stable\n",
         "the canary was pruned by the controller"
     );
@@ -344,7 +348,7 @@ fn flux_kustomization_follows_the_commits() {
     let g = git_world("flux", "");
     let out = g.w.rollwright(&["run", "spec.yaml"], &[]);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
-    let head = git(&g.bare, &["rev-parse", "main"]).trim().to_owned();
+    let head = g.head();
     let ks = g.w.kubectl(&[
         "get",
         "kustomization",
@@ -367,10 +371,7 @@ fn a_crash_looping_canary_makes_the_application_degraded_and_is_reverted() {
     assert!(err.contains("Argo CD Application `fraud` is Degraded"), "{err}");
     assert!(err.contains("CrashLoopBackOff"), "{err}");
     assert_eq!(git(&g.bare, &["diff", &g.initial, "main"]), "");
-    assert_eq!(
-        g.w.kubectl(&["get", "deploy", "-n", "ml", "-o", "name"]),
-        "deployment.apps/fraud-stable\n"
-    );
+    assert_eq!(g.w.deployments(), "deployment.apps/fraud-stable\n");
 }
 
 #[test]
@@ -490,7 +491,7 @@ fn a_flux_health_check_failure_is_reverted() {
     assert!(err.contains("CrashLoopBackOff"), "{err}");
     assert_eq!(git(&g.bare, &["diff", &g.initial, "main"]), "");
     assert_eq!(
-        g.w.kubectl(&["get", "deploy", "-n", "ml", "-o", "name"]),
+        g.w.deployments(),
         "deployment.apps/fraud-stable\n",
         "pruned by Flux after the revert"
     );
@@ -620,15 +621,7 @@ fn a_manual_sync_application_is_waited_for_until_someone_syncs_it() {
     let operator = {
         let (stop, syncs) = (stop.clone(), syncs.clone());
         std::thread::spawn(move || {
-            let kubectl = |args: &[&str]| {
-                let out = Command::new("kubectl")
-                    .arg("--kubeconfig")
-                    .arg(&kubeconfig)
-                    .args(args)
-                    .output()
-                    .unwrap();
-                String::from_utf8_lossy(&out.stdout).into_owned()
-            };
+            let kubectl = |args: &[&str]| crate::k8s::kubectl_with(&kubeconfig, args);
             while !stop.load(Ordering::Relaxed) {
                 let state = kubectl(&[
                     "get",

@@ -56,13 +56,12 @@ impl World {
     }
 
     pub fn kubectl(&self, args: &[&str]) -> String {
-        let out = std::process::Command::new("kubectl")
-            .arg("--kubeconfig")
-            .arg(self.path().join("kubeconfig"))
-            .args(args)
-            .output()
-            .unwrap();
-        String::from_utf8_lossy(&out.stdout).into_owned()
+        kubectl_with(&self.path().join("kubeconfig"), args)
+    }
+
+    /// `deployment.apps/NAME` lines of the Deployments in `ml`.
+    pub fn deployments(&self) -> String {
+        self.kubectl(&["get", "deploy", "-n", "ml", "-o", "name"])
     }
 
     /// `version → percent` of what the sim routes for `model`.
@@ -80,6 +79,17 @@ impl World {
         }
         panic!("split of {model}: {:?}, wanted {want:?}", self.split(model));
     }
+}
+
+/// kubectl's stdout with this kubeconfig (from any thread).
+pub fn kubectl_with(kubeconfig: &Path, args: &[&str]) -> String {
+    let out = std::process::Command::new("kubectl")
+        .arg("--kubeconfig")
+        .arg(kubeconfig)
+        .args(args)
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 pub const REGISTRY: &str = include_str!("../fixtures/k8s/registry.yaml");
@@ -150,10 +160,7 @@ fn a_crash_looping_canary_is_caught_and_rolled_back_with_stable_untouched() {
     // Failed by crash detection, not by waiting out the 1m timeout.
     assert!(!err.contains("deadline"), "{err}");
     // The canary is gone, traffic never moved, stable untouched.
-    assert_eq!(
-        w.kubectl(&["get", "deploy", "-n", "ml", "-o", "name"]),
-        "deployment.apps/fraud-stable\n"
-    );
+    assert_eq!(w.deployments(), "deployment.apps/fraud-stable\n");
     assert_eq!(vs_weights(&w), "100 0");
     assert_eq!(
         w.kubectl(&[
@@ -234,10 +241,7 @@ fn policy_violations_are_refused_before_any_request() {
     }
     assert!(!err.contains("hunter2hunter2"), "the secret is not echoed: {err}");
     assert!(!w.path().join(".rollwright/runs").exists(), "no run was created");
-    assert_eq!(
-        w.kubectl(&["get", "deploy", "-n", "ml", "-o", "name"]),
-        "deployment.apps/fraud-stable\n"
-    );
+    assert_eq!(w.deployments(), "deployment.apps/fraud-stable\n");
 }
 
 #[test]
@@ -355,10 +359,7 @@ fn a_failure_mid_ramp_rolls_traffic_back_first_then_removes_the_canary() {
     );
     assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
     assert_eq!(vs_weights(&w), "100 0");
-    assert_eq!(
-        w.kubectl(&["get", "deploy", "-n", "ml", "-o", "name"]),
-        "deployment.apps/fraud-stable\n"
-    );
+    assert_eq!(w.deployments(), "deployment.apps/fraud-stable\n");
     w.wait_split("fraud", &[("7", 100)]);
     // The first compensation (shift-50's) restored the original split at
     // once; the later ones found nothing to do.

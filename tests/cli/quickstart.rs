@@ -2,26 +2,33 @@
 
 use crate::{rollwright_in, root, stderr, stdout};
 
+/// `rollwright run SPEC --sim --scenario SCENARIO --state-dir STATE [EXTRA…]` from the repository root.
+fn run_sim(spec: &str, scenario: &str, state: &std::path::Path, extra: &[&str]) -> std::process::Output {
+    let state = state.to_string_lossy();
+    let mut args = vec![
+        "run",
+        spec,
+        "--sim",
+        "--scenario",
+        scenario,
+        "--state-dir",
+        &state,
+    ];
+    args.extend_from_slice(extra);
+    rollwright_in(&root(), &args)
+}
+
 /// `rollwright run specs/examples/kserve-canary.yaml --sim --scenario …`:
 /// promoted on the healthy world, rolled back on the regressing one.
 #[test]
 fn the_quickstart_promotes_then_rolls_back() {
     let state = tempfile::tempdir().unwrap();
-    let state_dir = state.path().to_string_lossy().into_owned();
     let run = |scenario: &str| {
-        rollwright_in(
-            &root(),
-            &[
-                "run",
-                "specs/examples/kserve-canary.yaml",
-                "--sim",
-                "--scenario",
-                scenario,
-                "--time-scale",
-                "240",
-                "--state-dir",
-                &state_dir,
-            ],
+        run_sim(
+            "specs/examples/kserve-canary.yaml",
+            scenario,
+            state.path(),
+            &["--time-scale", "240"],
         )
     };
     let out = run("specs/sim/fraud-healthy.yaml");
@@ -44,19 +51,11 @@ fn the_quickstart_promotes_then_rolls_back() {
 #[test]
 fn the_gitops_quickstart_promotes_through_commits() {
     let state = tempfile::tempdir().unwrap();
-    let out = rollwright_in(
-        &root(),
-        &[
-            "run",
-            "specs/examples/kserve-canary-gitops.yaml",
-            "--sim",
-            "--scenario",
-            "specs/sim/fraud-gitops.yaml",
-            "--time-scale",
-            "240",
-            "--state-dir",
-            &state.path().to_string_lossy(),
-        ],
+    let out = run_sim(
+        "specs/examples/kserve-canary-gitops.yaml",
+        "specs/sim/fraud-gitops.yaml",
+        state.path(),
+        &["--time-scale", "240"],
     );
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     let err = stderr(&out);
@@ -90,17 +89,11 @@ fn the_gitops_quickstart_promotes_through_commits() {
     ); // A world without a repository: refused (the sim never pushes to the
     // spec's real remote), nothing left behind.
     let other = tempfile::tempdir().unwrap();
-    let out = rollwright_in(
-        &root(),
-        &[
-            "run",
-            "specs/examples/kserve-canary-gitops.yaml",
-            "--sim",
-            "--scenario",
-            "specs/sim/fraud-healthy.yaml",
-            "--state-dir",
-            &other.path().to_string_lossy(),
-        ],
+    let out = run_sim(
+        "specs/examples/kserve-canary-gitops.yaml",
+        "specs/sim/fraud-healthy.yaml",
+        other.path(),
+        &[],
     );
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
     assert!(
