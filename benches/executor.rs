@@ -48,22 +48,32 @@ fn max_rss_mib() -> f64 {
     }
 }
 
+/// The bench's journal key (the integrity chain costs what it costs in a run).
+fn key() -> Arc<journal::Key> {
+    Arc::new(journal::Key::from_bytes(&[7u8; 32]))
+}
+
 fn run(n: usize, chain: bool, journal_dir: Option<&std::path::Path>) -> (Duration, usize) {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .unwrap();
     let (sink, writer): (Sink, Option<Arc<GroupCommit>>) = match journal_dir {
-        None => (Arc::new(|_: &exec::Event| {}), None),
+        None => (Arc::new(|_: &exec::Event| Ok(())), None),
         Some(dir) => {
             let path = dir.join(format!("{}-{n}.jsonl", if chain { "chain" } else { "fan" }));
             let _ = std::fs::remove_file(&path);
-            let gc = Arc::new(GroupCommit::start(Journal::create(&path).unwrap()));
+            let gc = Arc::new(GroupCommit::start(Journal::create(&path, key()).unwrap()));
             gc.append(Record::RunStarted {
                 run: "bench".into(),
                 digest: "0".into(),
                 spec: "bench".into(),
                 at_ms: 0,
+                overrides: Vec::new(),
+                started_by: String::new(),
+                policy: serde_json::Value::Null,
+                reach: serde_json::Value::Null,
+                root: String::new(),
             });
             let w = gc.clone();
             (
@@ -71,6 +81,7 @@ fn run(n: usize, chain: bool, journal_dir: Option<&std::path::Path>) -> (Duratio
                     if let Some(r) = journal::record_of(e) {
                         w.append(r);
                     }
+                    Ok(())
                 }),
                 Some(gc),
             )
@@ -85,9 +96,12 @@ fn run(n: usize, chain: bool, journal_dir: Option<&std::path::Path>) -> (Duratio
     let took = start.elapsed();
     assert_eq!(out.completed.len(), n);
     let records = journal_dir.map_or(0, |d| {
-        journal::read(&d.join(format!("{}-{n}.jsonl", if chain { "chain" } else { "fan" })))
-            .unwrap()
-            .len()
+        journal::read(
+            &d.join(format!("{}-{n}.jsonl", if chain { "chain" } else { "fan" })),
+            &key(),
+        )
+        .unwrap()
+        .len()
     });
     (took, records)
 }

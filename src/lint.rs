@@ -50,7 +50,7 @@ pub struct LintArgs {
     /// Colour for human output.
     #[arg(long, value_enum, default_value_t = ColorChoice::Auto)]
     color: ColorChoice,
-    /// Platform policy (default: $ROLLWRIGHT_POLICY, else .rollwright/policy.yaml if present).
+    /// Platform policy (default: $ROLLWRIGHT_POLICY, else /etc/rollwright/policy.yaml).
     #[arg(long, value_name = "FILE")]
     policy: Option<PathBuf>,
 }
@@ -86,15 +86,12 @@ pub fn run(args: &LintArgs) -> u8 {
         max_bytes: args.max_file_size,
         ..Limits::default()
     };
-    let policy = match rollwright_engine::policy::Policy::discover(args.policy.as_deref()) {
+    let policy = match crate::run_cmd::discover_policy(args.policy.as_deref()) {
         Ok(p) => p,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return exit::USAGE;
-        }
+        Err(code) => return code,
     };
     let linter = match Linter::new(rollwright_steps::registry(), limits) {
-        Ok(l) => l.with_policy(policy),
+        Ok(l) => l.with_policy(policy).with_resolver(crate::run_cmd::resolver()),
         Err(e) => {
             eprintln!("error: {e}");
             return exit::USAGE;

@@ -21,6 +21,7 @@ mod render;
 mod run_cmd;
 mod schema_cmd;
 mod sim_cmd;
+mod sim_run;
 mod test_cmd;
 
 /// Stable exit codes.
@@ -35,6 +36,18 @@ pub mod exit {
     pub const ROLLED_BACK: u8 = 3;
     /// `run`/`resume`: a step failed and a compensation failed too.
     pub const ROLLBACK_FAILED: u8 = 4;
+    /// `run`/`resume`: refused before any change (a closed gate, a check
+    /// before the first change): nothing on the target was changed.
+    pub const REFUSED: u8 = 5;
+    /// The run's state cannot be trusted or written: a journal that was
+    /// changed outside rollwright, a key that cannot be read, a journal
+    /// that could not be written mid-run (the run stopped and compensated
+    /// as far as it could).
+    pub const STATE: u8 = 6;
+    /// Another run holds the target (locally or the cluster's Lease).
+    pub const LOCKED: u8 = 7;
+    /// Stopped at once by a second SIGINT/SIGTERM; `resume` finishes the rollback.
+    pub const INTERRUPTED: u8 = 130;
 }
 
 #[derive(Parser)]

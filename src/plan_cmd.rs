@@ -5,9 +5,9 @@ use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 
 use clap::{Args, ValueEnum};
+use rollwright_engine::Limits;
 use rollwright_engine::duration::Display;
 use rollwright_engine::plan::{Plan, PlanStep};
-use rollwright_engine::{Limits, Linter};
 use serde_json::Value;
 
 use crate::{exit, render};
@@ -36,7 +36,7 @@ pub struct PlanArgs {
     /// Output format.
     #[arg(long, value_enum, default_value_t = Format::Text)]
     format: Format,
-    /// Platform policy (default: $ROLLWRIGHT_POLICY, else .rollwright/policy.yaml if present).
+    /// Platform policy (default: $ROLLWRIGHT_POLICY, else /etc/rollwright/policy.yaml).
     #[arg(long, value_name = "FILE")]
     policy: Option<PathBuf>,
 }
@@ -66,26 +66,20 @@ pub fn run(args: &PlanArgs) -> u8 {
             return exit::USAGE;
         }
     };
-    let bytes = match std::fs::read(&args.spec) {
+    let bytes = match rollwright_engine::fsread::read(&args.spec, rollwright_engine::fsread::DEFAULT_MAX) {
         Ok(b) => b,
         Err(e) => {
             eprintln!("error: cannot read `{}`: {e}", args.spec.display());
             return exit::USAGE;
         }
     };
-    let policy = match rollwright_engine::policy::Policy::discover(args.policy.as_deref()) {
+    let policy = match crate::run_cmd::discover_policy(args.policy.as_deref()) {
         Ok(p) => p,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return exit::USAGE;
-        }
+        Err(code) => return code,
     };
-    let linter = match Linter::new(rollwright_steps::registry(), Limits::default()) {
-        Ok(l) => l.with_policy(policy),
-        Err(e) => {
-            eprintln!("error: {e}");
-            return exit::USAGE;
-        }
+    let linter = match crate::run_cmd::linter(policy) {
+        Ok(l) => l,
+        Err(code) => return code,
     };
     let path = args.spec.to_string_lossy().into_owned();
     let color = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();

@@ -5,7 +5,6 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 
 use clap::Args;
-use rollwright_engine::{Limits as LoadLimits, Linter};
 use serde_json::Value;
 
 use crate::exit;
@@ -21,6 +20,9 @@ pub struct RbacArgs {
     /// The service account the run uses.
     #[arg(long, value_name = "NAME", default_value = "rollwright")]
     service_account: String,
+    /// Platform policy (default: $ROLLWRIGHT_POLICY, else /etc/rollwright/policy.yaml).
+    #[arg(long, value_name = "FILE")]
+    policy: Option<PathBuf>,
 }
 
 /// `(apiGroup, resource)` → verbs.
@@ -62,16 +64,15 @@ pub fn run(args: &RbacArgs) -> u8 {
                 return exit::USAGE;
             }
         };
-    let linter = match Linter::new(crate::run_cmd::registry(), LoadLimits::default())
-        .map(|l| l.with_policy(crate::run_cmd::current_policy()))
-    {
-        Ok(l) => l,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return exit::USAGE;
-        }
+    let policy = match crate::run_cmd::discover_policy(args.policy.as_deref()) {
+        Ok(p) => p,
+        Err(code) => return code,
     };
-    let (spec, _) = match crate::run_cmd::prepare(&linter, &args.spec, &overrides) {
+    let linter = match crate::run_cmd::linter(policy) {
+        Ok(l) => l,
+        Err(code) => return code,
+    };
+    let (_, spec) = match crate::run_cmd::prepare(&linter, &args.spec, &overrides) {
         Ok(p) => p,
         Err(code) => return code,
     };

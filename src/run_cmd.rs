@@ -1,27 +1,41 @@
-//! `rollwright run`, `resume` and `status`: execute a plan with a crash-safe
-//! journal under `.rollwright/runs/<run-id>/`.
+//! `rollwright run`, `resume`, `status`, `approve`, `abort` and `report`:
+//! execute a plan with a crash-safe, integrity-protected journal under
+//! `.rollwright/runs/<run-id>/`.
 //!
-//! Every event is appended to the journal and fsynced before the run moves
-//! on; `resume RUN_ID` rebuilds the state from it (completed steps are not
-//! repeated, the interrupted one is run again, compensation continues where
-//! it stopped) and refuses a spec whose expansion changed. One run per
-//! target at a time (a lock file naming its holder).
+//! What a run is — its spec (absolute path), `--set` values, the policy's
+//! location, how it reaches its cluster, who started it — is written once,
+//! in the journal's first record, under the journal's integrity chain
+//! (`rollwright_engine::journal`). Nothing else in the run directory is read
+//! back as truth: `resume` re-expands the spec from that record and refuses
+//! one that changed, re-checks that the kubeconfig still reaches the same
+//! API server (or that the embedded cluster is still the same one), reads
+//! the policy from its recorded place, and builds the plan again.
+//!
+//! One run per target at a time: a local file lock (fast path) and, in the
+//! cluster, a Lease in the target namespace that every rollwright process
+//! on any machine respects.
+//!
+//! Signals: the first SIGINT/SIGTERM stops the run at the next safe point
+//! (running steps are cancelled at an await) and compensates; a second one
+//! exits at once (130), leaving a journal that `resume` rolls back from.
 
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use clap::{Args, ValueEnum};
-use rollwright_engine::exec::{self, Event, FinalState, Limits, Node, Options, Resume, Sink, Step};
-use rollwright_engine::journal::{self, GroupCommit, Journal, Record, TargetLock};
-use rollwright_engine::policy::Policy;
-use rollwright_engine::registry::{BuildContext, Registry, Role};
+use rollwright_engine::exec::{self, Event, FinalState, Options, Resume, Sink};
+use rollwright_engine::expand::Expanded;
+use rollwright_engine::journal::{self, GroupCommit, Journal, Key, Record, TargetLock};
+use rollwright_engine::policy::{MinGate, Policy, Reached};
+use rollwright_engine::registry::{BuildContext, Registry, Role, TargetInfo};
 use rollwright_engine::spec::{Environment, Spec};
 use rollwright_engine::{Limits as LoadLimits, Linter};
-use rollwright_steps::gate_check::Guarded;
+use rollwright_steps::reach::Reach;
 use serde_json::Value;
 
+use crate::progress::{Output, Progress, state_name};
 use crate::{exit, render};
 
 #[derive(Args)]
@@ -35,7 +49,7 @@ pub struct RunArgs {
     /// Deadline of the whole run (`2h`); when it passes, the run fails and rolls back.
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     deadline: Option<Duration>,
-    /// Platform policy (default: $ROLLWRIGHT_POLICY, else .rollwright/policy.yaml if present).
+    /// Platform policy (default: $ROLLWRIGHT_POLICY, else /etc/rollwright/policy.yaml).
     #[arg(long, value_name = "FILE")]
     policy: Option<PathBuf>,
     /// Where runs and locks are kept.
@@ -45,62 +59,27 @@ pub struct RunArgs {
     #[arg(long, value_enum, default_value_t = Output::Text)]
     output: Output,
     /// kubeconfig file (default: $KUBECONFIG, else ~/.kube/config, else in-cluster).
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", conflicts_with = "sim")]
     kubeconfig: Option<PathBuf>,
-    /// kubeconfig context instead of the spec's `target.context` (refused in
-    /// production unless it is the same).
+    /// kubeconfig context instead of the spec's `target.context` (refused
+    /// when the run is production, by the spec or by the policy).
     #[arg(long, value_name = "NAME", conflicts_with = "sim")]
     context: Option<String>,
-    /// Run against the embedded cluster, started in this process (prints
-    /// its kubeconfig so `kubectl` can watch).
-    #[arg(long, conflicts_with = "kubeconfig")]
+    /// Run against the embedded cluster (started in this process, or the
+    /// one `--attach` names); prints its kubeconfig so `kubectl` can watch.
+    #[arg(long)]
     sim: bool,
     /// With `--sim`: the scenario (stable version, model registry, model
     /// behaviour, faults, time scale).
-    #[arg(long, value_name = "FILE", requires = "sim")]
+    #[arg(long, value_name = "FILE", requires = "sim", conflicts_with = "attach")]
     scenario: Option<PathBuf>,
     /// With `--sim`: how much faster than real time (default: the scenario's).
-    #[arg(long, value_name = "N", requires = "sim")]
+    #[arg(long, value_name = "N", requires = "sim", conflicts_with = "attach")]
     time_scale: Option<f64>,
-    /// Used by `rollwright test`: run against a sim it started (its model
-    /// servers, registry file and time scale).
-    #[arg(long, hide = true, value_name = "URL", requires = "kubeconfig")]
-    sim_endpoint: Option<String>,
-    #[arg(long, hide = true, value_name = "FILE", requires = "sim_endpoint")]
-    sim_registry: Option<PathBuf>,
-    #[arg(long, hide = true, value_name = "N", requires = "sim_endpoint")]
-    sim_time_scale: Option<f64>,
-    #[arg(long, hide = true, value_name = "DIR", requires = "sim_endpoint")]
-    sim_gitops_repo: Option<PathBuf>,
-}
-
-/// How a run reaches its cluster; saved in the run directory so that
-/// `resume` and `abort` use the same.
-#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
-struct ClusterFlags {
-    kubeconfig: Option<PathBuf>,
-    context: Option<String>,
-    /// The inference endpoint instead of `serving.endpoint` (the sim's).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    endpoint: Option<String>,
-    /// The model registry file instead of `model.registry` (the sim's).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    registry_file: Option<PathBuf>,
-    /// Holds run this much faster.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    time_scale: Option<f64>,
-    /// The repository instead of `target.gitops.repo` (the sim's).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    gitops_repo: Option<PathBuf>,
-}
-
-impl ClusterFlags {
-    fn of_run(rdir: &Path) -> Self {
-        std::fs::read(rdir.join("cluster.json"))
-            .ok()
-            .and_then(|b| serde_json::from_slice(&b).ok())
-            .unwrap_or_default()
-    }
+    /// With `--sim`: attach to an embedded cluster another process runs
+    /// (`rollwright sim` prints its attach file); the run can then be resumed.
+    #[arg(long, value_name = "FILE", requires = "sim")]
+    attach: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -142,19 +121,49 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
     rollwright_engine::duration::parse(s).map_err(|e| e.to_string())
 }
 
-/// The policy in force for this process (`--policy` is exported by the CLI
-/// as `ROLLWRIGHT_POLICY`, so resume, approve and abort see the same one).
-pub(crate) fn current_policy() -> Option<Policy> {
-    Policy::discover(None).ok().flatten()
+pub(crate) fn registry() -> Registry {
+    rollwright_steps::registry()
 }
 
-pub(crate) fn registry() -> Registry {
-    // The test-only kinds (`sleep`, `fail`) exist only when asked for.
-    if std::env::var_os("ROLLWRIGHT_TEST_STEPS").is_some() {
-        rollwright_steps::registry_with_test_steps()
-    } else {
-        rollwright_steps::registry()
+/// The API server of a context of the user's kubeconfig, for lint and plan
+/// (run knows the cluster it reaches).
+pub(crate) fn resolver() -> rollwright_engine::lint::Resolver {
+    let seen = std::sync::Mutex::new(std::collections::HashMap::<String, Option<String>>::new());
+    Arc::new(move |context: &str| {
+        if let Some(s) = seen.lock().ok().and_then(|m| m.get(context).cloned()) {
+            return s;
+        }
+        let server = Reach::real(None, context).ok().and_then(|r| r.server);
+        if let Ok(mut m) = seen.lock() {
+            m.insert(context.to_owned(), server.clone());
+        }
+        server
+    })
+}
+
+/// The policy named (or installed), with the warning about a local file
+/// that is no longer read implicitly.
+pub(crate) fn discover_policy(explicit: Option<&Path>) -> Result<Option<Policy>, u8> {
+    if explicit.is_none()
+        && std::env::var_os("ROLLWRIGHT_POLICY").is_none()
+        && let Some(w) = Policy::ignored_local_file()
+    {
+        eprintln!("{w}");
     }
+    Policy::discover(explicit).map_err(|e| {
+        eprintln!("error: {e}");
+        exit::USAGE
+    })
+}
+
+/// A linter with the policy and the kubeconfig resolver.
+pub(crate) fn linter(policy: Option<Policy>) -> Result<Linter, u8> {
+    Linter::new(registry(), LoadLimits::default())
+        .map(|l| l.with_policy(policy).with_resolver(resolver()))
+        .map_err(|e| {
+            eprintln!("error: {e}");
+            exit::USAGE
+        })
 }
 
 fn state_code(s: FinalState) -> u8 {
@@ -165,18 +174,17 @@ fn state_code(s: FinalState) -> u8 {
     }
 }
 
-use crate::progress::{Output, Progress, state_name};
-
 /// Lints and expands a spec; prints problems and returns None when it has errors.
 pub(crate) fn prepare(
     linter: &Linter,
     spec: &Path,
     overrides: &[(String, Value)],
-) -> Result<(Spec, Value), u8> {
-    let bytes = std::fs::read(spec).map_err(|e| {
-        eprintln!("error: cannot read `{}`: {e}", spec.display());
-        exit::USAGE
-    })?;
+) -> Result<(Expanded, Spec), u8> {
+    let bytes =
+        rollwright_engine::fsread::read(spec, rollwright_engine::fsread::DEFAULT_MAX).map_err(|e| {
+            eprintln!("error: cannot read `{}`: {e}", spec.display());
+            exit::USAGE
+        })?;
     let path = spec.to_string_lossy().into_owned();
     let human = render::Human::new(false);
     match linter.prepare(spec, &bytes, overrides) {
@@ -184,130 +192,13 @@ pub(crate) fn prepare(
             if !warnings.is_empty() {
                 eprint!("{}", human.render_file(&path, &bytes, &warnings));
             }
-            Ok((s, exp.value))
+            Ok((exp, s))
         }
         Err(diags) => {
             eprint!("{}", human.render_file(&path, &bytes, &diags));
             eprintln!("error: `{path}` has errors; nothing was run");
             Err(exit::FINDINGS)
         }
-    }
-}
-
-/// Builds the executable nodes; any kind that cannot run is reported.
-fn nodes(registry: &Registry, spec: &Spec, cx: &BuildContext) -> Result<(Vec<Node>, Vec<Node>), Vec<String>> {
-    // The environment that counts is the policy's, and gates are at least
-    // as strict as the policy's minimum for it.
-    let policy = current_policy();
-    let derived = policy.as_ref().and_then(|p| p.derive(spec));
-    let production = derived.as_ref().map_or_else(
-        || spec.is_production(),
-        |d| d.environment == Environment::Production,
-    );
-    let min_gate = policy
-        .as_ref()
-        .zip(derived.as_ref())
-        .and_then(|(p, d)| p.rules(d.environment))
-        .and_then(|r| r.gate.clone());
-    let is_gate = |kind: &str| registry.get(kind).is_some_and(|k| k.role() == Role::Gate);
-    let gate_with = |kind: &str, with: &Value| -> Value {
-        match (&min_gate, is_gate(kind)) {
-            (Some(min), true) => rollwright_engine::policy::strengthen(with, min),
-            _ => with.clone(),
-        }
-    };
-    let limits = |t: Option<&String>, a: Option<&String>, r: Option<&Value>| Limits::of(spec, t, a, r);
-    let mut errors = Vec::new();
-    let mut build = |id: &str, kind: &str, with: &Value| -> Option<Arc<dyn Step>> {
-        let cx = BuildContext {
-            step: id.trim_end_matches(" (compensation)").to_owned(),
-            ..cx.clone()
-        };
-        match registry
-            .get(kind)
-            .ok_or_else(|| format!("unknown step kind `{kind}`"))
-            .and_then(|k| k.build(with, &cx))
-        {
-            Ok(s) => Some(s),
-            Err(e) => {
-                errors.push(format!("step `{id}`: {e}"));
-                None
-            }
-        }
-    };
-    // Gates re-evaluated live before each production change (`recheck`, default true).
-    let rechecks: Vec<Arc<dyn Step>> = spec
-        .steps
-        .iter()
-        .filter(|s| registry.get(&s.kind).is_some_and(|k| k.role() == Role::Gate))
-        .filter(|s| s.with.get("recheck").and_then(Value::as_bool).unwrap_or(true))
-        .filter_map(|s| {
-            registry
-                .get(&s.kind)
-                .and_then(|k| k.build(&gate_with(&s.kind, &s.with), cx).ok())
-        })
-        .collect();
-    let mut steps = Vec::new();
-    for s in &spec.steps {
-        let step = build(&s.id, &s.kind, &gate_with(&s.kind, &s.with));
-        let comp = s.compensate.as_ref().and_then(|c| {
-            build(&format!("{} (compensation)", s.id), &c.kind, &c.with).map(|b| {
-                (
-                    b,
-                    limits(c.timeout.as_ref(), c.attempt_timeout.as_ref(), c.retry.as_ref()),
-                )
-            })
-        });
-        // Production changes check for a passing gate of this exact version,
-        // at run time, whatever the spec says.
-        let step = match (&spec.model, step) {
-            (Some(m), Some(inner))
-                if production && registry.get(&s.kind).is_some_and(|k| k.role() == Role::Promote) =>
-            {
-                Some(Arc::new(Guarded {
-                    model: m.name.clone(),
-                    version: m.version.clone(),
-                    inner,
-                    recheck: rechecks.clone(),
-                }) as Arc<dyn Step>)
-            }
-            (_, step) => step,
-        };
-        if let Some(step) = step {
-            let own = limits(s.timeout.as_ref(), s.attempt_timeout.as_ref(), s.retry.as_ref());
-            // Without an explicit `compensate`, the step's own compensation
-            // (a no-op for kinds that change nothing) undoes it.
-            let compensation = comp.or_else(|| Some((step.clone(), own)));
-            steps.push(Node {
-                id: s.id.clone(),
-                needs: s.needs.clone(),
-                step,
-                limits: own,
-                compensation,
-                continue_on_failure: s.continue_on_failure
-                    || registry
-                        .get(&s.kind)
-                        .is_some_and(|k| k.tolerates_failure(&s.with)),
-            });
-        }
-    }
-    let mut handlers = Vec::new();
-    for h in &spec.on_failure {
-        if let Some(step) = build(&h.id, &h.kind, &h.with) {
-            handlers.push(Node {
-                id: h.id.clone(),
-                needs: Vec::new(),
-                step,
-                limits: limits(h.timeout.as_ref(), h.attempt_timeout.as_ref(), h.retry.as_ref()),
-                compensation: None,
-                continue_on_failure: true,
-            });
-        }
-    }
-    if errors.is_empty() {
-        Ok((steps, handlers))
-    } else {
-        Err(errors)
     }
 }
 
@@ -330,213 +221,246 @@ fn new_run_id(name: &str) -> String {
     )
 }
 
-/// Journals events (group commit) and shows progress.
-fn journal_sink(journal: Arc<GroupCommit>, progress: Arc<Progress>) -> Sink {
-    // A testing hook: abort (as a kill -9 would) once N records are durable,
-    // to prove that resume works from every record boundary.
-    let crash_after: Option<usize> = std::env::var("ROLLWRIGHT_TEST_CRASH_AFTER_RECORDS")
+/// The key of the journals' integrity chain (outside every run directory).
+fn run_key() -> Result<Arc<Key>, u8> {
+    Key::load_default().map(Arc::new).map_err(|e| {
+        eprintln!("error: {e}");
+        exit::STATE
+    })
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime, u8> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| {
+            eprintln!("error: cannot start the runtime: {e}");
+            exit::USAGE
+        })
+}
+
+/// Who runs rollwright locally: `ROLLWRIGHT_USER`, else `USER`, else the uid.
+fn local_user() -> String {
+    std::env::var("ROLLWRIGHT_USER")
+        .or_else(|_| std::env::var("USER"))
         .ok()
-        .and_then(|v| v.parse().ok());
-    let written = Mutex::new(1usize); // run-started is record 1
-    // The same, right after the first record whose JSON contains this text.
-    let crash_at: Option<String> = std::env::var("ROLLWRIGHT_TEST_CRASH_AT").ok();
-    Arc::new(move |e: &Event| {
-        progress.event(e);
-        let Some(r) = journal::record_of(e) else { return };
-        let crash_here = crash_at
-            .as_deref()
-            .is_some_and(|m| serde_json::to_string(&r).is_ok_and(|t| t.contains(m)));
-        // A record must be durable before the step changes what it records.
-        let flush_now = matches!(r, Record::RunFinished { .. } | Record::Recorded { .. });
-        journal.append(r);
-        if flush_now {
-            let _ = journal.flush();
-        }
-        if crash_here {
-            let _ = journal.flush();
-            std::process::abort();
-        }
-        if let (Some(c), Ok(mut n)) = (crash_after, written.lock()) {
-            *n += 1;
-            if *n >= c {
-                let _ = journal.flush();
-                std::process::abort();
-            }
-        }
-    })
+        .filter(|u| !u.is_empty())
+        .unwrap_or_else(|| format!("uid {}", uid()))
 }
 
-/// Starts the embedded cluster for `run --sim` on a thread of its own (it
-/// lives as long as the process): the scenario's objects, the target
-/// namespace, a kubeconfig whose context is the spec's, and the scenario's
-/// model registry.
-fn start_sim(args: &RunArgs, spec: &Spec, run: &str) -> Result<ClusterFlags, String> {
-    let mut scenario = match &args.scenario {
-        Some(p) => rollwright_sim::Scenario::load(p).map_err(|e| e.to_string())?,
-        None => rollwright_sim::Scenario::default(),
-    };
-    if let Some(t) = args.time_scale {
-        if !(t.is_finite() && (0.001..=100_000.0).contains(&t)) {
-            return Err(format!("--time-scale must be between 0.001 and 100000, not {t}"));
-        }
-        scenario.time_scale = rollwright_sim::scenario::TimeScale(t);
-    }
-    let target = spec.target.clone().ok_or("--sim needs the spec's `target`")?;
-    // The target namespace exists in the sim unless the scenario makes it.
-    scenario.ensure_namespace(&target.namespace);
-    let time_scale = scenario.time_scale.0;
-    let registry = scenario.registry.clone();
-    let dir = args.state_dir.join("sim").join(run);
-    std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-    let dir = std::fs::canonicalize(&dir).unwrap_or(dir);
-    let kc_path = dir.join("kubeconfig");
-    let (tx, rx) = std::sync::mpsc::channel();
-    let (context, kc) = (target.context.clone(), kc_path.clone());
-    let gitops_url = target.gitops.as_ref().map(|g| g.repo.clone());
-    let repos_dir = dir.join("repos");
-    std::thread::spawn(move || {
-        let rt = match tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .enable_all()
-            .build()
-        {
-            Ok(rt) => rt,
-            Err(e) => {
-                let _ = tx.send(Err(e.to_string()));
-                return;
-            }
-        };
-        rt.block_on(async move {
-            let options = rollwright_sim::SimOptions {
-                scenario,
-                // Kept after the run, to look at its history.
-                repositories_dir: Some(repos_dir),
-                ..rollwright_sim::SimOptions::default()
-            };
-            match rollwright_sim::Sim::start_with(options).await {
-                Ok(sim) => {
-                    // The scenario's world (the stable version) is up before the run starts.
-                    let _ = sim.settled(std::time::Duration::from_secs(60)).await;
-                    // A GitOps target pushes to the sim's repository, never elsewhere.
-                    let repo = gitops_url.as_deref().map(|u| sim.repository_for(u)).transpose();
-                    let written = repo.and_then(|repo| {
-                        sim.write_kubeconfig_for(&kc, &context)
-                            .map(|()| (sim.models_url(), sim.url(), repo))
-                            .map_err(|e| format!("{}: {e}", kc.display()))
-                    });
-                    let _ = tx.send(written);
-                    std::future::pending::<()>().await;
-                }
-                Err(e) => {
-                    let _ = tx.send(Err(e.to_string()));
-                }
-            }
+fn uid() -> u32 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata("/proc/self").map_or(0, |m| m.uid())
+}
+
+fn run_dir(state_dir: &Path, run: &str) -> PathBuf {
+    state_dir.join("runs").join(run)
+}
+
+fn absolute(p: &Path) -> PathBuf {
+    std::fs::canonicalize(p)
+        .or_else(|_| std::path::absolute(p))
+        .unwrap_or_else(|_| p.to_path_buf())
+}
+
+/// The environment a run actually deploys to, decided from the cluster it
+/// reaches: the spec's rules checked again for that cluster (a spec calling
+/// a production cluster `staging` is refused), production when the spec or
+/// the policy says so, and the policy's minimum gate.
+struct Effective {
+    production: bool,
+    min_gate: Option<MinGate>,
+}
+
+fn effective(
+    linter: &Linter,
+    exp: &Expanded,
+    spec: &Spec,
+    reach: &Reach,
+    context_flag: Option<&str>,
+) -> Result<Effective, u8> {
+    let Some(target) = &spec.target else {
+        return Ok(Effective {
+            production: false,
+            min_gate: None,
         });
-    });
-    let (models, api, gitops_repo) = rx.recv().map_err(|e| e.to_string())??;
-    let registry_file = match registry {
-        Some(r) => {
-            let p = dir.join("registry.yaml");
-            write_registry(&p, &r)?;
-            Some(p)
-        }
-        None => None,
     };
-    eprintln!("embedded cluster: {api} (time scale {time_scale}x), model servers {models}");
-    if let Some(r) = &gitops_repo {
-        eprintln!(
-            "GitOps repository (the sim's, kept after the run): git -C {} log --oneline",
-            r.display()
+    let reached = Reached {
+        context: if reach.context.is_empty() {
+            target.context.clone()
+        } else {
+            reach.context.clone()
+        },
+        server: reach.server.clone(),
+    };
+    let errors: Vec<_> = linter
+        .check_reached(exp, spec, &reached)
+        .into_iter()
+        .filter(|d| d.severity == rollwright_engine::Severity::Error)
+        .collect();
+    if !errors.is_empty() {
+        let path = exp
+            .sources
+            .first()
+            .map_or_else(String::new, |s| s.display.to_string());
+        let bytes = rollwright_engine::fsread::read(Path::new(&path), rollwright_engine::fsread::DEFAULT_MAX)
+            .unwrap_or_default();
+        eprint!(
+            "{}",
+            render::Human::new(false).render_file(&path, &bytes, &errors)
         );
+        eprintln!(
+            "error: on the cluster this run reaches ({}), `{path}` breaks the policy; nothing was run",
+            reached.server.as_deref().unwrap_or(&reached.context)
+        );
+        return Err(exit::FINDINGS);
     }
-    eprintln!(
-        "watch it:  kubectl --kubeconfig {} get all -n {}",
-        kc_path.display(),
-        target.namespace
-    );
-    Ok(ClusterFlags {
-        kubeconfig: Some(kc_path),
-        context: None,
-        endpoint: Some(models),
-        registry_file,
-        time_scale: Some(time_scale),
-        gitops_repo,
-    })
+    let derived = linter.policy().and_then(|p| p.derive(spec, Some(&reached)));
+    let environment = derived.as_ref().map_or(target.environment, |d| d.environment);
+    let production = target.environment == Environment::Production || environment == Environment::Production;
+    if let Some(c) = context_flag
+        && c != target.context
+        && production
+    {
+        eprintln!(
+            "error: the run is production{} and the spec's context is `{}`: refusing to use `{c}` (--context)",
+            derived
+                .as_ref()
+                .and_then(|d| d.reason.as_ref())
+                .map_or_else(String::new, |r| format!(" ({r})")),
+            target.context
+        );
+        return Err(exit::FINDINGS);
+    }
+    let min_gate = linter
+        .policy()
+        .and_then(|p| {
+            p.rules(if production {
+                Environment::Production
+            } else {
+                environment
+            })
+        })
+        .and_then(|r| r.gate.clone());
+    Ok(Effective { production, min_gate })
 }
 
-/// Writes a file model registry: `registry` is `{models: [...]}` or the list itself.
-pub(crate) fn write_registry(path: &Path, registry: &Value) -> Result<(), String> {
-    let mut doc = serde_json::json!({"apiVersion": "rollwright.dev/v1alpha1", "kind": "ModelRegistry"});
-    doc["models"] = registry
-        .get("models")
-        .cloned()
-        .unwrap_or_else(|| registry.clone());
-    std::fs::write(path, doc.to_string()).map_err(|e| format!("{}: {e}", path.display()))
+/// Everything about a run that its journal header records.
+struct Header {
+    run: String,
+    digest: String,
+    spec: PathBuf,
+    overrides: Vec<(String, Value)>,
+    started_by: String,
+    policy: Option<PathBuf>,
+    reach: Reach,
 }
 
-/// What step builders of a run see: one place, for the pre-run check and the run.
+impl Header {
+    fn record(&self, policy: Option<&Policy>) -> Record {
+        Record::RunStarted {
+            run: self.run.clone(),
+            digest: self.digest.clone(),
+            spec: self.spec.to_string_lossy().into_owned(),
+            at_ms: now_ms(),
+            overrides: self.overrides.clone(),
+            started_by: self.started_by.clone(),
+            policy: policy.map_or(Value::Null, Policy::record),
+            reach: self.reach.to_value(),
+            root: String::new(),
+        }
+    }
+
+    fn of(records: &[Record]) -> Option<Header> {
+        let Some(Record::RunStarted {
+            run,
+            digest,
+            spec,
+            overrides,
+            started_by,
+            policy,
+            reach,
+            ..
+        }) = records.first()
+        else {
+            return None;
+        };
+        Some(Header {
+            run: run.clone(),
+            digest: digest.clone(),
+            spec: PathBuf::from(spec),
+            overrides: overrides.clone(),
+            started_by: started_by.clone(),
+            policy: policy["path"].as_str().map(PathBuf::from),
+            reach: serde_json::from_value(reach.clone()).unwrap_or_default(),
+        })
+    }
+}
+
+/// What step builders of a run see.
 fn build_context(
     spec: &Spec,
-    spec_path: &Path,
-    state_dir: &Path,
-    run: &str,
-    started_by: &str,
-    cluster: &ClusterFlags,
+    run_dir: PathBuf,
+    h: &Header,
+    production: bool,
+    key: &Arc<Key>,
 ) -> BuildContext {
+    let sim = h.reach.sim.as_ref();
     BuildContext {
-        target: spec
-            .target
-            .as_ref()
-            .map(|t| rollwright_engine::registry::TargetInfo {
-                context: t.context.clone(),
-                namespace: t.namespace.clone(),
-                production: t.environment == Environment::Production,
-                gitops: t.gitops.clone().map(|mut g| {
-                    if let Some(r) = &cluster.gitops_repo {
-                        g.repo = r.to_string_lossy().into_owned();
-                    }
-                    g
-                }),
+        target: spec.target.as_ref().map(|t| TargetInfo {
+            context: t.context.clone(),
+            namespace: t.namespace.clone(),
+            production,
+            gitops: t.gitops.clone().map(|mut g| {
+                if let Some(r) = sim.and_then(|s| s.gitops_repo.as_ref()) {
+                    g.repo = r.to_string_lossy().into_owned();
+                }
+                g
             }),
+        }),
         serving: spec.serving.clone().map(|mut sv| {
             // On the embedded cluster the sim's router addresses versions.
-            if let Some(e) = &cluster.endpoint {
-                sv.endpoint = Some(e.clone());
+            if let Some(s) = sim {
+                sv.endpoint = Some(s.endpoint.clone());
                 sv.canary_headers = None;
                 sv.stable_headers = None;
             }
             sv
         }),
         manifests: spec.manifests.clone(),
-        kubeconfig: cluster.kubeconfig.clone(),
-        context: cluster.context.clone(),
+        reach: h.reach.to_value(),
         step: String::new(),
-        time_scale: cluster.time_scale.unwrap_or(1.0),
-        registry_file: cluster.registry_file.clone(),
-        spec_dir: spec_path
+        spec_dir: h
+            .spec
             .parent()
             .map(Path::to_path_buf)
             .filter(|p| !p.as_os_str().is_empty())
             .unwrap_or_else(|| PathBuf::from(".")),
-        run_dir: run_dir(state_dir, run),
-        started_by: started_by.to_owned(),
-        run_id: run.to_owned(),
+        run_dir,
+        started_by: h.started_by.clone(),
+        run_id: h.run.clone(),
         model: spec
             .model
             .as_ref()
             .map(|m| (m.registry.clone(), m.name.clone(), m.version.clone())),
+        run_key: Some(key.clone()),
     }
 }
 
-/// Who runs rollwright: `ROLLWRIGHT_USER`, else `USER`.
-fn current_user() -> String {
-    std::env::var("ROLLWRIGHT_USER")
-        .or_else(|_| std::env::var("USER"))
-        .unwrap_or_else(|_| "unknown".into())
-}
-
-fn run_dir(state_dir: &Path, run: &str) -> PathBuf {
-    state_dir.join("runs").join(run)
+/// Who starts the run: the cluster's answer for the run's credentials when
+/// it reaches one (an approver must be someone else *to the API server*),
+/// else the local user.
+fn starter(rt: &tokio::runtime::Runtime, spec: &Spec, reach: &Reach) -> String {
+    let (Some(t), true) = (&spec.target, reach.reaches_cluster()) else {
+        return local_user();
+    };
+    let who = rollwright_steps::cluster::Cluster::at(reach.clone(), &t.namespace)
+        .map_err(rollwright_engine::exec::StepError::failed)
+        .map(|c| rt.block_on(async move { c.whoami().await }));
+    match who {
+        Ok(Ok(u)) => u,
+        _ => local_user(),
+    }
 }
 
 /// How to show and bound a run.
@@ -546,132 +470,247 @@ struct Show {
     deadline: Option<Duration>,
 }
 
-fn execute(
-    spec: &Spec,
-    spec_path: &Path,
+/// One run, ready to execute.
+struct Launch<'a> {
+    spec: &'a Spec,
+    header: &'a Header,
+    state_dir: &'a Path,
+    key: Arc<Key>,
+    runnable: rollwright_steps::runnable::Runnable,
     journal: Journal,
-    run: &str,
-    state_dir: &Path,
     resume: Resume,
     show: Show,
-) -> u8 {
-    let Show { output, deadline } = show;
-    let registry = registry();
-    let rdir = run_dir(state_dir, run);
-    let started_by = std::fs::read_to_string(rdir.join("started-by")).unwrap_or_else(|_| current_user());
-    let cx = build_context(
-        spec,
-        spec_path,
-        state_dir,
-        run,
-        started_by.trim(),
-        &ClusterFlags::of_run(&rdir),
-    );
-    let (mut steps, handlers) = match nodes(&registry, spec, &cx) {
-        Ok(n) => n,
-        Err(errors) => {
-            for e in errors {
-                eprintln!("error: {e}");
-            }
-            return exit::FINDINGS;
-        }
-    };
-    // A resumed run evaluates its gates again: nothing left to do starts
-    // before they pass (their outputs are what production changes check).
-    if !resume.completed.is_empty() {
-        let done = |id: &str| resume.completed.iter().any(|(c, _)| c == id);
-        let gates: Vec<String> = spec
-            .steps
-            .iter()
-            .filter(|s| registry.get(&s.kind).is_some_and(|k| k.role() == Role::Gate) && !done(&s.id))
-            .map(|s| s.id.clone())
-            .collect();
-        for n in &mut steps {
-            if !done(&n.id) && !gates.contains(&n.id) {
-                for g in &gates {
-                    if !n.needs.contains(g) {
-                        n.needs.push(g.clone());
+    rt: tokio::runtime::Runtime,
+}
+
+/// Journals events (group commit) and shows progress. A record a step must
+/// have durable before it changes anything (`recorded`), a failure (so a
+/// resume compensates) and the end are flushed at once; the answer says
+/// whether they are durable.
+fn journal_sink(journal: Arc<GroupCommit>, progress: Arc<Progress>) -> Sink {
+    Arc::new(move |e: &Event| {
+        progress.event(e);
+        let Some(r) = journal::record_of(e) else {
+            return Ok(());
+        };
+        let flush_now = matches!(
+            r,
+            Record::RunFinished { .. }
+                | Record::Recorded { .. }
+                | Record::StepFailed { tolerated: false, .. }
+        );
+        journal.append(r);
+        if flush_now { journal.flush() } else { Ok(()) }
+    })
+}
+
+/// Resolves with the reason when the run must stop: `rollwright abort`
+/// (a file in the run directory), a journal that can no longer be written,
+/// or the first SIGINT/SIGTERM (a second one exits at once).
+fn stop_signal(
+    abort_file: PathBuf,
+    writer: Arc<GroupCommit>,
+    run: String,
+) -> exec::BoxFuture<'static, String> {
+    Box::pin(async move {
+        use tokio::signal::unix::{SignalKind, signal};
+        let (mut term, mut int) = match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+            (Ok(t), Ok(i)) => (t, i),
+            _ => return std::future::pending().await,
+        };
+        let mut tick = tokio::time::interval(Duration::from_millis(200));
+        let why = loop {
+            tokio::select! {
+                _ = term.recv() => break "SIGTERM".to_owned(),
+                _ = int.recv() => break "SIGINT".to_owned(),
+                _ = tick.tick() => {
+                    if let Some(e) = writer.error() {
+                        return format!("the journal can no longer be written ({e}); stopping and compensating as far as possible");
+                    }
+                    if let Ok(why) = std::fs::read_to_string(&abort_file) {
+                        return why.trim().to_owned();
                     }
                 }
             }
-        }
-    }
+        };
+        eprintln!(
+            "{why}: stopping at the next safe point and rolling back (send it again to stop at once; `rollwright resume {run}` finishes the rollback)"
+        );
+        let w = writer.clone();
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = term.recv() => {},
+                _ = int.recv() => {},
+            }
+            let _ = w.flush();
+            eprintln!("stopped at once; the rollback is not finished: rollwright resume {run}");
+            std::process::exit(i32::from(exit::INTERRUPTED));
+        });
+        format!("interrupted by {why}")
+    })
+}
+
+fn execute(l: Launch<'_>) -> u8 {
+    let Launch {
+        spec,
+        header,
+        state_dir,
+        key,
+        runnable,
+        journal,
+        resume,
+        show,
+        rt,
+    } = l;
+    let run = header.run.as_str();
+    let reg = registry();
     let target = spec.target.as_ref().map_or_else(
         || "no-target".to_owned(),
-        |t| format!("{}/{}", t.context, t.namespace),
+        |t| {
+            format!(
+                "{}/{}",
+                header.reach.server.as_deref().unwrap_or(&header.reach.context),
+                t.namespace
+            )
+        },
     );
-    let _lock = match TargetLock::acquire(
-        &state_dir.join("locks"),
-        &target,
-        &format!("run {run} (pid {})", std::process::id()),
-    ) {
+    let holder = format!("run {run} (pid {})", std::process::id());
+    let _lock = match TargetLock::acquire(&state_dir.join("locks"), &target, &holder) {
         Ok(l) => l,
         Err(e) => {
             eprintln!("error: {e}");
-            return exit::USAGE;
+            return exit::LOCKED;
         }
     };
-    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("error: cannot start the runtime: {e}");
-            return exit::USAGE;
+    let _lease = match spec.target.as_ref().filter(|_| header.reach.reaches_cluster()) {
+        Some(t) => {
+            let cluster = match rollwright_steps::cluster::Cluster::at(header.reach.clone(), &t.namespace) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return exit::USAGE;
+                }
+            };
+            match rt.block_on(rollwright_steps::lease::TargetLease::acquire(cluster, run)) {
+                Ok(l) => Some(l),
+                Err(rollwright_steps::lease::LeaseError::Held(who)) => {
+                    eprintln!(
+                        "error: target {target} is locked in the cluster by another run ({who}); wait for it, or resume it"
+                    );
+                    return exit::LOCKED;
+                }
+                Err(rollwright_steps::lease::LeaseError::Api(e)) => {
+                    eprintln!("error: cannot take the target's Lease: {e}");
+                    return exit::USAGE;
+                }
+            }
         }
+        None => None,
     };
     let writer = Arc::new(GroupCommit::start(journal));
-    let progress = Arc::new(Progress::new(output));
+    let progress = Arc::new(Progress::new(show.output));
     let sink = journal_sink(writer.clone(), progress.clone());
-    // `rollwright abort` from another process leaves a file here.
-    let abort_file = run_dir(state_dir, run).join("abort");
-    let abort: exec::BoxFuture<'static, String> = Box::pin(async move {
-        loop {
-            if let Ok(why) = std::fs::read_to_string(&abort_file) {
-                return why.trim().to_owned();
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
+    // A change counts only for steps that change the target.
+    let changes = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mutating: Vec<String> = spec
+        .steps
+        .iter()
+        .filter(|s| {
+            reg.get(&s.kind)
+                .is_some_and(|k| matches!(k.role(), Role::Promote | Role::Restore))
+        })
+        .map(|s| s.id.clone())
+        .collect();
+    let seen = changes.clone();
+    let inner = sink.clone();
+    let sink: Sink = Arc::new(move |e: &Event| {
+        if let Event::Recorded { step, .. } = e
+            && mutating.contains(step)
+        {
+            seen.store(true, std::sync::atomic::Ordering::SeqCst);
+        }
+        inner(e)
+    });
+    if resume.recorded.iter().any(|m| {
+        spec.steps.iter().any(|s| {
+            s.id == m.step
+                && reg
+                    .get(&s.kind)
+                    .is_some_and(|k| matches!(k.role(), Role::Promote | Role::Restore))
+        })
+    }) {
+        changes.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+    // Signal handlers are installed when the executor first polls this.
+    let stop = stop_signal(
+        run_dir(state_dir, run).join("abort"),
+        writer.clone(),
+        run.to_owned(),
+    );
+    let lease_lost = _lease.as_ref().map(rollwright_steps::lease::TargetLease::lost);
+    let stop: exec::BoxFuture<'static, String> = Box::pin(async move {
+        match lease_lost {
+            Some(lost) => tokio::select! {
+                why = stop => why,
+                why = lost => why,
+            },
+            None => stop.await,
         }
     });
-    let outcome = runtime.block_on(exec::execute_resumed(
-        steps,
-        handlers,
+    let outcome = rt.block_on(exec::execute_resumed(
+        runnable.steps,
+        runnable.handlers,
         Options {
-            run_deadline: deadline,
+            run_deadline: show.deadline,
             ..Options::default()
         },
         sink,
         resume,
-        Some(abort),
+        Some(stop),
     ));
-    let flushed = writer.flush();
-    if let Some(e) = writer.error().or(flushed.err()) {
-        eprintln!("error: the journal could not be written ({e}); the run cannot be resumed reliably");
-        return exit::USAGE;
+    if let Some(l) = _lease {
+        rt.block_on(l.release());
     }
+    let flushed = writer.flush();
     if let Some((step, error)) = &outcome.failure {
         progress.note(&format!("failed at `{step}`: {error}"));
     }
-    if let Err(e) = write_report(state_dir, run, spec) {
-        eprintln!("error: cannot write the report: {e}");
+    if let Err(e) = write_report(state_dir, run, spec, &key) {
+        progress.note(&format!("error: cannot write the report: {e}"));
     }
     for (step, e) in &outcome.left_over {
         progress.note(&format!("NOT ROLLED BACK: `{step}`: {e} — restore it by hand"));
     }
-    if output == Output::Text {
+    if let Some(e) = writer.error().or(flushed.err()) {
+        progress.note(&format!(
+            "error: the journal could not be written ({e}): the run was stopped and {}; `rollwright resume {run}` cannot be trusted to know what happened after that point",
+            if outcome.left_over.is_empty() {
+                "compensated as far as it could"
+            } else {
+                "NOT fully compensated"
+            }
+        ));
+        return exit::STATE;
+    }
+    if show.output == Output::Text {
         println!("run {run}: {}", state_name(outcome.state));
     }
     let _ = std::io::stdout().flush();
-    state_code(outcome.state)
+    let refused = outcome.state == FinalState::RolledBack
+        && !changes.load(std::sync::atomic::Ordering::SeqCst)
+        && outcome.failure.as_ref().is_some_and(|(s, _)| s != "abort");
+    if refused {
+        exit::REFUSED
+    } else {
+        state_code(outcome.state)
+    }
 }
 
 pub fn run(args: &RunArgs) -> u8 {
-    if let Some(p) = &args.policy {
-        if let Err(e) = Policy::load(p) {
-            eprintln!("error: {e}");
-            return exit::USAGE;
-        }
-        // SAFETY: set before any thread starts; read by this process only.
-        unsafe { std::env::set_var("ROLLWRIGHT_POLICY", p) };
-    }
+    let policy = match discover_policy(args.policy.as_deref()) {
+        Ok(p) => p,
+        Err(code) => return code,
+    };
     let overrides: Vec<(String, Value)> =
         match args.set.iter().map(|s| crate::plan_cmd::parse_set(s)).collect() {
             Ok(o) => o,
@@ -680,23 +719,37 @@ pub fn run(args: &RunArgs) -> u8 {
                 return exit::USAGE;
             }
         };
-    let linter = match Linter::new(registry(), LoadLimits::default()).map(|l| l.with_policy(current_policy()))
-    {
+    let linter = match linter(policy.clone()) {
         Ok(l) => l,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return exit::USAGE;
-        }
+        Err(code) => return code,
     };
-    let (spec, value) = match prepare(&linter, &args.spec, &overrides) {
+    let spec_path = absolute(&args.spec);
+    let (exp, spec) = match prepare(&linter, &spec_path, &overrides) {
         Ok(p) => p,
         Err(code) => return code,
     };
+    let key = match run_key() {
+        Ok(k) => k,
+        Err(code) => return code,
+    };
+    let rt = match runtime() {
+        Ok(r) => r,
+        Err(code) => return code,
+    };
     let run = new_run_id(&spec.metadata.name);
-    // Every step must be buildable before the run exists: nothing half-created.
-    let cluster = if args.sim {
-        match start_sim(args, &spec, &run) {
-            Ok(c) => c,
+    // How the run reaches its cluster: decided here, once.
+    let reach = if args.sim {
+        let attach = match &args.attach {
+            Some(f) => crate::sim_run::attach(f, &rt),
+            None => crate::sim_run::start(
+                args.scenario.as_deref(),
+                args.time_scale,
+                &spec,
+                &args.state_dir.join("sim").join(&run),
+            ),
+        };
+        match attach.and_then(|a| crate::sim_run::reach_of(&a, args.attach.as_deref(), &spec)) {
+            Ok(r) => r,
             Err(e) => {
                 // Nothing half-made stays behind.
                 let _ = std::fs::remove_dir_all(args.state_dir.join("sim").join(&run));
@@ -704,103 +757,174 @@ pub fn run(args: &RunArgs) -> u8 {
                 return exit::USAGE;
             }
         }
+    } else if let Some(t) = &spec.target {
+        match Reach::real(
+            args.kubeconfig.as_deref(),
+            args.context.as_deref().unwrap_or(&t.context),
+        ) {
+            Ok(r) => r,
+            Err(e) => {
+                eprintln!("error: {e}");
+                return exit::USAGE;
+            }
+        }
     } else {
-        ClusterFlags {
-            kubeconfig: args
-                .kubeconfig
-                .clone()
-                .or_else(|| std::env::var_os("KUBECONFIG").map(PathBuf::from))
-                .map(|p| std::fs::canonicalize(&p).unwrap_or(p)),
-            context: args.context.clone(),
-            endpoint: args.sim_endpoint.clone(),
-            registry_file: args.sim_registry.clone(),
-            time_scale: args.sim_time_scale,
-            gitops_repo: args.sim_gitops_repo.clone(),
+        Reach::default()
+    };
+    let eff = match effective(&linter, &exp, &spec, &reach, args.context.as_deref()) {
+        Ok(e) => e,
+        Err(code) => return code,
+    };
+    let header = Header {
+        run: run.clone(),
+        digest: journal::digest(&exp.value),
+        spec: spec_path,
+        overrides,
+        started_by: starter(&rt, &spec, &reach),
+        policy: policy.as_ref().map(|p| absolute(&p.path)),
+        reach,
+    };
+    // Every step must be buildable before the run exists: nothing half-created.
+    let cx = build_context(
+        &spec,
+        run_dir(&args.state_dir, &run),
+        &header,
+        eff.production,
+        &key,
+    );
+    let runnable = match rollwright_steps::runnable::build(&spec, &registry(), &cx, eff.min_gate.as_ref()) {
+        Ok(r) => r,
+        Err(errors) => {
+            for e in errors {
+                eprintln!("error: {e}");
+            }
+            eprintln!("error: nothing was run");
+            return exit::FINDINGS;
         }
     };
-    let probe = build_context(
-        &spec,
-        &args.spec,
-        &args.state_dir,
-        &run,
-        &current_user(),
-        &cluster,
-    );
-    if let Err(errors) = nodes(&registry(), &spec, &probe) {
-        for e in errors {
-            eprintln!("error: {e}");
-        }
-        eprintln!("error: nothing was run");
-        return exit::FINDINGS;
-    }
     let path = run_dir(&args.state_dir, &run).join("journal.jsonl");
-    let mut journal = match Journal::create(&path) {
+    let mut journal = match Journal::create(&path, key.clone()) {
         Ok(j) => j,
         Err(e) => {
             eprintln!("error: {e}");
-            return exit::USAGE;
+            return exit::STATE;
         }
     };
-    let header = Record::RunStarted {
-        run: run.clone(),
-        digest: journal::digest(&value),
-        spec: args.spec.to_string_lossy().into_owned(),
-        at_ms: now_ms(),
-    };
-    let overrides_file = run_dir(&args.state_dir, &run).join("overrides.json");
-    let saved = serde_json::to_vec(&overrides).unwrap_or_default();
-    if let Ok(p) = std::env::var("ROLLWRIGHT_POLICY") {
-        let abs = std::fs::canonicalize(&p).unwrap_or_else(|_| PathBuf::from(&p));
-        let _ = std::fs::create_dir_all(run_dir(&args.state_dir, &run));
-        let _ = std::fs::write(
-            run_dir(&args.state_dir, &run).join("policy"),
-            abs.to_string_lossy().as_bytes(),
-        );
-    }
-    if let Err(e) = std::fs::write(&overrides_file, saved)
-        .and_then(|()| std::fs::write(run_dir(&args.state_dir, &run).join("started-by"), current_user()))
-        .and_then(|()| {
-            std::fs::write(
-                run_dir(&args.state_dir, &run).join("cluster.json"),
-                serde_json::to_vec(&cluster).unwrap_or_default(),
-            )
-        })
-    {
-        eprintln!(
-            "error: cannot write the run directory {}: {e}",
-            run_dir(&args.state_dir, &run).display()
-        );
-        return exit::USAGE;
-    }
-    if let Err(e) = journal.append(&header) {
+    if let Err(e) = journal.append(&header.record(policy.as_ref())) {
         eprintln!("error: {e}");
-        return exit::USAGE;
+        let _ = std::fs::remove_dir_all(run_dir(&args.state_dir, &run));
+        return exit::STATE;
     }
     eprintln!("run {run} (journal {})", path.display());
-    execute(
-        &spec,
-        &args.spec,
+    execute(Launch {
+        spec: &spec,
+        header: &header,
+        state_dir: &args.state_dir,
+        key,
+        runnable,
         journal,
-        &run,
-        &args.state_dir,
-        Resume::default(),
-        Show {
+        resume: Resume::default(),
+        show: Show {
             output: args.output,
             deadline: args.deadline,
         },
-    )
+        rt,
+    })
+}
+
+/// A run as its (verified) journal says.
+struct Opened {
+    dir: PathBuf,
+    records: Vec<Record>,
+    header: Header,
+    key: Arc<Key>,
+}
+
+/// Reads and verifies a run's journal.
+fn open_run(state_dir: &Path, run: &str) -> Result<Opened, u8> {
+    let key = run_key()?;
+    let dir = run_dir(state_dir, run);
+    let records = journal::read(&dir.join("journal.jsonl"), &key).map_err(|e| {
+        eprintln!("error: {e}");
+        exit::STATE
+    })?;
+    let header = Header::of(&records).ok_or_else(|| {
+        eprintln!("error: run {run}: the journal has no header");
+        exit::STATE
+    })?;
+    if header.run != run {
+        eprintln!(
+            "error: the journal in {} belongs to run {}, not {run}",
+            dir.display(),
+            header.run
+        );
+        return Err(exit::STATE);
+    }
+    Ok(Opened {
+        dir,
+        records,
+        header,
+        key,
+    })
+}
+
+/// Re-expands the spec a run started with (same overrides, the policy from
+/// its recorded place) and checks it did not change.
+fn respec(o: &Opened) -> Result<(Linter, Option<Policy>, Expanded, Spec), u8> {
+    let policy = match &o.header.policy {
+        Some(p) => Some(Policy::load(p).map_err(|e| {
+            eprintln!("error: the policy run {} started with: {e}", o.header.run);
+            exit::USAGE
+        })?),
+        None => None,
+    };
+    let linter = linter(policy.clone())?;
+    let (exp, spec) = prepare(&linter, &o.header.spec, &o.header.overrides)?;
+    if journal::digest(&exp.value) != o.header.digest {
+        eprintln!(
+            "error: `{}` changed since run {} started; resume refuses a different spec (start a new run)",
+            o.header.spec.display(),
+            o.header.run
+        );
+        return Err(exit::USAGE);
+    }
+    Ok((linter, policy, exp, spec))
+}
+
+/// Checks the run can still reach what it started on: the same API server
+/// through its kubeconfig, or the same embedded cluster.
+fn still_reaches(h: &Header, rt: &tokio::runtime::Runtime) -> Result<(), u8> {
+    let fail = |e: String| {
+        eprintln!("error: run {}: {e}", h.run);
+        exit::USAGE
+    };
+    match &h.reach.sim {
+        Some(sim) => {
+            let Some(file) = &sim.attach else {
+                return Err(fail(
+                    "it ran on an embedded cluster that ended with its process; it cannot be continued"
+                        .into(),
+                ));
+            };
+            let a = crate::sim_run::attach(file, rt).map_err(fail)?;
+            if a.identity != sim.identity {
+                return Err(fail(format!(
+                    "{} now describes another embedded cluster than the one the run started on",
+                    file.display()
+                )));
+            }
+            Ok(())
+        }
+        None => h.reach.still_reaches().map_err(fail),
+    }
 }
 
 pub fn resume(args: &ResumeArgs) -> u8 {
-    let (dir, records) = match run_records(&args.state_dir, &args.run) {
-        Ok(r) => r,
+    let o = match open_run(&args.state_dir, &args.run) {
+        Ok(o) => o,
         Err(code) => return code,
     };
-    let path = dir.join("journal.jsonl");
-    let Some(Record::RunStarted { spec, digest, .. }) = records.first().cloned() else {
-        return exit::USAGE;
-    };
-    let state = journal::state(&records);
+    let state = journal::state(&o.records);
     if let Some(done) = &state.finished {
         println!("run {}: already {done}", args.run);
         return match done.as_str() {
@@ -809,23 +933,37 @@ pub fn resume(args: &ResumeArgs) -> u8 {
             _ => exit::ROLLBACK_FAILED,
         };
     }
-    let spec_path = PathBuf::from(&spec);
-    let (typed, value) = match run_spec_of(&dir, &records) {
-        Ok(p) => p,
+    let (linter, _, exp, spec) = match respec(&o) {
+        Ok(x) => x,
         Err(code) => return code,
     };
-    if journal::digest(&value) != digest {
-        eprintln!(
-            "error: `{spec}` changed since run {} started; resume refuses a different spec (start a new run)",
-            args.run
-        );
-        return exit::USAGE;
+    let rt = match runtime() {
+        Ok(r) => r,
+        Err(code) => return code,
+    };
+    if let Err(code) = still_reaches(&o.header, &rt) {
+        return code;
     }
-    let journal = match Journal::reopen(&path) {
+    let eff = match effective(&linter, &exp, &spec, &o.header.reach, None) {
+        Ok(e) => e,
+        Err(code) => return code,
+    };
+    let cx = build_context(&spec, o.dir.clone(), &o.header, eff.production, &o.key);
+    let reg = registry();
+    let mut runnable = match rollwright_steps::runnable::build(&spec, &reg, &cx, eff.min_gate.as_ref()) {
+        Ok(r) => r,
+        Err(errors) => {
+            for e in errors {
+                eprintln!("error: {e}");
+            }
+            return exit::FINDINGS;
+        }
+    };
+    let journal = match Journal::reopen(&o.dir.join("journal.jsonl"), o.key.clone()) {
         Ok(j) => j,
         Err(e) => {
             eprintln!("error: {e}");
-            return exit::USAGE;
+            return exit::STATE;
         }
     };
     eprintln!(
@@ -833,46 +971,35 @@ pub fn resume(args: &ResumeArgs) -> u8 {
         args.run,
         state.completed.len()
     );
-    // Gates are re-checked on every resume: an approval revoked (or a journal
-    // edited) while the run was down must not carry the run on.
-    let reg = registry();
-    let is_gate = |id: &str| {
-        typed
-            .steps
-            .iter()
-            .find(|s| s.id == id)
-            .and_then(|s| reg.get(&s.kind))
-            .is_some_and(|k| k.role() == Role::Gate)
-    };
     let failed = state.failed.into_iter().next();
-    let completed = if failed.is_some() {
-        state.completed
-    } else {
-        state
+    let ids: Vec<String> = state.completed.iter().map(|(id, _)| id.clone()).collect();
+    let kept = rollwright_steps::runnable::kept_on_resume(&spec, &reg, &ids, failed.is_some());
+    rollwright_steps::runnable::rewire_for_resume(&mut runnable.steps, &spec, &reg, &kept);
+    let resume = Resume {
+        completed: state
             .completed
             .into_iter()
-            .filter(|(id, _)| !is_gate(id))
-            .collect()
-    };
-    let resume = Resume {
-        completed,
+            .filter(|(id, _)| kept.contains(id))
+            .collect(),
         compensated: state.compensated,
         failed,
         started: state.started,
         recorded: state.recorded,
     };
-    execute(
-        &typed,
-        &spec_path,
+    execute(Launch {
+        spec: &spec,
+        header: &o.header,
+        state_dir: &args.state_dir,
+        key: o.key.clone(),
+        runnable,
         journal,
-        &args.run,
-        &args.state_dir,
         resume,
-        Show {
+        show: Show {
             output: args.output,
             deadline: None,
         },
-    )
+        rt,
+    })
 }
 
 pub fn status(args: &StatusArgs) -> u8 {
@@ -889,13 +1016,17 @@ pub fn status(args: &StatusArgs) -> u8 {
     };
     runs.sort();
     runs.reverse();
+    let key = match run_key() {
+        Ok(k) => k,
+        Err(code) => return code,
+    };
     let mut out = Vec::new();
     for run in runs {
-        let records = match journal::read(&runs_dir.join(&run).join("journal.jsonl")) {
+        let records = match journal::read(&runs_dir.join(&run).join("journal.jsonl"), &key) {
             Ok(r) => r,
             Err(e) => {
                 eprintln!("error: {e}");
-                return exit::USAGE;
+                return exit::STATE;
             }
         };
         let s = journal::state(&records);
@@ -939,99 +1070,145 @@ pub struct ApproveArgs {
     /// The approval step.
     #[arg(value_name = "STEP")]
     step: String,
-    /// Who approves (never the person who started the run).
+    /// Who approves, for a run that reaches no cluster (local trust only).
+    /// When the run reaches a cluster, the API server says who you are.
     #[arg(long = "as", value_name = "NAME")]
-    who: String,
+    who: Option<String>,
+    /// Your kubeconfig (default: $KUBECONFIG, else ~/.kube/config): your
+    /// credentials for the run's cluster, which authenticate you.
+    #[arg(long, value_name = "FILE")]
+    kubeconfig: Option<PathBuf>,
+    /// Your context for the run's cluster (default: the run's context name).
+    #[arg(long, value_name = "NAME")]
+    context: Option<String>,
     /// Where runs and locks are kept.
     #[arg(long, value_name = "DIR", default_value = ".rollwright")]
     state_dir: PathBuf,
 }
 
-/// Uses the policy a run started with, unless one is named explicitly.
-fn adopt_policy(dir: &Path) {
-    if std::env::var_os("ROLLWRIGHT_POLICY").is_none()
-        && let Ok(p) = std::fs::read_to_string(dir.join("policy"))
-    {
-        // SAFETY: set before any thread starts; read by this process only.
-        unsafe { std::env::set_var("ROLLWRIGHT_POLICY", p.trim()) };
-    }
-}
-
-/// Reads a run's journal (adopting the policy it started with).
-fn run_records(state_dir: &Path, run: &str) -> Result<(PathBuf, Vec<Record>), u8> {
-    let dir = run_dir(state_dir, run);
-    adopt_policy(&dir);
-    let records = journal::read(&dir.join("journal.jsonl")).map_err(|e| {
-        eprintln!("error: {e}");
-        exit::USAGE
-    })?;
-    match records.first() {
-        Some(Record::RunStarted { .. }) => Ok((dir, records)),
-        _ => Err(exit::USAGE),
-    }
-}
-
-/// Re-expands the spec a run started with (same overrides, same policy).
-fn run_spec_of(dir: &Path, records: &[Record]) -> Result<(Spec, Value), u8> {
-    let Some(Record::RunStarted { spec, .. }) = records.first() else {
-        return Err(exit::USAGE);
-    };
-    let overrides: Vec<(String, Value)> = std::fs::read(dir.join("overrides.json"))
-        .ok()
-        .and_then(|b| serde_json::from_slice(&b).ok())
-        .unwrap_or_default();
-    let linter = Linter::new(registry(), LoadLimits::default())
-        .map(|l| l.with_policy(current_policy()))
-        .map_err(|e| {
-            eprintln!("error: {e}");
-            exit::USAGE
-        })?;
-    prepare(&linter, Path::new(spec), &overrides)
-}
-
-/// Reads a run's header and re-expands its spec (same overrides).
-fn run_spec(state_dir: &Path, run: &str) -> Result<(Spec, Vec<Record>), u8> {
-    let (dir, records) = run_records(state_dir, run)?;
-    let (typed, _) = run_spec_of(&dir, &records)?;
-    Ok((typed, records))
-}
-
 pub fn approve(args: &ApproveArgs) -> u8 {
-    let (spec, records) = match run_spec(&args.state_dir, &args.run) {
-        Ok(s) => s,
+    let o = match open_run(&args.state_dir, &args.run) {
+        Ok(o) => o,
         Err(code) => return code,
     };
+    let (_, _, _, spec) = match respec(&o) {
+        Ok(x) => x,
+        Err(code) => return code,
+    };
+    let reg = registry();
+    let approval_steps: Vec<&str> = spec
+        .steps
+        .iter()
+        .filter(|s| reg.get(&s.kind).is_some_and(|k| k.name() == "approval"))
+        .map(|s| s.id.as_str())
+        .collect();
     let Some(step) = spec.steps.iter().find(|s| s.id == args.step) else {
-        let approvals: Vec<&str> = spec
-            .steps
-            .iter()
-            .filter(|s| s.kind == "approval")
-            .map(|s| s.id.as_str())
-            .collect();
         eprintln!(
             "error: run {} has no step `{}`; its approval steps: {}",
             args.run,
             args.step,
-            approvals.join(", ")
+            approval_steps.join(", ")
         );
         return exit::USAGE;
     };
-    if step.kind != "approval" {
+    if !approval_steps.contains(&step.id.as_str()) {
         eprintln!("error: step `{}` is a {}, not an approval", step.id, step.kind);
         return exit::USAGE;
     }
-    if journal::state(&records).finished.is_some() {
+    if journal::state(&o.records).finished.is_some() {
         eprintln!("error: run {} has already finished", args.run);
         return exit::USAGE;
     }
-    let dir = run_dir(&args.state_dir, &args.run);
-    let started_by = std::fs::read_to_string(dir.join("started-by")).unwrap_or_default();
-    match rollwright_steps::approval::record(&dir, &step.id, &step.with, started_by.trim(), &args.who) {
+    let h = &o.header;
+    let identity = match (&spec.target, h.reach.reaches_cluster()) {
+        (Some(t), true) => {
+            // The approver's own credentials, for the run's cluster.
+            let mine = match &h.reach.sim {
+                Some(_) if args.kubeconfig.is_none() => {
+                    eprintln!(
+                        "error: name your credentials for the run's embedded cluster with --kubeconfig (the API server authenticates approvers)"
+                    );
+                    return exit::USAGE;
+                }
+                Some(_) => Reach::real(
+                    args.kubeconfig.as_deref(),
+                    args.context.as_deref().unwrap_or(&h.reach.context),
+                ),
+                None => Reach::real(
+                    args.kubeconfig.as_deref(),
+                    args.context.as_deref().unwrap_or(&h.reach.context),
+                ),
+            };
+            let mine = match mine {
+                Ok(r) => r,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return exit::USAGE;
+                }
+            };
+            let norm = |s: &Option<String>| s.as_deref().map(rollwright_engine::policy::normalize_server);
+            if norm(&mine.server) != norm(&h.reach.server) {
+                eprintln!(
+                    "error: your kubeconfig reaches {}, but run {} runs on {}: approve with credentials for that cluster",
+                    mine.server.as_deref().unwrap_or("no API server"),
+                    h.run,
+                    h.reach.server.as_deref().unwrap_or("an unknown API server")
+                );
+                return exit::USAGE;
+            }
+            let rt = match runtime() {
+                Ok(r) => r,
+                Err(code) => return code,
+            };
+            let who = rollwright_steps::cluster::Cluster::at(mine.clone(), &t.namespace)
+                .map_err(rollwright_engine::exec::StepError::failed)
+                .and_then(|c| rt.block_on(async move { c.whoami().await }));
+            let who = match who {
+                Ok(w) => w,
+                Err(e) => {
+                    eprintln!(
+                        "error: the cluster cannot say who you are, so your approval cannot be recorded: {e}"
+                    );
+                    return exit::USAGE;
+                }
+            };
+            if let Some(claimed) = &args.who
+                && claimed != &who
+            {
+                eprintln!("error: you are `{who}` to the cluster, not `{claimed}`");
+                return exit::USAGE;
+            }
+            rollwright_steps::approval::Identity::Cluster {
+                who,
+                server: mine.server.unwrap_or_default(),
+            }
+        }
+        _ => match &args.who {
+            Some(w) => rollwright_steps::approval::Identity::Local(w.clone()),
+            None => {
+                eprintln!(
+                    "error: run {} reaches no cluster: say who approves with --as NAME (local trust)",
+                    args.run
+                );
+                return exit::USAGE;
+            }
+        },
+    };
+    let shown = match &identity {
+        rollwright_steps::approval::Identity::Cluster { who, .. } => who.clone(),
+        rollwright_steps::approval::Identity::Local(w) => format!("{w} (local trust)"),
+    };
+    match rollwright_steps::approval::record(&rollwright_steps::approval::Approver {
+        run_dir: &o.dir,
+        run: &h.run,
+        step: &step.id,
+        with: &step.with,
+        started_by: &h.started_by,
+        identity,
+        key: &o.key,
+    }) {
         Ok(()) => {
-            println!(
-                "recorded: {} approves `{}` of run {}",
-                args.who, step.id, args.run
-            );
+            println!("recorded: {shown} approves `{}` of run {}", step.id, args.run);
             exit::OK
         }
         Err(e) => {
@@ -1060,25 +1237,38 @@ pub struct AbortArgs {
 /// Aborts a run: a running process notices within a fraction of a second
 /// and compensates; an interrupted run is compensated here and now.
 pub fn abort(args: &AbortArgs) -> u8 {
-    let (spec, records) = match run_spec(&args.state_dir, &args.run) {
-        Ok(s) => s,
+    let o = match open_run(&args.state_dir, &args.run) {
+        Ok(o) => o,
         Err(code) => return code,
     };
-    let state = journal::state(&records);
+    let state = journal::state(&o.records);
     if let Some(done) = &state.finished {
         eprintln!("error: run {} has already finished ({done})", args.run);
         return exit::USAGE;
     }
-    let dir = run_dir(&args.state_dir, &args.run);
-    let why = format!("aborted by {}", args.who.clone().unwrap_or_else(current_user));
-    let tmp = dir.join(".abort.tmp");
-    if let Err(e) = std::fs::write(&tmp, &why).and_then(|()| std::fs::rename(&tmp, dir.join("abort"))) {
-        eprintln!("error: cannot record the abort in {}: {e}", dir.display());
-        return exit::USAGE;
+    let why = format!("aborted by {}", args.who.clone().unwrap_or_else(local_user));
+    let tmp = o.dir.join(".abort.tmp");
+    if let Err(e) = std::fs::write(&tmp, &why).and_then(|()| std::fs::rename(&tmp, o.dir.join("abort"))) {
+        eprintln!("error: cannot record the abort in {}: {e}", o.dir.display());
+        return exit::STATE;
     }
+    let (linter, _, exp, spec) = match respec(&o) {
+        Ok(x) => x,
+        Err(code) => return code,
+    };
     let target = spec.target.as_ref().map_or_else(
         || "no-target".to_owned(),
-        |t| format!("{}/{}", t.context, t.namespace),
+        |t| {
+            format!(
+                "{}/{}",
+                o.header
+                    .reach
+                    .server
+                    .as_deref()
+                    .unwrap_or(&o.header.reach.context),
+                t.namespace
+            )
+        },
     );
     match TargetLock::acquire(&args.state_dir.join("locks"), &target, "abort check") {
         Err(journal::JournalError::Locked { .. }) => {
@@ -1090,19 +1280,38 @@ pub fn abort(args: &AbortArgs) -> u8 {
         }
         Err(e) => {
             eprintln!("error: {e}");
-            exit::USAGE
+            exit::STATE
         }
         Ok(lock) => {
             drop(lock);
-            let journal = match Journal::reopen(&dir.join("journal.jsonl")) {
+            let rt = match runtime() {
+                Ok(r) => r,
+                Err(code) => return code,
+            };
+            if let Err(code) = still_reaches(&o.header, &rt) {
+                return code;
+            }
+            let eff = match effective(&linter, &exp, &spec, &o.header.reach, None) {
+                Ok(e) => e,
+                Err(code) => return code,
+            };
+            let cx = build_context(&spec, o.dir.clone(), &o.header, eff.production, &o.key);
+            let runnable =
+                match rollwright_steps::runnable::build(&spec, &registry(), &cx, eff.min_gate.as_ref()) {
+                    Ok(r) => r,
+                    Err(errors) => {
+                        for e in errors {
+                            eprintln!("error: {e}");
+                        }
+                        return exit::FINDINGS;
+                    }
+                };
+            let journal = match Journal::reopen(&o.dir.join("journal.jsonl"), o.key.clone()) {
                 Ok(j) => j,
                 Err(e) => {
                     eprintln!("error: {e}");
-                    return exit::USAGE;
+                    return exit::STATE;
                 }
-            };
-            let Some(Record::RunStarted { spec: spec_path, .. }) = records.first() else {
-                return exit::USAGE;
             };
             eprintln!("run {} is not running: compensating it now", args.run);
             let resume = Resume {
@@ -1112,26 +1321,28 @@ pub fn abort(args: &AbortArgs) -> u8 {
                 started: state.started,
                 recorded: state.recorded,
             };
-            execute(
-                &spec,
-                Path::new(spec_path),
+            execute(Launch {
+                spec: &spec,
+                header: &o.header,
+                state_dir: &args.state_dir,
+                key: o.key.clone(),
+                runnable,
                 journal,
-                &args.run,
-                &args.state_dir,
                 resume,
-                Show {
+                show: Show {
                     output: args.output,
                     deadline: None,
                 },
-            )
+                rt,
+            })
         }
     }
 }
 
 /// Writes `report.md` and `report.json` into the run directory.
-fn write_report(state_dir: &Path, run: &str, spec: &Spec) -> Result<(), String> {
+fn write_report(state_dir: &Path, run: &str, spec: &Spec, key: &Key) -> Result<(), String> {
     let dir = run_dir(state_dir, run);
-    let records = journal::read(&dir.join("journal.jsonl")).map_err(|e| e.to_string())?;
+    let records = journal::read(&dir.join("journal.jsonl"), key).map_err(|e| e.to_string())?;
     let report = rollwright_engine::report::build(spec, &records, &registry());
     std::fs::write(dir.join("report.md"), report.to_markdown()).map_err(|e| e.to_string())?;
     let json = serde_json::to_string_pretty(&report).map_err(|e| e.to_string())? + "\n";
@@ -1160,14 +1371,18 @@ pub struct ReportArgs {
     state_dir: PathBuf,
 }
 
-/// Prints a run's report, rebuilt from its journal (so it exists for
-/// interrupted runs too).
+/// Prints a run's report, rebuilt from its (verified) journal, so it
+/// exists for interrupted runs too.
 pub fn report(args: &ReportArgs) -> u8 {
-    let (spec, records) = match run_spec(&args.state_dir, &args.run) {
-        Ok(s) => s,
+    let o = match open_run(&args.state_dir, &args.run) {
+        Ok(o) => o,
         Err(code) => return code,
     };
-    let report = rollwright_engine::report::build(&spec, &records, &registry());
+    let (_, _, _, spec) = match respec(&o) {
+        Ok(x) => x,
+        Err(code) => return code,
+    };
+    let report = rollwright_engine::report::build(&spec, &o.records, &registry());
     match args.format {
         ReportFormat::Md => print!("{}", report.to_markdown()),
         ReportFormat::Json => println!("{}", serde_json::to_string_pretty(&report).unwrap_or_default()),

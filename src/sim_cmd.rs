@@ -21,9 +21,14 @@ pub struct SimArgs {
     /// Where to write the kubeconfig (mode 0600).
     #[arg(long, value_name = "OUT", default_value = ".rollwright/sim.kubeconfig")]
     kubeconfig: PathBuf,
+    /// Where to write the attach file for `rollwright run SPEC --sim --attach FILE`
+    /// (mode 0600; runs attached to this sim can be resumed while it runs).
+    #[arg(long, value_name = "OUT", default_value = ".rollwright/sim.attach.json")]
+    attach: PathBuf,
 }
 
 pub fn run(args: &SimArgs) -> u8 {
+    let scenario_registry = |s: &rollwright_sim::Scenario| s.registry.clone();
     let scenario = match &args.scenario {
         Some(path) => match rollwright_sim::Scenario::load(path) {
             Ok(s) => s,
@@ -45,6 +50,7 @@ pub fn run(args: &SimArgs) -> u8 {
             return exit::USAGE;
         }
     };
+    let registry = scenario_registry(&scenario);
     runtime.block_on(async {
         let options = rollwright_sim::SimOptions {
             port: args.port,
@@ -70,6 +76,26 @@ pub fn run(args: &SimArgs) -> u8 {
             eprintln!("error: cannot write {}: {e}", args.kubeconfig.display());
             return exit::USAGE;
         }
+        let registry_file = match &registry {
+            Some(r) => {
+                let p = args.attach.with_extension("registry.yaml");
+                if let Err(e) = crate::sim_run::write_registry(&p, r) {
+                    eprintln!("error: {e}");
+                    return exit::USAGE;
+                }
+                Some(std::fs::canonicalize(&p).unwrap_or(p))
+            }
+            None => None,
+        };
+        let kc_abs = std::fs::canonicalize(&args.kubeconfig).unwrap_or_else(|_| args.kubeconfig.clone());
+        let attach = crate::sim_run::describe(&sim, kc_abs, "sim", registry_file);
+        if let Some(dir) = args.attach.parent().filter(|d| !d.as_os_str().is_empty()) {
+            let _ = std::fs::create_dir_all(dir);
+        }
+        if let Err(e) = crate::sim_run::write_attach(&args.attach, &attach) {
+            eprintln!("error: {e}");
+            return exit::USAGE;
+        }
         let kc = args.kubeconfig.display();
         println!("sim API server: {}", sim.url());
         println!("kubeconfig:     {kc}");
@@ -88,6 +114,10 @@ pub fn run(args: &SimArgs) -> u8 {
             );
         }
         println!("try:            kubectl --kubeconfig {kc} get namespaces");
+        println!(
+            "run on it:      rollwright run SPEC --sim --attach {}",
+            args.attach.display()
+        );
         println!("change faults:  kubectl --kubeconfig {kc} replace --raw /sim/scenario -f scenario.yaml");
         println!("Ctrl-C stops it.");
         let _ = tokio::signal::ctrl_c().await;

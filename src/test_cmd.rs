@@ -13,14 +13,15 @@
 //! scenario: ../sim/fraud-healthy.yaml       # a sim scenario file, or one inline
 //! time-scale: 240                           # optional: overrides the scenario's
 //! set: {weights: [5, 20, 50]}               # optional: parameter overrides
-//! kill-at: '"step":"ramp[20].shift","key":"traffic"'   # optional: kill -9 after
-//!                                           # the first journal record containing
+//! kill-at: '"step":"ramp[20].shift","key":"traffic"'   # optional: kill -9 as soon
+//!                                           # as the journal has a record containing
 //!                                           # this, then `rollwright resume`
 //! change-registry:                          # optional: replace the model registry
 //!   at: '"step":"ramp[50].hold","key":"started-ms"'     # once the journal shows this
 //!   registry: {models: []}                  # (an approval revoked mid-rollout)
 //! expect:
 //!   outcome: rolled-back                    # promoted | rolled-back | rollback-failed | refused
+//!                                           # (refused: nothing changed — lint, policy or a gate)
 //!   failed-step: ramp[20].hold              # optional
 //!   error: analysis failed                  # optional: in the failure message
 //!   split: {"6": 100}                       # optional: final traffic split (version: percent)
@@ -113,7 +114,8 @@ impl Outcome {
             Some(0) => Some(Outcome::Promoted),
             Some(3) => Some(Outcome::RolledBack),
             Some(4) => Some(Outcome::RollbackFailed),
-            Some(1) => Some(Outcome::Refused),
+            // The spec or a gate said no before anything changed.
+            Some(1 | 5) => Some(Outcome::Refused),
             _ => None,
         }
     }
@@ -252,7 +254,6 @@ fn run_one(file: &Path, t: &RolloutTest) -> Vec<String> {
     let model = spec_doc["model"]["name"].as_str().unwrap_or_default().to_owned();
     scenario.ensure_namespace(&namespace);
     let registry = scenario.registry.clone();
-    let time_scale = scenario.time_scale.0;
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()
@@ -273,14 +274,6 @@ fn run_one(file: &Path, t: &RolloutTest) -> Vec<String> {
         Ok(s) => s,
         Err(e) => return vec![e.to_string()],
     };
-    // A GitOps target pushes to the sim's repository, never elsewhere.
-    let gitops_repo = match spec_doc["target"]["gitops"]["repo"].as_str() {
-        Some(url) => match sim.repository_for(url) {
-            Ok(p) => Some(p),
-            Err(e) => return vec![e],
-        },
-        None => None,
-    };
     let Ok(dir) = tempfile::tempdir() else {
         return vec!["cannot make a temporary directory".into()];
     };
@@ -290,7 +283,14 @@ fn run_one(file: &Path, t: &RolloutTest) -> Vec<String> {
     }
     let reg = dir.path().join("registry.yaml");
     let empty = serde_json::json!({"models": []});
-    if let Err(e) = crate::run_cmd::write_registry(&reg, registry.as_ref().unwrap_or(&empty)) {
+    if let Err(e) = crate::sim_run::write_registry(&reg, registry.as_ref().unwrap_or(&empty)) {
+        return vec![e];
+    }
+    // The run attaches to this sim (and proves it is this sim): the only
+    // way a run gets simulation inputs.
+    let attach = dir.path().join("attach.json");
+    let described = crate::sim_run::describe(&sim, kc.clone(), &context, Some(reg.clone()));
+    if let Err(e) = crate::sim_run::write_attach(&attach, &described) {
         return vec![e];
     }
     let state = dir.path().join("state");
@@ -298,53 +298,60 @@ fn run_one(file: &Path, t: &RolloutTest) -> Vec<String> {
     let mut cmd = std::process::Command::new(&exe);
     cmd.arg("run")
         .arg(&spec_path)
-        .arg("--kubeconfig")
-        .arg(&kc)
+        .arg("--sim")
+        .arg("--attach")
+        .arg(&attach)
         .arg("--state-dir")
         .arg(&state)
-        .arg("--sim-endpoint")
-        .arg(sim.models_url())
-        .arg("--sim-registry")
-        .arg(&reg)
-        .arg("--sim-time-scale")
-        .arg(time_scale.to_string())
         .env("NO_COLOR", "1");
-    if let Some(r) = &gitops_repo {
-        cmd.arg("--sim-gitops-repo").arg(r);
-    }
     for (k, v) in &t.set {
         cmd.arg("--set").arg(format!("{k}={v}"));
     }
-    if let Some(m) = &t.kill_at {
-        cmd.env("ROLLWRIGHT_TEST_CRASH_AT", m);
-    }
     cmd.stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped());
-    let child = match cmd.spawn() {
+    let mut child = match cmd.spawn() {
         Ok(c) => c,
         Err(e) => return vec![format!("cannot run {}: {e}", exe.display())],
     };
-    if let Some(change) = &t.change_registry {
-        // Watch the journal; when the marker shows, swap the registry file.
+    // Watch the journal for the markers: `kill-at` kills the run (SIGKILL)
+    // as soon as its record is there — somewhere between that record and
+    // the next ones, as a real crash would — and `change-registry` swaps the
+    // registry file.
+    let mut killed = false;
+    if t.kill_at.is_some() || t.change_registry.is_some() {
         let started = Instant::now();
-        let mut changed = false;
-        while started.elapsed() < Duration::from_secs(120) {
+        let mut changed = t.change_registry.is_none();
+        while started.elapsed() < Duration::from_secs(300) {
             let journal = the_run(&state)
                 .and_then(|d| std::fs::read_to_string(d.join("journal.jsonl")).ok())
                 .unwrap_or_default();
-            if journal.contains(change.at.as_str()) {
+            if let Some(m) = &t.kill_at
+                && !killed
+                && journal.contains(m.as_str())
+            {
+                let _ = child.kill();
+                killed = true;
+            }
+            if let Some(change) = &t.change_registry
+                && !changed
+                && journal.contains(change.at.as_str())
+            {
                 // Written aside, then renamed: the run never reads half a file.
                 let tmp = reg.with_extension("tmp");
-                changed = crate::run_cmd::write_registry(&tmp, &change.registry).is_ok()
+                changed = crate::sim_run::write_registry(&tmp, &change.registry).is_ok()
                     && std::fs::rename(&tmp, &reg).is_ok();
+            }
+            if (killed || t.kill_at.is_none()) && changed {
                 break;
             }
-            if journal.contains(r#""record":"run-finished""#) {
+            if journal.contains(r#""record":"run-finished""#) || matches!(child.try_wait(), Ok(Some(_))) {
                 break;
             }
-            std::thread::sleep(Duration::from_millis(10));
+            std::thread::sleep(Duration::from_millis(2));
         }
-        if !changed {
+        if let Some(change) = &t.change_registry
+            && !changed
+        {
             failures.push(format!("change-registry: the run never reached `{}`", change.at));
         }
     }
@@ -358,9 +365,9 @@ fn run_one(file: &Path, t: &RolloutTest) -> Vec<String> {
         let Some(id) = &run_id else {
             return vec![format!("the run was not started: {log}")];
         };
-        if out.status.code() != Some(134) && out.status.code().is_some() {
+        if !killed {
             failures.push(format!(
-                "kill-at: the run was not killed at the marker (it exited {:?})",
+                "kill-at: the run never wrote the marker (it exited {:?})",
                 out.status.code()
             ));
         }

@@ -158,7 +158,12 @@ impl StepContext {
 
     /// Records `value` under `key` for the owner; returns once the sink
     /// (the journal) has it durably.
-    pub fn remember(&self, key: &str, value: Value) {
+    ///
+    /// # Errors
+    /// The record could not be made durable: the step must not change what
+    /// it was about to change (a permanent error; the run stops and
+    /// compensates with what it had recorded before).
+    pub fn remember(&self, key: &str, value: Value) -> Result<(), StepError> {
         let memo = Memo {
             step: self.owner.clone(),
             key: key.to_owned(),
@@ -169,11 +174,17 @@ impl StepContext {
                 step: memo.step.clone(),
                 key: memo.key.clone(),
                 value: memo.value.clone(),
-            });
+            })
+            .map_err(|e| {
+                StepError::failed(format!(
+                    "the journal could not record `{key}` ({e}); nothing was changed"
+                ))
+            })?;
         }
         if let Ok(mut r) = self.records.write() {
             r.push(memo);
         }
+        Ok(())
     }
 
     /// The owner's latest record under `key`.
@@ -366,8 +377,10 @@ pub struct Outcome {
 /// Outputs, or the final error of a step.
 type StepResult = Result<Map<String, Value>, String>;
 
-/// Receives events.
-pub type Sink = Arc<dyn Fn(&Event) + Send + Sync>;
+/// Receives events. For [`Event::Recorded`] it answers whether the record
+/// is durable (a journal that cannot be written says why); the executor
+/// ignores the answer for every other event.
+pub type Sink = Arc<dyn Fn(&Event) -> Result<(), String> + Send + Sync>;
 
 struct Jitter(Option<u64>);
 
@@ -406,7 +419,7 @@ async fn drive(
     let body = async {
         let mut attempt = 1u32;
         loop {
-            sink(&Event::Started {
+            let _ = sink(&Event::Started {
                 step: id.clone(),
                 attempt,
             });
@@ -431,7 +444,7 @@ async fn drive(
             match result {
                 Ok(Progress::Done { outputs }) => return Ok(outputs),
                 Ok(Progress::Wait { after, reason }) => {
-                    sink(&Event::Waiting {
+                    let _ = sink(&Event::Waiting {
                         step: id.clone(),
                         after,
                         reason,
@@ -444,7 +457,7 @@ async fn drive(
                 Err(e) if e.class == ErrorClass::Transient && attempt < limits.retry.attempts => {
                     let base = limits.retry.delay_after(attempt);
                     let delay = jitter.apply(base, limits.retry.jitter);
-                    sink(&Event::Retrying {
+                    let _ = sink(&Event::Retrying {
                         step: id.clone(),
                         attempt,
                         delay,
@@ -536,6 +549,11 @@ pub async fn execute_resumed(
     let mut remaining = vec![0usize; nodes.len()];
     let mut dependents: Vec<Vec<usize>> = vec![Vec::new(); nodes.len()];
     for (i, n) in nodes.iter().enumerate() {
+        // A step completed before a resume is never released again, even
+        // when a step it needs (a gate, checked again) runs anew.
+        if done.contains(&i) {
+            continue;
+        }
         let deps: HashSet<usize> = n.needs.iter().filter_map(|d| index.get(d).copied()).collect();
         for j in deps {
             if !done.contains(&j) {
@@ -597,12 +615,23 @@ pub async fn execute_resumed(
                 None
             }
         };
-        let Some(joined) = joined else { break };
+        let Some(joined) = joined else {
+            // A run-level failure (deadline, abort, a signal) is journaled
+            // like a step's, so a resume goes straight to compensation.
+            if let Some((step, error)) = &failure {
+                let _ = sink(&Event::Failed {
+                    step: step.clone(),
+                    error: error.clone(),
+                    tolerated: false,
+                });
+            }
+            break;
+        };
         let Ok((i, result)) = joined else { continue };
         let n = &nodes[i];
         match result {
             Ok(out) => {
-                sink(&Event::Succeeded {
+                let _ = sink(&Event::Succeeded {
                     step: n.id.clone(),
                     outputs: out.clone(),
                 });
@@ -615,7 +644,7 @@ pub async fn execute_resumed(
                 release(i, &mut ready);
             }
             Err(e) => {
-                sink(&Event::Failed {
+                let _ = sink(&Event::Failed {
                     step: n.id.clone(),
                     error: e.clone(),
                     tolerated: n.continue_on_failure,
@@ -637,7 +666,7 @@ pub async fn execute_resumed(
     if failure.is_some() {
         for (i, n) in nodes.iter().enumerate() {
             if started.contains(&i) && !done.contains(&i) && failure.as_ref().is_some_and(|f| f.0 != n.id) {
-                sink(&Event::Cancelled { step: n.id.clone() });
+                let _ = sink(&Event::Cancelled { step: n.id.clone() });
             }
         }
     }
@@ -645,7 +674,7 @@ pub async fn execute_resumed(
     while running.join_next().await.is_some() {}
 
     let Some(fail) = failure else {
-        sink(&Event::Finished {
+        let _ = sink(&Event::Finished {
             state: FinalState::Succeeded,
         });
         return Outcome {
@@ -689,7 +718,7 @@ pub async fn execute_resumed(
         )
         .await;
         let error = r.err();
-        sink(&Event::Compensated {
+        let _ = sink(&Event::Compensated {
             step: id.clone(),
             error: error.clone(),
         });
@@ -724,7 +753,7 @@ pub async fn execute_resumed(
             next_jitter(),
         )
         .await;
-        sink(&Event::Handled {
+        let _ = sink(&Event::Handled {
             handler: h.id.clone(),
             error: r.err(),
         });
@@ -734,7 +763,7 @@ pub async fn execute_resumed(
     } else {
         FinalState::RollbackFailed
     };
-    sink(&Event::Finished { state });
+    let _ = sink(&Event::Finished { state });
     Outcome {
         state,
         failure: Some(fail),
@@ -854,7 +883,10 @@ mod tests {
         }
         fn sink(&self) -> Sink {
             let ev = self.events.clone();
-            Arc::new(move |e: &Event| ev.lock().unwrap().push(e.clone()))
+            Arc::new(move |e: &Event| {
+                ev.lock().unwrap().push(e.clone());
+                Ok(())
+            })
         }
     }
 
@@ -1167,6 +1199,34 @@ mod tests {
             1,
             "the failed run does not start steps again"
         );
+    }
+
+    /// The regression behind "deploy ran twice": on resume a gate is
+    /// checked again, and a completed step that needs it must not be
+    /// released (and so run) a second time when the gate passes.
+    #[tokio::test(start_paused = true)]
+    async fn a_completed_step_is_never_run_again_when_a_step_it_needs_reruns() {
+        let bed = Bed::new();
+        let (gate, deploy, shift) = (
+            bed.script("gate", vec![]),
+            bed.script("deploy", vec![]),
+            bed.script("shift", vec![]),
+        );
+        let nodes = vec![
+            bed.node("gate", &[], gate.clone(), Limits::default()),
+            bed.node("deploy", &["gate"], deploy.clone(), Limits::default()),
+            bed.node("shift", &["deploy", "gate"], shift.clone(), Limits::default()),
+        ];
+        let resume = Resume {
+            completed: vec![("deploy".to_owned(), Map::new())],
+            ..Resume::default()
+        };
+        let out = execute_resumed(nodes, vec![], no_jitter(), bed.sink(), resume, None).await;
+        assert_eq!(out.state, FinalState::Succeeded);
+        assert_eq!(gate.calls.lock().unwrap().len(), 1, "the gate is checked again");
+        assert!(deploy.calls.lock().unwrap().is_empty(), "deploy is not repeated");
+        assert_eq!(shift.calls.lock().unwrap().len(), 1);
+        assert_eq!(out.completed, ["deploy", "gate", "shift"]);
     }
 
     #[tokio::test(start_paused = true)]

@@ -10,6 +10,20 @@
 //!
 //! One run per target at a time: [`TargetLock`] holds an OS file lock on a
 //! file that names the holder, so a second run gets a clear error naming it.
+//!
+//! **Integrity.** Nothing in a run directory is trusted because it is there:
+//! every line carries a MAC (HMAC-SHA-256) chained over all the lines before
+//! it, keyed by a [`Key`] kept *outside* the run directory (in the user's
+//! configuration directory, mode 0600). A record edited, inserted, removed
+//! or reordered — a forged `recorded` line naming another object, a forged
+//! gate pass, an edited header — breaks the chain and the journal is refused
+//! with the line. What a run needs on resume (spec path, `--set` values, the
+//! policy's location, how it reached its cluster, who started it) lives in
+//! the first record, under the same chain. A journal cut short at the end is
+//! indistinguishable from a crash at that point, which resume handles by
+//! design (steps are idempotent; gates are checked again). A run directory
+//! copied from elsewhere (a CI cache, another machine) cannot be resumed
+//! without that machine's key — on purpose.
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, BufRead, BufReader, Read, Seek, Write};
@@ -26,12 +40,28 @@ pub enum Record {
     RunStarted {
         /// Run id.
         run: String,
-        /// SHA-256-like digest of the expanded spec (see [`digest`]).
+        /// SHA-256 of the expanded spec (see [`digest`]).
         digest: String,
-        /// The spec's path.
+        /// The spec's path (absolute).
         spec: String,
         /// Unix time in milliseconds.
         at_ms: u64,
+        /// `--set` overrides, as given.
+        #[serde(default)]
+        overrides: Vec<(String, Value)>,
+        /// Who started the run (they may not approve it).
+        #[serde(default)]
+        started_by: String,
+        /// The policy in force: `{path, digest}`, or null.
+        #[serde(default)]
+        policy: Value,
+        /// How the run reaches its target (the CLI's description: kubeconfig,
+        /// context, API server, or the embedded cluster). Opaque to the engine.
+        #[serde(default)]
+        reach: Value,
+        /// The directory every file the spec names must stay inside.
+        #[serde(default)]
+        root: String,
     },
     /// An attempt of a step started.
     StepStarted {
@@ -108,6 +138,26 @@ pub enum JournalError {
     /// The journal does not start with `run-started`.
     #[error("journal {0}: does not start with a run-started record")]
     NoHeader(PathBuf),
+    /// A record's integrity tag does not match: the journal was changed.
+    #[error(
+        "journal {path}, line {line}: {reason}; the journal was changed outside rollwright (or written with another key) and cannot be trusted"
+    )]
+    Tampered {
+        /// The file.
+        path: PathBuf,
+        /// 1-based line.
+        line: usize,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The key cannot be read or made.
+    #[error("journal key {path}: {reason}")]
+    Key {
+        /// The key file.
+        path: PathBuf,
+        /// Why.
+        reason: String,
+    },
     /// The target is locked by another run.
     #[error("target {target} is locked by another run ({holder}); wait for it, or resume it")]
     Locked {
@@ -125,11 +175,214 @@ fn io_err(path: &Path) -> impl FnOnce(io::Error) -> JournalError + '_ {
     }
 }
 
+/// The key of the journals' integrity chain. Kept outside every run
+/// directory; whoever edits a run directory without it cannot forge records.
+pub struct Key(ring::hmac::Key);
+
+impl std::fmt::Debug for Key {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Key([redacted])")
+    }
+}
+
+impl Key {
+    /// `$XDG_CONFIG_HOME/rollwright/journal.key`, else
+    /// `$HOME/.config/rollwright/journal.key`.
+    #[must_use]
+    pub fn default_path() -> Option<PathBuf> {
+        let base = std::env::var_os("XDG_CONFIG_HOME")
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+            .or_else(|| {
+                std::env::var_os("HOME")
+                    .filter(|v| !v.is_empty())
+                    .map(|h| Path::new(&h).join(".config"))
+            })?;
+        Some(base.join("rollwright").join("journal.key"))
+    }
+
+    /// A key from raw bytes (tests, benchmarks).
+    #[must_use]
+    pub fn from_bytes(bytes: &[u8]) -> Self {
+        Key(ring::hmac::Key::new(ring::hmac::HMAC_SHA256, bytes))
+    }
+
+    /// The key at [`Key::default_path`], made on first use.
+    ///
+    /// # Errors
+    /// No home directory, or the key cannot be read or made.
+    pub fn load_default() -> Result<Self, JournalError> {
+        let path = Key::default_path().ok_or_else(|| JournalError::Key {
+            path: PathBuf::from("$HOME/.config/rollwright/journal.key"),
+            reason: "neither XDG_CONFIG_HOME nor HOME is set".into(),
+        })?;
+        Key::load_or_create(&path)
+    }
+
+    /// Reads the key at `path`, or makes one (32 random bytes, mode 0600).
+    /// A key others may read or write is refused.
+    ///
+    /// # Errors
+    /// I/O errors, a key of the wrong size or with loose permissions.
+    pub fn load_or_create(path: &Path) -> Result<Self, JournalError> {
+        use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+        let err = |reason: String| JournalError::Key {
+            path: path.to_path_buf(),
+            reason,
+        };
+        if !path.exists() {
+            if let Some(dir) = path.parent() {
+                std::fs::DirBuilder::new()
+                    .recursive(true)
+                    .mode(0o700)
+                    .create(dir)
+                    .map_err(|e| err(e.to_string()))?;
+            }
+            let mut bytes = [0u8; 32];
+            ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut bytes)
+                .map_err(|_| err("no randomness available".into()))?;
+            // Written aside, then linked into place: two processes racing to
+            // make the key both end up reading the one complete file.
+            let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+            let mut f = OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&tmp)
+                .map_err(|e| err(e.to_string()))?;
+            f.write_all(&bytes)
+                .and_then(|()| f.sync_all())
+                .map_err(|e| err(e.to_string()))?;
+            drop(f);
+            let linked = std::fs::hard_link(&tmp, path);
+            let _ = std::fs::remove_file(&tmp);
+            match linked {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+                Err(e) => return Err(err(e.to_string())),
+            }
+        }
+        let meta = std::fs::metadata(path).map_err(|e| err(e.to_string()))?;
+        if meta.permissions().mode() & 0o077 != 0 {
+            return Err(err(format!(
+                "others may read or change it (mode {:o}); `chmod 600` it",
+                meta.permissions().mode() & 0o777
+            )));
+        }
+        let bytes = crate::fsread::read(path, 64).map_err(|e| err(e.to_string()))?;
+        if bytes.len() < 32 {
+            return Err(err(format!("{} bytes; a key has 32", bytes.len())));
+        }
+        Ok(Key::from_bytes(&bytes))
+    }
+
+    /// A MAC over `parts` (for records kept beside the journal, such as
+    /// approvals): hex.
+    #[must_use]
+    pub fn sign(&self, parts: &[&str]) -> String {
+        hex(&self.sign_raw(parts))
+    }
+
+    /// Whether `sig` is [`Key::sign`] of `parts` (constant time).
+    #[must_use]
+    pub fn verify(&self, parts: &[&str], sig: &str) -> bool {
+        unhex(sig).is_some_and(|tag| {
+            let want = self.sign_raw(parts);
+            want.iter().zip(tag.iter()).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
+        })
+    }
+
+    fn sign_raw(&self, parts: &[&str]) -> [u8; 32] {
+        let mut ctx = ring::hmac::Context::with_key(&self.0);
+        for p in parts {
+            ctx.update(&(p.len() as u64).to_le_bytes());
+            ctx.update(p.as_bytes());
+        }
+        let mut out = [0u8; 32];
+        out.copy_from_slice(ctx.sign().as_ref());
+        out
+    }
+
+    fn tag(&self, chain: &[u8; 32], body: &[u8]) -> [u8; 32] {
+        let mut ctx = ring::hmac::Context::with_key(&self.0);
+        ctx.update(chain);
+        ctx.update(body);
+        let mut out = [0u8; 32];
+        out.copy_from_slice(ctx.sign().as_ref());
+        out
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    use std::fmt::Write as _;
+    bytes
+        .iter()
+        .fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
+            let _ = write!(s, "{b:02x}");
+            s
+        })
+}
+
+fn unhex(s: &str) -> Option<[u8; 32]> {
+    if s.len() != 64 {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    for (i, o) in out.iter_mut().enumerate() {
+        *o = u8::from_str_radix(s.get(2 * i..2 * i + 2)?, 16).ok()?;
+    }
+    Some(out)
+}
+
+const MAC_FIELD: &str = ",\"mac\":\"";
+
+/// One record as a journal line: its JSON with the chained MAC as a last
+/// field (`…,"mac":"<hex>"}`), so the record's text stays greppable.
+fn seal(key: &Key, chain: &mut [u8; 32], r: &Record, out: &mut Vec<u8>) -> Result<(), serde_json::Error> {
+    let body = serde_json::to_vec(r)?;
+    let tag = key.tag(chain, &body);
+    out.extend_from_slice(&body[..body.len() - 1]);
+    out.extend_from_slice(MAC_FIELD.as_bytes());
+    out.extend_from_slice(hex(&tag).as_bytes());
+    out.extend_from_slice(b"\"}\n");
+    *chain = tag;
+    Ok(())
+}
+
+/// Checks one line against the chain; returns its record body.
+fn unseal(key: &Key, chain: &mut [u8; 32], line: &str) -> Result<String, String> {
+    let line = line.trim_end_matches('\n');
+    let at = line
+        .rfind(MAC_FIELD)
+        .ok_or("the record has no integrity tag (written by hand or by an older rollwright)")?;
+    let tag = line[at + MAC_FIELD.len()..]
+        .strip_suffix("\"}")
+        .and_then(unhex)
+        .ok_or("the record's integrity tag is malformed")?;
+    let body = format!("{}}}", &line[..at]);
+    let want = key.tag(chain, body.as_bytes());
+    // Constant time: the comparison does not say how much of a guess was right.
+    if want.iter().zip(tag.iter()).fold(0u8, |acc, (a, b)| acc | (a ^ b)) != 0 {
+        return Err("integrity check failed (a record was changed, inserted, removed or reordered)".into());
+    }
+    *chain = tag;
+    Ok(body)
+}
+
 /// An open journal, appending.
-#[derive(Debug)]
 pub struct Journal {
     path: PathBuf,
     file: File,
+    key: std::sync::Arc<Key>,
+    chain: [u8; 32],
+}
+
+impl std::fmt::Debug for Journal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Journal")
+            .field("path", &self.path)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Journal {
@@ -137,7 +390,7 @@ impl Journal {
     ///
     /// # Errors
     /// I/O errors.
-    pub fn create(path: &Path) -> Result<Self, JournalError> {
+    pub fn create(path: &Path, key: std::sync::Arc<Key>) -> Result<Self, JournalError> {
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir).map_err(io_err(path))?;
         }
@@ -149,29 +402,33 @@ impl Journal {
         Ok(Journal {
             path: path.to_path_buf(),
             file,
+            key,
+            chain: [0; 32],
         })
     }
 
-    /// Reopens a journal to continue it, cutting a torn last line first.
+    /// Reopens a journal to continue it, after checking every record, and
+    /// cuts a torn last line.
     ///
     /// # Errors
-    /// I/O errors.
-    pub fn reopen(path: &Path) -> Result<Self, JournalError> {
+    /// I/O errors, a tampered journal.
+    pub fn reopen(path: &Path, key: std::sync::Arc<Key>) -> Result<Self, JournalError> {
+        let (_, chain, keep) = read_chain(path, &key)?;
         let mut file = OpenOptions::new()
             .read(true)
             .write(true)
             .open(path)
             .map_err(io_err(path))?;
-        let mut bytes = Vec::new();
-        file.read_to_end(&mut bytes).map_err(io_err(path))?;
-        let keep = bytes.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
-        if keep < bytes.len() {
-            file.set_len(keep as u64).map_err(io_err(path))?;
+        let len = file.metadata().map_err(io_err(path))?.len();
+        if keep < len {
+            file.set_len(keep).map_err(io_err(path))?;
         }
         file.seek(io::SeekFrom::End(0)).map_err(io_err(path))?;
         Ok(Journal {
             path: path.to_path_buf(),
             file,
+            key,
+            chain,
         })
     }
 
@@ -189,13 +446,16 @@ impl Journal {
     /// # Errors
     /// I/O errors.
     pub fn append_all(&mut self, records: &[Record]) -> Result<(), JournalError> {
-        let mut buf = Vec::with_capacity(records.len() * 96);
+        let mut buf = Vec::with_capacity(records.len() * 160);
+        let mut chain = self.chain;
         for r in records {
-            serde_json::to_writer(&mut buf, r).map_err(|e| io_err(&self.path)(io::Error::other(e)))?;
-            buf.push(b'\n');
+            seal(&self.key, &mut chain, r, &mut buf).map_err(|e| io_err(&self.path)(io::Error::other(e)))?;
         }
         self.file.write_all(&buf).map_err(io_err(&self.path))?;
-        self.file.sync_data().map_err(io_err(&self.path))
+        self.file.sync_data().map_err(io_err(&self.path))?;
+        // Only a durable batch moves the chain on: a failed write is not part of it.
+        self.chain = chain;
+        Ok(())
     }
 
     /// The file.
@@ -274,7 +534,7 @@ pub fn scrub_line(s: &str) -> String {
 }
 
 enum Msg {
-    Record(Record),
+    Record(Box<Record>),
     Flush(std::sync::mpsc::Sender<Result<(), String>>),
 }
 
@@ -313,11 +573,16 @@ impl GroupCommit {
                 let mut acks = Vec::new();
                 for m in batch {
                     match m {
-                        Msg::Record(r) => records.push(r),
+                        Msg::Record(r) => records.push(*r),
                         Msg::Flush(ack) => acks.push(ack),
                     }
                 }
+                // After a failed write nothing more is written: the file may
+                // end in half a batch, and a record after it would make the
+                // journal lie about what is durable.
+                let failed = err.lock().map_or(true, |e| e.is_some());
                 if !records.is_empty()
+                    && !failed
                     && let Err(e) = journal.append_all(&records)
                     && let Ok(mut slot) = err.lock()
                 {
@@ -339,7 +604,7 @@ impl GroupCommit {
     /// Queues a record.
     pub fn append(&self, r: Record) {
         if let Some(tx) = &self.tx {
-            let _ = tx.send(Msg::Record(r));
+            let _ = tx.send(Msg::Record(Box::new(r)));
         }
     }
 
@@ -372,42 +637,52 @@ impl Drop for GroupCommit {
     }
 }
 
-/// Reads a journal. A torn (unterminated, unparsable) last line is dropped;
-/// a bad line anywhere else is corruption.
+/// Reads a journal, checking every record's integrity tag. A torn
+/// (unterminated) last line is dropped; a bad line anywhere else, or any
+/// line whose tag does not match, refuses the whole journal.
 ///
 /// # Errors
-/// I/O errors, corruption, a missing header.
-pub fn read(path: &Path) -> Result<Vec<Record>, JournalError> {
+/// I/O errors, corruption, tampering, a missing header.
+pub fn read(path: &Path, key: &Key) -> Result<Vec<Record>, JournalError> {
+    read_chain(path, key).map(|(r, _, _)| r)
+}
+
+/// The records, the chain value after the last one, and the length of the
+/// intact prefix (what a reopen keeps).
+fn read_chain(path: &Path, key: &Key) -> Result<(Vec<Record>, [u8; 32], u64), JournalError> {
     let file = File::open(path).map_err(io_err(path))?;
-    let mut lines: Vec<(String, bool)> = Vec::new();
     let mut reader = BufReader::new(file);
+    let mut records = Vec::new();
+    let mut chain = [0u8; 32];
+    let mut kept = 0u64;
+    let mut line = String::new();
+    let mut n = 0usize;
     loop {
-        let mut line = String::new();
-        let n = reader.read_line(&mut line).map_err(io_err(path))?;
-        if n == 0 {
+        line.clear();
+        let read = reader.read_line(&mut line).map_err(io_err(path))?;
+        if read == 0 {
             break;
         }
-        let complete = line.ends_with('\n');
-        lines.push((line, complete));
-    }
-    let mut records = Vec::with_capacity(lines.len());
-    let last = lines.len().saturating_sub(1);
-    for (i, (line, complete)) in lines.iter().enumerate() {
-        match serde_json::from_str::<Record>(line.trim_end()) {
-            Ok(r) => records.push(r),
+        n += 1;
+        if !line.ends_with('\n') {
             // Only the last line can lack its newline: torn by a crash.
-            Err(_) if i == last && !complete => break,
-            Err(e) => {
-                return Err(JournalError::Corrupt {
-                    path: path.to_path_buf(),
-                    line: i + 1,
-                    reason: e.to_string(),
-                });
-            }
+            break;
         }
+        let body = unseal(key, &mut chain, &line).map_err(|reason| JournalError::Tampered {
+            path: path.to_path_buf(),
+            line: n,
+            reason,
+        })?;
+        let r = serde_json::from_str::<Record>(&body).map_err(|e| JournalError::Corrupt {
+            path: path.to_path_buf(),
+            line: n,
+            reason: e.to_string(),
+        })?;
+        records.push(r);
+        kept += read as u64;
     }
     match records.first() {
-        Some(Record::RunStarted { .. }) => Ok(records),
+        Some(Record::RunStarted { .. }) => Ok((records, chain, kept)),
         _ => Err(JournalError::NoHeader(path.to_path_buf())),
     }
 }
@@ -462,20 +737,22 @@ pub fn state(records: &[Record]) -> State {
     s
 }
 
-/// A stable digest of a value (FNV-1a 64 over its canonical JSON, twice
-/// with different offsets: 128 bits). Good enough to detect an edited spec.
+/// SHA-256 of a value's JSON (hex): what identifies an expanded spec.
 #[must_use]
 pub fn digest(v: &Value) -> String {
-    let text = serde_json::to_string(v).unwrap_or_default();
-    let fnv = |offset: u64| {
-        text.bytes().fold(offset, |h, b| {
-            (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
-        })
-    };
+    let text = serde_json::to_vec(v).unwrap_or_default();
     format!(
-        "{:016x}{:016x}",
-        fnv(0xcbf2_9ce4_8422_2325),
-        fnv(0x8422_2325_cbf2_9ce4)
+        "sha256:{}",
+        hex(ring::digest::digest(&ring::digest::SHA256, &text).as_ref())
+    )
+}
+
+/// SHA-256 of bytes (hex), e.g. of a policy file.
+#[must_use]
+pub fn digest_bytes(bytes: &[u8]) -> String {
+    format!(
+        "sha256:{}",
+        hex(ring::digest::digest(&ring::digest::SHA256, bytes).as_ref())
     )
 }
 
@@ -545,14 +822,23 @@ mod tests {
             digest: "d".into(),
             spec: "s.yaml".into(),
             at_ms: 1,
+            overrides: Vec::new(),
+            started_by: "carol".into(),
+            policy: Value::Null,
+            reach: Value::Null,
+            root: String::new(),
         }
+    }
+
+    fn key() -> std::sync::Arc<Key> {
+        std::sync::Arc::new(Key::from_bytes(b"0123456789abcdef0123456789abcdef"))
     }
 
     #[test]
     fn round_trip_and_state() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("runs/r1/journal.jsonl");
-        let mut j = Journal::create(&p).unwrap();
+        let mut j = Journal::create(&p, key()).unwrap();
         let ok = |s: &str| Record::StepSucceeded {
             step: s.into(),
             outputs: json!({"rev": 3}).as_object().unwrap().clone(),
@@ -578,7 +864,7 @@ mod tests {
             error: None,
         })
         .unwrap();
-        let recs = read(&p).unwrap();
+        let recs = read(&p, &key()).unwrap();
         assert_eq!(recs.len(), 6);
         let s = state(&recs);
         assert_eq!(s.digest, "d");
@@ -589,39 +875,111 @@ mod tests {
         assert_eq!(s.completed[0].1["rev"], 3);
         assert_eq!(s.failed, [("c".to_owned(), "boom".to_owned())]);
         assert_eq!(s.compensated, ["b"]);
-        assert!(Journal::create(&p).is_err(), "a run id is never reused");
+        assert!(Journal::create(&p, key()).is_err(), "a run id is never reused");
+        let text = std::fs::read_to_string(&p).unwrap();
+        assert!(
+            text.contains(r#"{"record":"step-succeeded","step":"a","outputs":{"rev":3},"mac":""#),
+            "records stay greppable: {text}"
+        );
     }
 
     #[test]
     fn a_torn_last_line_is_tolerated_and_cut_on_reopen() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("j.jsonl");
-        let mut j = Journal::create(&p).unwrap();
+        let mut j = Journal::create(&p, key()).unwrap();
         j.append(&started()).unwrap();
         drop(j);
         let mut f = OpenOptions::new().append(true).open(&p).unwrap();
         f.write_all(br#"{"record":"step-succeeded","step":"a","outp"#)
             .unwrap();
         drop(f);
-        assert_eq!(read(&p).unwrap().len(), 1);
-        let mut j = Journal::reopen(&p).unwrap();
+        assert_eq!(read(&p, &key()).unwrap().len(), 1);
+        let mut j = Journal::reopen(&p, key()).unwrap();
         j.append(&Record::StepStarted {
             step: "a".into(),
             attempt: 1,
         })
         .unwrap();
-        assert_eq!(read(&p).unwrap().len(), 2);
+        assert_eq!(read(&p, &key()).unwrap().len(), 2);
+    }
+
+    /// Every way of editing a journal by hand is refused, with the line.
+    #[test]
+    fn edited_forged_reordered_or_rekeyed_journals_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("j.jsonl");
+        let mut j = Journal::create(&p, key()).unwrap();
+        j.append(&started()).unwrap();
+        for s in ["gate", "deploy"] {
+            j.append(&Record::StepSucceeded {
+                step: s.into(),
+                outputs: Map::new(),
+            })
+            .unwrap();
+        }
+        j.append(&Record::RunFinished {
+            state: "succeeded".into(),
+            at_ms: 2,
+        })
+        .unwrap();
+        drop(j);
+        let good = std::fs::read_to_string(&p).unwrap();
+        let lines: Vec<&str> = good.lines().collect();
+        let attempt = |text: String| {
+            std::fs::write(&p, text).unwrap();
+            read(&p, &key()).unwrap_err().to_string()
+        };
+        // A value changed.
+        let e = attempt(good.replace(r#""step":"deploy""#, r#""step":"gate2""#));
+        assert!(e.contains("line 3: integrity check failed"), "{e}");
+        // A forged line inserted, copying a real tag.
+        let forged = lines[1].replace("gate", "smoke");
+        let e = attempt(format!("{}\n{forged}\n{}\n", lines[0], lines[1..].join("\n")));
+        assert!(e.contains("line 2: integrity check failed"), "{e}");
+        // Two lines swapped.
+        let e = attempt(format!(
+            "{}\n{}\n{}\n{}\n",
+            lines[0], lines[2], lines[1], lines[3]
+        ));
+        assert!(e.contains("line 2"), "{e}");
+        // A line removed from the middle.
+        let e = attempt(format!("{}\n{}\n{}\n", lines[0], lines[2], lines[3]));
+        assert!(e.contains("line 2"), "{e}");
+        // A record without a tag (hand-written).
+        let e = attempt(format!(
+            "{good}{{\"record\":\"step-succeeded\",\"step\":\"x\",\"outputs\":{{}}}}\n"
+        ));
+        assert!(e.contains("line 5: the record has no integrity tag"), "{e}");
+        // The right journal under another key.
+        std::fs::write(&p, &good).unwrap();
+        let other = Key::from_bytes(b"another key entirely, 32 bytes!!");
+        assert!(matches!(
+            read(&p, &other),
+            Err(JournalError::Tampered { line: 1, .. })
+        ));
+        // And the untouched journal reads.
+        assert_eq!(read(&p, &key()).unwrap().len(), 4);
     }
 
     #[test]
-    fn an_edited_journal_is_corrupt_not_silently_skipped() {
+    fn the_key_is_made_once_private_and_loose_ones_are_refused() {
+        use std::os::unix::fs::PermissionsExt;
         let dir = tempfile::tempdir().unwrap();
-        let p = dir.path().join("j.jsonl");
-        std::fs::write(&p, "{\"record\":\"run-started\",\"run\":\"r\",\"digest\":\"d\",\"spec\":\"s\",\"at_ms\":1}\n{\"record\":\"step-passed\"}\n{\"record\":\"run-finished\",\"state\":\"succeeded\"}\n").unwrap();
-        let e = read(&p).unwrap_err();
-        assert!(e.to_string().contains("line 2: not a valid record"), "{e}");
-        std::fs::write(&p, "{\"record\":\"step-started\",\"step\":\"a\",\"attempt\":1}\n").unwrap();
-        assert!(matches!(read(&p), Err(JournalError::NoHeader(_))));
+        let p = dir.path().join("cfg/rollwright/journal.key");
+        let k1 = Key::load_or_create(&p).unwrap();
+        let mode = std::fs::metadata(&p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        let k2 = Key::load_or_create(&p).unwrap();
+        let chain = [7u8; 32];
+        assert_eq!(
+            k1.tag(&chain, b"x"),
+            k2.tag(&chain, b"x"),
+            "the same key is read back"
+        );
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let e = Key::load_or_create(&p).unwrap_err().to_string();
+        assert!(e.contains("others may read or change it (mode 644)"), "{e}");
     }
 
     #[test]
@@ -641,7 +999,7 @@ mod tests {
     fn group_commit_keeps_order_and_flush_means_durable() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("j.jsonl");
-        let j = Journal::create(&p).unwrap();
+        let j = Journal::create(&p, key()).unwrap();
         let gc = GroupCommit::start(j);
         gc.append(started());
         for i in 0..500 {
@@ -651,7 +1009,7 @@ mod tests {
             });
         }
         gc.flush().unwrap();
-        let recs = read(&p).unwrap();
+        let recs = read(&p, &key()).unwrap();
         assert_eq!(recs.len(), 501);
         assert_eq!(
             recs[500],
@@ -667,6 +1025,9 @@ mod tests {
     fn digests_differ_when_the_spec_does() {
         assert_eq!(digest(&json!({"a": 1})), digest(&json!({"a": 1})));
         assert_ne!(digest(&json!({"a": 1})), digest(&json!({"a": 2})));
-        assert_eq!(digest(&json!(null)).len(), 32);
+        assert_eq!(
+            digest(&json!(null)),
+            "sha256:74234e98afe7498fb5daf1f36ac2d78acc339464f950703b8c019892f982b90b"
+        );
     }
 }

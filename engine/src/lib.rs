@@ -25,6 +25,7 @@ pub mod diag;
 pub mod duration;
 pub mod exec;
 pub mod expand;
+pub mod fsread;
 pub mod journal;
 pub mod lint;
 pub mod plan;

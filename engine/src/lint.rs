@@ -29,12 +29,25 @@ pub struct FileLint {
 }
 
 /// A reusable linter: registry, compiled schema and loader limits.
-#[derive(Debug)]
 pub struct Linter {
     registry: Registry,
     schemas: Schemas,
     limits: Limits,
     policy: Option<Policy>,
+    resolver: Option<Resolver>,
+}
+
+/// The API server a kubeconfig context points at, when it can be known
+/// (the CLI reads the user's kubeconfig; the engine knows none).
+pub type Resolver = std::sync::Arc<dyn Fn(&str) -> Option<String> + Send + Sync>;
+
+impl std::fmt::Debug for Linter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Linter")
+            .field("registry", &self.registry)
+            .field("policy", &self.policy)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Linter {
@@ -49,7 +62,53 @@ impl Linter {
             schemas,
             limits,
             policy: None,
+            resolver: None,
         })
+    }
+
+    /// How to find the API server of a context, so that the policy's
+    /// `api-servers` apply to lint and plan as to run.
+    #[must_use]
+    pub fn with_resolver(mut self, resolver: Resolver) -> Self {
+        self.resolver = Some(resolver);
+        self
+    }
+
+    fn reached_of(&self, spec: &Spec) -> Option<crate::policy::Reached> {
+        let t = spec.target.as_ref()?;
+        // The server is only worth looking up when the policy names servers.
+        let wanted = self
+            .policy
+            .as_ref()
+            .is_some_and(|p| !p.production.api_servers.is_empty() || !p.gitops.api_servers.is_empty());
+        Some(crate::policy::Reached {
+            context: t.context.clone(),
+            server: self
+                .resolver
+                .as_ref()
+                .filter(|_| wanted)
+                .and_then(|r| r(&t.context)),
+        })
+    }
+
+    /// The semantic rules again, for the cluster a run actually reaches
+    /// (its context and API server): what `run` checks once it knows them.
+    #[must_use]
+    pub fn check_reached(
+        &self,
+        exp: &Expanded,
+        spec: &Spec,
+        reached: &crate::policy::Reached,
+    ) -> Vec<Diagnostic> {
+        let cx = validate::Context {
+            spec,
+            locate: exp,
+            registry: &self.registry,
+            schema_errors: &[],
+            policy: self.policy.as_ref(),
+            reached: Some(reached),
+        };
+        validate::check(&cx)
     }
 
     /// Applies the platform policy (environments, minimum gates).
@@ -182,12 +241,14 @@ impl Linter {
             }
         } else {
             let spec = self.typed(&doc.value, &doc, &schema_errors, &mut diagnostics);
+            let reached = self.reached_of(&spec);
             let cx = validate::Context {
                 spec: &spec,
                 locate: &doc,
                 registry: &self.registry,
                 schema_errors: &schema_errors,
                 policy: self.policy.as_ref(),
+                reached: reached.as_ref(),
             };
             diagnostics.extend(validate::check(&cx));
             if spec.kind == crate::spec::Kind::Rollout {
@@ -226,12 +287,14 @@ impl Linter {
             let _ = i;
         }
         let spec = self.typed(&exp.value, exp, &schema_errors, diagnostics);
+        let reached = self.reached_of(&spec);
         let cx = validate::Context {
             spec: &spec,
             locate: exp,
             registry: &self.registry,
             schema_errors: &schema_errors,
             policy: self.policy.as_ref(),
+            reached: reached.as_ref(),
         };
         diagnostics.extend(validate::check(&cx));
         // The instantiation chain: every `uses` from this spec down to the

@@ -3,11 +3,16 @@
 //!
 //! A spec cannot dodge the gate by declaring `environment: dev` while
 //! pointing at a production cluster: the environment that counts is the one
-//! the policy derives from where the run deploys (kubeconfig context, its
-//! API server, or the namespace). A spec may be stricter than the policy,
-//! never weaker. The policy is found at `--policy FILE`, else
-//! `$ROLLWRIGHT_POLICY`, else `.rollwright/policy.yaml` when it exists; it
-//! is not named by specs.
+//! the policy derives from where the run *actually* deploys — the context
+//! used (the spec's, or `--context`), the API server that context reaches
+//! (whatever kubeconfig supplied it, or in-cluster), or the namespace. A
+//! spec may be stricter than the policy, never weaker.
+//!
+//! Where the policy is, is explicit: `--policy FILE`, else
+//! `$ROLLWRIGHT_POLICY`, else the machine-wide `/etc/rollwright/policy.yaml`
+//! (the platform team's, not the repository's). It is never picked up from
+//! the working directory — a pull request could otherwise bring its own —
+//! and a run records its path and digest, so `resume` uses the same file.
 //!
 //! ```yaml
 //! apiVersion: rollwright.dev/v1alpha1
@@ -111,6 +116,47 @@ pub struct Policy {
     /// Where it was read from (for messages).
     #[serde(skip)]
     pub path: PathBuf,
+    /// SHA-256 of the file, recorded by runs.
+    #[serde(skip)]
+    pub digest: String,
+}
+
+/// The machine-wide policy location.
+pub const SYSTEM_POLICY: &str = "/etc/rollwright/policy.yaml";
+
+/// Where a run deploys, as actually reached: the context used and the API
+/// server it points at (`None` when unknown, e.g. linting without a
+/// kubeconfig).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Reached {
+    /// The context used (the spec's, or one named on the command line).
+    pub context: String,
+    /// The API server URL.
+    pub server: Option<String>,
+}
+
+/// An API server URL in one form: lower-case scheme and host, the default
+/// port written out, no trailing slash.
+#[must_use]
+pub fn normalize_server(url: &str) -> String {
+    let url = url.trim().trim_end_matches('/');
+    let (scheme, rest) = url.split_once("://").unwrap_or(("https", url));
+    let scheme = scheme.to_ascii_lowercase();
+    let (host, path) = rest.split_once('/').map_or((rest, ""), |(h, p)| (h, p));
+    let host = host.to_ascii_lowercase();
+    let has_port = host.rsplit_once(':').is_some_and(|(h, p)| {
+        !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()) && (!h.contains(':') || h.ends_with(']'))
+    });
+    let host = if has_port {
+        host
+    } else {
+        format!("{host}:{}", if scheme == "http" { 80 } else { 443 })
+    };
+    if path.is_empty() {
+        format!("{scheme}://{host}")
+    } else {
+        format!("{scheme}://{host}/{path}")
+    }
 }
 
 /// Which part of a target a [`Targets`] set matched.
@@ -125,18 +171,23 @@ pub enum Matched {
 }
 
 impl Targets {
-    /// Whether `t` is in the set: its context, else its namespace, else the
-    /// API server its context points at (through the kubeconfig).
+    /// Whether `t`, reached as `reached`, is in the set: the context the
+    /// spec names or the one actually used, else its namespace, else the API
+    /// server actually reached.
     #[must_use]
-    pub fn matched(&self, t: &crate::spec::Target) -> Option<Matched> {
-        if self.contexts.contains(&t.context) {
+    pub fn matched(&self, t: &crate::spec::Target, reached: Option<&Reached>) -> Option<Matched> {
+        let used = reached.map(|r| r.context.as_str());
+        if self.contexts.contains(&t.context) || used.is_some_and(|c| self.contexts.iter().any(|x| x == c)) {
             Some(Matched::Context)
         } else if self.namespaces.contains(&t.namespace) {
             Some(Matched::Namespace)
         } else {
-            kube_server(&t.context)
-                .filter(|s| self.api_servers.contains(s))
-                .map(Matched::Server)
+            let server = reached.and_then(|r| r.server.as_deref())?;
+            let n = normalize_server(server);
+            self.api_servers
+                .iter()
+                .any(|s| normalize_server(s) == n)
+                .then(|| Matched::Server(server.to_owned()))
         }
     }
 }
@@ -156,9 +207,11 @@ impl Policy {
     /// # Errors
     /// A message naming the file (and line:col) when it cannot be used.
     pub fn load(path: &Path) -> Result<Policy, String> {
-        let bytes = std::fs::read(path).map_err(|e| format!("cannot read policy {}: {e}", path.display()))?;
+        let bytes = crate::fsread::read(path, crate::fsread::DEFAULT_MAX)
+            .map_err(|e| format!("cannot read policy {}: {e}", path.display()))?;
         let doc = load_bytes(&bytes, &Limits::default())
             .map_err(|d| format!("policy {}:{}: {}", path.display(), d[0].span.start, d[0].message))?;
+        let digest = crate::journal::digest_bytes(&bytes);
         let mut p: Policy = serde_path_to_error::deserialize(&doc.value).map_err(|e| {
             let at = doc.locate(&format!("/{}", e.path().to_string().replace('.', "/")));
             format!(
@@ -177,11 +230,12 @@ impl Policy {
             ));
         }
         p.path = path.to_path_buf();
+        p.digest = digest;
         Ok(p)
     }
 
     /// The policy in force: `explicit`, else `$ROLLWRIGHT_POLICY`, else
-    /// `.rollwright/policy.yaml` if it exists.
+    /// [`SYSTEM_POLICY`] if it exists. Never a file of the working directory.
     ///
     /// # Errors
     /// When a named policy cannot be read.
@@ -189,25 +243,47 @@ impl Policy {
         if let Some(p) = explicit {
             return Policy::load(p).map(Some);
         }
-        if let Some(p) = std::env::var_os("ROLLWRIGHT_POLICY") {
+        if let Some(p) = std::env::var_os("ROLLWRIGHT_POLICY").filter(|p| !p.is_empty()) {
             return Policy::load(Path::new(&p)).map(Some);
         }
-        let default = Path::new(".rollwright/policy.yaml");
-        if default.is_file() {
-            Policy::load(default).map(Some)
+        let system = Path::new(SYSTEM_POLICY);
+        if system.exists() {
+            Policy::load(system).map(Some)
         } else {
             Ok(None)
         }
     }
 
-    /// The environment of `spec`'s target as the policy sees it.
+    /// A warning when the working directory holds a policy file that older
+    /// versions read implicitly and this one does not.
     #[must_use]
-    pub fn derive(&self, spec: &Spec) -> Option<Derived> {
+    pub fn ignored_local_file() -> Option<String> {
+        let local = Path::new(".rollwright/policy.yaml");
+        local.is_file().then(|| {
+            "warning: .rollwright/policy.yaml is not read implicitly (a repository could bring its own); name it with --policy or $ROLLWRIGHT_POLICY, or install it as /etc/rollwright/policy.yaml".to_owned()
+        })
+    }
+
+    /// What a run records about the policy: `{path, digest}`.
+    #[must_use]
+    pub fn record(&self) -> Value {
+        let abs = std::fs::canonicalize(&self.path).unwrap_or_else(|_| self.path.clone());
+        serde_json::json!({"path": abs.to_string_lossy(), "digest": self.digest})
+    }
+
+    /// The environment of `spec`'s target as the policy sees it, when
+    /// reached as `reached` (the context used and its API server).
+    #[must_use]
+    pub fn derive(&self, spec: &Spec, reached: Option<&Reached>) -> Option<Derived> {
         let t = spec.target.as_ref()?;
-        let reason = self.production.matched(t).map(|m| match m {
+        let used = reached.map_or(t.context.as_str(), |r| r.context.as_str());
+        let reason = self.production.matched(t, reached).map(|m| match m {
+            Matched::Context if used != t.context && self.production.contexts.iter().any(|c| c == used) => {
+                format!("context `{used}` is production")
+            }
             Matched::Context => format!("context `{}` is production", t.context),
             Matched::Namespace => format!("namespace `{}` is production", t.namespace),
-            Matched::Server(s) => format!("context `{}` points at production API server {s}", t.context),
+            Matched::Server(s) => format!("context `{used}` points at production API server {s}"),
         });
         Some(match reason {
             Some(r) => Derived {
@@ -223,9 +299,9 @@ impl Policy {
 
     /// Why the policy says a GitOps controller manages `spec`'s target, if it does.
     #[must_use]
-    pub fn gitops_managed(&self, spec: &Spec) -> Option<String> {
+    pub fn gitops_managed(&self, spec: &Spec, reached: Option<&Reached>) -> Option<String> {
         let t = spec.target.as_ref()?;
-        let reason = match self.gitops.matched(t)? {
+        let reason = match self.gitops.matched(t, reached)? {
             Matched::Context => format!("context `{}`", t.context),
             Matched::Namespace => format!("namespace `{}`", t.namespace),
             Matched::Server(s) => format!("API server {s}"),
@@ -358,33 +434,6 @@ pub fn strengthen(with: &Value, min: &MinGate) -> Value {
     w
 }
 
-/// The API server of a kubeconfig context (`$KUBECONFIG`, else `~/.kube/config`).
-fn kube_server(context: &str) -> Option<String> {
-    let path = std::env::var_os("KUBECONFIG")
-        .and_then(|k| std::env::split_paths(&k).next())
-        .or_else(|| std::env::var_os("HOME").map(|h| Path::new(&h).join(".kube/config")))?;
-    let doc = load_bytes(&std::fs::read(path).ok()?, &Limits::default()).ok()?;
-    let cluster = doc
-        .value
-        .get("contexts")?
-        .as_array()?
-        .iter()
-        .find(|c| c.get("name").and_then(Value::as_str) == Some(context))?
-        .get("context")?
-        .get("cluster")?
-        .as_str()?
-        .to_owned();
-    doc.value
-        .get("clusters")?
-        .as_array()?
-        .iter()
-        .find(|c| c.get("name").and_then(Value::as_str) == Some(cluster.as_str()))?
-        .get("cluster")?
-        .get("server")?
-        .as_str()
-        .map(str::to_owned)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -424,5 +473,20 @@ mod tests {
         let stricter = json!({"approvals": 3, "roles": ["ml-lead", "sec"], "evals": {"auc": {"min": 0.95}}});
         assert!(weaker(&stricter, &min).is_empty(), "a spec may be stricter");
         assert_eq!(strengthen(&stricter, &min)["evals"]["auc"]["min"], 0.95);
+    }
+
+    #[test]
+    fn servers_match_in_one_form() {
+        for (a, b) in [
+            ("https://10.0.0.1:6443/", "https://10.0.0.1:6443"),
+            ("HTTPS://API.Prod.Example", "https://api.prod.example:443"),
+            ("https://[::1]", "https://[::1]:443"),
+        ] {
+            assert_eq!(normalize_server(a), normalize_server(b), "{a} vs {b}");
+        }
+        assert_ne!(
+            normalize_server("https://10.0.0.1:6443"),
+            normalize_server("https://10.0.0.2:6443")
+        );
     }
 }

@@ -136,16 +136,15 @@ pub struct BuildContext {
     pub serving: Option<crate::spec::Serving>,
     /// Manifest templates rendered for `apply` steps.
     pub manifests: Vec<crate::expand::Manifest>,
-    /// The kubeconfig to use (else `KUBECONFIG`, `~/.kube/config`, in-cluster).
-    pub kubeconfig: Option<std::path::PathBuf>,
-    /// A context named on the command line instead of the spec's.
-    pub context: Option<String>,
+    /// How the run reaches its target (the steps crate's `Reach`: kubeconfig,
+    /// context and API server, or the embedded cluster). Opaque here: the
+    /// engine knows no cluster.
+    pub reach: serde_json::Value,
     /// The id of the step being built (for a compensation, the step it undoes).
     pub step: String,
-    /// How much faster than real time holds run (`run --sim --time-scale`); 1 normally.
-    pub time_scale: f64,
-    /// The model registry file to use whatever `model.registry` says (`run --sim`).
-    pub registry_file: Option<std::path::PathBuf>,
+    /// The key of the run's integrity chain (approvals recorded in the run
+    /// directory are signed with it).
+    pub run_key: Option<std::sync::Arc<crate::journal::Key>>,
 }
 
 /// The target of a run, as the spec names it.
@@ -155,7 +154,8 @@ pub struct TargetInfo {
     pub context: String,
     /// Namespace.
     pub namespace: String,
-    /// Production: every safety rule applies.
+    /// Production: every safety rule applies. The *effective* environment:
+    /// the spec's, or production when the policy says the cluster reached is.
     pub production: bool,
     /// Set when a GitOps controller manages the target.
     pub gitops: Option<crate::spec::GitOps>,
@@ -174,11 +174,9 @@ impl BuildContext {
             target: None,
             serving: None,
             manifests: Vec::new(),
-            kubeconfig: None,
-            context: None,
+            reach: serde_json::Value::Null,
             step: String::new(),
-            time_scale: 1.0,
-            registry_file: None,
+            run_key: None,
         }
     }
 }

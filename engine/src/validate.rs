@@ -41,6 +41,9 @@ pub struct Context<'a> {
     pub schema_errors: &'a [String],
     /// The platform policy, if one is in force.
     pub policy: Option<&'a Policy>,
+    /// Where a run of the spec would deploy (context used, its API server),
+    /// when known: the policy judges the cluster actually reached.
+    pub reached: Option<&'a crate::policy::Reached>,
 }
 
 impl Context<'_> {
@@ -48,7 +51,7 @@ impl Context<'_> {
     /// what the spec declares.
     fn environment(&self) -> Option<Derived> {
         match self.policy {
-            Some(p) => p.derive(self.spec),
+            Some(p) => p.derive(self.spec, self.reached),
             None => self.spec.target.as_ref().map(|t| Derived {
                 environment: t.environment,
                 reason: None,
@@ -579,7 +582,7 @@ fn check_gitops(cx: &Context<'_>, out: &mut Vec<Diagnostic>) {
     if target.gitops.is_some() {
         return;
     }
-    let Some(why) = cx.policy.and_then(|p| p.gitops_managed(cx.spec)) else {
+    let Some(why) = cx.policy.and_then(|p| p.gitops_managed(cx.spec, cx.reached)) else {
         return;
     };
     for c in configured(cx.spec) {

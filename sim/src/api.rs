@@ -18,6 +18,11 @@ use crate::store::{Change, HISTORY, Key, Store, fields_v1, leaves, merge_patch, 
 
 pub struct State {
     token: String,
+    /// Random per sim: what `/sim/identity` answers, so a run can prove
+    /// that its API server is this sim and not a real cluster.
+    pub identity: String,
+    /// Further users: token → (username, groups). The admin token is `token`.
+    users: Mutex<std::collections::HashMap<String, (String, Vec<String>)>>,
     faults: Mutex<Vec<crate::faults::PodFault>>,
     api_faults: Mutex<Vec<ApiFault>>,
     store: Mutex<Store>,
@@ -39,6 +44,8 @@ impl State {
     pub fn new(token: String, scenario: Scenario) -> Self {
         let seed = scenario.seed.unwrap_or(0x5EED);
         let state = State {
+            identity: crate::random_hex(),
+            users: Mutex::default(),
             token,
             faults: Mutex::new(scenario.pods.clone()),
             api_faults: Mutex::new(scenario.api.clone()),
@@ -66,6 +73,32 @@ impl State {
             );
         }
         state
+    }
+
+    /// A token for `user` (made once; the same token on every call).
+    pub fn user_token(&self, user: &str, groups: &[&str]) -> String {
+        let Ok(mut users) = self.users.lock() else {
+            return String::new();
+        };
+        if let Some((t, _)) = users.iter().find(|(_, (u, _))| u == user) {
+            return t.clone();
+        }
+        let token = format!("sim-user-{}", crate::random_hex());
+        let mut g: Vec<String> = groups.iter().map(|s| (*s).to_owned()).collect();
+        g.push("system:authenticated".into());
+        users.insert(token.clone(), (user.to_owned(), g));
+        token
+    }
+
+    /// Who a bearer token is (`None`: nobody).
+    fn user_of(&self, token: &str) -> Option<(String, Vec<String>)> {
+        if token == self.token {
+            return Some((
+                "sim-admin".into(),
+                vec!["system:masters".into(), "system:authenticated".into()],
+            ));
+        }
+        self.users.lock().ok()?.get(token).cloned()
     }
 
     /// Creates the scenario's objects (Namespaces and CRDs first).
@@ -294,6 +327,40 @@ fn valid_name(name: &str) -> bool {
         && b[b.len() - 1].is_ascii_alphanumeric()
 }
 
+/// A body whose `kind`/`apiVersion` is not the resource of the URL (a
+/// Secret POSTed to `/configmaps`): the API server refuses it with a 400.
+/// Patches other than server-side apply carry no kind and pass.
+fn wrong_kind(kind: &Kind, body: &[u8], headers: &HeaderMap) -> Option<Response> {
+    let ctype = headers
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    if ctype.contains("patch") && !ctype.starts_with("application/apply-patch") {
+        return None;
+    }
+    let obj: Value = serde_json::from_slice(body).ok()?;
+    let want_api = if kind.group.is_empty() {
+        kind.version.to_owned()
+    } else {
+        format!("{}/{}", kind.group, kind.version)
+    };
+    let got_kind = obj["kind"].as_str();
+    let got_api = obj["apiVersion"].as_str();
+    let bad = got_kind.is_some_and(|k| k != kind.kind) || got_api.is_some_and(|a| a != want_api);
+    bad.then(|| {
+        status(
+            StatusCode::BAD_REQUEST,
+            "BadRequest",
+            format!(
+                "the object provided is unrecognized (must be of type {}): {} {}",
+                kind.kind,
+                got_api.unwrap_or(""),
+                got_kind.unwrap_or("")
+            ),
+        )
+    })
+}
+
 /// A request on a collection that needs an object name.
 fn name_required() -> Response {
     status(
@@ -324,17 +391,26 @@ async fn handle(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let authorized = headers
+    let user = headers
         .get("authorization")
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
-        .is_some_and(|t| t == state.token);
-    if !authorized {
+        .and_then(|t| state.user_of(t));
+    let Some((username, user_groups)) = user else {
         return status(StatusCode::UNAUTHORIZED, "Unauthorized", "Unauthorized".into());
-    }
+    };
     let path = uri.path().trim_end_matches('/');
     let segs: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
     match segs.as_slice() {
+        ["sim", "identity"] => return reply(StatusCode::OK, json!({"identity": state.identity})),
+        ["apis", "authentication.k8s.io", "v1", "selfsubjectreviews"] if method == Method::POST => {
+            return reply(
+                StatusCode::CREATED,
+                json!({"apiVersion": "authentication.k8s.io/v1", "kind": "SelfSubjectReview",
+                       "metadata": {"creationTimestamp": null},
+                       "status": {"userInfo": {"username": username, "groups": user_groups}}}),
+            );
+        }
         ["sim", "faults"] => return state.admin_faults(&method, &body),
         ["sim", "scenario"] => return state.admin_scenario(&method, &body),
         ["sim", "traffic"] => {
@@ -452,6 +528,11 @@ async fn handle(
             }
             None => state.list(&t, query),
         },
+        Method::POST | Method::PUT | Method::PATCH
+            if !t.status && wrong_kind(t.kind, &body, &headers).is_some() =>
+        {
+            wrong_kind(t.kind, &body, &headers).unwrap_or_else(store_unavailable)
+        }
         Method::POST => match serde_json::from_slice::<Value>(&body) {
             Ok(obj) => state.create(t.kind, t.namespace.as_deref(), obj),
             Err(e) => status(

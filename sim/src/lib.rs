@@ -325,6 +325,21 @@ impl Sim {
         &self.token
     }
 
+    /// The sim's identity: `GET /sim/identity` answers it, which is how a
+    /// run attached to this sim proves its API server is this sim.
+    #[must_use]
+    pub fn identity(&self) -> &str {
+        &self.state.identity
+    }
+
+    /// A kubeconfig for `user` (another identity than the admin's, for
+    /// approvals by someone else: `SelfSubjectReview` answers `user`).
+    #[must_use]
+    pub fn kubeconfig_for_user(&self, context: &str, user: &str) -> String {
+        let token = self.state.user_token(user, &[]);
+        self.kubeconfig_with(context, &token)
+    }
+
     /// A kubeconfig for this sim, context `sim`.
     #[must_use]
     pub fn kubeconfig(&self) -> String {
@@ -335,11 +350,15 @@ impl Sim {
     /// spec's `target.context` reaches the sim).
     #[must_use]
     pub fn kubeconfig_for(&self, context: &str) -> String {
+        self.kubeconfig_with(context, &self.token)
+    }
+
+    fn kubeconfig_with(&self, context: &str, token: &str) -> String {
         format!(
             "apiVersion: v1\nkind: Config\nclusters:\n- name: sim\n  cluster: {{server: \"{}\", certificate-authority-data: \"{}\"}}\nusers:\n- name: sim\n  user: {{token: \"{}\"}}\ncontexts:\n- name: \"{context}\"\n  context: {{cluster: sim, user: sim, namespace: default}}\ncurrent-context: \"{context}\"\n",
             self.url(),
             base64::Engine::encode(&base64::engine::general_purpose::STANDARD, self.ca_pem.as_bytes()),
-            self.token
+            token
         )
     }
 
@@ -397,6 +416,12 @@ fn tls_config() -> Result<(rustls::ServerConfig, String), SimError> {
         .map_err(|e| other(e.to_string()))?;
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok((config, pem))
+}
+
+/// 32 hex digits from the kernel's random source (the clock, pid and a
+/// counter only if it cannot be read).
+pub(crate) fn random_hex() -> String {
+    token().trim_start_matches("sim-").to_owned()
 }
 
 /// A token from the kernel's random source (the clock and pid only if it

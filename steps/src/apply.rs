@@ -482,7 +482,7 @@ impl Step for ApplyStep {
                     }
                     before.push(json!({"ref": r, "existed": current.is_some(), "object": current.as_ref().map(restorable)}));
                 }
-                cx.remember("objects", Value::Array(before));
+                cx.remember("objects", Value::Array(before))?;
             }
             let mut applied = Vec::new();
             for o in &self.objects {

@@ -1,4 +1,15 @@
 //! `approval`: wait for people to approve with `rollwright approve`.
+//!
+//! Who approves is not what they claim: when the run reaches a cluster,
+//! `rollwright approve` asks the API server who the approver's credentials
+//! are (`SelfSubjectReview`) and records that name (`trust: cluster`). Only a
+//! run that reaches no cluster takes `--as NAME` (`trust: local`: anyone who
+//! can run rollwright as this user can claim any name), and a production run
+//! never counts such approvals. Each approval is a file in the run directory
+//! signed with the run key (the journal's, kept outside the run directory),
+//! bound to the run and the step: a file written or copied by hand does not
+//! count. When the step first waited is journaled, so its expiry survives a
+//! resume and cannot be moved by editing a file.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -63,7 +74,10 @@ impl StepKind for Approval {
             config,
             expires,
             run_dir: cx.run_dir.clone(),
+            run_id: cx.run_id.clone(),
             started_by: cx.started_by.clone(),
+            key: cx.run_key.clone(),
+            production: cx.target.as_ref().is_some_and(|t| t.production),
         }))
     }
     fn check(&self, with: &Value) -> Vec<Finding> {
@@ -93,6 +107,35 @@ pub struct Recorded {
     pub who: String,
     /// Unix time in milliseconds.
     pub at_ms: u64,
+    /// `cluster` (the API server authenticated `who`) or `local` (claimed).
+    #[serde(default)]
+    pub trust: String,
+    /// The API server that authenticated `who` (`trust: cluster`).
+    #[serde(default)]
+    pub server: String,
+    /// MAC with the run key over the run, step and the fields above.
+    #[serde(default)]
+    pub sig: String,
+}
+
+impl Recorded {
+    fn parts<'a>(&'a self, run: &'a str, step: &'a str, at: &'a str) -> [&'a str; 7] {
+        ["approval", run, step, &self.who, at, &self.trust, &self.server]
+    }
+}
+
+/// How an approver was identified.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Identity {
+    /// Authenticated by the cluster's API server (at this URL).
+    Cluster {
+        /// Username from `SelfSubjectReview`.
+        who: String,
+        /// The API server.
+        server: String,
+    },
+    /// Claimed (`--as`), for runs that reach no cluster.
+    Local(String),
 }
 
 /// Where approvals of `step` are kept.
@@ -111,12 +154,35 @@ pub fn dir(run_dir: &Path, step: &str) -> PathBuf {
     run_dir.join("approvals").join(safe)
 }
 
+/// What `rollwright approve` needs to record an approval.
+pub struct Approver<'a> {
+    /// The run's directory.
+    pub run_dir: &'a Path,
+    /// The run id.
+    pub run: &'a str,
+    /// The approval step.
+    pub step: &'a str,
+    /// The step's `with`.
+    pub with: &'a Value,
+    /// Who started the run.
+    pub started_by: &'a str,
+    /// Who approves, and how we know.
+    pub identity: Identity,
+    /// The run key.
+    pub key: &'a rollwright_engine::journal::Key,
+}
+
 /// Checks and records an approval (what `rollwright approve` does).
 ///
 /// # Errors
 /// Who may not approve, or an I/O error.
-pub fn record(run_dir: &Path, step: &str, with: &Value, started_by: &str, who: &str) -> Result<(), String> {
-    let c: ApprovalConfig = serde_json::from_value(with.clone()).map_err(|e| e.to_string())?;
+pub fn record(a: &Approver<'_>) -> Result<(), String> {
+    let (run_dir, step, started_by) = (a.run_dir, a.step, a.started_by);
+    let (who, trust, server) = match &a.identity {
+        Identity::Cluster { who, server } => (who.as_str(), "cluster", server.as_str()),
+        Identity::Local(who) => (who.as_str(), "local", ""),
+    };
+    let c: ApprovalConfig = serde_json::from_value(a.with.clone()).map_err(|e| e.to_string())?;
     if who.trim().is_empty() {
         return Err("the approver's name is empty".into());
     }
@@ -133,10 +199,15 @@ pub fn record(run_dir: &Path, step: &str, with: &Value, started_by: &str, who: &
     }
     let d = dir(run_dir, step);
     std::fs::create_dir_all(&d).map_err(|e| format!("{}: {e}", d.display()))?;
-    let rec = Recorded {
+    let mut rec = Recorded {
         who: who.to_owned(),
         at_ms: now_ms(),
+        trust: trust.to_owned(),
+        server: server.to_owned(),
+        sig: String::new(),
     };
+    let at = rec.at_ms.to_string();
+    rec.sig = a.key.sign(&rec.parts(a.run, step, &at));
     let safe: String = who
         .chars()
         .map(|c| {
@@ -168,35 +239,42 @@ struct ApprovalStep {
     config: ApprovalConfig,
     expires: Option<Duration>,
     run_dir: PathBuf,
+    run_id: String,
     started_by: String,
+    key: Option<Arc<rollwright_engine::journal::Key>>,
+    production: bool,
 }
 
 impl ApprovalStep {
-    /// When the step first waited (kept on disk so that resume keeps the expiry).
-    fn opened_ms(&self, step: &str) -> Result<u64, StepError> {
-        let d = dir(&self.run_dir, step);
-        let f = d.join(".opened");
-        if let Some(ms) = std::fs::read_to_string(&f)
-            .ok()
-            .and_then(|s| s.trim().parse().ok())
-        {
+    /// When the step first waited: journaled, so that a resume keeps the
+    /// expiry and no file can move it.
+    fn opened_ms(&self, cx: &StepContext) -> Result<u64, StepError> {
+        if let Some(ms) = cx.recalled("opened-ms").and_then(|v| v.as_u64()) {
             return Ok(ms);
         }
-        std::fs::create_dir_all(&d).map_err(|e| StepError::transient(format!("{}: {e}", d.display())))?;
         let ms = now_ms();
-        std::fs::write(&f, ms.to_string())
-            .map_err(|e| StepError::transient(format!("{}: {e}", f.display())))?;
+        cx.remember("opened-ms", Value::from(ms))?;
         Ok(ms)
     }
 
     fn approvals(&self, step: &str) -> Vec<Recorded> {
+        let Some(key) = &self.key else {
+            return Vec::new();
+        };
         let mut out: Vec<Recorded> = std::fs::read_dir(dir(&self.run_dir, step))
             .into_iter()
             .flatten()
             .filter_map(Result::ok)
             .filter(|e| e.path().extension().is_some_and(|x| x == "json"))
-            .filter_map(|e| std::fs::read(e.path()).ok())
+            .filter_map(|e| rollwright_engine::fsread::read(&e.path(), 64 * 1024).ok())
             .filter_map(|b| serde_json::from_slice::<Recorded>(&b).ok())
+            // Signed for this run and step with the run key: not written by hand.
+            .filter(|r| {
+                let at = r.at_ms.to_string();
+                key.verify(&r.parts(&self.run_id, step, &at), &r.sig)
+            })
+            // Authenticated by the cluster in production.
+            .filter(|r| !self.production || r.trust == "cluster")
             // Distinct people, never the one who started the run, only those allowed.
             .filter(|r| r.who != self.started_by)
             .filter(|r| self.config.from.is_empty() || self.config.from.contains(&r.who))
@@ -210,7 +288,7 @@ impl ApprovalStep {
 impl Step for ApprovalStep {
     fn run<'a>(&'a self, cx: &'a StepContext) -> BoxFuture<'a, Result<Progress, StepError>> {
         Box::pin(async move {
-            let opened = self.opened_ms(&cx.step_id)?;
+            let opened = self.opened_ms(cx)?;
             let got = self.approvals(&cx.step_id);
             let need = self.config.approvers as usize;
             if got.len() >= need {
@@ -235,8 +313,9 @@ impl Step for ApprovalStep {
             Ok(Progress::Wait {
                 after: left.max(Duration::from_millis(50)),
                 reason: format!(
-                    "waiting for {need} approval(s), {} so far: rollwright approve <run> {} --as NAME",
+                    "waiting for {need} approval(s), {} so far: rollwright approve {} {}",
                     got.len(),
+                    self.run_id,
                     cx.step_id
                 ),
             })

@@ -9,13 +9,12 @@
 //! and deadlines: that is turned off here.
 
 use std::collections::HashMap;
-use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use kube::api::{
     ApiResource, DeleteParams, DynamicObject, GroupVersionKind, ListParams, Patch, PatchParams, PostParams,
 };
-use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::config::KubeConfigOptions;
 use kube::{Api, Client, Config};
 use rollwright_engine::exec::StepError;
 use rollwright_engine::registry::BuildContext;
@@ -76,7 +75,7 @@ impl std::fmt::Display for ObjRef {
 
 /// One cluster, as a run's steps share it.
 pub struct Cluster {
-    kubeconfig: Option<PathBuf>,
+    reach: crate::reach::Reach,
     /// The context used.
     pub context: String,
     /// The target namespace.
@@ -91,40 +90,40 @@ impl std::fmt::Debug for Cluster {
     }
 }
 
-/// A run's clusters, shared by its steps (one client per kubeconfig and context).
+/// A run's clusters, shared by its steps (one client per reach and namespace).
 static CLUSTERS: Mutex<Vec<Arc<Cluster>>> = Mutex::new(Vec::new());
 
 impl Cluster {
-    /// The cluster a run targets. A production target is only reached
-    /// through the context the spec names.
+    /// The cluster a run targets, as its [`crate::reach::Reach`] says: the
+    /// only way steps reach a cluster.
     ///
     /// # Errors
-    /// No target in the spec, or a production context override.
+    /// No target in the spec, or no reach (a run that was given none).
     pub fn of(cx: &BuildContext) -> Result<Arc<Cluster>, String> {
         let target = cx
             .target
             .as_ref()
             .ok_or("this step needs `target: {context, namespace, environment}` in the spec")?;
-        let context = match &cx.context {
-            Some(c) if c != &target.context && target.production => {
-                return Err(format!(
-                    "the target is production and its context is `{}`: refusing to use `{c}` (--context)",
-                    target.context
-                ));
-            }
-            Some(c) => c.clone(),
-            None => target.context.clone(),
-        };
+        let reach = crate::reach::Reach::of(cx);
+        if reach.context.is_empty() {
+            return Err("this run reaches no cluster".into());
+        }
+        Cluster::at(reach, &target.namespace)
+    }
+
+    /// The cluster `reach` reaches, for `namespace`.
+    ///
+    /// # Errors
+    /// The cache is poisoned.
+    pub fn at(reach: crate::reach::Reach, namespace: &str) -> Result<Arc<Cluster>, String> {
         let mut all = CLUSTERS.lock().map_err(|_| "cluster cache poisoned".to_owned())?;
-        if let Some(c) = all.iter().find(|c| {
-            c.kubeconfig == cx.kubeconfig && c.context == context && c.namespace == target.namespace
-        }) {
+        if let Some(c) = all.iter().find(|c| c.reach == reach && c.namespace == namespace) {
             return Ok(c.clone());
         }
         let c = Arc::new(Cluster {
-            kubeconfig: cx.kubeconfig.clone(),
-            context,
-            namespace: target.namespace.clone(),
+            context: reach.context.clone(),
+            reach,
+            namespace: namespace.to_owned(),
             client: tokio::sync::OnceCell::new(),
             kinds: Mutex::default(),
         });
@@ -139,40 +138,67 @@ impl Cluster {
     pub async fn client(&self) -> Result<Client, StepError> {
         self.client
             .get_or_try_init(|| async {
-                let kc = match &self.kubeconfig {
-                    Some(p) => Some(Kubeconfig::read_from(p).map_err(|e| {
-                        StepError::failed(format!("cannot read kubeconfig {}: {e}", p.display()))
-                    })?),
-                    None => Kubeconfig::read().ok(),
-                };
-                let mut config = match kc {
+                let mut config = match self.reach.kubeconfig().map_err(StepError::failed)? {
                     Some(kc) => {
                         if !kc.contexts.iter().any(|c| c.name == self.context) {
                             return Err(StepError::failed(format!(
                                 "the kubeconfig has no context `{}` (it has: {})",
                                 self.context,
-                                kc.contexts.iter().map(|c| c.name.as_str()).collect::<Vec<_>>().join(", ")
+                                kc.contexts
+                                    .iter()
+                                    .map(|c| c.name.as_str())
+                                    .collect::<Vec<_>>()
+                                    .join(", ")
                             )));
                         }
                         let options = KubeConfigOptions {
                             context: Some(self.context.clone()),
                             ..KubeConfigOptions::default()
                         };
-                        Config::from_custom_kubeconfig(kc, &options)
-                            .await
-                            .map_err(|e| StepError::failed(format!("kubeconfig context `{}`: {e}", self.context)))?
+                        Config::from_custom_kubeconfig(kc, &options).await.map_err(|e| {
+                            StepError::failed(format!("kubeconfig context `{}`: {e}", self.context))
+                        })?
                     }
-                    None => Config::incluster().map_err(|e| {
-                        StepError::failed(format!(
-                            "no kubeconfig (--kubeconfig, $KUBECONFIG, ~/.kube/config) and not in a cluster: {e}"
-                        ))
+                    None if self.reach.in_cluster => Config::incluster().map_err(|e| {
+                        StepError::failed(format!("not in a cluster (the run started in-cluster): {e}"))
                     })?,
+                    None => {
+                        return Err(StepError::failed(
+                            "no kubeconfig (--kubeconfig, $KUBECONFIG, ~/.kube/config) and not in a cluster",
+                        ));
+                    }
                 };
                 config.default_retry = false;
                 Client::try_from(config).map_err(|e| StepError::failed(format!("cannot make a client: {e}")))
             })
             .await
             .cloned()
+    }
+
+    /// Who the client is to the API server (`SelfSubjectReview`): the
+    /// authenticated username, never what the user claims.
+    ///
+    /// # Errors
+    /// The API server cannot say (too old, or unreachable).
+    pub async fn whoami(&self) -> Result<String, StepError> {
+        let client = self.client().await?;
+        let body = serde_json::to_vec(
+            &json!({"apiVersion": "authentication.k8s.io/v1", "kind": "SelfSubjectReview"}),
+        )
+        .unwrap_or_default();
+        let req = http::Request::post("/apis/authentication.k8s.io/v1/selfsubjectreviews")
+            .header("content-type", "application/json")
+            .body(body)
+            .map_err(|e| StepError::failed(e.to_string()))?;
+        let review: Value = client
+            .request(req)
+            .await
+            .map_err(|e| classify(e, "asking the API server who we are (SelfSubjectReview)"))?;
+        review["status"]["userInfo"]["username"]
+            .as_str()
+            .filter(|u| !u.is_empty())
+            .map(str::to_owned)
+            .ok_or_else(|| StepError::failed("the API server's SelfSubjectReview names no user"))
     }
 
     /// The API of a kind (discovered once), in `namespace` when namespaced.
@@ -315,6 +341,35 @@ impl Cluster {
             }
         }
         Ok(())
+    }
+
+    /// Creates an object (409 when it exists).
+    ///
+    /// # Errors
+    /// Classified API errors.
+    pub async fn create(&self, r: &ObjRef, obj: &Value) -> Result<Value, StepError> {
+        let api = self.api_of(r).await?;
+        let dynamic: DynamicObject =
+            serde_json::from_value(obj.clone()).map_err(|e| StepError::failed(format!("{r}: {e}")))?;
+        api.create(&PostParams::default(), &dynamic)
+            .await
+            .map(|o| serde_json::to_value(o).unwrap_or_default())
+            .map_err(|e| classify(e, &format!("creating {r}")))
+    }
+
+    /// Replaces an object; `obj` carries the resourceVersion it was read at
+    /// (a concurrent writer makes it a 409).
+    ///
+    /// # Errors
+    /// Classified API errors.
+    pub async fn replace(&self, r: &ObjRef, obj: &Value) -> Result<Value, StepError> {
+        let api = self.api_of(r).await?;
+        let dynamic: DynamicObject =
+            serde_json::from_value(obj.clone()).map_err(|e| StepError::failed(format!("{r}: {e}")))?;
+        api.replace(&r.name, &PostParams::default(), &dynamic)
+            .await
+            .map(|o| serde_json::to_value(o).unwrap_or_default())
+            .map_err(|e| classify(e, &format!("replacing {r}")))
     }
 
     /// Deletes an object; one already gone is fine.

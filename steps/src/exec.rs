@@ -125,6 +125,12 @@ impl ExecStep {
 impl Step for ExecStep {
     fn run<'a>(&'a self, cx: &'a StepContext) -> BoxFuture<'a, Result<Progress, StepError>> {
         Box::pin(async move {
+            // Recorded (journaled) before the command may change anything:
+            // the run knows it changed something, and the undo knows it has
+            // something to undo.
+            if cx.recalled("ran").is_none() {
+                cx.remember("ran", Value::from(self.config.command.clone()))?;
+            }
             let stdout = self.exec(&self.config.command, cx).await?;
             let mut outputs = Map::new();
             outputs.insert("stdout".into(), Value::String(stdout));
@@ -133,7 +139,8 @@ impl Step for ExecStep {
     }
     fn compensate<'a>(&'a self, cx: &'a StepContext) -> BoxFuture<'a, Result<(), StepError>> {
         Box::pin(async move {
-            if self.config.undo.is_empty() {
+            // Nothing ran, nothing to undo.
+            if self.config.undo.is_empty() || cx.recalled("ran").is_none() {
                 return Ok(());
             }
             self.exec(&self.config.undo, cx).await.map(|_| ())

@@ -91,10 +91,10 @@ impl StepKind for GateCheck {
         let Some((registry, name, version)) = cx.model.clone() else {
             return Err("a gate-check needs the spec's `model`".into());
         };
+        // Only the embedded cluster brings its own registry (the scenario's).
+        let sim_registry = crate::reach::Reach::of(cx).sim.and_then(|s| s.registry);
         let backend: Box<dyn ModelRegistry> = match registry.as_str() {
-            _ if cx.registry_file.is_some() => {
-                Box::new(FileRegistry::at(cx.registry_file.clone().unwrap_or_default()))
-            }
+            _ if sim_registry.is_some() => Box::new(FileRegistry::at(sim_registry.unwrap_or_default())),
             "file" => Box::new(FileRegistry::locate(&cx.spec_dir)),
             "mlflow" => Box::new(MlflowRegistry::from_env(with.get("token"), &cx.spec_dir)?),
             other => return Err(format!("unknown model registry `{other}`")),
@@ -289,6 +289,9 @@ impl Step for GateStep {
 /// the registry gave one, this digest). Whatever the spec says; its
 /// compensation is never guarded (rollback must always work).
 pub struct Guarded {
+    /// The ids of the run's gate-check steps: only their outputs count as a
+    /// passed gate (another step's outputs cannot pose as one).
+    pub gates: Vec<String>,
     /// The model.
     pub model: String,
     /// The version.
@@ -303,27 +306,33 @@ pub struct Guarded {
 impl Step for Guarded {
     fn run<'a>(&'a self, cx: &'a StepContext) -> BoxFuture<'a, Result<Progress, StepError>> {
         Box::pin(async move {
-            let passed = cx.outputs.read().ok().is_some_and(|o| {
-                o.values().any(|out| {
+            let gate_outputs = |o: &std::collections::HashMap<String, serde_json::Map<String, Value>>| {
+                o.iter()
+                    .filter(|(id, _)| self.gates.contains(id))
+                    .map(|(_, out)| out.clone())
+                    .collect::<Vec<_>>()
+            };
+            let outs = cx.outputs.read().map(|o| gate_outputs(&o)).unwrap_or_default();
+            let passed = {
+                outs.iter().any(|out| {
                     out.get("gate") == Some(&Value::Bool(true))
                         && out.get("model").and_then(Value::as_str) == Some(self.model.as_str())
                         && out.get("version").and_then(Value::as_str) == Some(self.version.as_str())
                 })
-            });
+            };
             if !passed {
                 return Err(StepError::rejected(format!(
                     "refusing to change production: no gate-check passed in this run for {} version {}",
                     self.model, self.version
                 )));
             }
-            let recorded: Option<Value> = cx.outputs.read().ok().and_then(|o| {
-                o.values()
-                    .find(|out| {
-                        out.get("gate") == Some(&Value::Bool(true))
-                            && out.get("version").and_then(Value::as_str) == Some(self.version.as_str())
-                    })
-                    .and_then(|out| out.get("digest").cloned())
-            });
+            let recorded: Option<Value> = outs
+                .iter()
+                .find(|out| {
+                    out.get("gate") == Some(&Value::Bool(true))
+                        && out.get("version").and_then(Value::as_str) == Some(self.version.as_str())
+                })
+                .and_then(|out| out.get("digest").cloned());
             for gate in &self.recheck {
                 match gate.run(cx).await {
                     Ok(Progress::Done { outputs }) => {
@@ -438,6 +447,7 @@ mod tests {
     async fn the_guard_needs_a_passing_gate_for_this_exact_version() {
         let inner = Arc::new(Effect(std::sync::atomic::AtomicU32::new(0)));
         let guarded = Guarded {
+            gates: vec!["gate".into()],
             model: "fraud".into(),
             version: "7".into(),
             inner: inner.clone(),
@@ -454,6 +464,16 @@ mod tests {
                 ..StepContext::detached("deploy")
             }
         };
+        // Outputs that look like a pass, from a step that is not a gate.
+        let mut outs = std::collections::HashMap::new();
+        let forged = serde_json::json!({"gate": true, "model": "fraud", "version": "7"});
+        outs.insert("smoke".to_owned(), forged.as_object().unwrap().clone());
+        let posing = StepContext {
+            outputs: Arc::new(std::sync::RwLock::new(outs)),
+            ..StepContext::detached("deploy")
+        };
+        let e = guarded.run(&posing).await.unwrap_err();
+        assert!(e.message.contains("no gate-check passed"), "{e}");
         for gate in [None, Some(("fraud", "6")), Some(("other", "7"))] {
             let e = guarded.run(&cx(gate)).await.unwrap_err();
             assert_eq!(e.class, rollwright_engine::exec::ErrorClass::Rejected);

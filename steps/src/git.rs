@@ -392,7 +392,15 @@ impl Git {
         if let e @ GitError::Auth { .. } = failure("push", err.clone()) {
             return Err(e);
         }
-        if all.contains("(fetch first)") || all.contains("(non-fast-forward)") || all.contains("stale info") {
+        // The branch moved: before our push (fetch first, non-fast-forward),
+        // or while the remote was updating it (another push won the race
+        // for the ref lock: "cannot lock ref … is at X but expected Y").
+        let raced = all.contains("cannot lock ref") && all.contains("but expected");
+        if all.contains("(fetch first)")
+            || all.contains("(non-fast-forward)")
+            || all.contains("stale info")
+            || raced
+        {
             return Err(GitError::Moved {
                 branch: self.branch.clone(),
             });

@@ -212,8 +212,7 @@ impl GitOpsTarget {
             cx.remember(
                 "gitops-commit",
                 json!({"sha": sha, "parent": tip, "action": action}),
-            );
-            before_push_hook(&cx.owner);
+            )?;
             if pushed(&git).await? {
                 return Ok(sha);
             }
@@ -272,12 +271,14 @@ impl GitOpsTarget {
                 // The reverse is already in place (someone reverted by hand).
                 return Ok(None);
             };
-            cx.remember(
+            // A compensation goes on without its journal (rolling back
+            // matters more); the revert's trailers keep it from happening twice.
+            let _ = cx.remember(
                 "gitops-commit",
                 json!({"sha": sha, "action": "revert", "reverts": todo}),
             );
             if pushed(&git).await? {
-                cx.remember("gitops-revert", json!({"sha": sha, "reverts": todo}));
+                let _ = cx.remember("gitops-revert", json!({"sha": sha, "reverts": todo}));
                 // For the progress stream and the report, like a direct restore.
                 crate::restore::report(
                     cx,
@@ -314,7 +315,7 @@ impl GitOpsTarget {
             Some(sha) => sha,
             None => {
                 let sha = self.change(cx, action, summary, edit).await?;
-                cx.remember("gitops-pushed", json!({"sha": sha, "action": action}));
+                cx.remember("gitops-pushed", json!({"sha": sha, "action": action}))?;
                 sha
             }
         };
@@ -605,15 +606,6 @@ fn needs_pruning(status: &Value) -> Option<String> {
 /// A testing hook: `ROLLWRIGHT_TEST_BEFORE_PUSH` is run by `sh -c` before
 /// each push of a new commit (with `ROLLWRIGHT_TEST_STEP` set), so a test
 /// can move the branch at exactly that moment.
-fn before_push_hook(step: &str) {
-    if let Ok(cmd) = std::env::var("ROLLWRIGHT_TEST_BEFORE_PUSH") {
-        let _ = std::process::Command::new("sh")
-            .args(["-c", &cmd])
-            .env("ROLLWRIGHT_TEST_STEP", step)
-            .status();
-    }
-}
-
 fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
     use std::io::Write;
     #[cfg(unix)]

@@ -295,7 +295,11 @@ impl Hold {
         let version = cx.model.as_ref().map_or_else(String::new, |m| m.2.clone());
         // Under a time scale (the embedded cluster at 60×), a 10-minute hold
         // takes 10 s and its analysis interval shrinks alike.
-        let scale = if cx.time_scale > 0.0 { cx.time_scale } else { 1.0 };
+        // Only the embedded cluster runs faster than real time.
+        let scale = crate::reach::Reach::of(cx)
+            .sim
+            .map_or(1.0, |s| s.time_scale)
+            .max(f64::MIN_POSITIVE);
         let analysis = analysis.map(|mut a| {
             let iv = dur(&a.interval).div_f64(scale).max(Duration::from_millis(100));
             a.interval = format!("{}ms", iv.as_millis());
@@ -572,7 +576,7 @@ impl Step for HoldStep {
                 Some(t) => t,
                 None => {
                     let t = now_ms();
-                    cx.remember("started-ms", json!(t));
+                    cx.remember("started-ms", json!(t))?;
                     t
                 }
             };

@@ -19,12 +19,14 @@ pub mod git;
 pub mod gitops;
 pub mod hold;
 pub mod inference;
+pub mod lease;
 pub mod model_registry;
 pub mod notify;
+pub mod reach;
 pub mod restore;
 pub mod rollback;
+pub mod runnable;
 pub mod shift_traffic;
-pub mod testing;
 pub mod traffic;
 pub mod verify_inference;
 pub mod wait_ready;
@@ -45,10 +47,4 @@ pub fn registry() -> Registry {
         .with(approval::Approval)
         .with(notify::Notify)
         .with(exec::Exec)
-}
-
-/// [`registry`] plus the test-only kinds `sleep` and `fail`.
-#[must_use]
-pub fn registry_with_test_steps() -> Registry {
-    registry().with(testing::Sleep).with(testing::Fail)
 }

@@ -71,8 +71,9 @@ fn touched_by(records: &[Memo], steps: Option<&[String]>) -> Vec<ObjRef> {
 /// Journals what a restore did, when it did anything: the progress stream
 /// shows it and the report lists it under the step it undid.
 pub fn report(cx: &StepContext, done: &[String]) {
+    // Best effort: a restore goes on even when the journal cannot be written.
     if !done.is_empty() {
-        cx.remember("restored", Value::from(done.join("; ")));
+        let _ = cx.remember("restored", Value::from(done.join("; ")));
     }
 }
 

@@ -165,7 +165,7 @@ impl Step for ShiftTrafficStep {
                 Some(b) => b["fields"].clone(),
                 None => {
                     let fields = Value::Object(self.router.fields(&current));
-                    cx.remember("traffic", json!({"ref": r, "fields": fields}));
+                    cx.remember("traffic", json!({"ref": r, "fields": fields}))?;
                     fields
                 }
             };

@@ -161,7 +161,7 @@ fn verify_inference_against_a_real_kserve_model_server() {
         "  - {id: v2, type: verify-inference, with: {protocol: v2, expect: {json: [{path: \"$.outputs[0].data[0]\", equals: 0.9, tolerance: 0.05}]}}}\n",
     );
     let out = run_spec(&bad);
-    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    assert_eq!(out.status.code(), Some(5), "{}", stderr(&out));
     assert!(
         stderr(&out).contains("$.outputs[0].data[0] is 0.41999998688697815, expected 0.9 ± 0.05"),
         "{}",
@@ -175,6 +175,6 @@ fn verify_inference_against_a_real_kserve_model_server() {
         "  - {id: v1, type: verify-inference, with: {protocol: kserve-v1, requests: 2, expect: {latency: 150ms}}}\n",
     );
     let out = run_spec(&spec);
-    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    assert_eq!(out.status.code(), Some(5), "{}", stderr(&out));
     assert!(stderr(&out).contains("(budget 150ms)"), "{}", stderr(&out));
 }

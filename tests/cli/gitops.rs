@@ -249,14 +249,30 @@ fn someone_elses_commit_to_the_branch_is_kept() {
     // Right before shift-20 pushes, a teammate pushes a change to the same
     // file (a timeout on the route): rollwright's push is refused, it
     // fetches and makes its change again on top, never forcing.
+    // Git's own hook, through the user's global configuration: a pre-push
+    // hook that, before shift-20's push, pushes the teammate's change.
     let marker = g.other.join(".moved");
-    let script = format!(
-        "if [ \"$ROLLWRIGHT_TEST_STEP\" = shift-20 ] && [ ! -e '{m}' ]; then touch '{m}'; cd '{o}' && git pull --quiet origin main && sed -i 's/^  hosts: \\[fraud\\]$/  hosts: [fraud]\\n  # owned by the platform team/' envs/prod/fraud.yaml && git -c user.name=Else -c user.email=e@x commit --quiet -am 'platform: annotate route' && git push --quiet origin HEAD:main; fi",
-        m = marker.display(),
-        o = g.other.display()
-    );
+    let hooks = g.w.path().join("hooks");
+    std::fs::create_dir_all(&hooks).unwrap();
+    let hook = hooks.join("pre-push");
+    std::fs::write(
+        &hook,
+        format!(
+            "#!/bin/sh\nwhile read lref lsha rref rsha; do\n  if git log -1 --format=%B \"$lsha\" | grep -q 'Rollwright-Step: shift-20' && [ ! -e '{m}' ]; then\n    touch '{m}'\n    unset GIT_DIR GIT_WORK_TREE GIT_INDEX_FILE\n    cd '{o}' && git pull --quiet origin main && sed -i 's/^  hosts: \\[fraud\\]$/  hosts: [fraud]\\n  # owned by the platform team/' envs/prod/fraud.yaml && git -c user.name=Else -c user.email=e@x commit --quiet -am 'platform: annotate route' && git push --quiet origin HEAD:main\n  fi\ndone\nexit 0\n",
+            m = marker.display(),
+            o = g.other.display()
+        ),
+    )
+    .unwrap();
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&hook, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let gitconfig = g.w.path().join("gitconfig");
+    std::fs::write(&gitconfig, format!("[core]\n\thooksPath = {}\n", hooks.display())).unwrap();
+    let gitconfig = gitconfig.display().to_string();
     let out =
-        g.w.rollwright(&["run", "spec.yaml"], &[("ROLLWRIGHT_TEST_BEFORE_PUSH", &script)]);
+        g.w.rollwright(&["run", "spec.yaml"], &[("GIT_CONFIG_GLOBAL", &gitconfig)]);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     assert!(marker.exists(), "the concurrent push happened");
     let subjects = g.subjects();
@@ -311,12 +327,13 @@ fn a_push_the_remote_rejects_fails_the_step_and_the_run_is_reverted() {
 #[test]
 fn killed_between_commit_and_push_then_resumed_commits_once() {
     let g = git_world("argocd", "");
+    let lib = crate::fault_lib().display().to_string();
     let out = g.w.rollwright(
         &["run", "spec.yaml"],
-        &[(
-            "ROLLWRIGHT_TEST_CRASH_AT",
-            r#""step":"shift-20","key":"gitops-commit""#,
-        )],
+        &[
+            ("LD_PRELOAD", &lib),
+            ("RW_FAULT_CRASH_AT", r#""step":"shift-20","key":"gitops-commit""#),
+        ],
     );
     assert_ne!(out.status.code(), Some(0));
     let run = only_run_dir(g.w.path());
@@ -377,12 +394,13 @@ fn a_crash_looping_canary_makes_the_application_degraded_and_is_reverted() {
 #[test]
 fn aborting_a_killed_run_reverts_only_what_was_pushed() {
     let g = git_world("argocd", "");
+    let lib = crate::fault_lib().display().to_string();
     let out = g.w.rollwright(
         &["run", "spec.yaml"],
-        &[(
-            "ROLLWRIGHT_TEST_CRASH_AT",
-            r#""step":"shift-50","key":"gitops-commit""#,
-        )],
+        &[
+            ("LD_PRELOAD", &lib),
+            ("RW_FAULT_CRASH_AT", r#""step":"shift-50","key":"gitops-commit""#),
+        ],
     );
     assert_ne!(out.status.code(), Some(0));
     assert_eq!(
@@ -545,7 +563,12 @@ fn an_http_remote_gets_the_token_by_reference_and_never_shows_it() {
     // A wrong token: refused by the remote, named as such, nothing to revert.
     let out =
         g.w.rollwright(&["run", "spec.yaml"], &[("DEPLOY_TOKEN", "wrong-token-value")]);
-    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    assert_eq!(
+        out.status.code(),
+        Some(5),
+        "failed before any change: {}",
+        stderr(&out)
+    );
     let err = stderr(&out);
     assert!(err.contains("the remote refused the credentials"), "{err}");
     assert!(err.contains("check `target.gitops.credentials`"), "{err}");

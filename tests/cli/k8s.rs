@@ -196,9 +196,13 @@ fn killed_mid_shift_then_resumed() {
     let w = istio_world("");
     // Abort (as kill -9 does) right after shift-50 journaled the split it
     // is about to change, before changing it.
+    let lib = crate::fault_lib().display().to_string();
     let out = w.rollwright(
         &["run", "spec.yaml"],
-        &[("ROLLWRIGHT_TEST_CRASH_AT", r#""step":"shift-50","key":"traffic""#)],
+        &[
+            ("LD_PRELOAD", &lib),
+            ("RW_FAULT_CRASH_AT", r#""step":"shift-50","key":"traffic""#),
+        ],
     );
     assert_ne!(out.status.code(), Some(0));
     assert_eq!(
@@ -350,13 +354,10 @@ fn a_failure_mid_ramp_rolls_traffic_back_first_then_removes_the_canary() {
         "spec.yaml",
         &ISTIO_SPEC.replace(
             "  - id: promote\n    type: shift-traffic\n    needs: [shift-50]",
-            "  - {id: breach, type: fail, needs: [shift-50], with: {class: rejected, message: \"error rate 12% > 1%\"}}\n  - id: promote\n    type: shift-traffic\n    needs: [breach]",
+            "  - {id: breach, type: exec, needs: [shift-50], with: {command: [sh, -c, \"echo error rate 12% >&2; exit 1\"]}}\n  - id: promote\n    type: shift-traffic\n    needs: [breach]",
         ),
     );
-    let out = w.rollwright(
-        &["run", "spec.yaml", "--output", "json"],
-        &[("ROLLWRIGHT_TEST_STEPS", "1")],
-    );
+    let out = w.rollwright(&["run", "spec.yaml", "--output", "json"], &[]);
     assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
     assert_eq!(vs_weights(&w), "100 0");
     assert_eq!(w.deployments(), "deployment.apps/fraud-stable\n");
@@ -393,11 +394,11 @@ fn kserve_rollback_sends_everything_back_to_the_rolled_out_revision() {
             .replace("with: {resources: [Deployment/fraud-canary]}", "with: {resources: [InferenceService/fraud]}")
             .replace(
                 "  - id: promote\n    type: shift-traffic\n    needs: [shift-50]",
-                "  - {id: breach, type: fail, needs: [shift-50], with: {class: rejected}}\n  - id: promote\n    type: shift-traffic\n    needs: [breach]",
+                "  - {id: breach, type: exec, needs: [shift-50], with: {command: [\"false\"]}}\n  - id: promote\n    type: shift-traffic\n    needs: [breach]",
             ),
     );
     w.wait_split("fraud", &[("7", 100)]);
-    let out = w.rollwright(&["run", "spec.yaml"], &[("ROLLWRIGHT_TEST_STEPS", "1")]);
+    let out = w.rollwright(&["run", "spec.yaml"], &[]);
     assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
     // The InferenceService is as it was: version 7's spec, all traffic on it.
     assert_eq!(

@@ -101,6 +101,29 @@ impl Drop for ProcessGroup {
     }
 }
 
+/// The journal fault-injection library (`tests/fault/journal_faults.c`),
+/// compiled once per test run: loaded with `LD_PRELOAD`, it kills the
+/// process after a chosen durable journal batch, or makes journal writes
+/// fail. The shipped binary carries no test hook; faults come from outside.
+pub fn fault_lib() -> &'static Path {
+    static LIB: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    LIB.get_or_init(|| {
+        let out = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("journal_faults.so");
+        let tmp = out.with_extension(format!("{}.so", std::process::id()));
+        let cc = std::env::var("CC").unwrap_or_else(|_| "cc".into());
+        let status = std::process::Command::new(cc)
+            .args(["-shared", "-fPIC", "-O2", "-o"])
+            .arg(&tmp)
+            .arg(root().join("tests/fault/journal_faults.c"))
+            .arg("-ldl")
+            .status()
+            .expect("a C compiler (cc) builds the fault-injection library");
+        assert!(status.success(), "compiling tests/fault/journal_faults.c failed");
+        std::fs::rename(&tmp, &out).unwrap();
+        out
+    })
+}
+
 /// A free port on 127.0.0.1.
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")

@@ -217,7 +217,7 @@ fn gates_against_a_real_mlflow_server() {
         let dir = tempfile::tempdir().unwrap();
         seed(&server, model, alias, &tags, &metrics);
         let out = run(&server, dir.path(), &spec(model, SHIP));
-        assert_eq!(out.status.code(), Some(3), "{model}: {}", stderr(&out));
+        assert_eq!(out.status.code(), Some(5), "{model}: {}", stderr(&out));
         assert!(
             stderr(&out).contains(&format!("gate closed for {model} version 1: {expected}")),
             "{model}: {}",

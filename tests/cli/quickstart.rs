@@ -147,7 +147,7 @@ fn a_wrong_expectation_fails_the_test_and_says_why() {
     assert!(stdout(&out).trim_end().ends_with("0 passed, 1 failed"));
     let err = stderr(&out);
     assert!(
-        err.contains("expected promoted, got rolled-back (exit Some(3))"),
+        err.contains("expected promoted, got refused (exit Some(5))"),
         "{err}"
     );
     assert!(

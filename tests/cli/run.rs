@@ -32,6 +32,21 @@ fn run_in(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Output {
     cmd.output().unwrap()
 }
 
+/// Environment that kills the run (SIGKILL) right after its `n`th durable
+/// journal batch, through the fault-injection library.
+pub fn crash_after(n: usize) -> Vec<(&'static str, String)> {
+    vec![
+        ("LD_PRELOAD", crate::fault_lib().display().to_string()),
+        ("RW_FAULT_CRASH_AFTER_SYNCS", n.to_string()),
+    ]
+}
+
+/// `run_in` with owned environment values.
+pub fn run_env(dir: &Path, args: &[&str], env: &[(&str, String)]) -> Output {
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    run_in(dir, args, &env)
+}
+
 fn effects(dir: &Path) -> Vec<String> {
     std::fs::read_to_string(dir.join("effects"))
         .unwrap_or_default()
@@ -117,24 +132,21 @@ fn steps_that_cannot_be_built_are_refused_before_anything_happens() {
     );
 }
 
-/// Kill the process (abort, as kill -9 would: no cleanup) right after each
-/// journal record, resume, and check that every effect happened exactly once
-/// and the run ends as an uninterrupted one would.
+/// Kill the process (SIGKILL: no cleanup) right after each durable journal
+/// batch — every boundary, until a run gets to its end — resume, and check
+/// that every effect happened exactly once and the run ends as an
+/// uninterrupted one would.
 #[test]
 fn resume_after_a_crash_at_every_journal_record() {
     for fail in ["0", "3"] {
-        // Records of an uninterrupted run: header, 4 starts, 4 ends, then
-        // (failing) compensations, then run-finished.
-        for k in 1..=14 {
+        for k in 1..=40 {
             let dir = tempfile::tempdir().unwrap();
             std::fs::write(dir.path().join("spec.yaml"), SPEC).unwrap();
-            let k_s = k.to_string();
-            let crashed = run_in(
-                dir.path(),
-                &["run", "spec.yaml"],
-                &[("FAIL_D", fail), ("ROLLWRIGHT_TEST_CRASH_AFTER_RECORDS", &k_s)],
-            );
+            let mut env = crash_after(k);
+            env.push(("FAIL_D", fail.to_owned()));
+            let crashed = run_env(dir.path(), &["run", "spec.yaml"], &env);
             let run = only_run(dir.path());
+            let reached_the_end = crashed.status.code().is_some();
             let mut code = crashed.status.code();
             let mut resumes = 0;
             while code.is_none() && resumes < 20 {
@@ -175,6 +187,10 @@ fn resume_after_a_crash_at_every_journal_record() {
             let again = run_in(dir.path(), &["resume", &run], &[]);
             assert_eq!(again.status.code(), expected);
             assert!(stdout(&again).contains("already"), "{}", stdout(&again));
+            if reached_the_end {
+                assert!(k > 3, "every boundary of a whole run was tried ({k})");
+                break;
+            }
         }
     }
 }
@@ -183,12 +199,8 @@ fn resume_after_a_crash_at_every_journal_record() {
 fn resume_refuses_a_changed_spec() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("spec.yaml"), SPEC).unwrap();
-    let crashed = run_in(
-        dir.path(),
-        &["run", "spec.yaml"],
-        &[("ROLLWRIGHT_TEST_CRASH_AFTER_RECORDS", "3")],
-    );
-    assert_eq!(crashed.status.code(), None, "aborted");
+    let crashed = run_env(dir.path(), &["run", "spec.yaml"], &crash_after(2));
+    assert_eq!(crashed.status.code(), None, "killed");
     std::fs::write(dir.path().join("spec.yaml"), SPEC.replace("echo d", "echo D")).unwrap();
     let out = run_in(dir.path(), &["resume", &only_run(dir.path())], &[]);
     assert_eq!(out.status.code(), Some(2));
@@ -323,19 +335,27 @@ fn abort_a_running_run_and_an_interrupted_one() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("failed at `abort`: aborted by dave"));
     assert_eq!(effects(dir.path()), ["before", "undo-before"]);
 
-    // Interrupted (killed after `a` succeeded): abort compensates right away.
+    // Interrupted (killed once `a` ran, before `b` or `c` started): abort
+    // compensates right away.
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("spec.yaml"), SPEC).unwrap();
-    let crashed = run_in(
-        dir.path(),
-        &["run", "spec.yaml"],
-        &[("ROLLWRIGHT_TEST_CRASH_AFTER_RECORDS", "3")],
+    let mut env = crash_after(0);
+    env[1] = (
+        "RW_FAULT_CRASH_AT",
+        r#""record":"step-succeeded","step":"a""#.to_owned(),
     );
+    let crashed = run_env(dir.path(), &["run", "spec.yaml"], &env);
     assert_eq!(crashed.status.code(), None);
     let run = only_run(dir.path());
     let out = run_in(dir.path(), &["abort", &run], &[]);
     assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
-    assert_eq!(effects(dir.path()), ["a", "undo-a"]);
+    let e = effects(dir.path());
+    assert_eq!(&e[..1], ["a"], "{e:?}");
+    assert_eq!(e.iter().filter(|l| *l == "undo-a").count(), 1, "{e:?}");
+    assert!(
+        !e.iter().any(|l| ["b", "c", "d"].contains(&l.as_str())),
+        "nothing after the kill ran: {e:?}"
+    );
     let again = run_in(dir.path(), &["abort", &run], &[]);
     assert_eq!(again.status.code(), Some(2));
     assert!(stderr(&again).contains("has already finished (rolled-back)"));
@@ -372,11 +392,7 @@ fn every_run_writes_a_report_in_the_charter_format() {
     // An interrupted run has a report too, rebuilt from its journal.
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("spec.yaml"), SPEC).unwrap();
-    run_in(
-        dir.path(),
-        &["run", "spec.yaml"],
-        &[("ROLLWRIGHT_TEST_CRASH_AFTER_RECORDS", "4")],
-    );
+    run_env(dir.path(), &["run", "spec.yaml"], &crash_after(3));
     let md = run_in(dir.path(), &["report", &only_run(dir.path())], &[]);
     assert!(
         stdout(&md).contains("- state: **interrupted**"),
@@ -549,13 +565,12 @@ fn sigkill_during_a_wait_then_resume() {
     let dir = tempfile::tempdir().unwrap();
     let spec = SPEC.replace(
         "  - {id: d, type: exec, needs: [b, c],",
-        "  - {id: nap, type: sleep, needs: [b, c], with: {duration: 2s}}\n  - {id: d, type: exec, needs: [nap],",
+        "  - {id: nap, type: exec, needs: [b, c], with: {command: [sleep, \"2\"]}}\n  - {id: d, type: exec, needs: [nap],",
     );
     std::fs::write(dir.path().join("spec.yaml"), spec).unwrap();
     let bin = assert_cmd::cargo::cargo_bin("rollwright");
     let mut child = std::process::Command::new(&bin)
         .current_dir(dir.path())
-        .env("ROLLWRIGHT_TEST_STEPS", "1")
         .args(["run", "spec.yaml"])
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
@@ -564,7 +579,7 @@ fn sigkill_during_a_wait_then_resume() {
     let run = wait_for_journal(dir.path(), r#""step":"nap","attempt":1"#);
     child.kill().unwrap(); // SIGKILL
     let _ = child.wait();
-    let out = run_in(dir.path(), &["resume", &run], &[("ROLLWRIGHT_TEST_STEPS", "1")]);
+    let out = run_in(dir.path(), &["resume", &run], &[]);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     assert!(stderr(&out).contains("already done"), "{}", stderr(&out));
     let e = effects(dir.path());
@@ -631,7 +646,12 @@ fn the_gate_reads_the_file_registry_and_lists_every_unmet_condition() {
         .replace("value: 0.94", "value: 0.90");
     std::fs::write(dir.path().join("registry.yaml"), weak).unwrap();
     let out = run_in(dir.path(), &["run", "spec.yaml"], &[]);
-    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    assert_eq!(
+        out.status.code(),
+        Some(5),
+        "refused, nothing changed: {}",
+        stderr(&out)
+    );
     let err = stderr(&out);
     assert!(
         err.contains(
@@ -654,7 +674,7 @@ fn the_gate_reads_the_file_registry_and_lists_every_unmet_condition() {
     )
     .unwrap();
     let out = run_in(dir.path(), &["run", "spec.yaml"], &[]);
-    assert_eq!(out.status.code(), Some(3));
+    assert_eq!(out.status.code(), Some(5));
     assert!(stderr(&out).contains("gate closed: fraud-detector version 8 is not in the model registry"));
 }
 
@@ -668,12 +688,10 @@ fn resume_re_checks_the_gate() {
     .replace("needs: [gate], with: {command: [sh, -c, \"echo shipped", "needs: [wait], with: {command: [sh, -c, \"echo shipped");
     std::fs::write(dir.path().join("spec.yaml"), spec).unwrap();
     std::fs::write(dir.path().join("registry.yaml"), REGISTRY).unwrap();
-    // Crash right after the gate passed (header, started, succeeded).
-    let crashed = run_in(
-        dir.path(),
-        &["run", "spec.yaml"],
-        &[("ROLLWRIGHT_TEST_CRASH_AFTER_RECORDS", "3")],
-    );
+    // Crash right after the step after the gate began changing things.
+    let mut env = crash_after(0);
+    env[1] = ("RW_FAULT_CRASH_AT", r#""step":"wait","key":"ran""#.to_owned());
+    let crashed = run_env(dir.path(), &["run", "spec.yaml"], &env);
     assert_eq!(crashed.status.code(), None);
     // Meanwhile alice's approval is revoked.
     std::fs::write(
@@ -741,7 +759,8 @@ fn a_changed_artifact_digest_or_a_forged_journal_record_never_ships() {
     );
     assert!(effects(dir.path()).is_empty());
 
-    // A forged "gate succeeded" record in the journal: resume runs the gate again.
+    // A forged "gate succeeded" record in the journal: the journal is
+    // refused outright (its integrity chain breaks), nothing ships.
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("spec.yaml"), GATED).unwrap();
     std::fs::write(
@@ -749,11 +768,7 @@ fn a_changed_artifact_digest_or_a_forged_journal_record_never_ships() {
         REGISTRY.replace("aliases: [production-approved]", "aliases: []"),
     )
     .unwrap();
-    let crashed = run_in(
-        dir.path(),
-        &["run", "spec.yaml"],
-        &[("ROLLWRIGHT_TEST_CRASH_AFTER_RECORDS", "2")],
-    );
+    let crashed = run_env(dir.path(), &["run", "spec.yaml"], &crash_after(1));
     assert_eq!(crashed.status.code(), None);
     let run = only_run(dir.path());
     let journal = dir
@@ -767,9 +782,9 @@ fn a_changed_artifact_digest_or_a_forged_journal_record_never_ships() {
     text.push('\n');
     std::fs::write(&journal, text).unwrap();
     let out = run_in(dir.path(), &["resume", &run], &[]);
-    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    assert_eq!(out.status.code(), Some(6), "{}", stderr(&out));
     assert!(
-        stderr(&out).contains("gate closed for fraud-detector version 7: (1) lacks alias"),
+        stderr(&out).contains("line 2: the record has no integrity tag"),
         "{}",
         stderr(&out)
     );

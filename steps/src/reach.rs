@@ -1,0 +1,376 @@
+//! How a run reaches its cluster — decided once, recorded in the run's
+//! journal header (under its integrity chain), and the only thing the
+//! steps use to make a client.
+//!
+//! Two ways, never mixed:
+//! - a **real cluster**: the kubeconfig files (an explicit `--kubeconfig`,
+//!   else each file of `$KUBECONFIG`, else `~/.kube/config`), merged as
+//!   kubectl merges them, with the effective context — or the in-cluster
+//!   service account. The API server URL that context points at is resolved
+//!   here, so that the platform policy judges the cluster actually reached
+//!   (not the context's name), and a resume refuses a kubeconfig that now
+//!   points somewhere else.
+//! - the **embedded cluster** (`--sim`): the sim's kubeconfig, model
+//!   servers, model registry and time scale. These simulation inputs exist
+//!   only here: no command-line flag sets them for a real cluster, and a
+//!   run attached to a sim another process runs (`rollwright test`,
+//!   `rollwright sim`) proves first that the API server *is* that sim (it
+//!   answers `/sim/identity` with the identity the attach file names).
+
+use std::path::{Path, PathBuf};
+
+use kube::config::Kubeconfig;
+use rollwright_engine::registry::BuildContext;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// The largest kubeconfig read (they list many clusters, but not megabytes).
+const MAX_KUBECONFIG: u64 = 16 * 1024 * 1024;
+
+/// How a run reaches its target cluster.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct Reach {
+    /// The kubeconfig files, merged in order (empty: in-cluster).
+    #[serde(default)]
+    pub kubeconfigs: Vec<PathBuf>,
+    /// The context used.
+    pub context: String,
+    /// The API server that context points at, when it could be read.
+    #[serde(default)]
+    pub server: Option<String>,
+    /// The in-cluster service account, not a kubeconfig.
+    #[serde(default)]
+    pub in_cluster: bool,
+    /// Set only for the embedded cluster.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sim: Option<SimReach>,
+}
+
+/// The embedded cluster a simulated run uses.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct SimReach {
+    /// The sim's identity (random per sim), proven by `/sim/identity`.
+    pub identity: String,
+    /// Where the attach file is (a sim run by another process), if any.
+    #[serde(default)]
+    pub attach: Option<PathBuf>,
+    /// The sim's model servers: the inference endpoint of the run.
+    pub endpoint: String,
+    /// The scenario's model registry file.
+    #[serde(default)]
+    pub registry: Option<PathBuf>,
+    /// How much faster than real time durations pass.
+    pub time_scale: f64,
+    /// The repository standing in for `target.gitops.repo`.
+    #[serde(default)]
+    pub gitops_repo: Option<PathBuf>,
+}
+
+/// What a sim publishes so that another process can attach a run to it
+/// (`rollwright test` writes one per test; `rollwright sim` prints its own).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct Attach {
+    /// Always `rollwright.dev/sim-attach`.
+    pub kind: String,
+    /// The sim's kubeconfig (its context is the spec's, or `sim`).
+    pub kubeconfig: PathBuf,
+    /// The context to use.
+    pub context: String,
+    /// The sim's identity.
+    pub identity: String,
+    /// Model servers.
+    pub endpoint: String,
+    /// Model registry file.
+    #[serde(default)]
+    pub registry: Option<PathBuf>,
+    /// Time scale.
+    pub time_scale: f64,
+    /// Scenario repositories, `(name, bare repository)`.
+    #[serde(default)]
+    pub repositories: Vec<(String, PathBuf)>,
+}
+
+/// The attach file's `kind`.
+pub const ATTACH_KIND: &str = "rollwright.dev/sim-attach";
+
+impl Reach {
+    /// The reach of a build context (`Reach::default()` when the run has none).
+    #[must_use]
+    pub fn of(cx: &BuildContext) -> Reach {
+        serde_json::from_value(cx.reach.clone()).unwrap_or_default()
+    }
+
+    /// As a value for the journal header and [`BuildContext::reach`].
+    #[must_use]
+    pub fn to_value(&self) -> Value {
+        serde_json::to_value(self).unwrap_or(Value::Null)
+    }
+
+    /// A real cluster: `explicit` kubeconfig, else `$KUBECONFIG`'s files,
+    /// else `~/.kube/config`, else in-cluster; `context` is the effective
+    /// context (the spec's, or `--context`).
+    ///
+    /// # Errors
+    /// A kubeconfig that cannot be read, or no context of that name.
+    pub fn real(explicit: Option<&Path>, context: &str) -> Result<Reach, String> {
+        let files: Vec<PathBuf> = match explicit {
+            Some(p) => vec![absolute(p)],
+            None => match std::env::var_os("KUBECONFIG") {
+                Some(v) if !v.is_empty() => std::env::split_paths(&v)
+                    .filter(|p| !p.as_os_str().is_empty())
+                    .map(|p| absolute(&p))
+                    .collect(),
+                _ => std::env::var_os("HOME")
+                    .map(|h| Path::new(&h).join(".kube/config"))
+                    .filter(|p| p.exists())
+                    .into_iter()
+                    .collect(),
+            },
+        };
+        if files.is_empty() {
+            // No kubeconfig and not in a cluster: a run whose steps never
+            // touch a cluster still runs; one that does fails when it tries.
+            let Ok(host) = std::env::var("KUBERNETES_SERVICE_HOST") else {
+                return Ok(Reach {
+                    context: context.to_owned(),
+                    ..Reach::default()
+                });
+            };
+            let port = std::env::var("KUBERNETES_SERVICE_PORT").unwrap_or_else(|_| "443".into());
+            let host = if host.contains(':') {
+                format!("[{host}]")
+            } else {
+                host
+            };
+            return Ok(Reach {
+                kubeconfigs: Vec::new(),
+                context: "in-cluster".into(),
+                server: Some(format!("https://{host}:{port}")),
+                in_cluster: true,
+                sim: None,
+            });
+        }
+        let kc = load_kubeconfigs(&files)?;
+        // A context the kubeconfig lacks reaches nothing: steps that need the
+        // cluster fail naming it; nothing else can be reached through it.
+        let server = server_of(&kc, context).unwrap_or(None);
+        Ok(Reach {
+            kubeconfigs: files,
+            context: context.to_owned(),
+            server,
+            in_cluster: false,
+            sim: None,
+        })
+    }
+
+    /// Whether this reaches a cluster at all (a kubeconfig context with a
+    /// server, in-cluster, or the embedded cluster).
+    #[must_use]
+    pub fn reaches_cluster(&self) -> bool {
+        self.sim.is_some() || self.in_cluster || self.server.is_some()
+    }
+
+    /// Re-reads the kubeconfig files and checks the context still points at
+    /// the API server the run started with (what `resume`, `abort` and
+    /// `approve` check before touching anything).
+    ///
+    /// # Errors
+    /// The files cannot be read, or the context moved to another server.
+    pub fn still_reaches(&self) -> Result<(), String> {
+        if self.in_cluster || self.sim.is_some() || self.kubeconfigs.is_empty() {
+            return Ok(());
+        }
+        let kc = load_kubeconfigs(&self.kubeconfigs)?;
+        let now = server_of(&kc, &self.context).map_err(|known| {
+            format!(
+                "the kubeconfig no longer has context `{}` (it has: {known})",
+                self.context
+            )
+        })?;
+        if now != self.server {
+            return Err(format!(
+                "context `{}` now points at {} but the run started on {}: refusing to continue on another cluster",
+                self.context,
+                now.as_deref().unwrap_or("no server"),
+                self.server.as_deref().unwrap_or("no server")
+            ));
+        }
+        Ok(())
+    }
+
+    /// The merged kubeconfig (`None`: in-cluster).
+    ///
+    /// # Errors
+    /// A file cannot be read or parsed.
+    pub fn kubeconfig(&self) -> Result<Option<Kubeconfig>, String> {
+        if self.kubeconfigs.is_empty() {
+            return Ok(None);
+        }
+        load_kubeconfigs(&self.kubeconfigs).map(Some)
+    }
+}
+
+fn absolute(p: &Path) -> PathBuf {
+    std::fs::canonicalize(p)
+        .or_else(|_| std::path::absolute(p))
+        .unwrap_or_else(|_| p.to_path_buf())
+}
+
+/// Reads and merges kubeconfig files (bounded reads: a kubeconfig is input too).
+fn load_kubeconfigs(files: &[PathBuf]) -> Result<Kubeconfig, String> {
+    files.iter().try_fold(Kubeconfig::default(), |merged, f| {
+        let text = rollwright_engine::fsread::read_string(f, MAX_KUBECONFIG)
+            .map_err(|e| format!("kubeconfig {}: {e}", f.display()))?;
+        let kc = Kubeconfig::from_yaml(&text).map_err(|e| format!("kubeconfig {}: {e}", f.display()))?;
+        merged
+            .merge(kc)
+            .map_err(|e| format!("kubeconfig {}: {e}", f.display()))
+    })
+}
+
+/// The server of `context` (`Err` lists the contexts there are).
+fn server_of(kc: &Kubeconfig, context: &str) -> Result<Option<String>, String> {
+    let Some(ctx) = kc.contexts.iter().find(|c| c.name == context) else {
+        return Err(kc
+            .contexts
+            .iter()
+            .map(|c| c.name.as_str())
+            .collect::<Vec<_>>()
+            .join(", "));
+    };
+    let cluster = ctx
+        .context
+        .as_ref()
+        .map(|c| c.cluster.clone())
+        .unwrap_or_default();
+    Ok(kc
+        .clusters
+        .iter()
+        .find(|c| c.name == cluster)
+        .and_then(|c| c.cluster.as_ref())
+        .and_then(|c| c.server.clone()))
+}
+
+impl Attach {
+    /// Reads an attach file.
+    ///
+    /// # Errors
+    /// Unreadable, or not an attach file.
+    pub fn load(path: &Path) -> Result<Attach, String> {
+        let bytes = rollwright_engine::fsread::read(path, 64 * 1024)
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+        let a: Attach = serde_json::from_slice(&bytes)
+            .map_err(|e| format!("{}: not a sim attach file: {e}", path.display()))?;
+        if a.kind != ATTACH_KIND {
+            return Err(format!(
+                "{}: not a sim attach file (kind {})",
+                path.display(),
+                a.kind
+            ));
+        }
+        Ok(a)
+    }
+
+    /// Proves that the kubeconfig's API server is the sim the file names:
+    /// it must be on the loopback interface and answer `/sim/identity` with
+    /// the file's identity. A real API server cannot.
+    ///
+    /// # Errors
+    /// Why it is not that sim.
+    pub async fn verify(&self) -> Result<(), String> {
+        let reach = Reach {
+            kubeconfigs: vec![self.kubeconfig.clone()],
+            context: self.context.clone(),
+            server: None,
+            in_cluster: false,
+            sim: None,
+        };
+        let kc = reach.kubeconfig()?.ok_or("the attach file names no kubeconfig")?;
+        let server = server_of(&kc, &self.context)
+            .map_err(|_| format!("the sim's kubeconfig has no context `{}`", self.context))?
+            .unwrap_or_default();
+        let url =
+            reqwest::Url::parse(&server).map_err(|e| format!("the sim's API server `{server}`: {e}"))?;
+        let host = url.host_str().unwrap_or_default();
+        let loopback = host == "localhost"
+            || host
+                .trim_start_matches('[')
+                .trim_end_matches(']')
+                .parse::<std::net::IpAddr>()
+                .is_ok_and(|ip| ip.is_loopback());
+        if !loopback {
+            return Err(format!(
+                "{server} is not on this machine: the embedded cluster listens on 127.0.0.1 only"
+            ));
+        }
+        let options = kube::config::KubeConfigOptions {
+            context: Some(self.context.clone()),
+            ..Default::default()
+        };
+        let config = kube::Config::from_custom_kubeconfig(kc, &options)
+            .await
+            .map_err(|e| format!("the sim's kubeconfig: {e}"))?;
+        let client = kube::Client::try_from(config).map_err(|e| e.to_string())?;
+        let req = http::Request::get("/sim/identity")
+            .body(Vec::new())
+            .map_err(|e| e.to_string())?;
+        let got: Value = client
+            .request(req)
+            .await
+            .map_err(|e| format!("{server} is not a rollwright sim (GET /sim/identity: {e})"))?;
+        if got["identity"].as_str() != Some(self.identity.as_str()) {
+            return Err(format!(
+                "{server} is not the sim this attach file describes (its identity differs)"
+            ));
+        }
+        Ok(())
+    }
+
+    /// The reach of a run attached to this sim.
+    #[must_use]
+    pub fn reach(&self, attach: Option<&Path>, gitops_repo: Option<PathBuf>) -> Reach {
+        Reach {
+            kubeconfigs: vec![self.kubeconfig.clone()],
+            context: self.context.clone(),
+            server: None,
+            in_cluster: false,
+            sim: Some(SimReach {
+                identity: self.identity.clone(),
+                attach: attach.map(absolute),
+                endpoint: self.endpoint.clone(),
+                registry: self.registry.clone(),
+                time_scale: self.time_scale,
+                gitops_repo,
+            }),
+        }
+    }
+
+    /// The scenario repository standing in for a spec's GitOps `url`: the
+    /// only one, else the one named like the URL's last segment.
+    ///
+    /// # Errors
+    /// None, or none that matches among several.
+    pub fn repository_for(&self, url: &str) -> Result<PathBuf, String> {
+        if let [(_, only)] = self.repositories.as_slice() {
+            return Ok(only.clone());
+        }
+        let base = url
+            .trim_end_matches('/')
+            .rsplit(['/', ':'])
+            .next()
+            .unwrap_or(url)
+            .trim_end_matches(".git");
+        self.repositories
+            .iter()
+            .find(|(n, _)| n == base)
+            .map(|(_, p)| p.clone())
+            .ok_or_else(|| {
+                format!(
+                    "the spec's GitOps repository `{url}` needs a scenario repository (`repositories: {{{base}: DIR}}`); the sim never pushes anywhere else"
+                )
+            })
+    }
+}
