@@ -192,6 +192,8 @@ fn mutate(s: &str, which: usize) -> String {
 /// templates they use; returns how many are invalid.
 pub fn write(dir: &Path, n: u64, seed: u64) -> std::io::Result<u64> {
     std::fs::create_dir_all(dir.join("manifests"))?;
+    // A repository: templates are found (and confined) up to its root.
+    std::fs::create_dir_all(dir.join(".git"))?;
     for name in ["kserve-isvc", "deployment-canary"] {
         std::fs::write(
             dir.join(format!("manifests/{name}.yaml.hbs")),

@@ -53,6 +53,11 @@ pub struct LintArgs {
     /// Platform policy (default: $ROLLWRIGHT_POLICY, else /etc/rollwright/policy.yaml).
     #[arg(long, value_name = "FILE")]
     policy: Option<PathBuf>,
+    /// The directory strategies and templates must stay inside (default:
+    /// the spec's repository — the nearest directory with `.git` — else the
+    /// spec's own directory).
+    #[arg(long, value_name = "DIR")]
+    root: Option<PathBuf>,
 }
 
 /// A file to lint and how it was found.
@@ -91,7 +96,14 @@ pub fn run(args: &LintArgs) -> u8 {
         Err(code) => return code,
     };
     let linter = match Linter::new(rollwright_steps::registry(), limits) {
-        Ok(l) => l.with_policy(policy).with_resolver(crate::run_cmd::resolver()),
+        Ok(l) => l
+            .with_policy(policy)
+            .with_resolver(crate::run_cmd::resolver())
+            .with_root(
+                args.root
+                    .as_ref()
+                    .map(|r| std::fs::canonicalize(r).unwrap_or_else(|_| r.clone())),
+            ),
         Err(e) => {
             eprintln!("error: {e}");
             return exit::USAGE;

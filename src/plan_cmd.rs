@@ -39,6 +39,11 @@ pub struct PlanArgs {
     /// Platform policy (default: $ROLLWRIGHT_POLICY, else /etc/rollwright/policy.yaml).
     #[arg(long, value_name = "FILE")]
     policy: Option<PathBuf>,
+    /// The directory strategies and templates must stay inside (default:
+    /// the spec's repository — the nearest directory with `.git` — else the
+    /// spec's own directory).
+    #[arg(long, value_name = "DIR")]
+    root: Option<PathBuf>,
 }
 
 pub fn parse_set(s: &str) -> Result<(String, Value), String> {
@@ -77,7 +82,7 @@ pub fn run(args: &PlanArgs) -> u8 {
         Ok(p) => p,
         Err(code) => return code,
     };
-    let linter = match crate::run_cmd::linter(policy) {
+    let linter = match crate::run_cmd::linter(policy, args.root.as_deref()) {
         Ok(l) => l,
         Err(code) => return code,
     };

@@ -23,6 +23,11 @@ pub struct RbacArgs {
     /// Platform policy (default: $ROLLWRIGHT_POLICY, else /etc/rollwright/policy.yaml).
     #[arg(long, value_name = "FILE")]
     policy: Option<PathBuf>,
+    /// The directory strategies and templates must stay inside (default:
+    /// the spec's repository — the nearest directory with `.git` — else the
+    /// spec's own directory).
+    #[arg(long, value_name = "DIR")]
+    root: Option<PathBuf>,
 }
 
 /// `(apiGroup, resource)` → verbs.
@@ -68,7 +73,7 @@ pub fn run(args: &RbacArgs) -> u8 {
         Ok(p) => p,
         Err(code) => return code,
     };
-    let linter = match crate::run_cmd::linter(policy) {
+    let linter = match crate::run_cmd::linter(policy, args.root.as_deref()) {
         Ok(l) => l,
         Err(code) => return code,
     };

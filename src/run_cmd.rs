@@ -76,6 +76,11 @@ pub struct RunArgs {
     /// With `--sim`: how much faster than real time (default: the scenario's).
     #[arg(long, value_name = "N", requires = "sim", conflicts_with = "attach")]
     time_scale: Option<f64>,
+    /// The directory strategies and templates must stay inside (default:
+    /// the spec's repository — the nearest directory with `.git` — else the
+    /// spec's own directory).
+    #[arg(long, value_name = "DIR")]
+    root: Option<PathBuf>,
     /// With `--sim`: attach to an embedded cluster another process runs
     /// (`rollwright sim` prints its attach file); the run can then be resumed.
     #[arg(long, value_name = "FILE", requires = "sim")]
@@ -156,10 +161,14 @@ pub(crate) fn discover_policy(explicit: Option<&Path>) -> Result<Option<Policy>,
     })
 }
 
-/// A linter with the policy and the kubeconfig resolver.
-pub(crate) fn linter(policy: Option<Policy>) -> Result<Linter, u8> {
+/// A linter with the policy, the kubeconfig resolver and the confinement root.
+pub(crate) fn linter(policy: Option<Policy>, root: Option<&Path>) -> Result<Linter, u8> {
     Linter::new(registry(), LoadLimits::default())
-        .map(|l| l.with_policy(policy).with_resolver(resolver()))
+        .map(|l| {
+            l.with_policy(policy)
+                .with_resolver(resolver())
+                .with_root(root.map(absolute))
+        })
         .map_err(|e| {
             eprintln!("error: {e}");
             exit::USAGE
@@ -354,6 +363,7 @@ struct Header {
     started_by: String,
     policy: Option<PathBuf>,
     reach: Reach,
+    root: Option<PathBuf>,
 }
 
 impl Header {
@@ -367,7 +377,10 @@ impl Header {
             started_by: self.started_by.clone(),
             policy: policy.map_or(Value::Null, Policy::record),
             reach: self.reach.to_value(),
-            root: String::new(),
+            root: self
+                .root
+                .as_ref()
+                .map_or_else(String::new, |r| r.to_string_lossy().into_owned()),
         }
     }
 
@@ -380,6 +393,7 @@ impl Header {
             started_by,
             policy,
             reach,
+            root,
             ..
         }) = records.first()
         else {
@@ -393,6 +407,7 @@ impl Header {
             started_by: started_by.clone(),
             policy: policy["path"].as_str().map(PathBuf::from),
             reach: serde_json::from_value(reach.clone()).unwrap_or_default(),
+            root: (!root.is_empty()).then(|| PathBuf::from(root)),
         })
     }
 }
@@ -719,7 +734,7 @@ pub fn run(args: &RunArgs) -> u8 {
                 return exit::USAGE;
             }
         };
-    let linter = match linter(policy.clone()) {
+    let linter = match linter(policy.clone(), args.root.as_deref()) {
         Ok(l) => l,
         Err(code) => return code,
     };
@@ -783,6 +798,7 @@ pub fn run(args: &RunArgs) -> u8 {
         started_by: starter(&rt, &spec, &reach),
         policy: policy.as_ref().map(|p| absolute(&p.path)),
         reach,
+        root: args.root.as_deref().map(absolute),
     };
     // Every step must be buildable before the run exists: nothing half-created.
     let cx = build_context(
@@ -878,7 +894,7 @@ fn respec(o: &Opened) -> Result<(Linter, Option<Policy>, Expanded, Spec), u8> {
         })?),
         None => None,
     };
-    let linter = linter(policy.clone())?;
+    let linter = linter(policy.clone(), o.header.root.as_deref())?;
     let (exp, spec) = prepare(&linter, &o.header.spec, &o.header.overrides)?;
     if journal::digest(&exp.value) != o.header.digest {
         eprintln!(

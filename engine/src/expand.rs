@@ -25,7 +25,6 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use handlebars::{Handlebars, RenderErrorReason};
 use serde_json::{Map, Value, json};
 
 use crate::diag::{Code, Diagnostic, Loc, Locate, Span, did_you_mean};
@@ -139,6 +138,9 @@ pub struct Env<'a> {
     pub overrides: &'a [(String, Value)],
     /// Render manifest templates of `apply` steps.
     pub render_manifests: bool,
+    /// The directory every strategy and template must stay inside (default:
+    /// the repository holding the spec — see [`crate::fsread::repository_root`]).
+    pub root: Option<&'a Path>,
 }
 
 /// Whether a spec needs expanding at all: no `uses`, no group, no template
@@ -153,7 +155,14 @@ pub fn needed(v: &Value) -> bool {
             _ => false,
         }
     }
-    v.get("uses").is_some()
+    // A manifest template is rendered (and checked as `run` would) by expansion.
+    let renders = v.get("kind").and_then(Value::as_str) == Some("Rollout")
+        && v.get("steps").and_then(Value::as_array).is_some_and(|s| {
+            s.iter()
+                .any(|x| x.get("with").and_then(|w| w.get("template")).is_some())
+        });
+    renders
+        || v.get("uses").is_some()
         || v.get("customize").is_some()
         || v.get("steps")
             .and_then(Value::as_array)
@@ -174,6 +183,8 @@ struct Ctx<'a> {
     env: &'a Env<'a>,
     sources: Vec<Source>,
     errors: Vec<Diagnostic>,
+    /// Where strategies and templates must stay.
+    root: PathBuf,
 }
 
 impl Ctx<'_> {
@@ -226,6 +237,16 @@ pub fn resolve_relative(file: &Path, rel: &str) -> PathBuf {
 /// one could be built, and every problem found on the way.
 #[must_use]
 pub fn expand(path: &Path, root: Document, env: &Env<'_>) -> (Option<Expanded>, Vec<Diagnostic>) {
+    let repo = env.root.map_or_else(
+        || {
+            crate::fsread::repository_root(
+                path.parent()
+                    .filter(|p| !p.as_os_str().is_empty())
+                    .unwrap_or(Path::new(".")),
+            )
+        },
+        Path::to_path_buf,
+    );
     let mut cx = Ctx {
         env,
         sources: vec![Source {
@@ -234,6 +255,7 @@ pub fn expand(path: &Path, root: Document, env: &Env<'_>) -> (Option<Expanded>, 
             doc: root,
         }],
         errors: Vec::new(),
+        root: repo,
     };
     let ok = follow_uses(&mut cx);
     if !ok {
@@ -299,7 +321,7 @@ pub fn expand(path: &Path, root: Document, env: &Env<'_>) -> (Option<Expanded>, 
     // Manifest paths often come from parameters: with a parameter missing
     // or wrong, reading them would only repeat that error.
     if env.render_manifests && params_ok {
-        render_manifests(&mut expanded, &mut cx.errors);
+        render_manifests(&mut expanded, &cx.root, env.limits, &mut cx.errors);
     }
     (Some(expanded), cx.errors)
 }
@@ -335,18 +357,25 @@ fn follow_uses(cx: &mut Ctx<'_>) -> bool {
             .help = Some("a strategy cannot use itself, directly or through others".into());
             return false;
         }
-        let bytes = match std::fs::read(&path) {
+        if let Err(e) = crate::fsread::confine(&cx.root, &path) {
+            let at = cx.at(cur, "/uses");
+            cx.error(
+                Code::UnknownStrategy,
+                at,
+                format!("strategy `{}` {e}", display_path(&path)),
+            )
+            .help =
+                Some("strategies and templates must live in the spec's repository (or under --root)".into());
+            return false;
+        }
+        let bytes = match crate::fsread::read(&path, cx.env.limits.max_bytes as u64) {
             Ok(b) => b,
             Err(e) => {
                 let at = cx.at(cur, "/uses");
                 cx.error(
                     Code::UnknownStrategy,
                     at,
-                    format!(
-                        "cannot read strategy `{}`: {}",
-                        display_path(&path),
-                        io_reason(&e)
-                    ),
+                    format!("cannot read strategy `{}`: {e}", display_path(&path)),
                 )
                 .help = Some("`uses` is a path relative to the file that contains it".into());
                 return false;
@@ -950,22 +979,26 @@ fn whole_path(s: &str) -> Option<&str> {
     .then_some(inner)
 }
 
-fn handlebars() -> Handlebars<'static> {
-    let mut hb = Handlebars::new();
-    hb.set_strict_mode(true);
-    hb.register_escape_fn(handlebars::no_escape);
-    hb
-}
-
-/// The template context shared by values and manifests.
-fn context(exp: &Expanded, item: Option<&Value>, registry: &Registry) -> Map<String, Value> {
+/// The template context shared by values and manifests (without `steps`).
+fn context(exp: &Expanded, item: Option<&Value>) -> Map<String, Value> {
     let v = &exp.value;
     let mut ctx = Map::new();
     ctx.insert("params".into(), Value::Object(exp.params.clone()));
     for key in ["model", "target", "serving", "metadata"] {
         ctx.insert(key.into(), v.get(key).cloned().unwrap_or_else(|| json!({})));
     }
-    // Runtime references render to themselves: the executor resolves them.
+    if let Some(i) = item {
+        ctx.insert("item".into(), i.clone());
+    }
+    ctx
+}
+
+/// `steps.<id>.outputs.<key>` of every step: runtime references render to
+/// themselves (the executor resolves them). Kept apart from the context and
+/// joined only for templates that name `steps.`, so that rendering stays
+/// linear in the number of steps.
+fn step_outputs(exp: &Expanded, registry: &Registry) -> Value {
+    let v = &exp.value;
     let mut steps = Map::new();
     for s in v.get("steps").and_then(Value::as_array).into_iter().flatten() {
         let (Some(id), Some(kind)) = (
@@ -988,22 +1021,18 @@ fn context(exp: &Expanded, item: Option<&Value>, registry: &Registry) -> Map<Str
             .collect();
         steps.insert(id.to_owned(), json!({"outputs": outputs}));
     }
-    ctx.insert("steps".into(), Value::Object(steps));
-    if let Some(i) = item {
-        ctx.insert("item".into(), i.clone());
-    }
-    ctx
+    Value::Object(steps)
 }
 
 /// Renders every templated string of the flat spec in place.
 fn render_values(exp: &mut Expanded, env: &Env<'_>, errors: &mut Vec<Diagnostic>) {
-    let hb = handlebars();
-    let base = context(exp, None, env.registry);
+    let mut base = context(exp, None);
+    let steps = step_outputs(exp, env.registry);
     let mut value = std::mem::take(&mut exp.value);
     for key in ["model", "target", "serving", "defaults", "metadata"] {
         if let Some(v) = value.get_mut(key) {
             let ptr = format!("/{key}");
-            render_in(v, &ptr, &base, &hb, exp, errors);
+            render_in(v, &ptr, &base, &steps, exp, errors);
         }
     }
     for list in ["steps", "on-failure"] {
@@ -1011,14 +1040,9 @@ fn render_values(exp: &mut Expanded, env: &Env<'_>, errors: &mut Vec<Diagnostic>
             continue;
         };
         for (i, s) in items.iter_mut().enumerate() {
-            let item = s.as_object_mut().and_then(|m| m.remove("__item"));
-            let ctx = match &item {
-                Some(it) => {
-                    let mut c = base.clone();
-                    c.insert("item".into(), it.clone());
-                    c
-                }
-                None => base.clone(),
+            match s.as_object_mut().and_then(|m| m.remove("__item")) {
+                Some(it) => base.insert("item".into(), it),
+                None => base.remove("item"),
             };
             let Some(m) = s.as_object_mut() else { continue };
             for (k, v) in m.iter_mut() {
@@ -1026,7 +1050,7 @@ fn render_values(exp: &mut Expanded, env: &Env<'_>, errors: &mut Vec<Diagnostic>
                     continue;
                 }
                 let ptr = format!("/{list}/{i}/{k}");
-                render_in(v, &ptr, &ctx, &hb, exp, errors);
+                render_in(v, &ptr, &base, &steps, exp, errors);
             }
         }
     }
@@ -1036,13 +1060,23 @@ fn render_values(exp: &mut Expanded, env: &Env<'_>, errors: &mut Vec<Diagnostic>
 fn render_in(
     v: &mut Value,
     ptr: &str,
-    ctx: &Map<String, Value>,
-    hb: &Handlebars<'_>,
+    base: &Map<String, Value>,
+    steps: &Value,
     exp: &Expanded,
     errors: &mut Vec<Diagnostic>,
 ) {
     match v {
         Value::String(s) if s.contains("{{") => {
+            // Only a template naming `steps.` sees them (a copy per such value).
+            let with_steps;
+            let ctx = if s.contains("steps.") {
+                let mut c = base.clone();
+                c.insert("steps".into(), steps.clone());
+                with_steps = c;
+                &with_steps
+            } else {
+                base
+            };
             if let Some(path) = whole_path(s) {
                 if path.starts_with("steps.") {
                     // A runtime reference: known step and output, resolved by the executor.
@@ -1057,20 +1091,16 @@ fn render_in(
                 }
                 return;
             }
-            match hb.render_template(s, &Value::Object(ctx.clone())) {
+            match crate::render::render_str(s, &Value::Object(ctx.clone())) {
                 Ok(out) => *s = out,
                 Err(e) => {
-                    let var = match e.reason() {
-                        RenderErrorReason::MissingVariable(Some(p)) => Some(p.clone()),
-                        _ => None,
-                    };
-                    errors.push(match var {
+                    errors.push(match e.missing {
                         Some(p) if p.starts_with("steps.") => bad_runtime_ref(exp, ptr, &p, ctx),
                         Some(p) => unknown_variable(exp, ptr, &p, ctx),
                         None => Diagnostic::new(
                             Code::Template,
                             exp.locate(ptr),
-                            format!("invalid template: {}", e.reason()),
+                            format!("invalid template: {}", e.message),
                         ),
                     });
                 }
@@ -1078,14 +1108,14 @@ fn render_in(
         }
         Value::Array(a) => {
             for (i, x) in a.iter_mut().enumerate() {
-                render_in(x, &format!("{ptr}/{i}"), ctx, hb, exp, errors);
+                render_in(x, &format!("{ptr}/{i}"), base, steps, exp, errors);
             }
         }
         Value::Object(m) => {
             for (k, x) in m.iter_mut() {
                 let mut p = ptr.to_owned();
                 push_pointer_segment(&mut p, k);
-                render_in(x, &p, ctx, hb, exp, errors);
+                render_in(x, &p, base, steps, exp, errors);
             }
         }
         _ => {}
@@ -1140,19 +1170,12 @@ fn bad_runtime_ref(exp: &Expanded, ptr: &str, path: &str, ctx: &Map<String, Valu
     Diagnostic::new(Code::Template, exp.locate(ptr), msg)
 }
 
-/// An I/O error as a stable phrase (no OS error numbers in messages).
-fn io_reason(e: &std::io::Error) -> String {
-    match e.kind() {
-        std::io::ErrorKind::NotFound => "no such file".into(),
-        std::io::ErrorKind::PermissionDenied => "permission denied".into(),
-        _ => e.to_string(),
-    }
-}
-
-/// Renders `apply` manifest templates with the shared context.
-fn render_manifests(exp: &mut Expanded, errors: &mut Vec<Diagnostic>) {
-    let hb = handlebars();
-    let ctx = Value::Object(context(exp, None, &Registry::new()));
+/// Renders `apply` manifest templates with the shared context: each
+/// template confined to the repository, read with the size cap, rendered
+/// within the budget, its values proven to be data, and its own text
+/// scanned for literal secrets like a spec.
+fn render_manifests(exp: &mut Expanded, root: &Path, limits: &Limits, errors: &mut Vec<Diagnostic>) {
+    let ctx = Value::Object(context(exp, None));
     let steps: Vec<(usize, String, String)> = exp
         .value
         .get("steps")
@@ -1182,46 +1205,69 @@ fn render_manifests(exp: &mut Expanded, errors: &mut Vec<Diagnostic>) {
         let base = if templated { 0 } else { src };
         let path = resolve_relative(&exp.sources[base].path, &rel);
         let ptr = format!("/steps/{i}/with/template");
-        let text = match std::fs::read_to_string(&path) {
+        let shown = display_path(&path);
+        let refuse = |errors: &mut Vec<Diagnostic>, msg: String, help: &str| {
+            errors.push(Diagnostic::new(Code::Template, exp.locate(&ptr), msg).with_help(help));
+        };
+        if let Err(e) = crate::fsread::confine(root, &path) {
+            refuse(
+                errors,
+                format!("manifest template `{shown}` {e}"),
+                "strategies and templates must live in the spec's repository (or under --root)",
+            );
+            continue;
+        }
+        let text = match crate::fsread::read_string(&path, limits.max_bytes as u64) {
             Ok(t) => t,
             Err(e) => {
-                errors.push(
-                    Diagnostic::new(
-                        Code::Template,
-                        exp.locate(&ptr),
-                        format!(
-                            "cannot read manifest template `{}`: {}",
-                            display_path(&path),
-                            io_reason(&e)
-                        ),
-                    )
-                    .with_help("`template` is a path relative to the file that contains it"),
+                refuse(
+                    errors,
+                    format!("cannot read manifest template `{shown}`: {e}"),
+                    "`template` is a path relative to the file that contains it",
                 );
                 continue;
             }
         };
-        match hb.render_template(&text, &ctx) {
-            Ok(out) => exp.manifests.push(Manifest {
-                step: id,
-                path: display_path(&path),
-                text: out,
+        let at = |line: Option<usize>, col: Option<usize>| Loc {
+            file: Some(shown.clone().into()),
+            span: Span::point(crate::diag::Pos {
+                line: u32::try_from(line.unwrap_or(1)).unwrap_or(1),
+                col: u32::try_from(col.unwrap_or(1)).unwrap_or(1),
             }),
-            Err(e) => {
-                let at = Loc {
-                    file: Some(display_path(&path).into()),
-                    span: Span::point(crate::diag::Pos {
-                        line: u32::try_from(e.line_no.unwrap_or(1)).unwrap_or(1),
-                        col: u32::try_from(e.column_no.unwrap_or(1)).unwrap_or(1),
-                    }),
-                };
-                let msg = match e.reason() {
-                    RenderErrorReason::MissingVariable(Some(p)) => {
-                        format!("unknown variable `{p}` in manifest template")
+        };
+        let rendered = crate::render::compile(&text).and_then(|t| crate::render::render_manifest(&t, &ctx));
+        match rendered {
+            Ok(m) => {
+                // The template's own text (values masked) holds no secret.
+                for (offset, doc) in crate::yaml::split_documents(&m.skeleton) {
+                    if let Ok(d) = crate::yaml::load_str(&doc, limits) {
+                        for mut f in crate::validate::secrets(&d).0 {
+                            f.file = Some(shown.clone().into());
+                            f.span.start.line += offset;
+                            f.span.end.line += offset;
+                            f.related.push(crate::diag::Related {
+                                file: None,
+                                span: exp.locate(&ptr).span,
+                                label: "rendered for this step".into(),
+                            });
+                            errors.push(f);
+                        }
                     }
-                    other => format!("manifest template does not render: {other}"),
+                }
+                exp.manifests.push(Manifest {
+                    step: id,
+                    path: shown,
+                    text: m.text,
+                });
+            }
+            Err(e) => {
+                let msg = match &e.missing {
+                    Some(p) => format!("unknown variable `{p}` in manifest template"),
+                    None => format!("manifest template does not render: {}", e.message),
                 };
                 errors.push(
-                    Diagnostic::new(Code::Template, at, msg).with_related(exp.locate(&ptr), "used here"),
+                    Diagnostic::new(Code::Template, at(e.line, e.col), msg)
+                        .with_related(exp.locate(&ptr), "used here"),
                 );
             }
         }

@@ -31,6 +31,7 @@ pub mod lint;
 pub mod plan;
 pub mod policy;
 pub mod registry;
+pub mod render;
 pub mod report;
 pub mod retry;
 pub mod schema;

@@ -35,6 +35,7 @@ pub struct Linter {
     limits: Limits,
     policy: Option<Policy>,
     resolver: Option<Resolver>,
+    root: Option<std::path::PathBuf>,
 }
 
 /// The API server a kubeconfig context points at, when it can be known
@@ -63,7 +64,16 @@ impl Linter {
             limits,
             policy: None,
             resolver: None,
+            root: None,
         })
+    }
+
+    /// The directory strategies and templates must stay inside (`--root`);
+    /// default: the repository holding each spec.
+    #[must_use]
+    pub fn with_root(mut self, root: Option<std::path::PathBuf>) -> Self {
+        self.root = root;
+        self
     }
 
     /// How to find the API server of a context, so that the policy's
@@ -181,6 +191,7 @@ impl Linter {
             limits: &self.limits,
             overrides,
             render_manifests: doc.value.get("kind").and_then(Value::as_str) == Some("Rollout"),
+            root: self.root.as_deref(),
         };
         let (exp, errors) = expand::expand(path, doc, &env);
         let exp = match exp {
@@ -233,6 +244,7 @@ impl Linter {
                 overrides,
                 // A Strategy's manifest paths come from the Rollout's parameters.
                 render_manifests: doc.value.get("kind").and_then(Value::as_str) == Some("Rollout"),
+                root: self.root.as_deref(),
             };
             let (expanded, errors) = expand::expand(path, doc, &env);
             diagnostics.extend(errors);
@@ -286,7 +298,8 @@ impl Linter {
             }
             let _ = i;
         }
-        let spec = self.typed(&exp.value, exp, &schema_errors, diagnostics);
+        let mut spec = self.typed(&exp.value, exp, &schema_errors, diagnostics);
+        spec.manifests.clone_from(&exp.manifests);
         let reached = self.reached_of(&spec);
         let cx = validate::Context {
             spec: &spec,

@@ -38,6 +38,9 @@ pub struct Finding {
     pub message: String,
     /// Optional help.
     pub help: Option<String>,
+    /// Where it is when that is not in the spec (a manifest template line):
+    /// `(file, line, column)`.
+    pub at: Option<(String, u32, u32)>,
 }
 
 impl Finding {
@@ -49,6 +52,22 @@ impl Finding {
             code,
             message: message.into(),
             help: None,
+            at: None,
+        }
+    }
+
+    /// A finding in another file (a manifest template).
+    #[must_use]
+    pub fn in_file(
+        file: impl Into<String>,
+        line: u32,
+        col: u32,
+        code: Code,
+        message: impl Into<String>,
+    ) -> Self {
+        Finding {
+            at: Some((file.into(), line, col)),
+            ..Finding::new("", code, message)
         }
     }
 
@@ -113,6 +132,15 @@ pub trait StepKind: Send + Sync + 'static {
     /// Step ids this step refers to, with their pointers relative to `with`
     /// (e.g. a rollback's `restore: [deploy]`).
     fn step_refs(&self, _with: &Value) -> Vec<(String, String)> {
+        Vec::new()
+    }
+    /// Checks that need the spec around the step and what it renders (its
+    /// manifests, the serving platform, the environment): the *same* checks
+    /// `build` refuses on, so that `lint` and `plan` find everything `run`
+    /// would refuse for a reason knowable from the files. `cx` carries the
+    /// target (with the effective environment), serving, model and rendered
+    /// manifests; it reaches no cluster.
+    fn check_rendered(&self, _with: &Value, _cx: &BuildContext) -> Vec<Finding> {
         Vec::new()
     }
 }

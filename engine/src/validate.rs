@@ -115,6 +115,7 @@ pub fn check(cx: &Context<'_>) -> Vec<Diagnostic> {
     }
     check_policy(cx, &mut out);
     check_gitops(cx, &mut out);
+    check_rendered(cx, &mut out);
     out.sort_by(|a, b| a.span.cmp(&b.span).then(a.code.cmp(&b.code)));
     out
 }
@@ -197,6 +198,70 @@ fn check_step_configs(cx: &Context<'_>, out: &mut Vec<Diagnostic>) {
         }
         for f in k.check(c.with) {
             let mut d = Diagnostic::new(f.code, cx.span(&format!("{with_ptr}{}", f.pointer)), f.message);
+            d.help = f.help;
+            out.push(d);
+        }
+    }
+}
+
+/// Each kind's checks of what it renders (manifests) in the spec's context,
+/// with the code `run` uses to refuse it.
+fn check_rendered(cx: &Context<'_>, out: &mut Vec<Diagnostic>) {
+    // A Strategy alone has no serving, model or manifests: its Rollouts do.
+    if cx.spec.kind != crate::spec::Kind::Rollout {
+        return;
+    }
+    let production = cx.production();
+    let mut bcx = crate::registry::BuildContext::detached(std::path::Path::new("."));
+    bcx.target = cx.spec.target.as_ref().map(|t| crate::registry::TargetInfo {
+        context: t.context.clone(),
+        namespace: t.namespace.clone(),
+        production,
+        gitops: t.gitops.clone(),
+    });
+    bcx.serving.clone_from(&cx.spec.serving);
+    bcx.manifests.clone_from(&cx.spec.manifests);
+    bcx.model = cx
+        .spec
+        .model
+        .as_ref()
+        .map(|m| (m.registry.clone(), m.name.clone(), m.version.clone()));
+    let steps = cx.spec.steps.iter().map(|s| s.id.as_str());
+    let ids: Vec<&str> = steps.collect();
+    for c in configured(cx.spec) {
+        let Some(k) = cx.registry.get(c.kind) else {
+            continue;
+        };
+        let with_ptr = format!("{}/with", c.base);
+        if cx.schema_bad(&with_ptr) || cx.schema_bad(&format!("{}/type", c.base)) {
+            continue;
+        }
+        // A compensation is built for the step it undoes.
+        let owner = c
+            .base
+            .strip_prefix("/steps/")
+            .and_then(|r| r.split('/').next())
+            .and_then(|i| i.parse::<usize>().ok())
+            .and_then(|i| ids.get(i).copied())
+            .unwrap_or_default();
+        bcx.step = owner.to_owned();
+        for f in k.check_rendered(c.with, &bcx) {
+            let here = cx.span(&format!("{with_ptr}{}", f.pointer));
+            let mut d = match &f.at {
+                Some((file, line, col)) => Diagnostic::new(
+                    f.code,
+                    crate::diag::Loc {
+                        file: Some(file.clone().into()),
+                        span: crate::diag::Span::point(crate::diag::Pos {
+                            line: *line,
+                            col: *col,
+                        }),
+                    },
+                    f.message,
+                )
+                .with_related(here, format!("rendered for {} `{owner}`", c.what)),
+                None => Diagnostic::new(f.code, here, f.message),
+            };
             d.help = f.help;
             out.push(d);
         }

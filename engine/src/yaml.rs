@@ -732,6 +732,49 @@ fn resolve_scalar(
     })
 }
 
+/// What a plain (unquoted) scalar `text` means under the YAML 1.2 core
+/// schema (`None` for a non-finite float, which the loader refuses).
+#[must_use]
+pub fn resolve_plain(text: &str) -> Option<Value> {
+    resolve_scalar(
+        std::borrow::Cow::Borrowed(text),
+        ScalarStyle::Plain,
+        None,
+        Span::default(),
+    )
+    .ok()
+}
+
+/// The documents of a multi-document YAML text, split on `---` lines:
+/// `(line offset of the document's first line, its text)`. Documents
+/// holding only comments and blank lines are left out.
+#[must_use]
+pub fn split_documents(text: &str) -> Vec<(u32, String)> {
+    let mut out = Vec::new();
+    let mut start = 0u32;
+    let mut chunk = String::new();
+    let flush = |chunk: &str, first: u32, out: &mut Vec<(u32, String)>| {
+        if !chunk
+            .lines()
+            .all(|l| l.trim().is_empty() || l.trim_start().starts_with('#'))
+        {
+            out.push((first, chunk.to_owned()));
+        }
+    };
+    for (i, line) in text.lines().enumerate() {
+        if line.trim_end() == "---" {
+            flush(&chunk, start, &mut out);
+            chunk.clear();
+            start = u32::try_from(i + 1).unwrap_or(u32::MAX);
+        } else {
+            chunk.push_str(line);
+            chunk.push('\n');
+        }
+    }
+    flush(&chunk, start, &mut out);
+    out
+}
+
 fn resolve_null(text: &str) -> Option<Value> {
     matches!(text, "" | "~" | "null" | "Null" | "NULL").then_some(Value::Null)
 }

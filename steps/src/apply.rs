@@ -89,46 +89,91 @@ impl StepKind for Apply {
     fn build(&self, with: &Value, cx: &BuildContext) -> Result<Arc<dyn Step>, String> {
         let c: ApplyConfig = serde_json::from_value(with.clone()).map_err(|e| e.to_string())?;
         let cluster = Cluster::of(cx)?;
-        let production = cx.target.as_ref().is_some_and(|t| t.production);
-        let mut objects = Vec::new();
-        if c.template.is_some() {
-            let m = cx
-                .manifests
-                .iter()
-                .find(|m| m.step == cx.step)
-                .ok_or_else(|| format!("the manifest template of `{}` was not rendered", cx.step))?;
-            objects.extend(parse_manifests(&m.path, &m.text)?);
-        }
-        for (i, o) in c.manifests.iter().enumerate() {
-            objects.push(Placed {
-                origin: format!("with.manifests[{i}]"),
-                line_of: None,
-                object: o.clone(),
-            });
-        }
-        for p in &mut objects {
-            if !CLUSTER_SCOPED.contains(&p.object["kind"].as_str().unwrap_or_default())
-                && p.object["metadata"]["namespace"].is_null()
-                && p.object["metadata"].is_object()
-            {
-                p.object["metadata"]["namespace"] = Value::from(cluster.namespace.clone());
-            }
-        }
-        let problems = policy(&objects, &c, production, &cluster.namespace);
+        let objects = placed(&c, cx)?;
+        let problems = policy(&objects, &c, &Rules::of(cx));
         if !problems.is_empty() {
             return Err(format!(
                 "the manifests break the deployment policy (nothing was sent to the cluster):\n  {}",
-                problems.join("\n  ")
+                problems
+                    .iter()
+                    .map(Problem::shown)
+                    .collect::<Vec<_>>()
+                    .join("\n  ")
             ));
         }
+        cluster.allow(
+            objects
+                .iter()
+                .filter_map(|p| ObjRef::of(&p.object, &cluster.namespace)),
+        );
         Ok(Arc::new(ApplyStep {
             objects: objects.into_iter().map(|p| p.object).collect(),
             gitops: crate::gitops::GitOpsTarget::of(cx)?,
             allow_gitops_managed: c.allow_gitops_managed,
             cluster,
             manager: c.field_manager,
+            model: cx.model.clone().map(|(_, name, version)| (name, version)),
+            platform: cx
+                .serving
+                .as_ref()
+                .map_or_else(String::new, |s| s.platform.clone()),
+            canary: cx
+                .serving
+                .as_ref()
+                .and_then(|s| s.canary.clone())
+                .unwrap_or_else(|| "canary".into()),
         }))
     }
+    fn check_rendered(&self, with: &Value, cx: &BuildContext) -> Vec<Finding> {
+        let Ok(c) = serde_json::from_value::<ApplyConfig>(with.clone()) else {
+            return Vec::new();
+        };
+        let objects = match placed(&c, cx) {
+            Ok(o) => o,
+            // Not rendered (a template error is reported by expansion).
+            Err(_) => return Vec::new(),
+        };
+        policy(&objects, &c, &Rules::of(cx))
+            .into_iter()
+            .map(|p| match p.at {
+                Some((file, line, col)) => {
+                    Finding::in_file(file, line, col, Code::InvalidStepConfig, p.message)
+                }
+                None => Finding::new(p.with_pointer, Code::InvalidStepConfig, p.message),
+            })
+            .collect()
+    }
+}
+
+/// The objects an apply sends, placed in the target namespace when they
+/// name none, each with where it was written.
+fn placed(c: &ApplyConfig, cx: &BuildContext) -> Result<Vec<Placed>, String> {
+    let namespace = cx.target.as_ref().map_or("default", |t| t.namespace.as_str());
+    let mut objects = Vec::new();
+    if c.template.is_some() {
+        let m = cx
+            .manifests
+            .iter()
+            .find(|m| m.step == cx.step)
+            .ok_or_else(|| format!("the manifest template of `{}` was not rendered", cx.step))?;
+        objects.extend(parse_manifests(&m.path, &m.text)?);
+    }
+    for (i, o) in c.manifests.iter().enumerate() {
+        objects.push(Placed {
+            origin: format!("with.manifests[{i}]"),
+            line_of: None,
+            object: o.clone(),
+        });
+    }
+    for p in &mut objects {
+        if !CLUSTER_SCOPED.contains(&p.object["kind"].as_str().unwrap_or_default())
+            && p.object["metadata"]["namespace"].is_null()
+            && p.object["metadata"].is_object()
+        {
+            p.object["metadata"]["namespace"] = Value::from(namespace.to_owned());
+        }
+    }
+    Ok(objects)
 }
 
 /// `(apiVersion, kind)` of every object of a rendered manifest.
@@ -147,7 +192,8 @@ pub fn manifest_kinds(path: &str, text: &str) -> Result<Vec<(String, String)>, S
         .collect())
 }
 
-/// Kinds without a namespace.
+/// Kinds without a namespace (a model rollout never creates one; the
+/// cluster's discovery is asked again at run time for kinds not listed).
 pub const CLUSTER_SCOPED: &[&str] = &[
     "Namespace",
     "ClusterRole",
@@ -155,6 +201,17 @@ pub const CLUSTER_SCOPED: &[&str] = &[
     "CustomResourceDefinition",
     "PriorityClass",
     "StorageClass",
+    "PersistentVolume",
+    "Node",
+    "MutatingWebhookConfiguration",
+    "ValidatingWebhookConfiguration",
+    "ValidatingAdmissionPolicy",
+    "ValidatingAdmissionPolicyBinding",
+    "APIService",
+    "IngressClass",
+    "RuntimeClass",
+    "CSIDriver",
+    "ClusterIssuer",
 ];
 
 /// An object and where it was written.
@@ -168,12 +225,85 @@ struct Placed {
 
 impl Placed {
     fn at(&self, pointer: &str) -> String {
-        match &self.line_of {
-            Some((doc, offset)) => {
-                let span = doc.locate(pointer);
-                format!("{}:{}:{}", self.origin, span.start.line + offset, span.start.col)
-            }
+        match self.loc(pointer) {
+            Some((file, line, col)) => format!("{file}:{line}:{col}"),
             None => format!("{}{}", self.origin, pointer.replace('/', ".")),
+        }
+    }
+
+    /// `(file, line, column)` of `pointer` in the template, when it came from one.
+    fn loc(&self, pointer: &str) -> Option<(String, u32, u32)> {
+        let (doc, offset) = self.line_of.as_ref()?;
+        let span = doc.locate(pointer);
+        Some((self.origin.clone(), span.start.line + offset, span.start.col))
+    }
+
+    fn problem(&self, pointer: &str, message: String) -> Problem {
+        match self.loc(pointer) {
+            Some(at) => Problem {
+                at: Some(at),
+                with_pointer: String::new(),
+                message,
+            },
+            None => {
+                // Inline: `with.manifests[i]` → `/manifests/i` in `with`.
+                let index = self
+                    .origin
+                    .strip_prefix("with.manifests[")
+                    .and_then(|r| r.strip_suffix(']'))
+                    .unwrap_or("0");
+                Problem {
+                    at: None,
+                    with_pointer: format!("/manifests/{index}{pointer}"),
+                    message,
+                }
+            }
+        }
+    }
+}
+
+/// A policy violation, located in the template when it came from one, else
+/// at a pointer in the step's `with`.
+struct Problem {
+    at: Option<(String, u32, u32)>,
+    with_pointer: String,
+    message: String,
+}
+
+impl Problem {
+    fn shown(&self) -> String {
+        match &self.at {
+            Some((f, l, c)) => format!("{f}:{l}:{c}: {}", self.message),
+            None => format!("with{}: {}", self.with_pointer.replace('/', "."), self.message),
+        }
+    }
+}
+
+/// What the deployment policy depends on besides the objects.
+struct Rules {
+    namespace: String,
+    production: bool,
+    platform: String,
+    /// The Seldon predictor that is the canary.
+    canary: String,
+    /// `(name, version)` of the model the gate approves.
+    model: Option<(String, String)>,
+}
+
+impl Rules {
+    fn of(cx: &BuildContext) -> Rules {
+        let serving = cx.serving.as_ref();
+        Rules {
+            namespace: cx
+                .target
+                .as_ref()
+                .map_or_else(|| "default".into(), |t| t.namespace.clone()),
+            production: cx.target.as_ref().is_some_and(|t| t.production),
+            platform: serving.map_or_else(String::new, |s| s.platform.clone()),
+            canary: serving
+                .and_then(|s| s.canary.clone())
+                .unwrap_or_else(|| "canary".into()),
+            model: cx.model.clone().map(|(_, n, v)| (n, v)),
         }
     }
 }
@@ -181,15 +311,7 @@ impl Placed {
 /// The objects of a rendered manifest (documents separated by `---`).
 fn parse_manifests(path: &str, text: &str) -> Result<Vec<Placed>, String> {
     let mut out = Vec::new();
-    let mut start_line = 0u32;
-    let mut chunk = String::new();
     let flush = |chunk: &str, first: u32, out: &mut Vec<Placed>| -> Result<(), String> {
-        if chunk
-            .lines()
-            .all(|l| l.trim().is_empty() || l.trim_start().starts_with('#'))
-        {
-            return Ok(());
-        }
         let doc =
             rollwright_engine::yaml::load_str(chunk, &rollwright_engine::Limits::default()).map_err(|d| {
                 let first_diag = d.first().map_or_else(String::new, |d| {
@@ -224,17 +346,9 @@ fn parse_manifests(path: &str, text: &str) -> Result<Vec<Placed>, String> {
         }
         Ok(())
     };
-    for (i, line) in text.lines().enumerate() {
-        if line.trim_end() == "---" {
-            flush(&chunk, start_line, &mut out)?;
-            chunk.clear();
-            start_line = u32::try_from(i + 1).unwrap_or(0);
-        } else {
-            chunk.push_str(line);
-            chunk.push('\n');
-        }
+    for (first, chunk) in rollwright_engine::yaml::split_documents(text) {
+        flush(&chunk, first, &mut out)?;
     }
-    flush(&chunk, start_line, &mut out)?;
     for p in &out {
         for f in ["apiVersion", "kind"] {
             if !p.object[f].is_string() {
@@ -311,8 +425,10 @@ fn containers<'a>(base: &str, spec: &'a Value) -> Vec<(String, &'a Value)> {
     out
 }
 
-/// The deployment policy: every violation, located.
-fn policy(objects: &[Placed], c: &ApplyConfig, production: bool, namespace: &str) -> Vec<String> {
+/// The deployment policy: every violation, located. The same function
+/// refuses a run (`build`) and reports in lint and plan (`check_rendered`).
+fn policy(objects: &[Placed], c: &ApplyConfig, rules: &Rules) -> Vec<Problem> {
+    let (production, namespace) = (rules.production, rules.namespace.as_str());
     let mut out = Vec::new();
     for p in objects {
         let o = &p.object;
@@ -320,17 +436,27 @@ fn policy(objects: &[Placed], c: &ApplyConfig, production: bool, namespace: &str
         let name = o["metadata"]["name"].as_str().unwrap_or_default();
         let what = format!("{kind} {name}");
         if kind == "Secret" {
-            out.push(format!(
-                "{}: {what}: rollwright does not manage Secrets (their data would be journaled); create them out of band and reference them",
-                p.at("/kind")
+            out.push(p.problem(
+                "/kind",
+                format!(
+                    "{what}: rollwright does not manage Secrets (their data would be journaled); create them out of band and reference them"
+                ),
+            ));
+        }
+        if CLUSTER_SCOPED.contains(&kind) {
+            out.push(p.problem(
+                "/kind",
+                format!(
+                    "{what} is cluster-scoped: a model rollout changes objects in the target namespace only"
+                ),
             ));
         }
         if let Some(ns) = o["metadata"]["namespace"].as_str()
             && ns != namespace
         {
-            out.push(format!(
-                "{}: {what} is in namespace `{ns}`, not the target's `{namespace}`",
-                p.at("/metadata/namespace")
+            out.push(p.problem(
+                "/metadata/namespace",
+                format!("{what} is in namespace `{ns}`, not the target's `{namespace}`"),
             ));
         }
         for (base, spec) in pod_specs(o) {
@@ -338,9 +464,9 @@ fn policy(objects: &[Placed], c: &ApplyConfig, production: bool, namespace: &str
                 for (i, e) in container["env"].as_array().into_iter().flatten().enumerate() {
                     let env = e["name"].as_str().unwrap_or_default();
                     if sensitive(env) && e["value"].as_str().is_some_and(|v| !v.is_empty()) {
-                        out.push(format!(
-                            "{}: {what}: env {env} has a literal value; use `valueFrom.secretKeyRef`",
-                            p.at(&format!("{at}/env/{i}/value"))
+                        out.push(p.problem(
+                            &format!("{at}/env/{i}/value"),
+                            format!("{what}: env {env} has a literal value; use `valueFrom.secretKeyRef`"),
                         ));
                     }
                 }
@@ -357,10 +483,12 @@ fn policy(objects: &[Placed], c: &ApplyConfig, production: bool, namespace: &str
                     .map(|(a, b)| format!("{a}.{b}"))
                     .collect();
                     if !missing.is_empty() {
-                        out.push(format!(
-                            "{}: {what}: production containers need CPU and memory requests and limits (missing {})",
-                            p.at(&at),
-                            missing.join(", ")
+                        out.push(p.problem(
+                            &at,
+                            format!(
+                                "{what}: production containers need CPU and memory requests and limits (missing {})",
+                                missing.join(", ")
+                            ),
                         ));
                     }
                 }
@@ -368,9 +496,11 @@ fn policy(objects: &[Placed], c: &ApplyConfig, production: bool, namespace: &str
             if production {
                 let sa = spec["serviceAccountName"].as_str();
                 if sa.is_none_or(|s| s.is_empty() || s == "default") {
-                    out.push(format!(
-                        "{}: {what}: production workloads need a dedicated service account (`serviceAccountName`, not `default`)",
-                        p.at(&base)
+                    out.push(p.problem(
+                        &base,
+                        format!(
+                            "{what}: production workloads need a dedicated service account (`serviceAccountName`, not `default`)"
+                        ),
                     ));
                 }
             }
@@ -389,10 +519,12 @@ fn policy(objects: &[Placed], c: &ApplyConfig, production: bool, namespace: &str
             if let Some((at, n)) = replicas
                 && n < u64::from(c.min_replicas)
             {
-                out.push(format!(
-                    "{}: {what}: {n} replica(s), production needs at least {} (`min-replicas`)",
-                    p.at(at),
-                    c.min_replicas
+                out.push(p.problem(
+                    at,
+                    format!(
+                        "{what}: {n} replica(s), production needs at least {} (`min-replicas`)",
+                        c.min_replicas
+                    ),
                 ));
             }
             let exposed = match kind {
@@ -403,14 +535,146 @@ fn policy(objects: &[Placed], c: &ApplyConfig, production: bool, namespace: &str
             let declared = c.auth_policy.as_deref();
             let annotated = o["metadata"]["annotations"]["rollwright.dev/auth-policy"].as_str();
             if exposed && (declared.is_none() || annotated != declared) {
-                out.push(format!(
-                    "{}: {what} exposes the model outside the cluster; declare `auth-policy: NAME` on the apply and annotate the object `rollwright.dev/auth-policy: NAME`",
-                    p.at("/kind")
+                out.push(p.problem(
+                    "/kind",
+                    format!(
+                        "{what} exposes the model outside the cluster; declare `auth-policy: NAME` on the apply and annotate the object `rollwright.dev/auth-policy: NAME`"
+                    ),
                 ));
+            }
+        }
+        if let Some((model, version)) = &rules.model {
+            for r in model_refs(o, model, &rules.platform, &rules.canary) {
+                if !names_version(&r.value, version) {
+                    out.push(p.problem(
+                        &r.pointer,
+                        format!(
+                            "{what}: the {} `{}` is not version {version} of {model}, the version the gate approves; render it from `{{{{model.version}}}}`",
+                            r.what, r.value
+                        ),
+                    ));
+                }
             }
         }
     }
     out
+}
+
+/// A reference to a model artifact in a manifest: what `apply` deploys.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ModelRef {
+    /// JSON pointer in the object.
+    pub pointer: String,
+    /// `storage URI`, `model URI` or `image`.
+    pub what: &'static str,
+    /// The reference.
+    pub value: String,
+}
+
+/// The model references of an object, per platform: an InferenceService's
+/// predictor `storageUri`s (and its containers' images), the canary
+/// predictor's `modelUri`s of a SeldonDeployment (other predictors serve
+/// the stable version), and the images of a workload's model containers
+/// (a container named like the model, or whose image is).
+#[must_use]
+pub fn model_refs(o: &Value, model: &str, platform: &str, seldon_canary: &str) -> Vec<ModelRef> {
+    let mut out = Vec::new();
+    let push = |out: &mut Vec<ModelRef>, pointer: String, what: &'static str, v: &Value| {
+        if let Some(s) = v.as_str() {
+            out.push(ModelRef {
+                pointer,
+                what,
+                value: s.to_owned(),
+            });
+        }
+    };
+    match o["kind"].as_str().unwrap_or_default() {
+        "InferenceService" => {
+            if let Some(pred) = o["spec"]["predictor"].as_object() {
+                for (k, v) in pred {
+                    if v.get("storageUri").is_some() {
+                        push(
+                            &mut out,
+                            format!("/spec/predictor/{k}/storageUri"),
+                            "storage URI",
+                            &v["storageUri"],
+                        );
+                    }
+                }
+                for (i, c) in o["spec"]["predictor"]["containers"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .enumerate()
+                {
+                    push(
+                        &mut out,
+                        format!("/spec/predictor/containers/{i}/image"),
+                        "image",
+                        &c["image"],
+                    );
+                }
+            }
+        }
+        "SeldonDeployment" => {
+            for (i, p) in o["spec"]["predictors"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .enumerate()
+            {
+                if platform == "seldon" && p["name"].as_str() != Some(seldon_canary) {
+                    continue;
+                }
+                let mut stack = vec![(format!("/spec/predictors/{i}/graph"), &p["graph"])];
+                while let Some((ptr, g)) = stack.pop() {
+                    push(&mut out, format!("{ptr}/modelUri"), "model URI", &g["modelUri"]);
+                    for (j, c) in g["children"].as_array().into_iter().flatten().enumerate() {
+                        stack.push((format!("{ptr}/children/{j}"), c));
+                    }
+                }
+            }
+        }
+        _ => {
+            for (base, spec) in pod_specs(o) {
+                for (at, c) in containers(&base, spec) {
+                    let image = c["image"].as_str().unwrap_or_default();
+                    let repo = image.split(['@']).next().unwrap_or(image);
+                    let repo = repo
+                        .rsplit_once(':')
+                        .filter(|(_, t)| !t.contains('/'))
+                        .map_or(repo, |(r, _)| r);
+                    let last = repo.rsplit('/').next().unwrap_or(repo);
+                    if c["name"].as_str() == Some(model) || last == model {
+                        push(&mut out, format!("{at}/image"), "image", &c["image"]);
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Whether a model reference names `version`: an image tagged `V` or `vV`
+/// (a digest is checked against the registry's at run time), a URI with a
+/// path segment `V` or `vV`.
+#[must_use]
+pub fn names_version(reference: &str, version: &str) -> bool {
+    let v_version = format!("v{version}");
+    let matches = |s: &str| s == version || s == v_version;
+    if reference.contains("://") || reference.starts_with("models:/") {
+        let path = reference.split_once(":/").map_or(reference, |(_, p)| p);
+        let path = path.split(['?', '#']).next().unwrap_or(path);
+        return path.split(['/', '@']).any(matches);
+    }
+    // An image: `repo[:tag][@digest]`.
+    if reference.contains("@sha256:") {
+        return true;
+    }
+    reference
+        .rsplit_once(':')
+        .filter(|(_, t)| !t.contains('/'))
+        .is_some_and(|(_, tag)| matches(tag))
 }
 
 struct ApplyStep {
@@ -419,6 +683,124 @@ struct ApplyStep {
     allow_gitops_managed: bool,
     cluster: Arc<Cluster>,
     manager: String,
+    /// `(name, version)` the gate approves.
+    model: Option<(String, String)>,
+    /// Serving platform and the Seldon canary predictor.
+    platform: String,
+    canary: String,
+}
+
+/// The artifact this run's gate approved for `version`: `(uri, digest)`
+/// from its evidence (outputs), when a gate ran.
+fn approved(cx: &StepContext, version: &str) -> Option<(Option<String>, Option<String>)> {
+    let outputs = cx.outputs.read().ok()?;
+    outputs.values().find_map(|o| {
+        (o.get("gate") == Some(&Value::Bool(true))
+            && o.get("version").and_then(Value::as_str) == Some(version))
+        .then(|| {
+            (
+                o.get("uri").and_then(Value::as_str).map(str::to_owned),
+                o.get("digest").and_then(Value::as_str).map(str::to_owned),
+            )
+        })
+    })
+}
+
+impl ApplyStep {
+    /// The gated artifact bound to what is about to be applied: every model
+    /// reference is the approved artifact (the registry's URI, or its digest
+    /// for an image pinned by digest), a Seldon predictor that is not the
+    /// canary keeps what it serves now, and no object is cluster-scoped —
+    /// checked before anything is recorded or changed.
+    async fn bind(&self, cx: &StepContext) -> Result<(), StepError> {
+        // (Through GitOps the controller applies, and the cluster need not
+        // serve the kind to rollwright: the static list was checked.)
+        for o in self.objects.iter().filter(|_| self.gitops.is_none()) {
+            let r = ObjRef::of(o, &self.cluster.namespace)
+                .ok_or_else(|| StepError::failed("an object needs apiVersion, kind and metadata.name"))?;
+            if !self.cluster.is_namespaced(&r.api_version, &r.kind).await? {
+                return Err(StepError::failed(format!(
+                    "{} {} is cluster-scoped: a model rollout changes objects in the target namespace only",
+                    r.kind, r.name
+                )));
+            }
+        }
+        let Some((model, version)) = &self.model else {
+            return Ok(());
+        };
+        let (uri, digest) = approved(cx, version).unwrap_or_default();
+        let trim = |s: &str| s.trim_end_matches('/').to_owned();
+        for o in &self.objects {
+            let what = format!(
+                "{} {}",
+                o["kind"].as_str().unwrap_or_default(),
+                o["metadata"]["name"].as_str().unwrap_or_default()
+            );
+            for m in model_refs(o, model, &self.platform, &self.canary) {
+                if m.what != "image"
+                    && let Some(u) = &uri
+                    && trim(&m.value) != trim(u)
+                {
+                    return Err(StepError::rejected(format!(
+                        "refusing to apply {what}: its {} `{}` is not the artifact the gate approved for {model} version {version} (`{u}`)",
+                        m.what, m.value
+                    )));
+                }
+                if m.what == "image"
+                    && let (Some((_, pinned)), Some(d)) = (m.value.split_once('@'), &digest)
+                    && pinned != d
+                {
+                    return Err(StepError::rejected(format!(
+                        "refusing to apply {what}: its image `{}` is not the artifact the gate approved for {model} version {version} (digest {d})",
+                        m.value
+                    )));
+                }
+            }
+            if o["kind"] == "SeldonDeployment" && self.platform == "seldon" {
+                let r = ObjRef::of(o, &self.cluster.namespace)
+                    .ok_or_else(|| StepError::failed("an object needs apiVersion, kind and metadata.name"))?;
+                let live = self.cluster.get(&r).await?;
+                for p in o["spec"]["predictors"].as_array().into_iter().flatten() {
+                    let name = p["name"].as_str().unwrap_or_default();
+                    if name == self.canary {
+                        continue;
+                    }
+                    let mut solo = o.clone();
+                    solo["spec"]["predictors"] = json!([p]);
+                    let want: Vec<String> = model_refs(&solo, model, "", "")
+                        .into_iter()
+                        .map(|m| m.value)
+                        .collect();
+                    let now: Option<Vec<String>> = live.as_ref().and_then(|l| {
+                        l["spec"]["predictors"]
+                            .as_array()?
+                            .iter()
+                            .find(|q| q["name"] == p["name"])
+                            .map(|q| {
+                                let mut solo = l.clone();
+                                solo["spec"]["predictors"] = json!([q]);
+                                model_refs(&solo, model, "", "")
+                                    .into_iter()
+                                    .map(|m| m.value)
+                                    .collect()
+                            })
+                    });
+                    let ok = match now {
+                        Some(now) => now == want,
+                        None => want.iter().all(|w| names_version(w, version)),
+                    };
+                    if !ok {
+                        return Err(StepError::rejected(format!(
+                            "refusing to apply {what}: predictor `{name}` is not the canary (`{}`) and would change what it serves to {}; only the canary gets the gated version",
+                            self.canary,
+                            want.join(", ")
+                        )));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
 }
 
 impl ApplyStep {
@@ -461,6 +843,9 @@ impl ApplyStep {
 impl Step for ApplyStep {
     fn run<'a>(&'a self, cx: &'a StepContext) -> BoxFuture<'a, Result<Progress, StepError>> {
         Box::pin(async move {
+            if cx.recalled("objects").is_none() && cx.recalled("gitops-pushed").is_none() {
+                self.bind(cx).await?;
+            }
             if let Some(g) = &self.gitops {
                 return self.commit(g, cx).await;
             }

@@ -76,6 +76,9 @@ impl std::fmt::Display for ObjRef {
 /// One cluster, as a run's steps share it.
 pub struct Cluster {
     reach: crate::reach::Reach,
+    /// The objects this run's own steps apply or route (declared when they
+    /// are built): the only ones a compensation may restore or delete.
+    allowed: Mutex<std::collections::BTreeSet<(String, String, String)>>,
     /// The context used.
     pub context: String,
     /// The target namespace.
@@ -122,6 +125,7 @@ impl Cluster {
         }
         let c = Arc::new(Cluster {
             context: reach.context.clone(),
+            allowed: Mutex::default(),
             reach,
             namespace: namespace.to_owned(),
             client: tokio::sync::OnceCell::new(),
@@ -129,6 +133,49 @@ impl Cluster {
         });
         all.push(c.clone());
         Ok(c)
+    }
+
+    /// Declares objects this run's steps change (what their compensations
+    /// may restore): called when the steps are built, before anything runs.
+    pub fn allow(&self, refs: impl IntoIterator<Item = ObjRef>) {
+        if let Ok(mut a) = self.allowed.lock() {
+            for r in refs {
+                a.insert(Self::key(&r));
+            }
+        }
+    }
+
+    fn key(r: &ObjRef) -> (String, String, String) {
+        let group = r.api_version.rsplit_once('/').map_or("", |(g, _)| g).to_owned();
+        (
+            format!("{group}/{}", r.kind),
+            r.namespace.clone().unwrap_or_default(),
+            r.name.clone(),
+        )
+    }
+
+    /// Refuses to restore `r` unless this run's own steps declared it, in
+    /// the target namespace: a record naming anything else (an object in
+    /// `default`, the production InferenceService of another model, a
+    /// cluster-scoped kind) is not acted on, whatever the journal says.
+    ///
+    /// # Errors
+    /// A permanent error naming the object.
+    pub fn check_restorable(&self, r: &ObjRef) -> Result<(), StepError> {
+        let in_namespace = r.namespace.as_deref() == Some(self.namespace.as_str());
+        let declared = self.allowed.lock().is_ok_and(|a| a.contains(&Self::key(r)));
+        if in_namespace && declared {
+            Ok(())
+        } else {
+            Err(StepError::failed(format!(
+                "refusing to restore {r}: {}",
+                if in_namespace {
+                    "no step of this run applies or routes it"
+                } else {
+                    "it is outside the run's namespace"
+                }
+            )))
+        }
     }
 
     /// The client, made on first use.
@@ -234,6 +281,21 @@ impl Cluster {
         } else {
             Api::all_with(client, &ar)
         })
+    }
+
+    /// Whether the cluster serves `kind` in namespaces (discovery, cached).
+    ///
+    /// # Errors
+    /// The cluster does not serve the kind.
+    pub async fn is_namespaced(&self, api_version: &str, kind: &str) -> Result<bool, StepError> {
+        self.api(api_version, kind, None).await?;
+        let key = (api_version.to_owned(), kind.to_owned());
+        Ok(self
+            .kinds
+            .lock()
+            .ok()
+            .and_then(|k| k.get(&key).map(|(_, n)| *n))
+            .unwrap_or(false))
     }
 
     async fn api_of(&self, r: &ObjRef) -> Result<Api<DynamicObject>, StepError> {

@@ -84,7 +84,7 @@ impl StepKind for GateCheck {
         Role::Gate
     }
     fn outputs(&self) -> &'static [&'static str] {
-        &["gate", "model", "version", "digest", "approvers", "evals"]
+        &["gate", "model", "version", "uri", "digest", "approvers", "evals"]
     }
     fn build(&self, with: &Value, cx: &BuildContext) -> Result<Arc<dyn Step>, String> {
         let config: GateCheckConfig = serde_json::from_value(with.clone()).map_err(|e| e.to_string())?;
@@ -267,6 +267,10 @@ impl Step for GateStep {
             outputs.insert("gate".into(), Value::Bool(true));
             outputs.insert("model".into(), Value::from(self.name.clone()));
             outputs.insert("version".into(), Value::from(self.version.clone()));
+            outputs.insert(
+                "uri".into(),
+                record.artifact.uri.clone().map_or(Value::Null, Value::from),
+            );
             outputs.insert(
                 "digest".into(),
                 record.artifact.digest.clone().map_or(Value::Null, Value::from),

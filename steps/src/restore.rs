@@ -83,7 +83,11 @@ pub fn report(cx: &StepContext, done: &[String]) {
 /// Classified API errors (a 409 from a concurrent writer is transient).
 pub async fn traffic(cluster: &Cluster, cx: &StepContext, manager: &str) -> Result<Vec<String>, StepError> {
     let mut done = Vec::new();
-    for (r, fields) in original_traffic(&cx.all_records()) {
+    let originals = original_traffic(&cx.all_records());
+    for r in originals.keys() {
+        cluster.check_restorable(r)?;
+    }
+    for (r, fields) in originals {
         let Some(current) = cluster.get(&r).await? else {
             continue;
         };
@@ -115,9 +119,21 @@ pub async fn objects(
 ) -> Result<Vec<String>, StepError> {
     let records = cx.all_records();
     let originals = original_objects(&records);
+    let touched = touched_by(&records, steps);
+    // Every object is checked before any is touched.
+    for r in &touched {
+        cluster.check_restorable(r)?;
+        if let Some((true, before)) = originals.get(r)
+            && ObjRef::of(before, &cluster.namespace).as_ref() != Some(r)
+        {
+            return Err(StepError::failed(format!(
+                "refusing to restore {r}: the recorded object is another one"
+            )));
+        }
+    }
     let mut done = Vec::new();
     // Newest first: what was applied last is undone first.
-    for r in touched_by(&records, steps).into_iter().rev() {
+    for r in touched.into_iter().rev() {
         let Some((existed, before)) = originals.get(&r) else {
             continue;
         };
@@ -249,5 +265,79 @@ pub fn not_ready(obj: &Value) -> Option<String> {
         },
         Some("Pod") => (!crate::cluster::pod_ready(obj)).then(|| "not Ready".into()),
         _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rollwright_engine::exec::Memo;
+    use serde_json::json;
+
+    /// A record naming an object the run never applied — another model's
+    /// production InferenceService, a ConfigMap in `default`, a cluster-scoped
+    /// kind — is refused before any request is made (this cluster has no
+    /// client: a request would fail differently).
+    #[tokio::test]
+    async fn restores_only_what_the_run_itself_declared_in_its_namespace() {
+        let reach = crate::reach::Reach {
+            context: "restore-test".into(),
+            ..Default::default()
+        };
+        let cluster = Cluster::at(reach, "risk").unwrap();
+        let ours = ObjRef::new("apps/v1", "Deployment", "risk", "fraud-canary");
+        cluster.allow([ours.clone()]);
+        let cx = |memos: Vec<Memo>| {
+            let cx = StepContext::detached("deploy");
+            cx.records.write().unwrap().extend(memos);
+            cx
+        };
+        let objects = |r: &ObjRef, obj: Value| Memo {
+            step: "deploy".into(),
+            key: "objects".into(),
+            value: json!([{"ref": r, "existed": true, "object": obj}]),
+        };
+        for (forged, why) in [
+            (
+                ObjRef::new(
+                    "serving.kserve.io/v1beta1",
+                    "InferenceService",
+                    "risk",
+                    "payments",
+                ),
+                "no step of this run",
+            ),
+            (
+                ObjRef::new("v1", "ConfigMap", "default", "x"),
+                "outside the run's namespace",
+            ),
+            (
+                ObjRef {
+                    api_version: "v1".into(),
+                    kind: "Namespace".into(),
+                    namespace: None,
+                    name: "risk".into(),
+                },
+                "outside the run's namespace",
+            ),
+        ] {
+            let e = objects_restored(&cluster, &cx(vec![objects(&forged, json!({}))])).await;
+            assert!(e.contains(why), "{forged}: {e}");
+            let t = Memo {
+                step: "shift".into(),
+                key: "traffic".into(),
+                value: json!({"ref": forged, "fields": {"/spec/x": 1}}),
+            };
+            let e = traffic(&cluster, &cx(vec![t]), "m").await.unwrap_err().message;
+            assert!(e.contains(why), "{forged}: {e}");
+        }
+        // Our own object, recorded as another one: refused too.
+        let other = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "x", "namespace": "default"}});
+        let e = objects_restored(&cluster, &cx(vec![objects(&ours, other)])).await;
+        assert!(e.contains("the recorded object is another one"), "{e}");
+    }
+
+    async fn objects_restored(cluster: &Cluster, cx: &StepContext) -> String {
+        objects(cluster, cx, None, true).await.unwrap_err().message
     }
 }

@@ -3,6 +3,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use rollwright_engine::Code;
 use rollwright_engine::exec::{BoxFuture, Progress, Step, StepContext, StepError};
 use rollwright_engine::registry::{BuildContext, Finding, Role, StepKind};
 use serde::Deserialize;
@@ -63,21 +64,45 @@ impl StepKind for ShiftTraffic {
     fn justification<'a>(&self, with: &'a Value) -> Option<&'a str> {
         with.get("justification").and_then(Value::as_str)
     }
+    fn check_rendered(&self, with: &Value, cx: &BuildContext) -> Vec<Finding> {
+        let Ok(c) = serde_json::from_value::<ShiftTrafficConfig>(with.clone()) else {
+            return Vec::new();
+        };
+        match route_of(&c, cx) {
+            Ok(_) => Vec::new(),
+            Err((pointer, e)) => vec![Finding::new(pointer, Code::InvalidStepConfig, e)],
+        }
+    }
     fn build(&self, with: &Value, cx: &BuildContext) -> Result<Arc<dyn Step>, String> {
         let c: ShiftTrafficConfig = serde_json::from_value(with.clone()).map_err(|e| e.to_string())?;
-        let router = Router::of(cx, c.provider.as_deref())?;
-        if c.mirror > 0 && router.provider != Provider::Istio {
-            return Err("`mirror` needs the istio provider".into());
-        }
+        let router = route_of(&c, cx).map_err(|(_, e)| e)?;
+        let cluster = Cluster::of(cx)?;
+        cluster.allow([router.object()]);
         Ok(Arc::new(ShiftTrafficStep {
             canary: c.canary,
             mirror: c.mirror,
             router,
             gitops: crate::gitops::GitOpsTarget::of(cx)?,
             allow_gitops_managed: c.allow_gitops_managed,
-            cluster: Cluster::of(cx)?,
+            cluster,
         }))
     }
+}
+
+/// The router of a shift, or why it cannot be made (with the pointer in
+/// `with` to blame): the one check `lint` and `run` share.
+fn route_of(c: &ShiftTrafficConfig, cx: &BuildContext) -> Result<Router, (&'static str, String)> {
+    let router = Router::of(cx, c.provider.as_deref()).map_err(|e| ("/provider", e))?;
+    if c.mirror > 0 && router.provider != Provider::Istio {
+        return Err((
+            "/mirror",
+            format!(
+                "`mirror` needs the istio provider; {} cannot mirror traffic",
+                router.provider.name()
+            ),
+        ));
+    }
+    Ok(router)
 }
 
 /// Field manager of traffic changes.

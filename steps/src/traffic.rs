@@ -50,6 +50,19 @@ impl Provider {
         })
     }
 
+    /// The name a spec uses for it.
+    #[must_use]
+    pub fn name(self) -> &'static str {
+        match self {
+            Provider::Istio => "istio",
+            Provider::GatewayApi => "gateway-api",
+            Provider::Kserve => "kserve",
+            Provider::Smi => "smi",
+            Provider::Nginx => "nginx",
+            Provider::Seldon => "seldon",
+        }
+    }
+
     /// `(apiVersion, kind)` of the object whose fields a shift changes.
     #[must_use]
     pub fn route_kind(self) -> (&'static str, &'static str) {

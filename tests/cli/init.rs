@@ -74,9 +74,9 @@ fn init_with_flags_writes_a_spec_that_lints_and_plans() {
         manifest.contains("requests: {cpu: \"500m\", memory: 1Gi}\n            limits: {cpu: \"1000m\", memory: 2Gi, nvidia.com/gpu: 1}"),
         "{manifest}"
     );
-    let lint = rollwright_in(dir.path(), &["lint", "rollouts/"]);
+    let lint = rollwright_in(dir.path(), &["lint", "--root", "/", "rollouts/"]);
     assert_eq!(lint.status.code(), Some(0), "{}{}", stdout(&lint), stderr(&lint));
-    let plan = rollwright_in(dir.path(), &["plan", "rollouts/churn.yaml"]);
+    let plan = rollwright_in(dir.path(), &["plan", "--root", "/", "rollouts/churn.yaml"]);
     assert_eq!(plan.status.code(), Some(0), "{}", stderr(&plan));
     assert!(stdout(&plan).contains("ramp[50].hold"), "{}", stdout(&plan));
 
@@ -192,7 +192,7 @@ fn init_asks_on_a_terminal_for_what_flags_leave_open() {
         "{spec}"
     );
     assert!(spec.contains("hold: 2m"), "{spec}");
-    let lint = rollwright_in(dir.path(), &["lint", "fraud.yaml"]);
+    let lint = rollwright_in(dir.path(), &["lint", "--root", "/", "fraud.yaml"]);
     assert_eq!(lint.status.code(), Some(0), "{}{}", stdout(&lint), stderr(&lint));
 }
 
@@ -228,7 +228,7 @@ fn init_for_a_gitops_target_declares_it_and_lints_clean() {
         spec.contains("  gitops: {repo: \"git@git.example.com:platform/deploy.git\", branch: main, path: \"deploy/ml/fraud\", controller: flux, app: fraud}}"),
         "{spec}"
     );
-    let out = rollwright_in(dir.path(), &["lint", "fraud.yaml"]);
+    let out = rollwright_in(dir.path(), &["lint", "--root", "/", "fraud.yaml"]);
     assert_eq!(out.status.code(), Some(0), "{}", stdout(&out));
     // A wrong controller is refused off a terminal, naming the choices.
     let out = rollwright_in(

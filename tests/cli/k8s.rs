@@ -7,7 +7,7 @@ use std::process::Output;
 use assert_cmd::Command;
 use rollwright_sim::{Scenario, Sim, SimOptions};
 
-use crate::stderr;
+use crate::{stderr, stdout};
 
 pub struct World {
     pub sim: Sim,
@@ -230,20 +230,28 @@ fn policy_violations_are_refused_before_any_request() {
         "canary.yaml.hbs",
         "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: fraud-canary}\nspec:\n  replicas: 1\n  selector: {matchLabels: {app: fraud}}\n  template:\n    metadata: {labels: {app: fraud}}\n    spec:\n      containers:\n        - name: server\n          image: models/fraud:8\n          env:\n            - {name: DB_PASSWORD, value: hunter2hunter2}\n---\napiVersion: v1\nkind: Service\nmetadata: {name: fraud-public}\nspec: {type: LoadBalancer, selector: {app: fraud}}\n",
     );
+    // Lint finds what run refuses, with the same code, located in the template.
+    let lint = w.rollwright(&["lint", "spec.yaml"], &[]);
+    assert_eq!(lint.status.code(), Some(1), "{}", stdout(&lint));
     let out = w.rollwright(&["run", "spec.yaml"], &[]);
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
     let err = stderr(&out);
     for want in [
-        "nothing was sent to the cluster",
-        "canary.yaml.hbs:5:13: Deployment fraud-canary: 1 replica(s), production needs at least 2",
+        "nothing was run",
+        "Deployment fraud-canary: 1 replica(s), production needs at least 2",
+        "canary.yaml.hbs:5:13",
         "production containers need CPU and memory requests and limits (missing requests.cpu, requests.memory, limits.cpu, limits.memory)",
         "dedicated service account",
         "env DB_PASSWORD has a literal value",
         "Service fraud-public exposes the model",
     ] {
         assert!(err.contains(want), "{want}: {err}");
+        if want != "nothing was run" {
+            assert!(stdout(&lint).contains(want), "lint: {want}: {}", stdout(&lint));
+        }
     }
     assert!(!err.contains("hunter2hunter2"), "the secret is not echoed: {err}");
+    assert!(!stdout(&lint).contains("hunter2hunter2"));
     assert!(!w.path().join(".rollwright/runs").exists(), "no run was created");
     assert_eq!(w.deployments(), "deployment.apps/fraud-stable\n");
 }

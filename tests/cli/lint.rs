@@ -105,7 +105,7 @@ fn github_format() {
     assert_eq!(out.status.code(), Some(0), "a warning alone passes");
     let text = stdout(&out);
     assert!(
-        text.starts_with("::warning file=tests/fixtures/lint/justified-100.yaml,line=16,col=20,endLine=16,endColumn=23,title=RW052::step `all-in` sends 100%25 of production traffic"),
+        text.starts_with("::warning file=tests/fixtures/lint/justified-100.yaml,line=17,col=20,endLine=17,endColumn=23,title=RW052::step `all-in` sends 100%25 of production traffic"),
         "{text}"
     );
     assert!(text.ends_with("rollwright lint: 1 files, 0 errors, 1 warnings\n"));
@@ -337,6 +337,7 @@ kind: Rollout
 metadata: {name: direct}
 model: {name: m, version: \"1\"}
 target: {context: stage, namespace: payments, environment: staging}
+serving: {platform: deployment, traffic: istio}
 steps:
   - {id: deploy, type: apply, with: {template: x.yaml.hbs}, compensate: {type: rollback}}
   - {id: shift, type: shift-traffic, needs: [deploy], with: {canary: 20}}
@@ -365,9 +366,9 @@ steps:
         got,
         [
             "declared.yaml 6:18 RW061 value looks like a URL with an embedded password",
-            "direct.yaml 7:24 RW057 step `apply` would change the cluster directly, but namespace `payments` is GitOps-managed (policy policy.yaml): the controller would undo it or fight it",
-            "direct.yaml 7:80 RW057 compensation `rollback` would change the cluster directly, but namespace `payments` is GitOps-managed (policy policy.yaml): the controller would undo it or fight it",
-            "direct.yaml 8:23 RW057 step `shift-traffic` would change the cluster directly, but namespace `payments` is GitOps-managed (policy policy.yaml): the controller would undo it or fight it",
+            "direct.yaml 8:24 RW057 step `apply` would change the cluster directly, but namespace `payments` is GitOps-managed (policy policy.yaml): the controller would undo it or fight it",
+            "direct.yaml 8:80 RW057 compensation `rollback` would change the cluster directly, but namespace `payments` is GitOps-managed (policy policy.yaml): the controller would undo it or fight it",
+            "direct.yaml 9:23 RW057 step `shift-traffic` would change the cluster directly, but namespace `payments` is GitOps-managed (policy policy.yaml): the controller would undo it or fight it",
         ]
     );
     assert!(!stdout(&out).contains("hunter2hunter2"), "{}", stdout(&out));

@@ -119,7 +119,7 @@ fn steps_that_cannot_be_built_are_refused_before_anything_happens() {
             "",
         );
     std::fs::write(dir.path().join("spec.yaml"), example).unwrap();
-    let out = run_in(dir.path(), &["run", "spec.yaml"], &[]);
+    let out = run_in(dir.path(), &["run", "--root", "/", "spec.yaml"], &[]);
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
     assert!(
         stderr(&out).contains("error: step `smoke`: this step calls the model: set `serving.endpoint`"),
