@@ -95,6 +95,10 @@ pub struct InitArgs {
     /// Overwrite existing files.
     #[arg(long)]
     force: bool,
+    /// An eval threshold the gate checks, `METRIC=MIN` (repeatable; a
+    /// production gate needs one; default `auc=0.9`).
+    #[arg(long = "eval", value_name = "METRIC=MIN")]
+    evals: Vec<String>,
 }
 
 /// Asks on a terminal; elsewhere takes the default (or fails when there is none).
@@ -440,10 +444,36 @@ fn scaffold(args: InitArgs, a: &mut Asker<'_>) -> Result<Vec<PathBuf>, String> {
         "model: {{registry: {registry}, name: {model}, version: \"{version}\"}}\nserving: {{platform: {platform}, traffic: {traffic}, endpoint: \"{endpoint}\"}}\ntarget: {{context: {context}, namespace: {namespace}, environment: {environment}{}}}\n",
         gitops.unwrap_or_default()
     ));
+    let mut evals: Vec<(String, f64)> = Vec::new();
+    for e in &args.evals {
+        let (m, v) = e
+            .split_once('=')
+            .and_then(|(m, v)| Some((m.trim(), v.trim().parse::<f64>().ok()?)))
+            .filter(|(m, _)| {
+                !m.is_empty()
+                    && m.bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+            })
+            .ok_or_else(|| format!("--eval `{e}`: expected METRIC=MIN, e.g. auc=0.9"))?;
+        evals.push((m.to_owned(), v));
+    }
+    if evals.is_empty() && environment == "production" {
+        evals.push(("auc".into(), 0.9));
+    }
+    if !evals.is_empty() || !auth.is_empty() {
+        spec.push_str("customize:\n  with:\n");
+    }
+    if !evals.is_empty() {
+        // The gate checks the model's evaluation too (set the metrics your registry records).
+        spec.push_str("    gate:\n      approvals: \"{{params.approvals}}\"\n      alias: production-approved\n      evals:\n");
+        for (m, v) in &evals {
+            spec.push_str(&format!("        {m}: {{min: {v}}}\n"));
+        }
+    }
     if !auth.is_empty() {
         // `customize.with` replaces a step's `with`: the whole smoke test, plus auth.
         spec.push_str(&format!(
-            "customize:\n  with:\n    smoke:\n      protocol: \"{{{{params.protocol}}}}\"\n      target: canary\n      requests: 10\n      success-ratio: 1.0\n      expect: {{status: 200, latency: 1s}}\n      auth: {{secretRef: {auth}}}\n"
+            "    smoke:\n      protocol: \"{{{{params.protocol}}}}\"\n      target: canary\n      requests: 10\n      success-ratio: 1.0\n      expect: {{status: 200, latency: 1s}}\n      auth: {{secretRef: {auth}}}\n"
         ));
     }
     std::fs::write(&manifest_path, manifest).map_err(|e| format!("{}: {e}", manifest_path.display()))?;

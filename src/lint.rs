@@ -195,15 +195,29 @@ pub fn run(args: &LintArgs) -> u8 {
 
 fn lint_one(linter: &Linter, input: &Input, human: Option<&render::Human>) -> Outcome {
     let path = display_path(&input.path);
-    let (bytes, diagnostics, skipped, io_error) = match std::fs::read(&input.path) {
+    let max = linter.limits().max_bytes as u64;
+    let start = rollwright_engine::diag::Span::point(rollwright_engine::diag::Pos { line: 1, col: 1 });
+    let (bytes, diagnostics, skipped, io_error) = match rollwright_engine::fsread::read(&input.path, max) {
         Ok(bytes) => {
             let r = linter.lint(&input.path, &bytes, input.walked);
             (bytes, r.diagnostics, r.skipped, false)
         }
+        Err(rollwright_engine::fsread::ReadError::TooLarge { max }) => {
+            let d = Diagnostic::new(
+                rollwright_engine::Code::TooLarge,
+                start,
+                format!(
+                    "file is {} bytes, over the limit of {max} bytes",
+                    std::fs::metadata(&input.path).map_or(0, |m| m.len())
+                ),
+            )
+            .with_help("split the spec, or raise the limit with --max-file-size");
+            (Vec::new(), vec![d], false, false)
+        }
         Err(e) => {
             let d = Diagnostic::new(
                 rollwright_engine::Code::Io,
-                rollwright_engine::diag::Span::point(rollwright_engine::diag::Pos { line: 1, col: 1 }),
+                start,
                 format!("cannot read file: {e}"),
             );
             (Vec::new(), vec![d], false, true)

@@ -697,13 +697,13 @@ fn execute(l: Launch<'_>) -> u8 {
         progress.note(&format!("NOT ROLLED BACK: `{step}`: {e} — restore it by hand"));
     }
     if let Some(e) = writer.error().or(flushed.err()) {
+        let what = match (outcome.state, outcome.left_over.is_empty()) {
+            (FinalState::Succeeded, _) => "succeeded, but its end could not be journaled".to_owned(),
+            (_, true) => "was stopped and compensated as far as it could".to_owned(),
+            (_, false) => "was stopped and NOT fully compensated (see above)".to_owned(),
+        };
         progress.note(&format!(
-            "error: the journal could not be written ({e}): the run was stopped and {}; `rollwright resume {run}` cannot be trusted to know what happened after that point",
-            if outcome.left_over.is_empty() {
-                "compensated as far as it could"
-            } else {
-                "NOT fully compensated"
-            }
+            "error: the journal could not be written ({e}): the run {what}; its journal ends before that point"
         ));
         return exit::STATE;
     }

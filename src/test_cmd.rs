@@ -161,7 +161,8 @@ fn collect(paths: &[PathBuf]) -> Result<Vec<PathBuf>, String> {
 }
 
 fn load(file: &Path) -> Result<RolloutTest, String> {
-    let text = std::fs::read_to_string(file).map_err(|e| format!("{}: {e}", file.display()))?;
+    let text = rollwright_engine::fsread::read_string(file, rollwright_engine::fsread::DEFAULT_MAX)
+        .map_err(|e| format!("{}: {e}", file.display()))?;
     let t: RolloutTest = serde_saphyr_like(&text).map_err(|e| format!("{}: {e}", file.display()))?;
     if t.kind != "RolloutTest" || t.api_version != "rollwright.dev/v1alpha1" {
         return Err(format!(
@@ -198,7 +199,13 @@ fn the_run(state: &Path) -> Option<PathBuf> {
 }
 
 fn run_one(file: &Path, t: &RolloutTest) -> Vec<String> {
-    let base = file.parent().unwrap_or(Path::new("."));
+    // Relative paths in a test file start at its directory (`.` for a
+    // file named without one), made absolute before the scenario is
+    // written elsewhere.
+    let base = file
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
     let base = &std::fs::canonicalize(base).unwrap_or_else(|_| base.to_path_buf());
     let mut failures = Vec::new();
     let mut scenario = match &t.scenario {
@@ -239,10 +246,11 @@ fn run_one(file: &Path, t: &RolloutTest) -> Vec<String> {
         scenario.time_scale = rollwright_sim::scenario::TimeScale(ts);
     }
     let spec_path = base.join(&t.spec);
-    let spec_text = match std::fs::read_to_string(&spec_path) {
-        Ok(s) => s,
-        Err(e) => return vec![format!("{}: {e}", spec_path.display())],
-    };
+    let spec_text =
+        match rollwright_engine::fsread::read_string(&spec_path, rollwright_engine::fsread::DEFAULT_MAX) {
+            Ok(s) => s,
+            Err(e) => return vec![format!("{}: {e}", spec_path.display())],
+        };
     let spec_doc = rollwright_engine::yaml::load_str(&spec_text, &rollwright_engine::Limits::default())
         .map(|d| d.value)
         .unwrap_or(Value::Null);

@@ -194,6 +194,8 @@ codes! {
     GateBelowPolicy = "RW056", Error, "gate weaker than the policy";
     /// A step that would change directly a target the policy declares GitOps-managed.
     ImperativeOnGitOps = "RW057", Error, "imperative change on a GitOps-managed target";
+    /// A production gate-check that requires nothing (no approval or alias, or no eval).
+    GateRequiresNothing = "RW058", Error, "production gate requires too little";
     /// A literal secret value where a reference is required.
     LiteralSecret = "RW060", Error, "literal secret value";
     /// A value shaped like a well-known credential.

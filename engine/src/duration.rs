@@ -40,10 +40,14 @@ pub enum DurationError {
         /// The offending character.
         ch: char,
     },
-    /// Does not fit.
-    #[error("duration `{0}` is too large")]
+    /// Longer than [`MAX`] (and so too large for any deadline or hold).
+    #[error("duration `{0}` is longer than 366d, the longest rollwright accepts")]
     Overflow(String),
 }
+
+/// The longest duration a spec may write: a year and a day. Anything longer
+/// is a typo, and would overflow deadlines.
+pub const MAX: Duration = Duration::from_secs(366 * 86_400);
 
 /// Parses a duration in the spec grammar.
 ///
@@ -103,7 +107,11 @@ pub fn parse(text: &str) -> Result<Duration, DurationError> {
             .and_then(|v| total.checked_add(v))
             .ok_or_else(|| DurationError::Overflow(text.into()))?;
     }
-    Ok(Duration::from_millis(total))
+    let d = Duration::from_millis(total);
+    if d > MAX {
+        return Err(DurationError::Overflow(text.into()));
+    }
+    Ok(d)
 }
 
 /// Formats a duration in the spec grammar (`1h30m`, `500ms`, `0s`).

@@ -266,6 +266,15 @@ pub fn expand(path: &Path, root: Document, env: &Env<'_>) -> (Option<Expanded>, 
     let params_ok = cx.errors.len() == param_errors;
     let (items, handlers) = assemble(&mut cx);
     let (steps, origins) = unroll(&mut cx, items, &params);
+    if steps.len() > MAX_STEPS {
+        let at = cx.at(0, "/steps");
+        cx.error(
+            Code::Template,
+            at,
+            format!("the expanded plan has {} steps; at most {MAX_STEPS}", steps.len()),
+        );
+        return (None, cx.errors);
+    }
     let layers = cx.sources.len();
     let root = &cx.sources[0].doc.value;
     let mut flat = Map::new();
@@ -786,6 +795,11 @@ fn unknown_id(cx: &mut Ctx<'_>, items: &[Item], layer: usize, ptr: &str, id: &st
     });
 }
 
+/// The most items a `for-each` group repeats over.
+pub const MAX_ITEMS: usize = 1_000;
+/// The most steps an expanded plan may have.
+pub const MAX_STEPS: usize = 20_000;
+
 /// Unrolls `for-each` groups. Returns the flat steps and their origins.
 fn unroll(cx: &mut Ctx<'_>, items: Vec<Item>, params: &Map<String, Value>) -> (Vec<Value>, Vec<Origin>) {
     // Exit ids of each group, for outer `needs: [group]`.
@@ -832,6 +846,18 @@ fn unroll(cx: &mut Ctx<'_>, items: Vec<Item>, params: &Map<String, Value>) -> (V
             _ => None,
         };
         let Some(values) = values else { continue };
+        if values.len() > MAX_ITEMS {
+            let at = cx.at(it.source, &format!("{}/for-each", it.pointer));
+            cx.error(
+                Code::Template,
+                at,
+                format!(
+                    "`for-each` has {} items; a group repeats at most {MAX_ITEMS} times",
+                    values.len()
+                ),
+            );
+            continue;
+        }
         let inner: Vec<Value> = it
             .value
             .get("steps")
@@ -1067,11 +1093,25 @@ fn render_in(
 ) {
     match v {
         Value::String(s) if s.contains("{{") => {
-            // Only a template naming `steps.` sees them (a copy per such value).
+            // Only a template naming `steps.` sees them, and only the steps
+            // it names (copying every step per value would be quadratic).
             let with_steps;
             let ctx = if s.contains("steps.") {
+                let mut named = Map::new();
+                for (i, _) in s.match_indices("steps.") {
+                    // Ids may hold dots (`ramp[20].hold`): up to `.outputs`.
+                    let rest = &s[i + 6..];
+                    let id = rest.split(".outputs").next().unwrap_or(rest);
+                    let id: String = id
+                        .chars()
+                        .take_while(|c| !c.is_whitespace() && *c != '}')
+                        .collect();
+                    if let Some(v) = steps.get(&id) {
+                        named.insert(id, v.clone());
+                    }
+                }
                 let mut c = base.clone();
-                c.insert("steps".into(), steps.clone());
+                c.insert("steps".into(), Value::Object(named));
                 with_steps = c;
                 &with_steps
             } else {

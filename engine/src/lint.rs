@@ -134,6 +134,12 @@ impl Linter {
         self.policy.as_ref()
     }
 
+    /// The loader limits.
+    #[must_use]
+    pub fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
     /// The step registry.
     #[must_use]
     pub fn registry(&self) -> &Registry {

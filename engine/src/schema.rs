@@ -134,6 +134,9 @@ impl Schemas {
         let prepared = builder.prepare().map_err(|e| compile(e.to_string()))?;
         let validator = jsonschema::options()
             .offline()
+            // What a pattern cannot say: a duration within range (`366d` at most).
+            .with_format("rollwright-duration", |s: &str| duration::parse(s).is_ok())
+            .should_validate_formats(true)
             .with_base_uri(format!("{BASE_URI}rollout.schema.json"))
             .with_registry(&prepared)
             .build(&rollout)
@@ -304,7 +307,11 @@ impl Schemas {
                     show(instance)
                 ),
             ),
-            ValidationErrorKind::Pattern { .. } | ValidationErrorKind::MinLength { .. } if is_duration => {
+            ValidationErrorKind::Pattern { .. }
+            | ValidationErrorKind::MinLength { .. }
+            | ValidationErrorKind::Format { .. }
+                if is_duration =>
+            {
                 let msg = match instance.as_str().map(duration::parse) {
                     Some(Err(e)) => e.to_string(),
                     _ => format!("{} is not a duration", show(instance)),

@@ -674,6 +674,7 @@ fn check_gitops(cx: &Context<'_>, out: &mut Vec<Diagnostic>) {
 /// The policy: a declared environment cannot dodge production, and gates
 /// are at least as strict as the environment's minimum.
 fn check_policy(cx: &Context<'_>, out: &mut Vec<Diagnostic>) {
+    check_default_gate(cx, out);
     let (Some(policy), Some(derived)) = (cx.policy, cx.environment()) else {
         return;
     };
@@ -728,6 +729,65 @@ fn check_policy(cx: &Context<'_>, out: &mut Vec<Diagnostic>) {
                     format!("gate-check `{}` is weaker than the {env} policy: {msg}", g.id),
                 )
                 .with_help("a spec may be stricter than the policy, never weaker"),
+            );
+        }
+    }
+}
+
+/// Without a policy that sets the production minimum gate, a production
+/// gate must still require something: an approval (or a registry alias a
+/// person set) *and* at least one eval threshold. `approvals: 0` and no
+/// alias would let any registered version through.
+fn check_default_gate(cx: &Context<'_>, out: &mut Vec<Diagnostic>) {
+    if !cx.production() {
+        return;
+    }
+    let set_by_policy = cx
+        .policy
+        .and_then(|p| p.rules(Environment::Production))
+        .is_some_and(|r| r.gate.is_some());
+    if set_by_policy {
+        return;
+    }
+    for (i, s) in cx.spec.steps.iter().enumerate() {
+        if !kind_of(cx, s).is_some_and(|k| k.role() == Role::Gate)
+            || cx.schema_bad(&format!("/steps/{i}/with"))
+        {
+            continue;
+        }
+        let w = &s.with;
+        let approvals = w.get("approvals").and_then(Value::as_u64).unwrap_or(1);
+        let alias = w
+            .get("alias")
+            .and_then(Value::as_str)
+            .is_some_and(|a| !a.is_empty());
+        if approvals == 0 && !alias {
+            let at = if w.get("approvals").is_some() {
+                format!("/steps/{i}/with/approvals")
+            } else {
+                format!("/steps/{i}/type")
+            };
+            out.push(
+                Diagnostic::new(
+                    Code::GateRequiresNothing,
+                    cx.span(&at),
+                    format!("production gate-check `{}` requires no approval and no alias: any registered version would pass", s.id),
+                )
+                .with_help("require `approvals: 1` (or more) or an `alias`, or set the production minimum gate in the platform policy"),
+            );
+        }
+        let evals = w
+            .get("evals")
+            .and_then(Value::as_object)
+            .is_some_and(|e| !e.is_empty());
+        if !evals {
+            out.push(
+                Diagnostic::new(
+                    Code::GateRequiresNothing,
+                    cx.span(&format!("/steps/{i}/type")),
+                    format!("production gate-check `{}` checks no eval: a version that fails its evaluation would pass", s.id),
+                )
+                .with_help("add `evals: {METRIC: {min: …}}`, or set the production minimum gate in the platform policy"),
             );
         }
     }
@@ -884,6 +944,60 @@ fn sensitive_key(key: &str) -> bool {
     })
 }
 
+/// An environment variable name that holds a credential: a word of it
+/// (`_`-separated) is PASS, PASSWORD, PWD, SECRET, TOKEN, APIKEY, CREDS…, or
+/// it ends in a key of some kind (`API_KEY`, `ACCESS_KEY`, `SIGNING_KEY`).
+#[must_use]
+pub fn sensitive_env_name(name: &str) -> bool {
+    let upper = name.to_ascii_uppercase();
+    let words: Vec<&str> = upper.split(['_', '-', '.']).filter(|w| !w.is_empty()).collect();
+    let credential = |w: &&str| {
+        matches!(
+            *w,
+            "PASS"
+                | "PASSWORD"
+                | "PASSWD"
+                | "PWD"
+                | "SECRET"
+                | "SECRETS"
+                | "TOKEN"
+                | "APIKEY"
+                | "CREDENTIAL"
+                | "CREDENTIALS"
+                | "CREDS"
+                | "PRIVATEKEY"
+        )
+    };
+    let keyed = words.len() >= 2
+        && words.last() == Some(&"KEY")
+        && matches!(
+            words[words.len() - 2],
+            "API" | "ACCESS" | "SECRET" | "PRIVATE" | "SIGNING" | "ENCRYPTION" | "MASTER" | "AUTH" | "CLIENT"
+        );
+    words.iter().any(credential) || keyed
+}
+
+/// The pattern a base64-encoded value decodes to, if it is a token.
+fn base64_token(s: &str) -> Option<usize> {
+    use base64::Engine as _;
+    use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+    let t = s.trim();
+    if t.len() < 20
+        || !t
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'/' | b'=' | b'-' | b'_'))
+    {
+        return None;
+    }
+    let bytes = STANDARD
+        .decode(t)
+        .or_else(|_| URL_SAFE_NO_PAD.decode(t.trim_end_matches('=')))
+        .ok()?;
+    let text = String::from_utf8(bytes).ok()?;
+    let (set, _) = token_patterns();
+    set.matches(&text).iter().next()
+}
+
 fn token_patterns() -> &'static (RegexSet, Vec<&'static str>) {
     static SET: OnceLock<(RegexSet, Vec<&'static str>)> = OnceLock::new();
     SET.get_or_init(|| {
@@ -956,7 +1070,7 @@ fn walk_secrets(
         Value::Object(m) => {
             // Kubernetes env entries: {name: API_TOKEN, value: "literal"}.
             if let (Some(Value::String(name)), Some(Value::String(val))) = (m.get("name"), m.get("value"))
-                && sensitive_key(name)
+                && (sensitive_key(name) || sensitive_env_name(name))
                 && !val.is_empty()
                 && !is_template(val)
             {
@@ -1002,11 +1116,25 @@ fn walk_secrets(
         // Every pattern needs at least 12 characters.
         Value::String(s) if s.len() >= 12 => {
             let (set, names) = token_patterns();
-            if let Some(i) = set.is_match(s).then(|| set.matches(s).iter().next()).flatten() {
+            let direct = set.is_match(s).then(|| set.matches(s).iter().next()).flatten();
+            // A token base64-encoded (a Secret's `data`, a header value) is one too.
+            let encoded = direct.is_none().then(|| base64_token(s)).flatten();
+            if let Some((i, how)) = direct
+                .map(|i| (i, ""))
+                .or(encoded.map(|i| (i, "a base64-encoded ")))
+            {
                 found.push(s.clone());
                 let sp = doc.locate(ptr);
+                let what = if how.is_empty() {
+                    names[i].to_owned()
+                } else {
+                    format!(
+                        "{how}{}",
+                        names[i].trim_start_matches("a ").trim_start_matches("an ")
+                    )
+                };
                 out.push(
-                    Diagnostic::new(Code::TokenShapedValue, sp, format!("value looks like {}", names[i]))
+                    Diagnostic::new(Code::TokenShapedValue, sp, format!("value looks like {what}"))
                         .with_label("credential-shaped value")
                         .with_redaction(sp)
                         .with_help(
@@ -1045,6 +1173,38 @@ mod tests {
         ] {
             assert!(!sensitive_key(k), "{k}");
         }
+    }
+
+    #[test]
+    fn credential_env_names() {
+        for n in [
+            "DB_PASS",
+            "SMTP_PASSWORD",
+            "MYSQL_PWD",
+            "API_KEY",
+            "AWS_SECRET_ACCESS_KEY",
+            "GH_TOKEN",
+            "REDIS_CREDS",
+        ] {
+            assert!(sensitive_env_name(n), "{n}");
+        }
+        for n in [
+            "CACHE_KEY_PREFIX",
+            "BYPASS_CACHE",
+            "COMPASS_URL",
+            "MODEL_NAME",
+            "PUBLIC_KEY_PATH",
+        ] {
+            assert!(!sensitive_env_name(n), "{n}");
+        }
+        use base64::Engine as _;
+        let encoded =
+            base64::engine::general_purpose::STANDARD.encode("ghp_0123456789abcdefghijklmnopqrstuvwxyzAB");
+        assert!(base64_token(&encoded).is_some());
+        assert!(
+            base64_token("aGVsbG8gd29ybGQgdGhpcyBpcyBmaW5l").is_none(),
+            "hello world is no token"
+        );
     }
 
     #[test]

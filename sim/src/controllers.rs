@@ -234,7 +234,10 @@ fn create_revision(state: &State, isvc: &Value, rev: &str, hash: &str, version: 
     if let Some(v) = version {
         labels["version"] = Value::from(v);
     }
-    let replicas = predictor["minReplicas"].as_u64().unwrap_or(1).max(1);
+    let replicas = predictor["minReplicas"]
+        .as_u64()
+        .unwrap_or(1)
+        .clamp(1, crate::scenario::MAX_REPLICAS);
     let dep = json!({
         "apiVersion": "apps/v1", "kind": "Deployment",
         "metadata": {"name": format!("{rev}-deployment"), "namespace": ns, "labels": labels,
@@ -272,7 +275,10 @@ fn reconcile_seldon(state: &State) {
             if let Some(v) = routing::version_label(&p["labels"]) {
                 labels["version"] = Value::from(v);
             }
-            let replicas = p["replicas"].as_u64().unwrap_or(1);
+            let replicas = p["replicas"]
+                .as_u64()
+                .unwrap_or(1)
+                .min(crate::scenario::MAX_REPLICAS);
             let dep = json!({
                 "apiVersion": "apps/v1", "kind": "Deployment",
                 "metadata": {"name": dname, "namespace": ns, "labels": labels,
@@ -337,7 +343,12 @@ fn reconcile_deployments(state: &State) {
     }
     for d in &deployments {
         let (ns, name) = (meta(d, "namespace"), meta(d, "name"));
-        let replicas = d["spec"]["replicas"].as_u64().unwrap_or(1);
+        // The embedded cluster runs a bounded world (a real cluster would be
+        // bounded by its nodes).
+        let replicas = d["spec"]["replicas"]
+            .as_u64()
+            .unwrap_or(1)
+            .min(crate::scenario::MAX_REPLICAS);
         let template = d["spec"]["template"].clone();
         let hash = fnv(&template);
         let rs_name = format!("{name}-{hash:x}");

@@ -89,6 +89,45 @@ pub struct Scenario {
     pub registry: Option<Value>,
 }
 
+/// The largest scenario file.
+const MAX_BYTES: usize = 1024 * 1024;
+/// The most objects a scenario creates.
+const MAX_OBJECTS: usize = 1_000;
+/// The most replicas of one workload.
+pub const MAX_REPLICAS: u64 = 1_000;
+
+/// Reads a regular file of at most [`MAX_BYTES`] (a FIFO or a device is
+/// refused without blocking; the sim stands alone, so this is its own).
+fn read_bounded(path: &std::path::Path) -> std::io::Result<String> {
+    use std::io::Read;
+    use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(0o4000) // O_NONBLOCK: opening a FIFO does not wait for a writer
+        .open(path)?;
+    let meta = file.metadata()?;
+    let ft = meta.file_type();
+    if !ft.is_file() {
+        let what = if ft.is_dir() {
+            "a directory"
+        } else if ft.is_fifo() {
+            "a FIFO"
+        } else {
+            "not a regular file"
+        };
+        return Err(std::io::Error::other(format!("is {what}")));
+    }
+    let mut text = String::new();
+    file.take(MAX_BYTES as u64 + 1).read_to_string(&mut text)?;
+    if text.len() > MAX_BYTES {
+        return Err(std::io::Error::other(format!(
+            "is larger than {} KiB",
+            MAX_BYTES / 1024
+        )));
+    }
+    Ok(text)
+}
+
 /// Why a scenario cannot be used.
 #[derive(Debug, thiserror::Error)]
 pub enum ScenarioError {
@@ -116,10 +155,56 @@ impl Scenario {
     /// # Errors
     /// Malformed YAML, unknown fields, values out of range — located.
     pub fn from_yaml(text: &str, path: &str) -> Result<Scenario, ScenarioError> {
-        serde_saphyr::from_str::<Scenario>(text).map_err(|e| ScenarioError::Invalid {
+        let invalid = |message: String| ScenarioError::Invalid {
             path: path.to_owned(),
-            message: e.to_string(),
-        })
+            message,
+        };
+        if text.len() > MAX_BYTES {
+            return Err(invalid(format!("larger than {} KiB", MAX_BYTES / 1024)));
+        }
+        let s = serde_saphyr::from_str::<Scenario>(text).map_err(|e| invalid(e.to_string()))?;
+        s.bounded().map_err(invalid)?;
+        Ok(s)
+    }
+
+    /// A scenario describes a small world: its sizes are bounded so that a
+    /// typo (or a hostile file) cannot make the sim grow without end.
+    fn bounded(&self) -> Result<(), String> {
+        let too_many =
+            |what: &str, n: usize, max: usize| (n > max).then(|| format!("{n} {what}, at most {max}"));
+        let versions: usize = self.models.values().map(|m| m.versions.len()).sum();
+        let problem = too_many("objects", self.objects.len(), MAX_OBJECTS)
+            .or_else(|| too_many("models", self.models.len(), 100))
+            .or_else(|| too_many("model versions", versions, 1_000))
+            .or_else(|| too_many("pod faults", self.pods.len(), 1_000))
+            .or_else(|| too_many("API faults", self.api.len(), 1_000))
+            .or_else(|| too_many("repositories", self.repositories.len(), 20));
+        if let Some(p) = problem {
+            return Err(p);
+        }
+        for (i, o) in self.objects.iter().enumerate() {
+            for ptr in [
+                "/spec/replicas",
+                "/spec/predictor/minReplicas",
+                "/spec/predictor/maxReplicas",
+            ] {
+                if let Some(n) = o.pointer(ptr).and_then(Value::as_u64)
+                    && n > MAX_REPLICAS
+                {
+                    return Err(format!(
+                        "objects[{i}]{}: {n} replicas, the sim runs at most {MAX_REPLICAS} per workload",
+                        ptr.replace('/', ".")
+                    ));
+                }
+            }
+        }
+        if !(self.traffic.rate.is_finite() && self.traffic.rate <= 10_000.0) {
+            return Err(format!(
+                "traffic.rate {} is more than 10000 requests/s",
+                self.traffic.rate
+            ));
+        }
+        Ok(())
     }
 
     /// Reads and parses a scenario file.
@@ -128,10 +213,13 @@ impl Scenario {
     /// As [`Scenario::from_yaml`], or the file cannot be read.
     pub fn load(path: &std::path::Path) -> Result<Scenario, ScenarioError> {
         Scenario::load_value(path, 0).and_then(|(v, shown)| {
-            serde_json::from_value(v).map_err(|e| ScenarioError::Invalid {
-                path: shown,
+            let s: Scenario = serde_json::from_value(v).map_err(|e| ScenarioError::Invalid {
+                path: shown.clone(),
                 message: e.to_string(),
-            })
+            })?;
+            s.bounded()
+                .map_err(|message| ScenarioError::Invalid { path: shown, message })?;
+            Ok(s)
         })
     }
 
@@ -139,7 +227,7 @@ impl Scenario {
     /// validated alone first, so errors keep their line and column).
     fn load_value(path: &std::path::Path, depth: u32) -> Result<(Value, String), ScenarioError> {
         let shown = path.display().to_string();
-        let text = std::fs::read_to_string(path).map_err(|source| ScenarioError::Read {
+        let text = read_bounded(path).map_err(|source| ScenarioError::Read {
             path: shown.clone(),
             source,
         })?;

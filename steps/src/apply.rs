@@ -362,8 +362,12 @@ fn parse_manifests(path: &str, text: &str) -> Result<Vec<Placed>, String> {
     Ok(out)
 }
 
-/// Env names whose literal values would be credentials.
+/// Env names whose literal values would be credentials (the engine's
+/// rule for specs and templates, plus substrings).
 fn sensitive(name: &str) -> bool {
+    if rollwright_engine::validate::sensitive_env_name(name) {
+        return true;
+    }
     let n = name.to_ascii_uppercase();
     [
         "PASSWORD",

@@ -174,6 +174,11 @@ impl StepKind for Hold {
             ));
         }
         let Some(a) = &c.analysis else { return out };
+        if let Some(path) = a.probe.as_ref().and_then(|p| p.path.as_deref())
+            && let Err(e) = crate::inference::confined_path(path)
+        {
+            out.push(Finding::new("/analysis/probe/path", Code::InvalidStepConfig, e));
+        }
         let interval = dur(&a.interval);
         if interval.is_zero() {
             out.push(Finding::new(
@@ -465,11 +470,14 @@ impl HoldStep {
             .as_ref()
             .and_then(|p| p.protocol)
             .unwrap_or(crate::verify_inference::Protocol::KserveV1);
-        let (url, body) = ep.request(
+        let Ok((url, body)) = ep.request(
             protocol,
             p.as_ref().and_then(|p| p.path.as_deref()),
             p.as_ref().and_then(|p| p.request.as_ref()),
-        );
+        ) else {
+            // Refused when the step was built (`check`); nothing is sent.
+            return Default::default();
+        };
         let n = p.as_ref().and_then(|p| p.requests).unwrap_or(20);
         let timeout = p
             .as_ref()

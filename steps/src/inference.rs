@@ -89,9 +89,18 @@ impl Endpoint {
         })
     }
 
-    /// The URL and body of a request (`path`/`body` override the protocol's defaults).
-    #[must_use]
-    pub fn request(&self, protocol: Protocol, path: Option<&str>, body: Option<&Value>) -> (String, Value) {
+    /// The URL and body of a request (`path`/`body` override the protocol's
+    /// defaults). The URL is always under `serving.endpoint`: same scheme,
+    /// host and port, below its path (see [`confined_path`]).
+    ///
+    /// # Errors
+    /// A `path` that would leave the endpoint.
+    pub fn request(
+        &self,
+        protocol: Protocol,
+        path: Option<&str>,
+        body: Option<&Value>,
+    ) -> Result<(String, Value), String> {
         let (default_path, default_body) = match protocol {
             Protocol::KserveV1 => (
                 format!("/v1/models/{}:predict", self.model),
@@ -103,10 +112,24 @@ impl Endpoint {
             ),
             Protocol::Http => ("/".to_owned(), json!({})),
         };
-        (
-            format!("{}{}", self.base, path.unwrap_or(&default_path)),
-            body.cloned().unwrap_or(default_body),
-        )
+        let path = path.unwrap_or(&default_path);
+        confined_path(path)?;
+        let url = format!("{}{path}", self.base);
+        let (Ok(base), Ok(joined)) = (reqwest::Url::parse(&self.base), reqwest::Url::parse(&url)) else {
+            return Err(format!("`{path}` does not make a URL with `serving.endpoint`"));
+        };
+        let same_origin = base.scheme() == joined.scheme()
+            && base.host_str() == joined.host_str()
+            && base.port_or_known_default() == joined.port_or_known_default()
+            && joined.username().is_empty()
+            && joined.password().is_none()
+            && joined.path().starts_with(base.path().trim_end_matches('/'));
+        if !same_origin {
+            return Err(format!(
+                "`{path}` would send the request outside `serving.endpoint`"
+            ));
+        }
+        Ok((url, body.cloned().unwrap_or(default_body)))
     }
 
     /// Sends one request to `track`.
@@ -234,12 +257,46 @@ impl Endpoint {
 }
 
 /// A reqwest error without its URL (which may carry credentials).
+/// Checks that a request path stays under the endpoint it is joined to: it
+/// starts with `/`, and holds no `..` or `.` segment, no `//`, no `@`, no
+/// backslash, no encoded dot or slash, no control characters. (Probes are
+/// read-only calls to the model: they may not be turned into a request to
+/// another host, or to a proxy's other paths.)
+///
+/// # Errors
+/// Why it is refused.
+pub fn confined_path(path: &str) -> Result<(), String> {
+    let bad = |why: &str| {
+        Err(format!(
+            "path `{path}` {why}: probes only call `serving.endpoint`"
+        ))
+    };
+    if !path.starts_with('/') {
+        return bad("must start with `/`");
+    }
+    let lower = path.to_ascii_lowercase();
+    if path.contains("//") || path.contains('@') || path.contains('\\') || path.chars().any(char::is_control)
+    {
+        return bad("holds `//`, `@`, `\\` or a control character");
+    }
+    if lower.contains("%2e") || lower.contains("%2f") || lower.contains("%5c") || lower.contains("%40") {
+        return bad("holds an encoded `.`, `/`, `\\` or `@`");
+    }
+    let route = path.split(['?', '#']).next().unwrap_or(path);
+    if route.split('/').any(|seg| seg == ".." || seg == ".") {
+        return bad("holds a `.` or `..` segment");
+    }
+    Ok(())
+}
+
 fn without_url(e: &reqwest::Error) -> String {
+    // The client's message without the URL it quotes (which may carry
+    // credentials or a token in its query).
     let mut s = e.to_string();
     if let Some(u) = e.url() {
         s = s.replace(u.as_str(), "<endpoint>");
     }
-    s
+    rollwright_engine::secrets::scrub(&s)
 }
 
 /// The `q` quantile (0–1) of durations, in seconds.

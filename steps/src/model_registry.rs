@@ -167,7 +167,7 @@ impl ModelRegistry for FileRegistry {
 
 impl FileRegistry {
     fn read(&self, name: &str, version: &str) -> Result<Option<VersionRecord>, String> {
-        let bytes = std::fs::read(&self.path)
+        let bytes = rollwright_engine::fsread::read(&self.path, 16 * 1024 * 1024)
             .map_err(|e| format!("cannot read model registry {}: {e}", self.path.display()))?;
         let doc = rollwright_engine::yaml::load_bytes(&bytes, &rollwright_engine::Limits::default())
             .map_err(|d| {

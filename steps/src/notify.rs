@@ -117,8 +117,12 @@ impl Step for NotifyStep {
                 req = req.header(name.as_str(), v.expose());
             }
             let resp = req.send().await.map_err(|e| {
-                // reqwest errors may quote the URL: scrub before they travel.
-                StepError::transient(secrets::scrub(&format!("webhook not reached: {e}")))
+                // The URL is the secret of a webhook: never in a message,
+                // whatever form the client put it in (and scrubbed anyway).
+                StepError::transient(secrets::scrub(&format!(
+                    "webhook not reached: {}",
+                    e.without_url()
+                )))
             })?;
             let status = resp.status();
             if status.is_success() {

@@ -132,6 +132,11 @@ impl StepKind for VerifyInference {
                     .with_help("e.g. `path: /predict`"),
             );
         }
+        if let Some(path) = &c.path
+            && let Err(e) = crate::inference::confined_path(path)
+        {
+            out.push(Finding::new("/path", Code::InvalidStepConfig, e));
+        }
         if c.success_ratio.is_some() && c.requests == 1 {
             out.push(Finding::new(
                 "/success-ratio",
@@ -270,11 +275,14 @@ impl Step for VerifyStep {
                 Target::Canary => Track::Canary,
                 Target::Stable => Track::Stable,
             };
-            let (url, body) = self.endpoint.request(
-                self.config.protocol,
-                self.config.path.as_deref(),
-                self.config.request.as_ref(),
-            );
+            let (url, body) = self
+                .endpoint
+                .request(
+                    self.config.protocol,
+                    self.config.path.as_deref(),
+                    self.config.request.as_ref(),
+                )
+                .map_err(StepError::failed)?;
             let n = self.config.requests.max(1);
             let mut passed = 0u32;
             let mut failures: Vec<String> = Vec::new();

@@ -269,7 +269,7 @@ fn a_production_context_other_than_the_specs_is_refused() {
 }
 
 /// A KServe world: InferenceService `fraud` serving version 7.
-const KSERVE_WORLD: &str = r#"time-scale: 20
+pub const KSERVE_WORLD: &str = r#"time-scale: 20
 startup: 4s
 traffic: {rate: 0}
 objects:
@@ -287,7 +287,7 @@ objects:
           resources: {requests: {cpu: "1", memory: 2Gi}, limits: {cpu: "2", memory: 4Gi}}
 "#;
 
-const ISVC_MANIFEST: &str = r#"apiVersion: serving.kserve.io/v1beta1
+pub const ISVC_MANIFEST: &str = r#"apiVersion: serving.kserve.io/v1beta1
 kind: InferenceService
 metadata:
   name: {{model.name}}
@@ -304,23 +304,25 @@ spec:
         limits: {cpu: "2", memory: 4Gi}
 "#;
 
+/// The Istio spec on KServe (InferenceService `fraud`, routed by KServe).
+pub fn kserve_spec() -> String {
+    ISTIO_SPEC
+        .replace(
+            "serving: {platform: deployment, traffic: istio}",
+            "serving: {platform: kserve, traffic: kserve}",
+        )
+        .replace("canary.yaml.hbs", "isvc.yaml.hbs")
+        .replace(
+            "with: {resources: [Deployment/fraud-canary]}",
+            "with: {resources: [InferenceService/fraud]}",
+        )
+}
+
 #[test]
 fn kserve_canary_promoted_to_100() {
     let w = World::new(KSERVE_WORLD);
     w.write("isvc.yaml.hbs", ISVC_MANIFEST);
-    w.write(
-        "spec.yaml",
-        &ISTIO_SPEC
-            .replace(
-                "serving: {platform: deployment, traffic: istio}",
-                "serving: {platform: kserve, traffic: kserve}",
-            )
-            .replace("canary.yaml.hbs", "isvc.yaml.hbs")
-            .replace(
-                "with: {resources: [Deployment/fraud-canary]}",
-                "with: {resources: [InferenceService/fraud]}",
-            ),
-    );
+    w.write("spec.yaml", &kserve_spec());
     w.wait_split("fraud", &[("7", 100)]);
     let out = w.rollwright(&["run", "spec.yaml"], &[]);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));

@@ -105,7 +105,7 @@ fn github_format() {
     assert_eq!(out.status.code(), Some(0), "a warning alone passes");
     let text = stdout(&out);
     assert!(
-        text.starts_with("::warning file=tests/fixtures/lint/justified-100.yaml,line=17,col=20,endLine=17,endColumn=23,title=RW052::step `all-in` sends 100%25 of production traffic"),
+        text.starts_with("::warning file=tests/fixtures/lint/justified-100.yaml,line=18,col=20,endLine=18,endColumn=23,title=RW052::step `all-in` sends 100%25 of production traffic"),
         "{text}"
     );
     assert!(text.ends_with("rollwright lint: 1 files, 0 errors, 1 warnings\n"));

@@ -2,6 +2,8 @@
 //! One integration test binary, organised by modules.
 
 mod analysis;
+mod attacks;
+mod crash;
 mod fixtures;
 mod gitops;
 mod init;
