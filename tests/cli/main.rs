@@ -79,6 +79,30 @@ fn corpus_generator_and_lint_agree() {
     assert_eq!(v["files"].as_u64(), Some(n));
 }
 
+/// No test hook ships: the binary names none of the environment variables
+/// earlier versions read to crash, to run shell commands before a push, or
+/// to enable test-only step kinds, and none of the hidden simulation flags.
+#[test]
+fn the_binary_carries_no_test_hook() {
+    let bin = assert_cmd::cargo::cargo_bin("rollwright");
+    for needle in [
+        "ROLLWRIGHT_TEST_",
+        "--sim-registry",
+        "--sim-endpoint",
+        "--sim-time-scale",
+        "sim-registry",
+        "sim_time_scale",
+    ] {
+        // grep: a fast byte search over a large debug binary.
+        let found = std::process::Command::new("grep")
+            .args(["-a", "-q", "-F", "-e", needle])
+            .arg(&bin)
+            .status()
+            .unwrap();
+        assert_eq!(found.code(), Some(1), "the binary contains `{needle}`");
+    }
+}
+
 /// The README's code table lists every diagnostic code, with its severity.
 #[test]
 fn readme_documents_every_diagnostic_code() {
