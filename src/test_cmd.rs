@@ -67,12 +67,31 @@ struct RolloutTest {
     kill_at: Option<String>,
     #[serde(default)]
     change_registry: Option<RegistryChange>,
+    /// One release (the test's own `set`/`expect`/`kill-at`), or several
+    /// run one after the other on the same cluster.
+    #[serde(default)]
+    expect: Option<Expect>,
+    #[serde(default)]
+    releases: Vec<Release>,
+}
+
+/// One release of a multi-release test: its `--set` values, what to
+/// expect, and optionally a kill or a registry change.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct Release {
+    #[serde(default)]
+    set: BTreeMap<String, Value>,
+    #[serde(default)]
+    kill_at: Option<String>,
+    #[serde(default)]
+    change_registry: Option<RegistryChange>,
     expect: Expect,
 }
 
 /// Replaces the model registry while the run goes on (an approval revoked
 /// mid-rollout), once the journal has a record containing `at`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RegistryChange {
     at: String,
@@ -87,7 +106,7 @@ struct Meta {
     description: Option<String>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 struct Expect {
     outcome: Outcome,
@@ -136,6 +155,8 @@ struct Result_ {
     took: Duration,
     failures: Vec<String>,
     log: String,
+    /// Per release: the outcome and every split the router served.
+    report: Vec<String>,
 }
 
 fn collect(paths: &[PathBuf]) -> Result<Vec<PathBuf>, String> {
@@ -170,6 +191,12 @@ fn load(file: &Path) -> Result<RolloutTest, String> {
             file.display()
         ));
     }
+    if t.expect.is_some() != t.releases.is_empty() {
+        return Err(format!(
+            "{}: a RolloutTest has either `expect` (one release) or `releases`",
+            file.display()
+        ));
+    }
     Ok(t)
 }
 
@@ -198,7 +225,7 @@ fn the_run(state: &Path) -> Option<PathBuf> {
         .map(|e| e.path())
 }
 
-fn run_one(file: &Path, t: &RolloutTest) -> Vec<String> {
+fn run_one(file: &Path, t: &RolloutTest, report: &mut Vec<String>) -> Vec<String> {
     // Relative paths in a test file start at its directory (`.` for a
     // file named without one), made absolute before the scenario is
     // written elsewhere.
@@ -302,17 +329,118 @@ fn run_one(file: &Path, t: &RolloutTest) -> Vec<String> {
         return vec![e];
     }
     let state = dir.path().join("state");
+    let releases: Vec<Release> = if t.releases.is_empty() {
+        vec![Release {
+            set: t.set.clone(),
+            kill_at: t.kill_at.clone(),
+            change_registry: t.change_registry.clone(),
+            expect: t.expect.clone().unwrap_or(Expect {
+                outcome: Outcome::Promoted,
+                failed_step: None,
+                error: None,
+                split: None,
+            }),
+        }]
+    } else {
+        t.releases
+            .iter()
+            .map(|r| {
+                let mut r = r.clone();
+                for (k, v) in &t.set {
+                    r.set.entry(k.clone()).or_insert_with(|| v.clone());
+                }
+                r
+            })
+            .collect()
+    };
+    let env = Env {
+        sim: &sim,
+        spec: &spec_path,
+        attach: &attach,
+        reg: &reg,
+        model: &model,
+    };
+    for (n, release) in releases.iter().enumerate() {
+        let state = state.join(format!("release-{n}"));
+        let label = if releases.len() > 1 {
+            format!("release {} ({}): ", n + 1, show_set(&release.set))
+        } else {
+            String::new()
+        };
+        let mut f = run_release(&env, &state, release, &label, report);
+        let stop = !f.is_empty();
+        failures.extend(f.drain(..).map(|x| format!("{label}{x}")));
+        if stop {
+            break;
+        }
+    }
+    drop(sim);
+    drop(rt);
+    failures
+}
+
+fn show_split(split: &BTreeMap<String, u32>) -> String {
+    let parts: Vec<String> = split.iter().map(|(v, w)| format!("v{v} {w}%")).collect();
+    if parts.is_empty() {
+        "nothing".into()
+    } else {
+        parts.join(" + ")
+    }
+}
+
+fn show_set(set: &BTreeMap<String, Value>) -> String {
+    set.iter()
+        .map(|(k, v)| format!("{k}={}", v.as_str().map_or_else(|| v.to_string(), str::to_owned)))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// What every release of a test shares.
+struct Env<'a> {
+    sim: &'a rollwright_sim::Sim,
+    spec: &'a Path,
+    attach: &'a Path,
+    reg: &'a Path,
+    model: &'a str,
+}
+
+/// The split the router serves (versions with traffic), as a sorted map.
+fn served(sim: &rollwright_sim::Sim, model: &str) -> BTreeMap<String, u32> {
+    sim.split(model)
+}
+
+/// Runs one release: the rollout in a child process attached to the sim,
+/// watching its journal (for `kill-at`, `change-registry` and the planned
+/// splits) and the router's split all along: only the stable version and
+/// this release's version may ever receive traffic, and after each shift
+/// the split is the planned one.
+fn run_release(
+    env: &Env<'_>,
+    state: &Path,
+    release: &Release,
+    label: &str,
+    report: &mut Vec<String>,
+) -> Vec<String> {
+    let mut failures = Vec::new();
+    // Every distinct split the router served, in order (bounded).
+    let mut timeline: Vec<BTreeMap<String, u32>> = Vec::new();
     let exe = std::env::current_exe().unwrap_or_else(|_| PathBuf::from("rollwright"));
+    // The world at rest before the release: one version serving everything.
+    let before = served(env.sim, env.model);
+    let stable = match before.iter().find(|(_, w)| **w == 100) {
+        Some((v, _)) => v.clone(),
+        None => return vec![format!("the world is not at rest before the release: {before:?}")],
+    };
     let mut cmd = std::process::Command::new(&exe);
     cmd.arg("run")
-        .arg(&spec_path)
+        .arg(env.spec)
         .arg("--sim")
         .arg("--attach")
-        .arg(&attach)
+        .arg(env.attach)
         .arg("--state-dir")
-        .arg(&state)
+        .arg(state)
         .env("NO_COLOR", "1");
-    for (k, v) in &t.set {
+    for (k, v) in &release.set {
         cmd.arg("--set").arg(format!("{k}={v}"));
     }
     cmd.stdout(std::process::Stdio::null())
@@ -321,87 +449,158 @@ fn run_one(file: &Path, t: &RolloutTest) -> Vec<String> {
         Ok(c) => c,
         Err(e) => return vec![format!("cannot run {}: {e}", exe.display())],
     };
-    // Watch the journal for the markers: `kill-at` kills the run (SIGKILL)
-    // as soon as its record is there — somewhere between that record and
-    // the next ones, as a real crash would — and `change-registry` swaps the
-    // registry file.
+    // The child's stderr is read aside (it would fill the pipe otherwise).
+    let mut stderr = child.stderr.take();
+    let reader = std::thread::spawn(move || {
+        let mut text = String::new();
+        if let Some(e) = stderr.as_mut() {
+            use std::io::Read;
+            let _ = e.read_to_string(&mut text);
+        }
+        text
+    });
     let mut killed = false;
-    if t.kill_at.is_some() || t.change_registry.is_some() {
-        let started = Instant::now();
-        let mut changed = t.change_registry.is_none();
-        while started.elapsed() < Duration::from_secs(300) {
-            let journal = the_run(&state)
-                .and_then(|d| std::fs::read_to_string(d.join("journal.jsonl")).ok())
-                .unwrap_or_default();
-            if let Some(m) = &t.kill_at
-                && !killed
-                && journal.contains(m.as_str())
-            {
-                let _ = child.kill();
-                killed = true;
+    let mut changed = release.change_registry.is_none();
+    let mut new_version: Option<String> = None;
+    let mut seen_lines = 0usize;
+    // (planned split, since when it is awaited)
+    let mut awaited: Option<(BTreeMap<String, u32>, Instant, String)> = None;
+    let started = Instant::now();
+    loop {
+        let journal = the_run(state)
+            .and_then(|d| std::fs::read_to_string(d.join("journal.jsonl")).ok())
+            .unwrap_or_default();
+        let lines: Vec<&str> = journal.lines().collect();
+        for line in lines.iter().skip(seen_lines) {
+            let Ok(v) = serde_json::from_str::<Value>(line) else {
+                continue;
+            };
+            if v["record"] == "step-succeeded" {
+                let out = &v["outputs"];
+                if out["gate"] == true {
+                    new_version = out["version"].as_str().map(str::to_owned);
+                }
+                let Some(new) = &new_version else { continue };
+                let planned = if let Some(w) = out["canary"].as_u64().filter(|_| out["route"].is_string()) {
+                    let w = u32::try_from(w).unwrap_or(100);
+                    Some(
+                        [(stable.clone(), 100 - w), (new.clone(), w)]
+                            .into_iter()
+                            .filter(|(_, w)| *w > 0)
+                            .collect::<BTreeMap<_, _>>(),
+                    )
+                } else {
+                    out["stable"]
+                        .is_string()
+                        .then(|| BTreeMap::from([(new.clone(), 100)]))
+                };
+                if let Some(p) = planned {
+                    awaited = Some((
+                        p,
+                        Instant::now(),
+                        v["step"].as_str().unwrap_or_default().to_owned(),
+                    ));
+                }
             }
-            if let Some(change) = &t.change_registry
-                && !changed
-                && journal.contains(change.at.as_str())
-            {
-                // Written aside, then renamed: the run never reads half a file.
-                let tmp = reg.with_extension("tmp");
-                changed = crate::sim_run::write_registry(&tmp, &change.registry).is_ok()
-                    && std::fs::rename(&tmp, &reg).is_ok();
-            }
-            if (killed || t.kill_at.is_none()) && changed {
-                break;
-            }
-            if journal.contains(r#""record":"run-finished""#) || matches!(child.try_wait(), Ok(Some(_))) {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(2));
         }
-        if let Some(change) = &t.change_registry
-            && !changed
+        seen_lines = lines.len();
+        // Only stable and the version of this release, ever.
+        let now = served(env.sim, env.model);
+        if timeline.last() != Some(&now) && timeline.len() < 64 {
+            timeline.push(now.clone());
+        }
+        let allowed = |v: &String| *v == stable || new_version.as_ref() == Some(v);
+        if let Some((v, w)) = now.iter().find(|(v, _)| !allowed(v)) {
+            failures.push(format!(
+                "version {v} received {w} % of traffic (stable is {stable}, this release {}): {now:?}",
+                new_version.as_deref().unwrap_or("not gated yet")
+            ));
+            let _ = child.kill();
+            break;
+        }
+        if let Some((want, since, step)) = &awaited {
+            if &now == want {
+                awaited = None;
+            } else if since.elapsed() > Duration::from_secs(3) {
+                failures.push(format!(
+                    "after `{step}` the router served {now:?}, planned {want:?}"
+                ));
+                awaited = None;
+            }
+        }
+        if let Some(m) = &release.kill_at
+            && !killed
+            && journal.contains(m.as_str())
         {
-            failures.push(format!("change-registry: the run never reached `{}`", change.at));
+            let _ = child.kill();
+            killed = true;
         }
+        if let Some(change) = &release.change_registry
+            && !changed
+            && journal.contains(change.at.as_str())
+        {
+            // Written aside, then renamed: the run never reads half a file.
+            let tmp = env.reg.with_extension("tmp");
+            changed = crate::sim_run::write_registry(&tmp, &change.registry).is_ok()
+                && std::fs::rename(&tmp, env.reg).is_ok();
+        }
+        if matches!(child.try_wait(), Ok(Some(_))) || started.elapsed() > Duration::from_secs(600) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(2));
     }
-    let mut out = match child.wait_with_output() {
-        Ok(o) => o,
-        Err(e) => return vec![format!("cannot run {}: {e}", exe.display())],
-    };
-    let mut log = String::from_utf8_lossy(&out.stderr).into_owned();
-    let run_id = the_run(&state).and_then(|d| d.file_name().map(|n| n.to_string_lossy().into_owned()));
-    if t.kill_at.is_some() {
+    if let Some(change) = &release.change_registry
+        && !changed
+    {
+        failures.push(format!("change-registry: the run never reached `{}`", change.at));
+    }
+    let _ = child.kill();
+    let mut status = child.wait().ok();
+    let mut log = reader.join().unwrap_or_default();
+    let run_id = the_run(state).and_then(|d| d.file_name().map(|n| n.to_string_lossy().into_owned()));
+    if release.kill_at.is_some() {
         let Some(id) = &run_id else {
             return vec![format!("the run was not started: {log}")];
         };
         if !killed {
             failures.push(format!(
                 "kill-at: the run never wrote the marker (it exited {:?})",
-                out.status.code()
+                status.and_then(|s| s.code())
             ));
         }
         match std::process::Command::new(&exe)
             .arg("resume")
             .arg(id)
             .arg("--state-dir")
-            .arg(&state)
+            .arg(state)
             .env("NO_COLOR", "1")
             .output()
         {
             Ok(o) => {
                 log.push_str("\n--- resume ---\n");
                 log.push_str(&String::from_utf8_lossy(&o.stderr));
-                out = o;
+                status = Some(o.status);
             }
             Err(e) => return vec![format!("cannot resume: {e}")],
         }
     }
-    let outcome = Outcome::of_exit(out.status.code());
-    if outcome != Some(t.expect.outcome) {
+    let code = status.and_then(|s| s.code());
+    let outcome = Outcome::of_exit(code);
+    let mut versions: Vec<&String> = timeline.iter().flat_map(BTreeMap::keys).collect();
+    versions.sort();
+    versions.dedup();
+    report.push(format!(
+        "{label}{}; versions that received traffic: {}; splits served: {}",
+        outcome.map_or("a crash", Outcome::name),
+        versions.iter().map(|v| v.as_str()).collect::<Vec<_>>().join(", "),
+        timeline.iter().map(show_split).collect::<Vec<_>>().join(" -> "),
+    ));
+    let t = &release.expect;
+    if outcome != Some(t.outcome) {
         failures.push(format!(
-            "expected {}, got {} (exit {:?})",
-            t.expect.outcome.name(),
+            "expected {}, got {} (exit {code:?})",
+            t.outcome.name(),
             outcome.map_or("a crash", Outcome::name),
-            out.status.code()
         ));
     }
     let failure = run_id
@@ -412,23 +611,23 @@ fn run_one(file: &Path, t: &RolloutTest) -> Vec<String> {
         .unwrap_or(Value::Null);
     let failed_step = failure[0].as_str().unwrap_or_default();
     let error = failure[1].as_str().map_or_else(|| log.clone(), str::to_owned);
-    if let Some(want) = &t.expect.failed_step
+    if let Some(want) = &t.failed_step
         && failed_step != want
     {
         failures.push(format!(
             "expected the run to fail at `{want}`, it failed at `{failed_step}`"
         ));
     }
-    if let Some(want) = &t.expect.error
+    if let Some(want) = &t.error
         && !error.contains(want.as_str())
     {
         failures.push(format!("expected the failure to mention `{want}`: {error}"));
     }
-    if let Some(want) = &t.expect.split {
+    if let Some(want) = &t.split {
         // The split settles within a controller tick of the last change.
         let started = Instant::now();
         let got = loop {
-            let got = sim.split(&model);
+            let got = served(env.sim, env.model);
             if &got == want || started.elapsed() > Duration::from_secs(3) {
                 break got;
             }
@@ -441,8 +640,6 @@ fn run_one(file: &Path, t: &RolloutTest) -> Vec<String> {
     if !failures.is_empty() {
         failures.push(format!("log:\n{log}"));
     }
-    drop(sim);
-    drop(rt);
     failures
 }
 
@@ -468,14 +665,24 @@ fn junit(results: &[Result_]) -> String {
             xml(&r.file.display().to_string()),
             r.took.as_secs_f64()
         ));
-        if r.failures.is_empty() {
+        if r.failures.is_empty() && r.report.len() < 2 {
             out.push_str("/>\n");
         } else {
-            out.push_str(&format!(
-                ">\n      <failure message=\"{}\">{}</failure>\n    </testcase>\n",
-                xml(r.failures.first().map_or("", String::as_str)),
-                xml(&r.failures.join("\n"))
-            ));
+            out.push_str(">\n");
+            if !r.failures.is_empty() {
+                out.push_str(&format!(
+                    "      <failure message=\"{}\">{}</failure>\n",
+                    xml(r.failures.first().map_or("", String::as_str)),
+                    xml(&r.failures.join("\n"))
+                ));
+            }
+            if r.report.len() > 1 {
+                out.push_str(&format!(
+                    "      <system-out>{}</system-out>\n",
+                    xml(&r.report.join("\n"))
+                ));
+            }
+            out.push_str("    </testcase>\n");
         }
     }
     out.push_str("  </testsuite>\n</testsuites>\n");
@@ -513,16 +720,19 @@ pub fn run(args: &TestArgs) -> u8 {
                     let next = queue.lock().ok().and_then(|mut q| q.pop());
                     let Some((i, (file, t))) = next else { break };
                     let started = Instant::now();
-                    let failures = run_one(&file, &t);
+                    let mut report = Vec::new();
+                    let failures = run_one(&file, &t, &mut report);
                     let r = Result_ {
+                        report,
                         name: t.metadata.name.clone(),
                         file,
                         took: started.elapsed(),
                         log: t.metadata.description.clone().unwrap_or_default(),
                         failures,
                     };
-                    println!(
-                        "{} {} ({:.1}s){}",
+                    // One write per test: lines of parallel tests never interleave.
+                    let mut text = format!(
+                        "{} {} ({:.1}s){}\n",
                         if r.failures.is_empty() { "PASS" } else { "FAIL" },
                         r.name,
                         r.took.as_secs_f64(),
@@ -532,6 +742,12 @@ pub fn run(args: &TestArgs) -> u8 {
                             format!(": {}", r.log)
                         }
                     );
+                    if r.report.len() > 1 {
+                        for line in &r.report {
+                            text.push_str(&format!("  {line}\n"));
+                        }
+                    }
+                    print!("{text}");
                     if let Ok(mut all) = results.lock() {
                         all.push((i, r));
                     }

@@ -188,7 +188,7 @@ mod tests {
             ),
             (
                 "99999999999999999999s",
-                "duration `99999999999999999999s` is too large",
+                "duration `99999999999999999999s` is longer than 366d, the longest rollwright accepts",
             ),
         ];
         for (input, msg) in table {

@@ -7,8 +7,9 @@
 //!   `0` is a rollback; none or `100` promotes once the latest is Ready);
 //! - **SeldonDeployment**: a Deployment per predictor, `state` and
 //!   `deploymentStatus`;
-//! - **Deployment**: a ReplicaSet per pod template and the Pods it wants;
-//!   Pods become Ready after the startup delay (scaled by the time scale)
+//! - **Deployment**: a ReplicaSet per pod template and the Pods it wants,
+//!   rolled like the real `RollingUpdate` with full surge (older sets keep
+//!   their pods until every pod of the new set is Ready); Pods become Ready after the startup delay (scaled by the time scale)
 //!   unless a pod fault says otherwise; status (observedGeneration,
 //!   replicas, updated/ready/available, conditions) as the real controller
 //!   reports it, so `kubectl rollout status` works;
@@ -81,6 +82,7 @@ fn deployment_ready(d: &Value) -> bool {
     d["status"]["observedGeneration"] == d["metadata"]["generation"]
         && d["status"]["readyReplicas"].as_u64().unwrap_or(0) >= want.max(1)
         && d["status"]["updatedReplicas"].as_u64().unwrap_or(0) >= want
+        && d["status"]["replicas"].as_u64().unwrap_or(0) <= want
 }
 
 /// The model version an InferenceService serves: its `version` label, else
@@ -375,12 +377,22 @@ fn reconcile_deployments(state: &State) {
                 state.ensure("apps", "replicasets", ns, old_name, o);
             }
         }
-        // Pods of every owned ReplicaSet, as many as it wants.
-        let (mut updated, mut ready, mut total) = (0u64, 0u64, 0u64);
-        for set in owned {
+        // Pods of every owned ReplicaSet, as many as it wants. A rolling
+        // update: the current set first; older sets keep their pods until
+        // every pod of the current set is Ready.
+        let mut ordered: Vec<&Value> = owned.to_vec();
+        ordered.sort_by_key(|s| meta(s, "name") != rs_name);
+        let (mut updated, mut ready, mut total, mut updated_ready) = (0u64, 0u64, 0u64, 0u64);
+        for set in ordered {
             let set_name = meta(set, "name");
-            let want = if set_name == rs_name { replicas } else { 0 };
             let existing: &[&Value] = pods_of.get(&(ns, set_name)).map_or(&[], Vec::as_slice);
+            let want = if set_name == rs_name {
+                replicas
+            } else if updated_ready >= replicas {
+                0
+            } else {
+                existing.len() as u64
+            };
             for i in 0..want.max(existing.len() as u64) {
                 let pod_name = format!("{set_name}-{i}");
                 let found = existing.iter().find(|p| meta(p, "name") == pod_name);
@@ -407,13 +419,14 @@ fn reconcile_deployments(state: &State) {
                 };
                 let is_ready = reconcile_pod(state, &pod);
                 total += 1;
+                ready += u64::from(is_ready);
                 if set_name == rs_name {
                     updated += 1;
-                    ready += u64::from(is_ready);
+                    updated_ready += u64::from(is_ready);
                 }
             }
         }
-        let done = updated == replicas && ready == replicas && total == replicas;
+        let done = updated == replicas && updated_ready == replicas && total == replicas;
         let old = &d["status"];
         let available = ready >= replicas;
         let mut status = json!({

@@ -210,6 +210,7 @@ impl Sim {
                         let want = d["spec"]["replicas"].as_u64().unwrap_or(1);
                         d["status"]["observedGeneration"] == d["metadata"]["generation"]
                             && d["status"]["readyReplicas"].as_u64().unwrap_or(0) >= want
+                            && d["status"]["replicas"].as_u64().unwrap_or(0) <= want
                     });
                     let isvcs = store.of_kind("serving.kserve.io", "inferenceservices").all(|i| {
                         i["status"]["conditions"].as_array().is_some_and(|cs| {

@@ -288,12 +288,15 @@ struct Rules {
     canary: String,
     /// `(name, version)` of the model the gate approves.
     model: Option<(String, String)>,
+    /// How traffic is split (when it is).
+    router: Option<crate::traffic::Router>,
 }
 
 impl Rules {
     fn of(cx: &BuildContext) -> Rules {
         let serving = cx.serving.as_ref();
         Rules {
+            router: crate::traffic::Router::of(cx, None).ok(),
             namespace: cx
                 .target
                 .as_ref()
@@ -547,6 +550,31 @@ fn policy(objects: &[Placed], c: &ApplyConfig, rules: &Rules) -> Vec<Problem> {
                 ));
             }
         }
+        // A canary starts at 0 %: applying it never sends traffic to it.
+        if let Some(router) = &rules.router {
+            let is_route = ObjRef::of(o, namespace)
+                .is_some_and(|r| r.kind == router.object().kind && r.name == router.object().name);
+            if router.provider == crate::traffic::Provider::Kserve && kind == "InferenceService" {
+                let pct = &o["spec"]["predictor"]["canaryTrafficPercent"];
+                if pct.as_u64() != Some(0) {
+                    out.push(p.problem(
+                        if pct.is_null() { "/spec/predictor" } else { "/spec/predictor/canaryTrafficPercent" },
+                        format!(
+                            "{what}: the new revision would get {} at once; set `canaryTrafficPercent: 0` so the canary starts at 0 % and the shifts decide",
+                            if pct.is_null() { "100 %".to_owned() } else { format!("{pct} %") }
+                        ),
+                    ));
+                }
+            } else if is_route && router.canary_weight(o).is_some_and(|w| w > 0) {
+                out.push(p.problem(
+                    "/spec",
+                    format!(
+                        "{what} routes {} % to the canary as it is applied; the canary starts at 0 % and the shifts decide",
+                        router.canary_weight(o).unwrap_or(0)
+                    ),
+                ));
+            }
+        }
         if let Some((model, version)) = &rules.model {
             for r in model_refs(o, model, &rules.platform, &rules.canary) {
                 if !names_version(&r.value, version) {
@@ -711,15 +739,51 @@ fn approved(cx: &StepContext, version: &str) -> Option<(Option<String>, Option<S
 }
 
 impl ApplyStep {
+    /// The objects to apply now. A Seldon template describes the canary
+    /// predictor only: the predictors serving now (stable) are kept as the
+    /// cluster has them (a list is replaced whole by server-side apply).
+    async fn objects_now(&self) -> Result<Vec<Value>, StepError> {
+        let mut out = self.objects.clone();
+        if self.platform != "seldon" {
+            return Ok(out);
+        }
+        for o in &mut out {
+            if o["kind"] != "SeldonDeployment" {
+                continue;
+            }
+            let Some(r) = ObjRef::of(o, &self.cluster.namespace) else {
+                continue;
+            };
+            let Some(live) = self.cluster.get(&r).await? else {
+                continue;
+            };
+            let rendered: Vec<Value> = o["spec"]["predictors"].as_array().cloned().unwrap_or_default();
+            let names: Vec<&str> = rendered.iter().filter_map(|p| p["name"].as_str()).collect();
+            let mut predictors: Vec<Value> = live["spec"]["predictors"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter(|p| {
+                    let n = p["name"].as_str().unwrap_or_default();
+                    n != self.canary && !names.contains(&n)
+                })
+                .cloned()
+                .collect();
+            predictors.extend(rendered);
+            o["spec"]["predictors"] = Value::Array(predictors);
+        }
+        Ok(out)
+    }
+
     /// The gated artifact bound to what is about to be applied: every model
     /// reference is the approved artifact (the registry's URI, or its digest
     /// for an image pinned by digest), a Seldon predictor that is not the
     /// canary keeps what it serves now, and no object is cluster-scoped —
     /// checked before anything is recorded or changed.
-    async fn bind(&self, cx: &StepContext) -> Result<(), StepError> {
+    async fn bind(&self, cx: &StepContext, objects: &[Value]) -> Result<(), StepError> {
         // (Through GitOps the controller applies, and the cluster need not
         // serve the kind to rollwright: the static list was checked.)
-        for o in self.objects.iter().filter(|_| self.gitops.is_none()) {
+        for o in objects.iter().filter(|_| self.gitops.is_none()) {
             let r = ObjRef::of(o, &self.cluster.namespace)
                 .ok_or_else(|| StepError::failed("an object needs apiVersion, kind and metadata.name"))?;
             if !self.cluster.is_namespaced(&r.api_version, &r.kind).await? {
@@ -734,7 +798,7 @@ impl ApplyStep {
         };
         let (uri, digest) = approved(cx, version).unwrap_or_default();
         let trim = |s: &str| s.trim_end_matches('/').to_owned();
-        for o in &self.objects {
+        for o in objects {
             let what = format!(
                 "{} {}",
                 o["kind"].as_str().unwrap_or_default(),
@@ -847,8 +911,9 @@ impl ApplyStep {
 impl Step for ApplyStep {
     fn run<'a>(&'a self, cx: &'a StepContext) -> BoxFuture<'a, Result<Progress, StepError>> {
         Box::pin(async move {
+            let objects = self.objects_now().await?;
             if cx.recalled("objects").is_none() && cx.recalled("gitops-pushed").is_none() {
-                self.bind(cx).await?;
+                self.bind(cx, &objects).await?;
             }
             if let Some(g) = &self.gitops {
                 return self.commit(g, cx).await;
@@ -857,7 +922,7 @@ impl Step for ApplyStep {
             // recorded (and journaled) before the first change.
             if cx.recalled("objects").is_none() {
                 let mut before = Vec::new();
-                for o in &self.objects {
+                for o in &objects {
                     let r = ObjRef::of(o, &self.cluster.namespace).ok_or_else(|| {
                         StepError::failed("an object needs apiVersion, kind and metadata.name")
                     })?;
@@ -874,7 +939,7 @@ impl Step for ApplyStep {
                 cx.remember("objects", Value::Array(before))?;
             }
             let mut applied = Vec::new();
-            for o in &self.objects {
+            for o in &objects {
                 let out = self.cluster.apply(o, &self.manager).await?;
                 applied.push(json!({
                     "apiVersion": out["apiVersion"], "kind": out["kind"],

@@ -22,6 +22,7 @@ pub mod inference;
 pub mod lease;
 pub mod model_registry;
 pub mod notify;
+pub mod promote;
 pub mod reach;
 pub mod restore;
 pub mod rollback;
@@ -44,6 +45,7 @@ pub fn registry() -> Registry {
         .with(hold::Hold)
         .with(verify_inference::VerifyInference)
         .with(rollback::Rollback)
+        .with(promote::Promote)
         .with(approval::Approval)
         .with(notify::Notify)
         .with(exec::Exec)

@@ -259,10 +259,29 @@ pub fn not_ready(obj: &Value) -> Option<String> {
                 None => Some("no Ready condition yet".into()),
             }
         }
-        Some("SeldonDeployment") => match status["state"].as_str() {
-            Some("Available") => None,
-            other => Some(format!("state {}", other.unwrap_or("unknown"))),
-        },
+        Some("SeldonDeployment") => {
+            // Available, and reporting a ready deployment for every predictor
+            // of the current spec (a state left from before a change is not
+            // readiness of the change).
+            let predictors = obj["spec"]["predictors"].as_array().map_or(0, Vec::len);
+            let deployments = status["deploymentStatus"].as_object();
+            let ready = deployments.map_or(0, |d| {
+                d.values()
+                    .filter(|s| {
+                        s["availableReplicas"].as_u64().unwrap_or(0) >= s["replicas"].as_u64().unwrap_or(1)
+                    })
+                    .count()
+            });
+            match status["state"].as_str() {
+                Some("Available")
+                    if deployments.map_or(0, serde_json::Map::len) == predictors && ready == predictors =>
+                {
+                    None
+                }
+                Some("Available") => Some(format!("{ready} of {predictors} predictors ready")),
+                other => Some(format!("state {}", other.unwrap_or("unknown"))),
+            }
+        }
         Some("Pod") => (!crate::cluster::pod_ready(obj)).then(|| "not Ready".into()),
         _ => None,
     }

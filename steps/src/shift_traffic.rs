@@ -212,6 +212,18 @@ impl Step for ShiftTrafficStep {
                 let mut patch = merge_patch_of(&want);
                 patch["metadata"]["resourceVersion"] = current["metadata"]["resourceVersion"].clone();
                 self.cluster.merge_patch(&r, &patch, MANAGER).await?;
+                return Ok(Progress::Wait {
+                    after: Duration::from_millis(100),
+                    reason: format!("{r} to serve {} % to the canary", self.canary),
+                });
+            }
+            // Done when the router serves the split set, not when the
+            // object says it: what the hold after this step judges.
+            if let Some(why) = self.router.not_served(&current, self.canary) {
+                return Ok(Progress::Wait {
+                    after: Duration::from_millis(200),
+                    reason: why,
+                });
             }
             let mut outputs = Map::new();
             outputs.insert("previous-split".into(), before);

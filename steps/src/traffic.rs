@@ -243,7 +243,15 @@ impl Router {
                     "spec.http[0].route",
                 )?;
                 match http.get_mut(0) {
-                    Some(first) => first["route"] = route,
+                    Some(first) => {
+                        first["route"] = route;
+                        // A shift ends any mirroring (a shadow phase sets it
+                        // again explicitly): nothing is mirrored behind a ramp.
+                        if let Some(m) = first.as_object_mut() {
+                            m.remove("mirror");
+                            m.remove("mirrorPercentage");
+                        }
+                    }
                     None => return Err(format!("{what} has no http route")),
                 }
                 out.insert("/spec/http".into(), http);
@@ -284,6 +292,42 @@ impl Router {
             }
         }
         Ok(out)
+    }
+
+    /// Whether the router *serves* the split `canary` (not only whether the
+    /// object says so): for KServe, the InferenceService's status traffic
+    /// (observed generation current, the latest revision at `canary` %, all
+    /// of it adding up to 100). `Some(why)` while it does not yet.
+    #[must_use]
+    pub fn not_served(&self, obj: &Value, canary: u8) -> Option<String> {
+        match self.provider {
+            Provider::Kserve => {
+                let status = &obj["status"];
+                if status["observedGeneration"] != obj["metadata"]["generation"] {
+                    return Some("the InferenceService has not observed the change yet".into());
+                }
+                let p = &status["components"]["predictor"];
+                let latest = p["latestCreatedRevision"].as_str();
+                let traffic = p["traffic"].as_array().cloned().unwrap_or_default();
+                let total: u64 = traffic.iter().filter_map(|t| t["percent"].as_u64()).sum();
+                let to_latest: u64 = traffic
+                    .iter()
+                    .filter(|t| t["revisionName"].as_str() == latest)
+                    .filter_map(|t| t["percent"].as_u64())
+                    .sum();
+                (total != 100 || to_latest != u64::from(canary)).then(|| {
+                    format!(
+                        "KServe serves {to_latest} % to revision {} (want {canary} %)",
+                        latest.unwrap_or("(none)")
+                    )
+                })
+            }
+            _ => {
+                let w = self.canary_weight(obj).unwrap_or(0);
+                (w != u64::from(canary))
+                    .then(|| format!("{} routes {w} % to the canary (want {canary} %)", self.object()))
+            }
+        }
     }
 
     /// The canary's share the object routes now, if readable.
@@ -402,17 +446,58 @@ impl Router {
         }
     }
 
+    /// The pod labels the stable backend selects (Deployment platforms):
+    /// the stable Service's selector, plus the Istio subset's labels.
+    ///
+    /// # Errors
+    /// The route or its Service cannot be read, or selects nothing.
+    pub async fn stable_selector(&self, cluster: &Cluster) -> Result<Value, StepError> {
+        let route = cluster
+            .get(&self.object())
+            .await?
+            .ok_or_else(|| StepError::failed(format!("{} does not exist", self.object())))?;
+        let (service, extra) = match self.provider {
+            Provider::Istio => self.istio_backend_of(cluster, &route, &self.stable).await?,
+            _ => (self.stable.clone(), Value::Null),
+        };
+        let svc = ObjRef::new("v1", "Service", &self.namespace, &service);
+        let svc_obj = cluster
+            .get(&svc)
+            .await?
+            .ok_or_else(|| StepError::failed(format!("{svc}, the stable backend, does not exist")))?;
+        let mut labels = svc_obj["spec"]["selector"].clone();
+        if let (Some(l), Some(x)) = (labels.as_object_mut(), extra.as_object()) {
+            l.extend(x.clone());
+        }
+        if labels.as_object().is_none_or(serde_json::Map::is_empty) {
+            return Err(StepError::failed(format!(
+                "{svc}, the stable backend, selects no pods"
+            )));
+        }
+        Ok(labels)
+    }
+
     /// For Istio: the canary destination's Service and its subset's labels.
     async fn istio_backend(&self, cluster: &Cluster, vs: &Value) -> Result<(String, Value), StepError> {
+        self.istio_backend_of(cluster, vs, &self.canary).await
+    }
+
+    /// For Istio: the destination named `backend` (a subset, or a host).
+    async fn istio_backend_of(
+        &self,
+        cluster: &Cluster,
+        vs: &Value,
+        backend: &str,
+    ) -> Result<(String, Value), StepError> {
         let dest = vs["spec"]["http"][0]["route"]
             .as_array()
             .and_then(|r| {
                 r.iter().find(|d| {
-                    d["destination"]["subset"].as_str() == Some(&self.canary)
+                    d["destination"]["subset"].as_str() == Some(backend)
                         || d["destination"]["host"]
                             .as_str()
                             .and_then(|h| h.split('.').next())
-                            == Some(&self.canary)
+                            == Some(backend)
                 })
             })
             .map(|d| d["destination"].clone())
@@ -420,7 +505,7 @@ impl Router {
         let host = dest["host"]
             .as_str()
             .and_then(|h| h.split('.').next())
-            .unwrap_or(&self.canary)
+            .unwrap_or(backend)
             .to_owned();
         let Some(subset) = dest["subset"].as_str() else {
             return Ok((host, Value::Null));
@@ -440,7 +525,7 @@ impl Router {
             })
             .ok_or_else(|| {
                 StepError::rejected(format!(
-                    "refusing to route traffic to the canary: no DestinationRule for host {host} defines subset {subset}"
+                    "refusing to route traffic: no DestinationRule for host {host} defines subset {subset}"
                 ))
             })?;
         Ok((host, labels))

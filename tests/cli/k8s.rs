@@ -29,6 +29,12 @@ impl World {
                 ..SimOptions::default()
             }))
             .unwrap();
+        // The world at rest first (workloads Ready, revisions rolled out),
+        // as a cluster is before a rollout starts.
+        assert!(
+            rt.block_on(sim.settled(std::time::Duration::from_secs(30))),
+            "the test world never settled"
+        );
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("kubeconfig"), sim.kubeconfig_for("prod-east")).unwrap();
         std::fs::write(dir.path().join("registry.yaml"), REGISTRY).unwrap();

@@ -51,7 +51,7 @@ fn json_format() {
     ]);
     assert_eq!(out.status.code(), Some(1));
     let v: Value = serde_json::from_str(&stdout(&out)).unwrap();
-    assert_eq!(v["files"], 6);
+    assert_eq!(v["files"], 12);
     assert_eq!(v["errors"], 2);
     assert_eq!(v["warnings"], 0);
     let d = &v["diagnostics"][0];

@@ -115,7 +115,8 @@ fn for_each_ids_and_set_overrides() {
             "ramp[10].hold",
             "ramp[30].shift",
             "ramp[30].hold",
-            "promote"
+            "promote",
+            "finalize"
         ]
     );
     let step = |id: &str| {

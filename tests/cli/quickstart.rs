@@ -115,13 +115,13 @@ fn every_shipped_scenario_passes_with_junit_output() {
     );
     assert_eq!(out.status.code(), Some(0), "{}\n{}", stdout(&out), stderr(&out));
     assert!(
-        stdout(&out).trim_end().ends_with("10 passed, 0 failed"),
+        stdout(&out).trim_end().ends_with("16 passed, 0 failed"),
         "{}",
         stdout(&out)
     );
     let xml = std::fs::read_to_string(&junit).unwrap();
     assert!(
-        xml.contains(r#"<testsuite name="rollout scenarios" tests="10" failures="0""#),
+        xml.contains(r#"<testsuite name="rollout scenarios" tests="16" failures="0""#),
         "{xml}"
     );
     assert!(xml.contains(r#"<testcase name="killed-and-resumed""#));
@@ -168,4 +168,33 @@ fn a_wrong_expectation_fails_the_test_and_says_why() {
         "{}",
         stderr(&out)
     );
+}
+
+/// Relative paths of a test file — its `spec`, `scenario.extends` — start
+/// at the test file's directory, wherever `rollwright test` runs from
+/// (an inline `extends` used to resolve against the working directory's
+/// parent).
+#[test]
+fn paths_in_a_test_file_start_at_its_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let nested = dir.path().join("a/b");
+    std::fs::create_dir_all(&nested).unwrap();
+    std::fs::copy(
+        root().join("specs/sim/fraud-healthy.yaml"),
+        dir.path().join("a/world.yaml"),
+    )
+    .unwrap();
+    std::fs::write(
+        nested.join("t.yaml"),
+        format!(
+            "apiVersion: rollwright.dev/v1alpha1\nkind: RolloutTest\nmetadata: {{name: nested}}\nspec: {}/specs/examples/kserve-canary.yaml\nscenario:\n  extends: ../world.yaml\ntime-scale: 240\nexpect:\n  outcome: promoted\n  split: {{\"7\": 100}}\n",
+            root().display()
+        ),
+    )
+    .unwrap();
+    let out = rollwright_in(dir.path(), &["test", "a/b/t.yaml"]);
+    assert_eq!(out.status.code(), Some(0), "{}\n{}", stdout(&out), stderr(&out));
+    // And from inside the directory, named without one.
+    let out = rollwright_in(&nested, &["test", "t.yaml"]);
+    assert_eq!(out.status.code(), Some(0), "{}\n{}", stdout(&out), stderr(&out));
 }
