@@ -88,7 +88,7 @@ pub fn spec(seed: u64, i: u64, invalid_per_mille: u64) -> Generated {
     );
     let _ = writeln!(
         s,
-        "serving:\n  platform: {}\n  traffic: {}",
+        "serving:\n  platform: {}\n  endpoint: http://{model}.{team}.svc.cluster.local:8080\n  traffic: {}",
         if kserve { "kserve" } else { "deployment" },
         if kserve {
             "kserve"
@@ -150,7 +150,7 @@ pub fn spec(seed: u64, i: u64, invalid_per_mille: u64) -> Generated {
         }
         let _ = writeln!(
             s,
-            "  - id: hold-{w}\n    type: hold\n    needs: [canary-{w}]\n    with:\n      duration: {}m\n      analysis:\n        interval: 30s\n        failure-limit: 2\n        on-no-data: fail\n        metrics:\n          - name: error-rate\n            provider: probe\n            query: error-rate\n            max-increase-over-stable: 0.005\n          - name: p99\n            provider: prometheus\n            query: histogram_quantile(0.99, sum(rate(request_duration_seconds_bucket{{model=\"{model}\"}}[1m])) by (le))\n            max: 0.3",
+            "  - id: hold-{w}\n    type: hold\n    needs: [canary-{w}]\n    with:\n      duration: {}m\n      analysis:\n        interval: 30s\n        failure-limit: 2\n        on-no-data: fail\n        metrics:\n          - name: error-rate\n            provider: probe\n            query: error-rate\n            max-increase-over-stable: 0.005\n            max: 0.05\n          - {{name: p99, provider: prometheus, address: \"http://prometheus.monitoring.svc:9090\", max: 0.3,\n             query: 'histogram_quantile(0.99, sum(rate(request_duration_seconds_bucket{{model=\"{model}\"}}[1m])) by (le))'}}",
             5 + r.below(15)
         );
         prev = format!("hold-{w}");

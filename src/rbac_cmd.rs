@@ -30,8 +30,71 @@ pub struct RbacArgs {
     root: Option<PathBuf>,
 }
 
-/// `(apiGroup, resource)` → verbs.
-type Rules = BTreeMap<(String, String), BTreeSet<&'static str>>;
+/// What the run needs: `(apiGroup, resource, name)` → verbs and the steps
+/// that need them. `name` is `None` where the object is not known from the
+/// files (list and watch, or an object found at run time).
+#[derive(Default)]
+struct Grants {
+    map: BTreeMap<Object, (BTreeSet<&'static str>, BTreeSet<String>)>,
+}
+
+/// `(apiGroup, resource, name)`.
+type Object = (String, String, Option<String>);
+
+/// One rule: apiGroup, resource, resourceNames, verbs, the steps that need it.
+struct Rule {
+    group: String,
+    resource: String,
+    names: Vec<String>,
+    verbs: Vec<&'static str>,
+    steps: BTreeSet<String>,
+}
+
+impl Grants {
+    fn grant(
+        &mut self,
+        step: &str,
+        api_version: &str,
+        kind: &str,
+        name: Option<&str>,
+        verbs: &[&'static str],
+    ) {
+        let e = self
+            .map
+            .entry((group(api_version), plural(kind), name.map(str::to_owned)))
+            .or_default();
+        e.0.extend(verbs.iter().copied());
+        e.1.insert(step.to_owned());
+    }
+
+    /// Rules: objects with the same verbs share one rule (`resourceNames`);
+    /// unnamed grants are rules of their own.
+    fn rules(&self) -> Vec<Rule> {
+        type Key = (String, String, bool, Vec<&'static str>);
+        let mut out: BTreeMap<Key, (Vec<String>, BTreeSet<String>)> = BTreeMap::new();
+        for ((g, r, name), (verbs, steps)) in &self.map {
+            let e = out
+                .entry((
+                    g.clone(),
+                    r.clone(),
+                    name.is_none(),
+                    verbs.iter().copied().collect(),
+                ))
+                .or_default();
+            e.0.extend(name.clone());
+            e.1.extend(steps.iter().cloned());
+        }
+        out.into_iter()
+            .map(|((group, resource, _, verbs), (names, steps))| Rule {
+                group,
+                resource,
+                names,
+                verbs,
+                steps,
+            })
+            .collect()
+    }
+}
 
 fn plural(kind: &str) -> String {
     let k = kind.to_ascii_lowercase();
@@ -46,18 +109,6 @@ fn plural(kind: &str) -> String {
 
 fn group(api_version: &str) -> String {
     api_version.split_once('/').map_or("", |(g, _)| g).to_owned()
-}
-
-fn allow(rules: &mut Rules, api_version: &str, kind: &str, verbs: &[&'static str]) {
-    rules
-        .entry((group(api_version), plural(kind)))
-        .or_default()
-        .extend(verbs.iter().copied());
-}
-
-/// The route kind each provider patches.
-fn route_kind(provider: &str) -> Option<(&'static str, &'static str)> {
-    rollwright_steps::traffic::Provider::parse(provider).map(rollwright_steps::traffic::Provider::route_kind)
 }
 
 pub fn run(args: &RbacArgs) -> u8 {
@@ -90,14 +141,27 @@ pub fn run(args: &RbacArgs) -> u8 {
     };
     // A GitOps target is changed through Git: the steps only read the cluster.
     let gitops = target.gitops.as_ref();
-    let mut rules = Rules::new();
+    let mut g = Grants::default();
     let mut cluster_scoped = BTreeSet::new();
-    let mut applied: Vec<(String, String)> = Vec::new();
-    let mut why: BTreeMap<(String, String), BTreeSet<String>> = BTreeMap::new();
-    let provider = spec
-        .serving
-        .as_ref()
-        .and_then(|s| s.traffic.clone().or_else(|| Some(s.platform.clone())));
+    // The objects the applies render: (apiVersion, kind, name).
+    let mut applied: Vec<(String, String, String)> = Vec::new();
+    let cx = rollwright_engine::registry::BuildContext {
+        serving: spec.serving.clone(),
+        model: spec
+            .model
+            .as_ref()
+            .map(|m| (m.registry.clone(), m.name.clone(), m.version.clone())),
+        target: Some(rollwright_engine::registry::TargetInfo {
+            context: target.context.clone(),
+            namespace: target.namespace.clone(),
+            production: false,
+            gitops: target.gitops.clone(),
+        }),
+        ..rollwright_engine::registry::BuildContext::detached(&args.spec)
+    };
+    let router = |with: &Value| {
+        rollwright_steps::traffic::Router::of(&cx, with.get("provider").and_then(Value::as_str)).ok()
+    };
     // Steps, then the compensations that undo them (they restore what the steps changed).
     let mut work: Vec<(String, String, Value)> = spec
         .steps
@@ -109,58 +173,76 @@ pub fn run(args: &RbacArgs) -> u8 {
             .as_ref()
             .map(|c| (format!("{} (compensation)", s.id), c.kind.clone(), c.with.clone()))
     }));
+    for (id, _, with) in spec
+        .steps
+        .iter()
+        .map(|s| (&s.id, &s.kind, &s.with))
+        .filter(|s| s.1 == "apply")
+    {
+        for m in spec.manifests.iter().filter(|m| m.step == *id) {
+            match rollwright_steps::apply::manifest_objects(&m.path, &m.text) {
+                Ok(o) => applied.extend(o),
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return exit::FINDINGS;
+                }
+            }
+        }
+        for o in with
+            .get("manifests")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
+            if let (Some(a), Some(k), Some(n)) = (
+                o["apiVersion"].as_str(),
+                o["kind"].as_str(),
+                o["metadata"]["name"].as_str(),
+            ) {
+                applied.push((a.to_owned(), k.to_owned(), n.to_owned()));
+            }
+        }
+    }
+    let canary_workload = applied
+        .iter()
+        .find(|(_, k, _)| matches!(k.as_str(), "Deployment" | "StatefulSet"))
+        .cloned();
+    let route = |g: &mut Grants, id: &str, with: &Value, verbs: &[&'static str]| {
+        if let Some(r) = router(with) {
+            let o = r.object();
+            g.grant(id, &o.api_version, &o.kind, Some(&o.name), verbs);
+        }
+    };
+    let changes = gitops.is_none();
+    let mut unnamed_stable: BTreeSet<String> = BTreeSet::new();
     for (id, kind, with) in &work {
-        let before = rules.clone();
         match kind.as_str() {
             "apply" => {
-                let mut kinds = Vec::new();
-                for m in spec.manifests.iter().filter(|m| m.step == *id) {
-                    match rollwright_steps::apply::manifest_kinds(&m.path, &m.text) {
-                        Ok(k) => kinds.extend(k),
-                        Err(e) => {
-                            eprintln!("error: {e}");
-                            return exit::FINDINGS;
-                        }
-                    }
-                }
-                for o in with
-                    .get("manifests")
-                    .and_then(Value::as_array)
-                    .into_iter()
-                    .flatten()
-                {
-                    if let (Some(a), Some(k)) = (o["apiVersion"].as_str(), o["kind"].as_str()) {
-                        kinds.push((a.to_owned(), k.to_owned()));
-                    }
-                }
-                for (a, k) in kinds {
+                for (a, k, n) in applied.iter().filter(|_| !id.ends_with("(compensation)")) {
                     if rollwright_steps::apply::CLUSTER_SCOPED.contains(&k.as_str()) {
                         cluster_scoped.insert(k.clone());
                     }
-                    // get: record the last known-good state; patch: server-side
-                    // apply (create included); update/delete: restore it.
-                    if gitops.is_none() {
-                        allow(
-                            &mut rules,
-                            &a,
-                            &k,
-                            &["get", "patch", "create", "update", "delete"],
-                        );
-                    }
-                    applied.push((a, k));
+                    // get: record the last known-good state (and who manages
+                    // it); patch: server-side apply, create when it is new.
+                    let verbs: &[&'static str] = if changes {
+                        &["get", "patch", "create"]
+                    } else {
+                        &["get"]
+                    };
+                    g.grant(id, a, k, Some(n), verbs);
                 }
             }
             "wait-ready" => {
-                let listed: Vec<(String, String)> = with
+                let listed: Vec<(String, String, String)> = with
                     .get("resources")
                     .and_then(Value::as_array)
                     .into_iter()
                     .flatten()
                     .filter_map(Value::as_str)
                     .filter_map(|r| r.split_once('/'))
-                    .filter_map(|(k, _)| {
+                    .filter_map(|(k, n)| {
                         rollwright_steps::wait_ready::api_version_of(k)
-                            .map(|av| (av.to_owned(), k.to_owned()))
+                            .map(|av| (av.to_owned(), k.to_owned(), n.to_owned()))
                     })
                     .collect();
                 let targets = if listed.is_empty() {
@@ -168,62 +250,188 @@ pub fn run(args: &RbacArgs) -> u8 {
                 } else {
                     listed
                 };
-                for (a, k) in targets {
-                    allow(&mut rules, &a, &k, &["get", "list", "watch"]);
+                for (a, k, n) in targets {
+                    g.grant(id, &a, &k, Some(&n), &["get"]);
+                    // Waiting for the next change is a watch on the kind.
+                    g.grant(id, &a, &k, None, &["list", "watch"]);
                 }
-                allow(&mut rules, "v1", "Pod", &["get", "list", "watch"]);
+                g.grant(id, "v1", "Pod", None, &["list"]);
             }
             "shift-traffic" => {
-                let p = with
-                    .get("provider")
-                    .and_then(Value::as_str)
-                    .map(str::to_owned)
-                    .or_else(|| provider.clone());
-                if let Some((a, k)) = p.as_deref().and_then(route_kind) {
-                    let verbs: &[&'static str] = if gitops.is_some() {
-                        &["get"]
-                    } else {
-                        &["get", "patch"]
-                    };
-                    allow(&mut rules, a, k, verbs);
-                }
+                route(
+                    &mut g,
+                    id,
+                    with,
+                    if changes { &["get", "patch"] } else { &["get"] },
+                );
                 // Readiness of the canary before routing to it.
-                match p.as_deref() {
-                    Some("istio") => {
-                        allow(
-                            &mut rules,
-                            "networking.istio.io/v1beta1",
-                            "DestinationRule",
-                            &["list"],
-                        );
-                        allow(&mut rules, "v1", "Service", &["get"]);
-                        allow(&mut rules, "v1", "Pod", &["list"]);
+                if let Some(r) = router(with) {
+                    use rollwright_steps::traffic::Provider;
+                    match r.provider {
+                        Provider::Istio => {
+                            g.grant(
+                                id,
+                                "networking.istio.io/v1beta1",
+                                "DestinationRule",
+                                None,
+                                &["list"],
+                            );
+                            // The Service is the route's host, read at run time.
+                            g.grant(id, "v1", "Service", None, &["get"]);
+                            g.grant(id, "v1", "Pod", None, &["list"]);
+                        }
+                        Provider::Seldon => {
+                            let d = format!("{}-{}", r.route, r.canary);
+                            g.grant(id, "apps/v1", "Deployment", Some(&d), &["get"]);
+                        }
+                        Provider::Kserve => {}
+                        _ => {
+                            g.grant(id, "v1", "Service", Some(&r.canary), &["get"]);
+                            g.grant(id, "v1", "Pod", None, &["list"]);
+                        }
                     }
-                    Some("seldon") => allow(&mut rules, "apps/v1", "Deployment", &["get"]),
-                    Some("kserve") | None => {}
-                    Some(_) => {
-                        allow(&mut rules, "v1", "Service", &["get"]);
-                        allow(&mut rules, "v1", "Pod", &["list"]);
+                }
+            }
+            "promote" => {
+                let compensation = id.ends_with("(compensation)");
+                use rollwright_steps::traffic::Provider;
+                let Some(r) = router(with) else { continue };
+                match r.provider {
+                    // The InferenceService (a patch) / SeldonDeployment (an
+                    // update) itself; the compensation restores it.
+                    Provider::Kserve => route(
+                        &mut g,
+                        id,
+                        with,
+                        if changes {
+                            &["get", "patch", "update"]
+                        } else {
+                            &["get"]
+                        },
+                    ),
+                    Provider::Seldon => route(
+                        &mut g,
+                        id,
+                        with,
+                        if changes { &["get", "update"] } else { &["get"] },
+                    ),
+                    _ => {
+                        route(
+                            &mut g,
+                            id,
+                            with,
+                            if changes { &["get", "patch"] } else { &["get"] },
+                        );
+                        if !compensation {
+                            // Removed, or scaled to 0.
+                            if let Some((a, k, n)) = &canary_workload {
+                                g.grant(
+                                    id,
+                                    a,
+                                    k,
+                                    Some(n),
+                                    if changes {
+                                        &["get", "patch", "delete"]
+                                    } else {
+                                        &["get"]
+                                    },
+                                );
+                            }
+                            if r.provider == Provider::Istio {
+                                g.grant(
+                                    id,
+                                    "networking.istio.io/v1beta1",
+                                    "DestinationRule",
+                                    None,
+                                    &["list"],
+                                );
+                            } else {
+                                g.grant(id, "v1", "Service", Some(&r.stable), &["get"]);
+                            }
+                        }
+                        // The stable workload: named by `with.stable`, else
+                        // found through the route's stable backend.
+                        let stable = with
+                            .get("stable")
+                            .and_then(Value::as_str)
+                            .and_then(|s| s.split_once('/'));
+                        match stable {
+                            Some((k, n)) => {
+                                let a = rollwright_steps::wait_ready::api_version_of(k).unwrap_or("apps/v1");
+                                g.grant(
+                                    id,
+                                    a,
+                                    k,
+                                    Some(n),
+                                    if changes { &["get", "update"] } else { &["get"] },
+                                );
+                            }
+                            None => {
+                                unnamed_stable.insert(id.trim_end_matches(" (compensation)").to_owned());
+                                g.grant(id, "apps/v1", "Deployment", None, &["list"]);
+                                g.grant(
+                                    id,
+                                    "apps/v1",
+                                    "Deployment",
+                                    None,
+                                    if changes { &["get", "update"] } else { &["get"] },
+                                );
+                            }
+                        }
                     }
                 }
             }
             "rollback" if gitops.is_some() => {}
             "rollback" => {
-                if let Some((a, k)) = provider.as_deref().and_then(route_kind) {
-                    allow(&mut rules, a, k, &["get", "patch"]);
+                route(&mut g, id, with, &["get", "patch"]);
+                for (a, k, n) in &applied {
+                    g.grant(id, a, k, Some(n), &["get", "update", "create", "delete"]);
                 }
-                for (a, k) in applied.clone() {
-                    allow(&mut rules, &a, &k, &["get", "update", "create", "delete"]);
+                // A promote's stable workload, as it was before.
+                for p in spec.steps.iter().filter(|s| s.kind == "promote") {
+                    if router(&p.with).is_some_and(|r| {
+                        matches!(
+                            r.provider,
+                            rollwright_steps::traffic::Provider::Kserve
+                                | rollwright_steps::traffic::Provider::Seldon
+                        )
+                    }) {
+                        route(&mut g, id, &p.with, &["get", "update"]);
+                        continue;
+                    }
+                    match p
+                        .with
+                        .get("stable")
+                        .and_then(Value::as_str)
+                        .and_then(|s| s.split_once('/'))
+                    {
+                        Some((k, n)) => {
+                            let a = rollwright_steps::wait_ready::api_version_of(k).unwrap_or("apps/v1");
+                            g.grant(id, a, k, Some(n), &["get", "update", "create"]);
+                        }
+                        None => g.grant(id, "apps/v1", "Deployment", None, &["get", "update", "create"]),
+                    }
+                }
+            }
+            "hold" => {
+                let pods = with["analysis"]["metrics"]
+                    .as_array()
+                    .is_some_and(|ms| ms.iter().any(|m| m["provider"] == "kubernetes"));
+                if pods {
+                    g.grant(id, "v1", "Pod", None, &["list"]);
                 }
             }
             _ => {}
         }
-        for (key, verbs) in &rules {
-            if before.get(key) != Some(verbs) {
-                why.entry(key.clone()).or_default().insert(id.clone());
-            }
-        }
     }
+    // One run per target: the run lock.
+    g.grant(
+        "(run lock)",
+        "coordination.k8s.io/v1",
+        "Lease",
+        Some(rollwright_steps::lease::LEASE_NAME),
+        &["get", "create", "update", "delete"],
+    );
     // Secrets the steps read (`secretRef`), by name only.
     let mut secret_names = BTreeSet::new();
     fn secret_refs(v: &Value, out: &mut BTreeSet<String>) {
@@ -264,19 +472,34 @@ pub fn run(args: &RbacArgs) -> u8 {
             cluster_scoped.into_iter().collect::<Vec<_>>().join(", ")
         ));
     }
+    for id in &unnamed_stable {
+        out.push_str(&format!(
+            "# NOTE: `{id}` finds the stable workload through the route at run time, so it may update any Deployment here; name it (`stable: Deployment/NAME` in its `with`, e.g. through `customize.with`) to grant that one only.\n"
+        ));
+    }
     out.push_str(&format!(
         "apiVersion: rbac.authorization.k8s.io/v1\nkind: Role\nmetadata:\n  name: {name}\n  namespace: {ns}\nrules:\n"
     ));
-    if rules.is_empty() && secret_names.is_empty() {
+    if g.map.is_empty() && secret_names.is_empty() {
         out.push_str("  []\n");
     }
-    for ((g, r), verbs) in &rules {
-        let steps = why.get(&(g.clone(), r.clone())).map_or_else(String::new, |s| {
-            format!("  # {}", s.iter().cloned().collect::<Vec<_>>().join(", "))
-        });
+    for Rule {
+        group,
+        resource,
+        names,
+        verbs,
+        steps,
+    } in g.rules()
+    {
+        let names = if names.is_empty() {
+            String::new()
+        } else {
+            format!("\n    resourceNames: [{}]", names.join(", "))
+        };
         out.push_str(&format!(
-            "  - apiGroups: [\"{g}\"]\n    resources: [{r}]\n    verbs: [{}]{steps}\n",
-            verbs.iter().copied().collect::<Vec<_>>().join(", ")
+            "  - apiGroups: [\"{group}\"]\n    resources: [{resource}]{names}\n    verbs: [{}]  # {}\n",
+            verbs.join(", "),
+            steps.into_iter().collect::<Vec<_>>().join(", ")
         ));
     }
     if !secret_names.is_empty() {

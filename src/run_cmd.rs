@@ -436,7 +436,12 @@ fn build_context(
         serving: spec.serving.clone().map(|mut sv| {
             // On the embedded cluster the sim's router addresses versions.
             if let Some(s) = sim {
-                sv.endpoint = Some(s.endpoint.clone());
+                // The model's own base URL on the sim: plain-HTTP paths
+                // (`/predict`) reach that model, like its real Service.
+                sv.endpoint = Some(match &spec.model {
+                    Some(m) => format!("{}/models/{}", s.endpoint.trim_end_matches('/'), m.name),
+                    None => s.endpoint.clone(),
+                });
                 sv.canary_headers = None;
                 sv.stable_headers = None;
             }

@@ -16,6 +16,8 @@
 //! kill-at: '"step":"ramp[20].shift","key":"traffic"'   # optional: kill -9 as soon
 //!                                           # as the journal has a record containing
 //!                                           # this, then `rollwright resume`
+//! approve: [{step: sign-off, as: alice}]    # optional: `rollwright approve` that
+//!                                           # step as that sim user once it starts
 //! change-registry:                          # optional: replace the model registry
 //!   at: '"step":"ramp[50].hold","key":"started-ms"'     # once the journal shows this
 //!   registry: {models: []}                  # (an approval revoked mid-rollout)
@@ -67,6 +69,8 @@ struct RolloutTest {
     kill_at: Option<String>,
     #[serde(default)]
     change_registry: Option<RegistryChange>,
+    #[serde(default)]
+    approve: Vec<Approve>,
     /// One release (the test's own `set`/`expect`/`kill-at`), or several
     /// run one after the other on the same cluster.
     #[serde(default)]
@@ -86,7 +90,20 @@ struct Release {
     kill_at: Option<String>,
     #[serde(default)]
     change_registry: Option<RegistryChange>,
+    #[serde(default)]
+    approve: Vec<Approve>,
     expect: Expect,
+}
+
+/// A human's `rollwright approve` of an approval step, as a user of the
+/// sim (authenticated by its API server like any approver), once the step
+/// has started.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Approve {
+    step: String,
+    #[serde(rename = "as")]
+    user: String,
 }
 
 /// Replaces the model registry while the run goes on (an approval revoked
@@ -334,6 +351,7 @@ fn run_one(file: &Path, t: &RolloutTest, report: &mut Vec<String>) -> Vec<String
             set: t.set.clone(),
             kill_at: t.kill_at.clone(),
             change_registry: t.change_registry.clone(),
+            approve: t.approve.clone(),
             expect: t.expect.clone().unwrap_or(Expect {
                 outcome: Outcome::Promoted,
                 failed_step: None,
@@ -359,6 +377,8 @@ fn run_one(file: &Path, t: &RolloutTest, report: &mut Vec<String>) -> Vec<String
         attach: &attach,
         reg: &reg,
         model: &model,
+        context: &context,
+        dir: dir.path(),
     };
     for (n, release) in releases.iter().enumerate() {
         let state = state.join(format!("release-{n}"));
@@ -402,6 +422,10 @@ struct Env<'a> {
     attach: &'a Path,
     reg: &'a Path,
     model: &'a str,
+    /// The context the spec names (the sim's kubeconfigs use it).
+    context: &'a str,
+    /// The test's scratch directory.
+    dir: &'a Path,
 }
 
 /// The split the router serves (versions with traffic), as a sorted map.
@@ -463,6 +487,7 @@ fn run_release(
     let mut changed = release.change_registry.is_none();
     let mut new_version: Option<String> = None;
     let mut seen_lines = 0usize;
+    let mut approved: Vec<&str> = Vec::new();
     // (planned split, since when it is awaited)
     let mut awaited: Option<(BTreeMap<String, u32>, Instant, String)> = None;
     let started = Instant::now();
@@ -475,6 +500,17 @@ fn run_release(
             let Ok(v) = serde_json::from_str::<Value>(line) else {
                 continue;
             };
+            if v["record"] == "step-started"
+                && let Some(a) = release
+                    .approve
+                    .iter()
+                    .find(|a| v["step"] == a.step.as_str() && !approved.contains(&a.step.as_str()))
+            {
+                approved.push(&a.step);
+                if let Err(e) = approve(env, state, a) {
+                    failures.push(e);
+                }
+            }
             if v["record"] == "step-succeeded" {
                 let out = &v["outputs"];
                 if out["gate"] == true {
@@ -553,6 +589,13 @@ fn run_release(
         && !changed
     {
         failures.push(format!("change-registry: the run never reached `{}`", change.at));
+    }
+    for a in release
+        .approve
+        .iter()
+        .filter(|a| !approved.contains(&a.step.as_str()))
+    {
+        failures.push(format!("approve: step `{}` never started", a.step));
     }
     let _ = child.kill();
     let mut status = child.wait().ok();
@@ -641,6 +684,40 @@ fn run_release(
         failures.push(format!("log:\n{log}"));
     }
     failures
+}
+
+/// `rollwright approve RUN STEP` as sim user `a.user`.
+fn approve(env: &Env<'_>, state: &Path, a: &Approve) -> Result<(), String> {
+    let run = the_run(state)
+        .and_then(|d| d.file_name().map(|n| n.to_string_lossy().into_owned()))
+        .ok_or("approve: no run")?;
+    let kc = env
+        .dir
+        .join(format!("kubeconfig-{}", a.user.replace(['/', '\\'], "_")));
+    std::fs::write(&kc, env.sim.kubeconfig_for_user(env.context, &a.user))
+        .map_err(|e| format!("approve: {e}"))?;
+    let exe = std::env::current_exe().unwrap_or_else(|_| PathBuf::from("rollwright"));
+    let out = std::process::Command::new(exe)
+        .arg("approve")
+        .arg(&run)
+        .arg(&a.step)
+        .arg("--kubeconfig")
+        .arg(&kc)
+        .arg("--state-dir")
+        .arg(state)
+        .env("NO_COLOR", "1")
+        .output()
+        .map_err(|e| format!("approve: {e}"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "approve {} as {}: {}",
+            a.step,
+            a.user,
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
+    }
 }
 
 fn xml(s: &str) -> String {

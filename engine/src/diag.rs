@@ -196,6 +196,8 @@ codes! {
     ImperativeOnGitOps = "RW057", Error, "imperative change on a GitOps-managed target";
     /// A production gate-check that requires nothing (no approval or alias, or no eval).
     GateRequiresNothing = "RW058", Error, "production gate requires too little";
+    /// A production hold that judges nothing, without a justification.
+    UnanalysedProductionHold = "RW059", Error, "production hold without analysis";
     /// A literal secret value where a reference is required.
     LiteralSecret = "RW060", Error, "literal secret value";
     /// A value shaped like a well-known credential.
@@ -204,6 +206,8 @@ codes! {
     TimeoutShorterThanHold = "RW070", Error, "timeout shorter than the hold duration";
     /// A step's `with` has a value the step kind rejects beyond its schema.
     InvalidStepConfig = "RW071", Error, "invalid step configuration";
+    /// A metric judged only relative to stable, with no absolute ceiling.
+    RelativeOnlyMetric = "RW072", Warning, "metric judged only against stable";
     /// `uses` names a file that cannot be read or is not a Strategy.
     UnknownStrategy = "RW080", Error, "strategy cannot be used";
     /// `uses` chains form a cycle.

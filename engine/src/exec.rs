@@ -416,6 +416,8 @@ async fn drive(
     sink: Sink,
     mut jitter: Jitter,
 ) -> Result<Map<String, Value>, String> {
+    // What the step last waited for: named when its deadline passes.
+    let waiting_for: std::sync::Mutex<Option<String>> = std::sync::Mutex::new(None);
     let body = async {
         let mut attempt = 1u32;
         loop {
@@ -444,6 +446,9 @@ async fn drive(
             match result {
                 Ok(Progress::Done { outputs }) => return Ok(outputs),
                 Ok(Progress::Wait { after, reason }) => {
+                    if let Ok(mut w) = waiting_for.lock() {
+                        *w = Some(reason.clone());
+                    }
                     let _ = sink(&Event::Waiting {
                         step: id.clone(),
                         after,
@@ -474,12 +479,19 @@ async fn drive(
         }
     };
     match limits.deadline {
-        Some(d) => timeout(d, body).await.unwrap_or_else(|_| {
-            Err(format!(
-                "step deadline of {} exceeded",
-                crate::duration::Display(d)
-            ))
-        }),
+        Some(d) => {
+            let r = timeout(d, body).await;
+            r.unwrap_or_else(|_| {
+                let last = waiting_for.lock().ok().and_then(|mut w| w.take());
+                Err(match last {
+                    Some(why) => format!(
+                        "step deadline of {} exceeded, still waiting: {why}",
+                        crate::duration::Display(d)
+                    ),
+                    None => format!("step deadline of {} exceeded", crate::duration::Display(d)),
+                })
+            })
+        }
         None => body.await,
     }
 }

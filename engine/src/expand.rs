@@ -52,7 +52,8 @@ pub struct Origin {
     pub pointer: String,
     /// The for-each item, for steps of a group.
     pub item: Option<Value>,
-    /// Where `with` was written, when a `customize.with` replaced it.
+    /// Where `with` was changed, when a `customize.with` or
+    /// `customize.replace` changed it.
     pub with: Option<(usize, String)>,
 }
 
@@ -102,7 +103,17 @@ impl Expanded {
             && let Some(o) = list.get(i)
         {
             if let (Some((src, ptr)), Some(tail)) = (&o.with, rest.strip_prefix("/with")) {
-                return (*src, format!("{ptr}{tail}"));
+                // A merged `with`: a value is where it was written — the
+                // customization when it wrote it, else the strategy; what
+                // neither has is located at the customization.
+                let written = format!("{ptr}{tail}");
+                let original = format!("{}{rest}", o.pointer);
+                let here = |s: usize, p: &str| self.sources[s].doc.value.pointer(p).is_some();
+                let replaced = ptr.starts_with("/customize/replace/");
+                if replaced || tail.is_empty() || here(*src, &written) || !here(o.source, &original) {
+                    return (*src, written);
+                }
+                return (o.source, original);
             }
             return (o.source, format!("{}{rest}", o.pointer));
         }
@@ -177,6 +188,9 @@ struct Item {
     source: usize,
     pointer: String,
     with: Option<(usize, String)>,
+    /// For a group: where `customize` changed an inner step's `with`, by
+    /// inner id.
+    inner_with: Vec<(String, (usize, String))>,
 }
 
 struct Ctx<'a> {
@@ -647,6 +661,7 @@ fn assemble(cx: &mut Ctx<'_>) -> (Vec<Item>, Vec<Item>) {
                         source: i,
                         pointer: format!("/{key}/{j}"),
                         with: None,
+                        inner_with: Vec::new(),
                     })
                     .collect()
             })
@@ -692,39 +707,65 @@ fn assemble(cx: &mut Ctx<'_>) -> (Vec<Item>, Vec<Item>) {
                 }
             }
         }
-        if let Some(Value::Object(with)) = c.get("with") {
-            for (id, w) in with {
-                let mut ptr = String::from("/customize/with");
+        let mut changes: Vec<(&str, &String, &Value)> = Vec::new();
+        for key in ["with", "replace"] {
+            if let Some(Value::Object(m)) = c.get(key) {
+                changes.extend(m.iter().map(|(id, w)| (key, id, w)));
+            }
+        }
+        if let (Some(Value::Object(w)), Some(Value::Object(r))) = (c.get("with"), c.get("replace")) {
+            for id in r.keys().filter(|id| w.contains_key(*id)) {
+                let mut ptr = String::from("/customize/replace");
                 push_pointer_segment(&mut ptr, id);
-                // `group.inner` addresses a step inside a for-each group.
-                let (outer, inner) = id
-                    .split_once('.')
-                    .map_or((id.as_str(), None), |(a, b)| (a, Some(b)));
-                let Some(it) = items.iter_mut().find(|it| item_id(it) == outer) else {
-                    unknown_id(cx, &items, i, &ptr, id, "with");
-                    continue;
-                };
-                let target = match inner {
-                    None => Some(&mut it.value),
-                    Some(inner) => it
-                        .value
-                        .get_mut("steps")
-                        .and_then(Value::as_array_mut)
-                        .and_then(|a| {
-                            a.iter_mut()
-                                .find(|s| s.get("id").and_then(Value::as_str) == Some(inner))
-                        }),
-                };
-                match target {
-                    Some(t) => {
+                let at = cx.key_at(i, &ptr);
+                cx.error(
+                    Code::InvalidCustomize,
+                    at,
+                    format!(
+                        "step `{id}` is in both `customize.with` (merge) and `customize.replace`; choose one"
+                    ),
+                );
+            }
+        }
+        for (key, id, w) in changes {
+            let mut ptr = format!("/customize/{key}");
+            push_pointer_segment(&mut ptr, id);
+            // `group.inner` addresses a step inside a for-each group.
+            let (outer, inner) = id
+                .split_once('.')
+                .map_or((id.as_str(), None), |(a, b)| (a, Some(b)));
+            let Some(it) = items.iter_mut().find(|it| item_id(it) == outer) else {
+                unknown_id(cx, &items, i, &ptr, id, key);
+                continue;
+            };
+            let target = match inner {
+                None => Some(&mut it.value),
+                Some(inner) => it
+                    .value
+                    .get_mut("steps")
+                    .and_then(Value::as_array_mut)
+                    .and_then(|a| {
+                        a.iter_mut()
+                            .find(|s| s.get("id").and_then(Value::as_str) == Some(inner))
+                    }),
+            };
+            match target {
+                Some(t) => {
+                    if key == "replace" || !t["with"].is_object() {
                         t["with"] = w.clone();
-                        // The new `with` is written here: locate it here.
-                        if inner.is_none() {
-                            it.with = Some((i, ptr.clone()));
+                    } else {
+                        merge_patch(&mut t["with"], w);
+                    }
+                    // The changed `with` is written here: locate it here.
+                    match inner {
+                        None => it.with = Some((i, ptr.clone())),
+                        Some(inner) => {
+                            it.inner_with.retain(|(id, _)| id != inner);
+                            it.inner_with.push((inner.to_owned(), (i, ptr.clone())));
                         }
                     }
-                    None => unknown_id(cx, &items, i, &ptr, id, "with"),
                 }
+                None => unknown_id(cx, &items, i, &ptr, id, key),
             }
         }
         if let Some(Value::Object(needs)) = c.get("needs") {
@@ -744,11 +785,33 @@ fn assemble(cx: &mut Ctx<'_>) -> (Vec<Item>, Vec<Item>) {
                     source: i,
                     pointer: format!("/customize/add/{j}"),
                     with: None,
+                    inner_with: Vec::new(),
                 });
             }
         }
     }
     (items, handlers)
+}
+
+/// RFC 7396 merge: objects merge key by key, `null` removes a key, any
+/// other value (a list included) replaces.
+fn merge_patch(target: &mut Value, patch: &Value) {
+    let Value::Object(p) = patch else {
+        *target = patch.clone();
+        return;
+    };
+    if !target.is_object() {
+        *target = Value::Object(serde_json::Map::new());
+    }
+    if let Value::Object(t) = target {
+        for (k, v) in p {
+            if v.is_null() {
+                t.remove(k);
+            } else {
+                merge_patch(t.entry(k.clone()).or_insert(Value::Null), v);
+            }
+        }
+    }
 }
 
 fn item_id(it: &Item) -> &str {
@@ -942,7 +1005,11 @@ fn unroll(cx: &mut Ctx<'_>, items: Vec<Item>, params: &Map<String, Value>) -> (V
                     source: it.source,
                     pointer: format!("{}/steps/{j}", it.pointer),
                     item: Some(v.clone()),
-                    with: None,
+                    with: it
+                        .inner_with
+                        .iter()
+                        .find(|(i, _)| *i == id)
+                        .map(|(_, w)| w.clone()),
                 });
             }
             prev_exits = this_exits;

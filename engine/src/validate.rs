@@ -765,7 +765,7 @@ fn check_default_gate(cx: &Context<'_>, out: &mut Vec<Diagnostic>) {
             let at = if w.get("approvals").is_some() {
                 format!("/steps/{i}/with/approvals")
             } else {
-                format!("/steps/{i}/type")
+                format!("/steps/{i}/with")
             };
             out.push(
                 Diagnostic::new(
@@ -784,7 +784,7 @@ fn check_default_gate(cx: &Context<'_>, out: &mut Vec<Diagnostic>) {
             out.push(
                 Diagnostic::new(
                     Code::GateRequiresNothing,
-                    cx.span(&format!("/steps/{i}/type")),
+                    cx.span(&format!("/steps/{i}/with")),
                     format!("production gate-check `{}` checks no eval: a version that fails its evaluation would pass", s.id),
                 )
                 .with_help("add `evals: {METRIC: {min: …}}`, or set the production minimum gate in the platform policy"),

@@ -5,6 +5,9 @@
 //! - KServe v1: `POST /v1/models/<m>:predict`, `GET /v1/models/<m>`;
 //! - Open Inference Protocol v2: `POST /v2/models/<m>[/versions/<v>]/infer`,
 //!   `GET /v2/models/<m>[/ready]`, `GET /v2/health/ready|live`;
+//! - one model's base URL `/models/<m>/`: the paths above below it, and
+//!   any other `POST` as that model's plain-HTTP predict
+//!   (`{"prediction": …, "model_version": …}`);
 //! - `GET /metrics` (Prometheus text format), `GET /routes` (the split, JSON).
 //!
 //! Every answer carries `x-model-version` (the version that answered) and
@@ -404,10 +407,41 @@ pub fn router(models: Arc<Models>) -> axum::Router {
 
 async fn serve(models: &Models, method: &Method, uri: &Uri, headers: &HeaderMap, body: &[u8]) -> Response {
     let path = uri.path();
-    let segs: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
+    let mut segs: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
     let header = |n: &str| headers.get(n).and_then(|v| v.to_str().ok()).map(str::to_owned);
     let ns = header("x-sim-namespace");
     let live = |m: &str| models.route(m, ns.as_deref());
+    // `/models/<m>/…`: one model's own base URL (what a run's
+    // `serving.endpoint` becomes on the sim). The protocols' paths work
+    // below it; any other POST is that model's plain-HTTP predict.
+    if let ["models", m, rest @ ..] = segs.as_slice() {
+        let m = *m;
+        let is_protocol = matches!(rest.first(), Some(&"v1" | &"v2"));
+        if !is_protocol {
+            if method != Method::POST {
+                return json_reply(
+                    405,
+                    &[],
+                    &json!({"error": format!("{method} {path}: POST a request")}),
+                );
+            }
+            if let Err(e) = serde_json::from_slice::<Value>(body) {
+                return json_reply(400, &[], &json!({"error": format!("invalid JSON: {e}")}));
+            }
+            let a = models.answer_except(
+                m,
+                ns.as_deref(),
+                header("x-sim-version").as_deref(),
+                header("x-sim-exclude-version").as_deref(),
+            );
+            return respond(
+                a,
+                |a| json!({"prediction": a.output.clone(), "model_version": a.version}),
+            )
+            .await;
+        }
+        segs = rest.to_vec();
+    }
     match (method, segs.as_slice()) {
         (&Method::GET, ["metrics"]) => (
             StatusCode::OK,

@@ -176,17 +176,19 @@ fn placed(c: &ApplyConfig, cx: &BuildContext) -> Result<Vec<Placed>, String> {
     Ok(objects)
 }
 
-/// `(apiVersion, kind)` of every object of a rendered manifest.
+/// `(apiVersion, kind, name)` of every object of a rendered manifest.
 ///
 /// # Errors
 /// The manifest does not parse (located).
-pub fn manifest_kinds(path: &str, text: &str) -> Result<Vec<(String, String)>, String> {
+pub fn manifest_objects(path: &str, text: &str) -> Result<Vec<(String, String, String)>, String> {
     Ok(parse_manifests(path, text)?
         .into_iter()
         .map(|p| {
+            let s = |v: &Value| v.as_str().unwrap_or_default().to_owned();
             (
-                p.object["apiVersion"].as_str().unwrap_or_default().to_owned(),
-                p.object["kind"].as_str().unwrap_or_default().to_owned(),
+                s(&p.object["apiVersion"]),
+                s(&p.object["kind"]),
+                s(&p.object["metadata"]["name"]),
             )
         })
         .collect())

@@ -67,7 +67,11 @@ impl StepKind for Approval {
     fn build(&self, with: &Value, cx: &BuildContext) -> Result<Arc<dyn Step>, String> {
         let config: ApprovalConfig = serde_json::from_value(with.clone()).map_err(|e| e.to_string())?;
         let expires = match &config.expires {
-            Some(e) => Some(rollwright_engine::duration::parse(e).map_err(|e| e.to_string())?),
+            // In the sim's time, like every duration of the spec.
+            Some(e) => Some(
+                crate::reach::Reach::of(cx)
+                    .scaled(rollwright_engine::duration::parse(e).map_err(|e| e.to_string())?),
+            ),
             None => None,
         };
         Ok(Arc::new(ApprovalStep {

@@ -22,6 +22,9 @@ pub struct HoldConfig {
     /// What to judge.
     #[serde(default)]
     pub analysis: Option<Analysis>,
+    /// Why a production hold judges nothing (it is an error otherwise).
+    #[serde(default)]
+    pub justification: Option<String>,
 }
 
 /// Analysis during a hold.
@@ -91,6 +94,10 @@ pub struct Metric {
     /// Relative bound.
     #[serde(default)]
     pub max_increase_over_stable: Option<f64>,
+    /// Above this, the stable version is itself unhealthy and a comparison
+    /// with it is inconclusive (default: `max`).
+    #[serde(default)]
+    pub stable_max: Option<f64>,
     /// Prometheus URL.
     #[serde(default)]
     pub address: Option<String>,
@@ -159,6 +166,31 @@ impl StepKind for Hold {
     }
     fn min_duration(&self, with: &Value) -> Option<Duration> {
         with.get("duration").and_then(Value::as_str).map(dur)
+    }
+    fn check_rendered(&self, with: &Value, cx: &BuildContext) -> Vec<Finding> {
+        let production = cx.target.as_ref().is_some_and(|t| t.production);
+        let judged = with.get("analysis").is_some_and(|a| !a.is_null());
+        let justified = with
+            .get("justification")
+            .and_then(Value::as_str)
+            .is_some_and(|j| !j.trim().is_empty());
+        let probes = with["analysis"]["metrics"]
+            .as_array()
+            .is_some_and(|ms| ms.iter().any(|m| m["provider"] == "probe"));
+        if probes && let Some(f) = crate::inference::missing(cx) {
+            return vec![f.with_help("the `probe` metrics send requests to it")];
+        }
+        if production && !judged && !justified {
+            return vec![
+                Finding::new(
+                    "",
+                    Code::UnanalysedProductionHold,
+                    "a production hold without `analysis` judges nothing: the rollout goes on whatever the new version does",
+                )
+                .with_help("add `analysis` (metrics with thresholds), or `justification:` saying why waiting alone is enough"),
+            ];
+        }
+        Vec::new()
     }
     fn check(&self, with: &Value) -> Vec<Finding> {
         let mut out = Vec::new();
@@ -248,6 +280,29 @@ impl StepKind for Hold {
                 ),
                 _ => {}
             }
+            if m.max_increase_over_stable.is_some() && m.max.is_none() && m.stable_max.is_none() {
+                out.push(
+                    Finding::new(
+                        format!("{at}/max-increase-over-stable"),
+                        Code::RelativeOnlyMetric,
+                        format!(
+                            "metric `{}` is judged only against stable: while stable itself fails, a failing canary passes",
+                            m.name
+                        ),
+                    )
+                    .with_help("add `max` (an absolute ceiling; stable above it makes the comparison inconclusive) or `stable-max`"),
+                );
+            }
+            if m.provider == Provider::Prometheus && m.address.is_none() {
+                out.push(Finding::new(
+                    at.clone(),
+                    Code::InvalidStepConfig,
+                    format!(
+                        "prometheus metric `{}` needs `address` (the Prometheus URL)",
+                        m.name
+                    ),
+                ));
+            }
             if m.address.is_some() && m.provider != Provider::Prometheus {
                 out.push(Finding::new(
                     format!("{at}/address"),
@@ -301,17 +356,14 @@ impl Hold {
         // Under a time scale (the embedded cluster at 60×), a 10-minute hold
         // takes 10 s and its analysis interval shrinks alike.
         // Only the embedded cluster runs faster than real time.
-        let scale = crate::reach::Reach::of(cx)
-            .sim
-            .map_or(1.0, |s| s.time_scale)
-            .max(f64::MIN_POSITIVE);
+        let reach = crate::reach::Reach::of(cx);
         let analysis = analysis.map(|mut a| {
-            let iv = dur(&a.interval).div_f64(scale).max(Duration::from_millis(100));
+            let iv = reach.scaled(dur(&a.interval)).max(Duration::from_millis(100));
             a.interval = format!("{}ms", iv.as_millis());
             a
         });
         Ok(Arc::new(HoldStep {
-            duration: dur(&c.duration).div_f64(scale),
+            duration: reach.scaled(dur(&c.duration)),
             analysis,
             endpoint,
             cluster,
@@ -339,6 +391,9 @@ enum Verdict {
     Pass(String),
     Breach(String),
     NoData(String),
+    /// The baseline is itself unhealthy: nothing can be concluded, and the
+    /// hold never passes on it.
+    Inconclusive(String),
 }
 
 #[derive(Default)]
@@ -382,6 +437,15 @@ fn show(v: f64) -> String {
     }
 }
 
+/// Above what a stable value makes a comparison with it meaningless:
+/// `stable-max`, else `max`, else — for a probe's error rate — one request
+/// in two failing.
+fn baseline_ceiling(m: &Metric) -> Option<f64> {
+    m.stable_max.or(m.max).or_else(|| {
+        (m.provider == Provider::Probe && m.query.as_deref() == Some("error-rate")).then_some(0.5)
+    })
+}
+
 /// Judges one metric's sample against its thresholds.
 fn judge(m: &Metric, s: Sample, min_samples: u32) -> Verdict {
     let Some(value) = s.canary else {
@@ -412,6 +476,16 @@ fn judge(m: &Metric, s: Sample, min_samples: u32) -> Verdict {
                 m.name
             ));
         };
+        if let Some(ceiling) = baseline_ceiling(m)
+            && stable > ceiling
+        {
+            return Verdict::Inconclusive(format!(
+                "{}: stable {} is above {} itself: an unhealthy baseline, no comparison",
+                m.name,
+                show(stable),
+                show(ceiling)
+            ));
+        }
         if value - stable > inc + 1e-12 {
             return Verdict::Breach(format!(
                 "{}: canary {} > stable {} + {} (max-increase-over-stable)",
@@ -621,6 +695,10 @@ impl Step for HoldStep {
                 for (name, v) in &verdicts {
                     let breach = match v {
                         Verdict::Breach(_) => true,
+                        Verdict::Inconclusive(_) => {
+                            st.inconclusive = true;
+                            false
+                        }
                         Verdict::NoData(_) => match on_no_data {
                             "fail" => true,
                             "hold" => {
@@ -632,13 +710,18 @@ impl Step for HoldStep {
                         Verdict::Pass(_) => false,
                     };
                     let text = match v {
-                        Verdict::Pass(t) | Verdict::Breach(t) | Verdict::NoData(t) => t.clone(),
+                        Verdict::Pass(t)
+                        | Verdict::Breach(t)
+                        | Verdict::NoData(t)
+                        | Verdict::Inconclusive(t) => t.clone(),
                     };
                     st.last.insert(name.clone(), text.clone());
                     let c = st.consecutive.entry(name.clone()).or_insert(0);
                     if breach {
                         *c += 1;
-                    } else if !matches!(v, Verdict::NoData(_)) || on_no_data != "hold" {
+                    } else if matches!(v, Verdict::Pass(_))
+                        || (matches!(v, Verdict::NoData(_)) && on_no_data != "hold")
+                    {
                         *c = 0;
                     }
                     let consecutive = *c;
@@ -689,5 +772,74 @@ impl Step for HoldStep {
                 },
             })
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn metric(json: serde_json::Value) -> Metric {
+        serde_json::from_value(json).unwrap()
+    }
+
+    fn sample(canary: f64, stable: f64) -> Sample {
+        Sample {
+            canary: Some(canary),
+            stable: Some(stable),
+            samples: 20,
+        }
+    }
+
+    #[test]
+    fn a_failing_stable_never_lets_a_failing_canary_pass() {
+        // Relative only: both at 100 % errors used to pass (1.0 - 1.0 <= 0.005).
+        let relative = metric(
+            json!({"name": "error-rate", "provider": "probe", "query": "error-rate", "max-increase-over-stable": 0.005}),
+        );
+        assert!(matches!(
+            judge(&relative, sample(1.0, 1.0), 1),
+            Verdict::Inconclusive(_)
+        ));
+        assert!(matches!(judge(&relative, sample(0.0, 0.0), 1), Verdict::Pass(_)));
+        // With a ceiling (the shipped strategies): the canary breaches it.
+        let ceiling = metric(
+            json!({"name": "error-rate", "provider": "probe", "query": "error-rate", "max-increase-over-stable": 0.005, "max": 0.05}),
+        );
+        assert!(matches!(judge(&ceiling, sample(1.0, 1.0), 1), Verdict::Breach(_)));
+        // A healthy canary beside a stable above the ceiling: no comparison.
+        assert_eq!(
+            judge(&ceiling, sample(0.01, 0.2), 1),
+            Verdict::Inconclusive(
+                "error-rate: stable 0.200 is above 0.050 itself: an unhealthy baseline, no comparison".into()
+            )
+        );
+        // `stable-max` decides the baseline when given.
+        let explicit = metric(
+            json!({"name": "error-rate", "provider": "probe", "query": "error-rate", "max-increase-over-stable": 0.005, "max": 0.05, "stable-max": 0.3}),
+        );
+        assert!(matches!(
+            judge(&explicit, sample(0.2, 0.2), 1),
+            Verdict::Breach(_)
+        ));
+        assert!(matches!(judge(&explicit, sample(0.01, 0.2), 1), Verdict::Pass(_)));
+    }
+
+    #[test]
+    fn lint_warns_on_relative_only_and_needs_a_prometheus_address() {
+        let f = Hold.check(
+            &serde_json::json!({"duration": "1m", "analysis": {"interval": "10s", "metrics": [
+                {"name": "e", "provider": "probe", "query": "error-rate", "max-increase-over-stable": 0.01},
+                {"name": "p", "provider": "prometheus", "query": "up", "max": 1},
+            ]}}),
+        );
+        let codes: Vec<(&str, &str)> = f.iter().map(|f| (f.code.as_str(), f.pointer.as_str())).collect();
+        assert_eq!(
+            codes,
+            [
+                ("RW072", "/analysis/metrics/0/max-increase-over-stable"),
+                ("RW071", "/analysis/metrics/1")
+            ]
+        );
     }
 }

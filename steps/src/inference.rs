@@ -50,6 +50,25 @@ pub struct Call {
     pub error: Option<String>,
 }
 
+/// Why a step that calls the model cannot, from the spec alone (no
+/// `serving.endpoint`, no `model`): the check [`Endpoint::of`] makes at
+/// run time, made by lint and plan too.
+#[must_use]
+pub fn missing(cx: &BuildContext) -> Option<rollwright_engine::registry::Finding> {
+    let message = if cx.serving.as_ref().and_then(|s| s.endpoint.as_ref()).is_none() {
+        "this step calls the model: set `serving.endpoint` (the inference URL)"
+    } else if cx.model.is_none() {
+        "this step calls the model: the spec needs `model`"
+    } else {
+        return None;
+    };
+    Some(rollwright_engine::registry::Finding::new(
+        "",
+        rollwright_engine::Code::InvalidStepConfig,
+        message,
+    ))
+}
+
 impl Endpoint {
     /// The endpoint of a run.
     ///
@@ -60,7 +79,10 @@ impl Endpoint {
         let base = serving
             .and_then(|s| s.endpoint.clone())
             .ok_or("this step calls the model: set `serving.endpoint` (the inference URL)")?;
-        let (_, model, version) = cx.model.clone().ok_or("this step needs the spec's `model`")?;
+        let (_, model, version) = cx
+            .model
+            .clone()
+            .ok_or("this step calls the model: the spec needs `model`")?;
         let fill = |m: &BTreeMap<String, String>| -> BTreeMap<String, String> {
             m.iter()
                 .map(|(k, v)| (k.clone(), v.replace("{{model.version}}", &version)))

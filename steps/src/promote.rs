@@ -186,18 +186,34 @@ impl PromoteStep {
     /// The stable workload: `with.stable`, else the one Deployment the
     /// route's stable backend selects (the canary excluded).
     async fn stable_of(&self, canary: &ObjRef) -> Result<ObjRef, StepError> {
-        if let Some(s) = &self.stable {
-            return Ok(s.clone());
-        }
         let want = self.router.stable_selector(&self.cluster).await?;
         let want = want.as_object().cloned().unwrap_or_default();
+        let serves = |d: &Value| {
+            let labels = &d["spec"]["template"]["metadata"]["labels"];
+            !want.is_empty() && want.iter().all(|(k, v)| &labels[k] == v)
+        };
+        if let Some(s) = &self.stable {
+            // A named stable workload must be the one the stable backend
+            // serves: updating another one would leave stable on the old
+            // version once the route goes back to it.
+            let obj = self
+                .cluster
+                .get(s)
+                .await?
+                .ok_or_else(|| StepError::failed(format!("{s} (`stable`) does not exist")))?;
+            if s.name == canary.name || !serves(&obj) {
+                return Err(StepError::rejected(format!(
+                    "{s} (`stable`) is not what the route's stable backend serves ({})",
+                    selector(&Value::Object(want))
+                )));
+            }
+            self.cluster.allow([s.clone()]);
+            return Ok(s.clone());
+        }
         let all = self.cluster.list(&canary.api_version, &canary.kind, "").await?;
         let matches: Vec<ObjRef> = all
             .iter()
-            .filter(|d| {
-                let labels = &d["spec"]["template"]["metadata"]["labels"];
-                want.iter().all(|(k, v)| &labels[k] == v)
-            })
+            .filter(|d| serves(d))
             .filter_map(|d| ObjRef::of(d, &self.cluster.namespace))
             .filter(|r| r.name != canary.name)
             .collect();

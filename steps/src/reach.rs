@@ -103,6 +103,23 @@ impl Reach {
         serde_json::from_value(cx.reach.clone()).unwrap_or_default()
     }
 
+    /// How much faster than real time the run's durations pass: the sim's
+    /// time scale; 1 on a real cluster (only the embedded cluster runs
+    /// faster than real time).
+    #[must_use]
+    pub fn time_scale(&self) -> f64 {
+        self.sim
+            .as_ref()
+            .map_or(1.0, |s| s.time_scale)
+            .clamp(f64::MIN_POSITIVE, 1e6)
+    }
+
+    /// `d` in the run's time: divided by the time scale.
+    #[must_use]
+    pub fn scaled(&self, d: std::time::Duration) -> std::time::Duration {
+        d.div_f64(self.time_scale())
+    }
+
     /// As a value for the journal header and [`BuildContext::reach`].
     #[must_use]
     pub fn to_value(&self) -> Value {

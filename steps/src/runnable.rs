@@ -17,6 +17,7 @@
 //!   left to do.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use rollwright_engine::exec::{Limits, Node, Step};
 use rollwright_engine::policy::{MinGate, strengthen};
@@ -53,7 +54,22 @@ pub fn build(
             _ => with.clone(),
         }
     };
-    let limits = |t: Option<&String>, a: Option<&String>, r: Option<&Value>| Limits::of(spec, t, a, r);
+    // Every duration of the spec passes in the run's time (the sim's time
+    // scale); what real calls need (an API request, a probe) keeps a floor.
+    let reach = crate::reach::Reach::of(cx);
+    let limits = |t: Option<&String>, a: Option<&String>, r: Option<&Value>| {
+        let mut l = Limits::of(spec, t, a, r);
+        if reach.time_scale() != 1.0 {
+            let floor = Duration::from_secs(2);
+            l.attempt_timeout = l.attempt_timeout.map(|d| reach.scaled(d).max(floor.min(d)));
+            l.deadline = l.deadline.map(|d| reach.scaled(d).max(floor.min(d)));
+            l.retry.initial = reach
+                .scaled(l.retry.initial)
+                .max(Duration::from_millis(10).min(l.retry.initial));
+            l.retry.max = reach.scaled(l.retry.max).max(l.retry.initial);
+        }
+        l
+    };
     let mut errors = Vec::new();
     let mut make = |id: &str, undoes: &str, kind: &str, with: &Value| -> Option<Arc<dyn Step>> {
         let cx = BuildContext {

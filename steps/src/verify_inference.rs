@@ -158,6 +158,9 @@ impl StepKind for VerifyInference {
         }
         out
     }
+    fn check_rendered(&self, _with: &Value, cx: &BuildContext) -> Vec<Finding> {
+        crate::inference::missing(cx).into_iter().collect()
+    }
     fn build(&self, with: &Value, cx: &BuildContext) -> Result<Arc<dyn Step>, String> {
         let c: VerifyInferenceConfig = serde_json::from_value(with.clone()).map_err(|e| e.to_string())?;
         let endpoint = Endpoint::of(cx)?;

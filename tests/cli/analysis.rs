@@ -102,9 +102,10 @@ fn an_error_rate_regression_judged_by_a_real_prometheus() {
     );
     let models = w.sim.models_url().trim_start_matches("http://").to_owned();
     let prom = prometheus(&models);
-    let query = "sum(rate(sim_model_requests_total{model=\\\"{{model.name}}\\\",code=~\\\"5..\\\",${selector}}[4s])) / sum(rate(sim_model_requests_total{model=\\\"{{model.name}}\\\",${selector}}[4s]))";
+    // `or vector(0)`: a version that never failed has no 5xx series at all.
+    let query = "(sum(rate(sim_model_requests_total{model=\\\"{{model.name}}\\\",code=~\\\"5..\\\",${selector}}[4s])) or vector(0)) / sum(rate(sim_model_requests_total{model=\\\"{{model.name}}\\\",${selector}}[4s]))";
     let metrics = format!(
-        "        on-no-data: hold\n        failure-limit: 2\n        metrics:\n          - {{name: error-rate, provider: prometheus, address: \"http://127.0.0.1:{}\", query: \"{query}\", max-increase-over-stable: 0.05}}",
+        "        on-no-data: hold\n        failure-limit: 2\n        metrics:\n          - {{name: error-rate, provider: prometheus, address: \"http://127.0.0.1:{}\", query: \"{query}\", max-increase-over-stable: 0.05, max: 0.9}}",
         prom.port
     );
     w.write("spec.yaml", &crate::k8s::analysed_spec(&w, "60s", &metrics));

@@ -11,7 +11,7 @@ use crate::{stderr, stdout};
 
 /// Nothing changed: all traffic on stable, no canary, nothing created
 /// outside the run's namespace.
-fn untouched(w: &World, case: &str) {
+pub fn untouched(w: &World, case: &str) {
     assert_eq!(vs_weights(w), "100 0", "{case}: the route moved");
     assert_eq!(
         w.deployments(),

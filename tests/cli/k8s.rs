@@ -519,8 +519,12 @@ fn rbac_prints_the_least_privilege_role_a_run_needs() {
     let yaml = String::from_utf8_lossy(&out.stdout).into_owned();
     for want in [
         "kind: Role\nmetadata:\n  name: rollwright-fraud\n  namespace: ml",
-        "  - apiGroups: [\"apps\"]\n    resources: [deployments]\n    verbs: [create, delete, get, list, patch, update, watch]  # deploy, ready",
-        "  - apiGroups: [\"networking.istio.io\"]\n    resources: [virtualservices]\n    verbs: [get, patch]",
+        // Named where the files name the objects; every step that needs a rule listed.
+        "  - apiGroups: [\"apps\"]\n    resources: [deployments]\n    resourceNames: [fraud-canary]\n    verbs: [create, delete, get, patch, update]  # deploy, deploy (compensation), promote (compensation), ready, shift-20 (compensation), shift-50 (compensation)",
+        "  - apiGroups: [\"apps\"]\n    resources: [deployments]\n    verbs: [list, watch]  # ready\n",
+        "  - apiGroups: [\"networking.istio.io\"]\n    resources: [virtualservices]\n    resourceNames: [fraud]\n    verbs: [get, patch]  # deploy (compensation), promote, promote (compensation), shift-20, shift-20 (compensation), shift-50, shift-50 (compensation)",
+        "  - apiGroups: [\"coordination.k8s.io\"]\n    resources: [leases]\n    resourceNames: [rollwright-run-lock]\n    verbs: [create, delete, get, update]  # (run lock)",
+        "  - apiGroups: [\"\"]\n    resources: [pods]\n    verbs: [list]  # promote, ready, shift-20, shift-50",
         "  - apiGroups: [\"networking.istio.io\"]\n    resources: [destinationrules]\n    verbs: [list]",
         "    name: deployer\n    namespace: ml",
     ] {
@@ -809,4 +813,75 @@ fn secret_references_are_read_from_the_target_cluster() {
         assert!(!text.contains("T0KEN-IN-URL-12345"), "{f} leaks the secret");
     }
     assert!(!stderr(&out).contains("T0KEN-IN-URL-12345"));
+}
+
+/// A shadow phase ends with the mirror removed: on success (the first
+/// canary shift drops it, and the promoted route has none) and on rollback
+/// (the route goes back to what it was, without one).
+#[test]
+fn a_mirror_never_outlives_its_shadow_phase() {
+    let with_shadow = ISTIO_SPEC
+        .replace(
+            "  - id: shift-20\n    type: shift-traffic\n    needs: [ready]",
+            "  - id: shadow\n    type: shift-traffic\n    needs: [ready]\n    with: {canary: 0, mirror: 50}\n    compensate: {type: rollback, timeout: 30s}\n  - id: shift-20\n    type: shift-traffic\n    needs: [shadow]",
+        );
+    assert!(with_shadow.contains("id: shadow"));
+    let mirror = |w: &World| {
+        w.kubectl(&[
+            "get",
+            "vs",
+            "fraud",
+            "-n",
+            "ml",
+            "-o",
+            "jsonpath={.spec.http[0].mirror}{.spec.http[0].mirrorPercentage}",
+        ])
+    };
+    // Success.
+    let w = istio_world("");
+    w.write("spec.yaml", &with_shadow);
+    let out = w.rollwright(&["run", "spec.yaml"], &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(mirror(&w), "", "the promoted route still mirrors");
+    assert_eq!(vs_weights(&w), "0 100");
+    // Rollback while mirroring.
+    let w = istio_world("");
+    w.write(
+        "spec.yaml",
+        &with_shadow.replace(
+            "  - id: shift-20\n    type: shift-traffic\n    needs: [shadow]",
+            "  - {id: compare, type: exec, needs: [shadow], with: {command: [sh, -c, \"exit 1\"]}}\n  - id: shift-20\n    type: shift-traffic\n    needs: [compare]",
+        ),
+    );
+    let out = w.rollwright(&["run", "spec.yaml"], &[]);
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    assert_eq!(mirror(&w), "", "the rolled-back route still mirrors");
+    assert_eq!(vs_weights(&w), "100 0");
+}
+
+/// The Role names every object the files name, lists every step that needs
+/// each rule (shift steps, promote, compensations), and never grants a
+/// change on objects it cannot name once the stable workload is named.
+#[test]
+fn rbac_names_the_objects_and_lists_every_step() {
+    let out = crate::rollwright(&["rbac", "specs/examples/deployment-canary.yaml"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let yaml = String::from_utf8_lossy(&out.stdout).into_owned();
+    for want in [
+        "    resourceNames: [churn-scorer-canary]\n",
+        "    resourceNames: [churn-scorer-stable]\n",
+        "    resourceNames: [churn-scorer]\n    verbs: [get, patch]  # deploy (compensation), finalize, finalize (compensation), promote, promote (compensation), ramp[20].shift, ramp[20].shift (compensation), ramp[50].shift, ramp[50].shift (compensation), ramp[5].shift, ramp[5].shift (compensation)",
+    ] {
+        assert!(yaml.contains(want), "{want}\n---\n{yaml}");
+    }
+    // A rule without resourceNames only lists, watches or reads.
+    for rule in yaml.split("  - apiGroups:").skip(1) {
+        let rule = rule.split("---").next().unwrap_or(rule);
+        if !rule.contains("resourceNames") {
+            for verb in ["create", "update", "patch", "delete"] {
+                assert!(!rule.contains(verb), "unnamed `{verb}`:\n{rule}\n---\n{yaml}");
+            }
+        }
+    }
+    assert!(!yaml.contains("NOTE"), "{yaml}");
 }

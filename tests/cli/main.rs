@@ -8,6 +8,7 @@ mod fixtures;
 mod gitops;
 mod init;
 mod k8s;
+mod knowable;
 mod lint;
 mod mlflow;
 mod plan;

@@ -115,13 +115,13 @@ fn every_shipped_scenario_passes_with_junit_output() {
     );
     assert_eq!(out.status.code(), Some(0), "{}\n{}", stdout(&out), stderr(&out));
     assert!(
-        stdout(&out).trim_end().ends_with("16 passed, 0 failed"),
+        stdout(&out).trim_end().ends_with("20 passed, 0 failed"),
         "{}",
         stdout(&out)
     );
     let xml = std::fs::read_to_string(&junit).unwrap();
     assert!(
-        xml.contains(r#"<testsuite name="rollout scenarios" tests="16" failures="0""#),
+        xml.contains(r#"<testsuite name="rollout scenarios" tests="20" failures="0""#),
         "{xml}"
     );
     assert!(xml.contains(r#"<testcase name="killed-and-resumed""#));
@@ -197,4 +197,49 @@ fn paths_in_a_test_file_start_at_its_directory() {
     // And from inside the directory, named without one.
     let out = rollwright_in(&nested, &["test", "t.yaml"]);
     assert_eq!(out.status.code(), Some(0), "{}\n{}", stdout(&out), stderr(&out));
+}
+
+/// Every shipped example is the spec of a shipped scenario that promotes it
+/// (run by `every_shipped_scenario_passes_with_junit_output`): an example
+/// that cannot run green on the embedded cluster is not shipped.
+#[test]
+fn every_shipped_example_has_a_scenario() {
+    let scenarios = root().join("specs/scenarios");
+    let mut promoted = std::collections::BTreeSet::new();
+    for e in std::fs::read_dir(&scenarios).unwrap() {
+        let path = e.unwrap().path();
+        let text = std::fs::read_to_string(&path).unwrap();
+        let v = rollwright_engine::yaml::load_str(&text, &rollwright_engine::Limits::default())
+            .unwrap()
+            .value;
+        let outcomes: Vec<&str> = match v["releases"].as_array() {
+            Some(rs) => rs
+                .iter()
+                .filter_map(|r| r["expect"]["outcome"].as_str())
+                .collect(),
+            None => v["expect"]["outcome"].as_str().into_iter().collect(),
+        };
+        if outcomes.contains(&"promoted") {
+            let spec = scenarios.join(v["spec"].as_str().unwrap());
+            promoted.insert(std::fs::canonicalize(spec).unwrap());
+        }
+    }
+    let mut examples = Vec::new();
+    let mut dirs = vec![root().join("specs/examples")];
+    while let Some(d) = dirs.pop() {
+        for e in std::fs::read_dir(d).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                dirs.push(p);
+            } else if p.extension().is_some_and(|x| x == "yaml") {
+                examples.push(std::fs::canonicalize(p).unwrap());
+            }
+        }
+    }
+    assert!(examples.len() >= 11, "{examples:?}");
+    let missing: Vec<_> = examples.iter().filter(|e| !promoted.contains(*e)).collect();
+    assert!(
+        missing.is_empty(),
+        "examples without a promoting scenario: {missing:?}"
+    );
 }

@@ -121,11 +121,13 @@ fn steps_that_cannot_be_built_are_refused_before_anything_happens() {
     std::fs::write(dir.path().join("spec.yaml"), example).unwrap();
     let out = run_in(dir.path(), &["run", "--root", "/", "spec.yaml"], &[]);
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    // Refused by the same check lint makes, located in the strategy.
+    let err = stderr(&out);
     assert!(
-        stderr(&out).contains("error: step `smoke`: this step calls the model: set `serving.endpoint`"),
-        "{}",
-        stderr(&out)
+        err.contains("error[RW071]: this step calls the model: set `serving.endpoint`"),
+        "{err}"
     );
+    assert!(err.contains("specs/strategies/canary.yaml:"), "{err}");
     assert!(
         !dir.path().join(".rollwright/runs").exists(),
         "no run was created"
