@@ -17,6 +17,18 @@ pub struct World {
 
 impl World {
     pub fn new(scenario: &str) -> World {
+        let w = World::unsettled(scenario);
+        // The world at rest first (workloads Ready, revisions rolled out),
+        // as a cluster is before a rollout starts.
+        assert!(
+            w._rt.block_on(w.sim.settled(std::time::Duration::from_secs(30))),
+            "the test world never settled"
+        );
+        w
+    }
+
+    /// The world as it starts, without waiting for it to settle.
+    pub fn unsettled(scenario: &str) -> World {
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
@@ -29,12 +41,6 @@ impl World {
                 ..SimOptions::default()
             }))
             .unwrap();
-        // The world at rest first (workloads Ready, revisions rolled out),
-        // as a cluster is before a rollout starts.
-        assert!(
-            rt.block_on(sim.settled(std::time::Duration::from_secs(30))),
-            "the test world never settled"
-        );
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("kubeconfig"), sim.kubeconfig_for("prod-east")).unwrap();
         std::fs::write(dir.path().join("registry.yaml"), REGISTRY).unwrap();
@@ -884,4 +890,33 @@ fn rbac_names_the_objects_and_lists_every_step() {
         }
     }
     assert!(!yaml.contains("NOTE"), "{yaml}");
+}
+
+/// shift-traffic checks the split the router serves, not the object it
+/// wrote: here KServe has never rolled a revision out (the first one never
+/// became Ready), so it serves 100 % to the newest whatever
+/// `canaryTrafficPercent` says. The "20 %" step must fail — and the run
+/// roll back — instead of holding a canary that takes everything.
+#[test]
+fn a_shift_the_router_does_not_serve_fails() {
+    let w = World::unsettled(&format!(
+        "{KSERVE_WORLD}pods:\n  - {{version: \"7\", never-ready: true}}\n"
+    ));
+    w.write("isvc.yaml.hbs", ISVC_MANIFEST);
+    w.write(
+        "spec.yaml",
+        &kserve_spec()
+            .replace("defaults:\n  timeout: 1m", "defaults:\n  timeout: 5s")
+            .replace(
+                "compensate: {type: rollback, timeout: 30s}",
+                "compensate: {type: rollback, timeout: 3s}",
+            ),
+    );
+    let out = w.rollwright(&["run", "spec.yaml"], &[]);
+    let err = stderr(&out);
+    // Rolled back — or, as here the version restored never worked either,
+    // rollback-failed: a human must look. Never promoted.
+    assert!(matches!(out.status.code(), Some(3 | 4)), "{err}");
+    assert!(err.contains("failed at `shift-20`"), "{err}");
+    assert!(err.contains("KServe serves 100 % to revision"), "{err}");
 }

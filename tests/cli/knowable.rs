@@ -19,6 +19,8 @@ struct Case {
     template: &'static [(&'static str, &'static str)],
     /// Appended to the template (more documents).
     extra: &'static str,
+    /// The whole template instead, when not empty.
+    whole: &'static str,
     /// In the message of lint, plan and run.
     message: &'static str,
     /// Where lint locates it: `file:line[:column]`.
@@ -27,12 +29,34 @@ struct Case {
 
 const HOLD: &str = "  - id: promote\n    type: shift-traffic\n    needs: [shift-50]";
 
+/// An InferenceService whose new revision would take 100 % as it is applied.
+const ISVC_AT_ONCE: &str = "apiVersion: serving.kserve.io/v1beta1\nkind: InferenceService\nmetadata:\n  name: {{model.name}}\nspec:\n  predictor:\n    serviceAccountName: {{model.name}}\n    minReplicas: 2\n    model:\n      modelFormat: {name: sklearn}\n      storageUri: models:/{{model.name}}/{{model.version}}\n      resources: {requests: {cpu: \"1\", memory: 2Gi}, limits: {cpu: \"2\", memory: 4Gi}}\n";
+
 const CASES: &[Case] = &[
+    Case {
+        name: "a KServe canary that does not start at 0 %",
+        spec: &[
+            (
+                "serving: {platform: deployment, traffic: istio}",
+                "serving: {platform: kserve, traffic: kserve}",
+            ),
+            (
+                "with: {resources: [Deployment/fraud-canary]}",
+                "with: {resources: [InferenceService/fraud]}",
+            ),
+        ],
+        template: &[],
+        extra: "",
+        whole: ISVC_AT_ONCE,
+        message: "set `canaryTrafficPercent: 0`",
+        at: "canary.yaml.hbs:7:5",
+    },
     Case {
         name: "LoadBalancer without auth-policy",
         spec: &[],
         template: &[],
         extra: "---\napiVersion: v1\nkind: Service\nmetadata: {name: fraud-public}\nspec:\n  type: LoadBalancer\n  selector: {app: fraud}\n",
+        whole: "",
         message: "exposes the model outside the cluster",
         at: "canary.yaml.hbs:23:7",
     },
@@ -41,6 +65,7 @@ const CASES: &[Case] = &[
         spec: &[],
         template: &[],
         extra: "---\napiVersion: networking.k8s.io/v1\nkind: Ingress\nmetadata: {name: fraud-public}\nspec:\n  rules: [{host: fraud.example.com}]\n",
+        whole: "",
         message: "exposes the model outside the cluster",
         at: "canary.yaml.hbs:23:7",
     },
@@ -49,6 +74,7 @@ const CASES: &[Case] = &[
         spec: &[],
         template: &[("  replicas: 2", "  replicas: 1")],
         extra: "",
+        whole: "",
         message: "1 replica(s), production needs at least 2",
         at: "canary.yaml.hbs:7:13",
     },
@@ -63,6 +89,7 @@ const CASES: &[Case] = &[
         ],
         template: &[],
         extra: "",
+        whole: "",
         message: "cannot mirror",
         at: "spec.yaml:26",
     },
@@ -71,6 +98,7 @@ const CASES: &[Case] = &[
         spec: &[],
         template: &[],
         extra: "---\napiVersion: networking.istio.io/v1beta1\nkind: VirtualService\nmetadata: {name: fraud}\nspec:\n  hosts: [fraud]\n  http:\n    - route:\n        - {destination: {host: fraud, subset: stable}, weight: 80}\n        - {destination: {host: fraud, subset: canary}, weight: 20}\n",
+        whole: "",
         message: "routes 20 % to the canary as it is applied",
         at: "canary.yaml.hbs:26:3",
     },
@@ -82,6 +110,7 @@ const CASES: &[Case] = &[
         )],
         template: &[],
         extra: "",
+        whole: "",
         message: "a production hold without `analysis` judges nothing",
         at: "spec.yaml:33:53",
     },
@@ -93,6 +122,7 @@ const CASES: &[Case] = &[
         )],
         template: &[],
         extra: "",
+        whole: "",
         message: "prometheus metric `p99` needs `address`",
         at: "spec.yaml:33:104",
     },
@@ -104,6 +134,7 @@ const CASES: &[Case] = &[
         )],
         template: &[],
         extra: "",
+        whole: "",
         message: "set `serving.endpoint`",
         at: "spec.yaml:33:66",
     },
@@ -115,6 +146,7 @@ const CASES: &[Case] = &[
             "image: models/{{model.name}}:9",
         )],
         extra: "",
+        whole: "",
         message: "is not version 8 of fraud",
         at: "canary.yaml.hbs:17:18",
     },
@@ -135,6 +167,9 @@ fn what_run_refuses_lint_and_plan_refuse_first() {
             template = template.replace(a, b);
         }
         template.push_str(case.extra);
+        if !case.whole.is_empty() {
+            template = case.whole.to_owned();
+        }
         w.write("spec.yaml", &spec);
         w.write("canary.yaml.hbs", &template);
         let lint = w.rollwright(&["lint", "spec.yaml"], &[]);
