@@ -404,7 +404,14 @@ struct HoldState {
     total: BTreeMap<String, u32>,
     last: BTreeMap<String, String>,
     inconclusive: bool,
+    /// Conclusive evaluations still needed in a row before the hold may
+    /// end, after an inconclusive one: one lucky sample of a failing
+    /// baseline must not end it.
+    settle: u32,
 }
+
+/// Conclusive evaluations in a row a hold needs after an inconclusive one.
+const SETTLE: u32 = 3;
 
 struct HoldStep {
     duration: Duration,
@@ -741,6 +748,11 @@ impl Step for HoldStep {
                         return Err(StepError::rejected(format!("analysis failed: {text}{how}")));
                     }
                 }
+                if st.inconclusive {
+                    st.settle = SETTLE;
+                } else {
+                    st.settle = st.settle.saturating_sub(1);
+                }
                 st.next_eval_ms = now + interval;
             }
             let st = self
@@ -749,7 +761,7 @@ impl Step for HoldStep {
                 .map_err(|_| StepError::failed("hold state poisoned"))?;
             let now = now_ms();
             let summary = st.last.values().cloned().collect::<Vec<_>>().join("; ");
-            if now >= end && !st.inconclusive {
+            if now >= end && !st.inconclusive && st.settle == 0 {
                 let mut outputs = Map::new();
                 outputs.insert("evaluations".into(), json!(st.evaluations));
                 outputs.insert("last".into(), json!(st.last));
@@ -762,8 +774,13 @@ impl Step for HoldStep {
             };
             Ok(Progress::Wait {
                 after: Duration::from_millis(next.saturating_sub(now).max(1)),
-                reason: if now >= end {
+                reason: if now >= end && st.inconclusive {
                     format!("inconclusive, holding until the data is in: {summary}")
+                } else if now >= end {
+                    format!(
+                        "confirming after an inconclusive evaluation ({} more in a row): {summary}",
+                        st.settle
+                    )
                 } else {
                     format!(
                         "holding {} more: {summary}",
