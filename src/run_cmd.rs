@@ -940,6 +940,41 @@ fn still_reaches(h: &Header, rt: &tokio::runtime::Runtime) -> Result<(), u8> {
     }
 }
 
+/// What resume and abort share: the cluster reached again (and proven the
+/// same), the runnable plan rebuilt from the re-expanded spec, and the
+/// journal reopened for appending.
+fn reopen(
+    o: &Opened,
+    linter: &Linter,
+    exp: &Expanded,
+    spec: &Spec,
+) -> Result<
+    (
+        tokio::runtime::Runtime,
+        rollwright_steps::runnable::Runnable,
+        Journal,
+    ),
+    u8,
+> {
+    let rt = runtime()?;
+    still_reaches(&o.header, &rt)?;
+    let eff = effective(linter, exp, spec, &o.header.reach, None)?;
+    let cx = build_context(spec, o.dir.clone(), &o.header, eff.production, &o.key);
+    let runnable = rollwright_steps::runnable::build(spec, &registry(), &cx, eff.min_gate.as_ref()).map_err(
+        |errors| {
+            for e in errors {
+                eprintln!("error: {e}");
+            }
+            exit::FINDINGS
+        },
+    )?;
+    let journal = Journal::reopen(&o.dir.join("journal.jsonl"), o.key.clone()).map_err(|e| {
+        eprintln!("error: {e}");
+        exit::STATE
+    })?;
+    Ok((rt, runnable, journal))
+}
+
 pub fn resume(args: &ResumeArgs) -> u8 {
     let o = match open_run(&args.state_dir, &args.run) {
         Ok(o) => o,
@@ -958,34 +993,9 @@ pub fn resume(args: &ResumeArgs) -> u8 {
         Ok(x) => x,
         Err(code) => return code,
     };
-    let rt = match runtime() {
-        Ok(r) => r,
+    let (rt, mut runnable, journal) = match reopen(&o, &linter, &exp, &spec) {
+        Ok(x) => x,
         Err(code) => return code,
-    };
-    if let Err(code) = still_reaches(&o.header, &rt) {
-        return code;
-    }
-    let eff = match effective(&linter, &exp, &spec, &o.header.reach, None) {
-        Ok(e) => e,
-        Err(code) => return code,
-    };
-    let cx = build_context(&spec, o.dir.clone(), &o.header, eff.production, &o.key);
-    let reg = registry();
-    let mut runnable = match rollwright_steps::runnable::build(&spec, &reg, &cx, eff.min_gate.as_ref()) {
-        Ok(r) => r,
-        Err(errors) => {
-            for e in errors {
-                eprintln!("error: {e}");
-            }
-            return exit::FINDINGS;
-        }
-    };
-    let journal = match Journal::reopen(&o.dir.join("journal.jsonl"), o.key.clone()) {
-        Ok(j) => j,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return exit::STATE;
-        }
     };
     eprintln!(
         "resuming run {} ({} steps already done)",
@@ -994,6 +1004,7 @@ pub fn resume(args: &ResumeArgs) -> u8 {
     );
     let failed = state.failed.into_iter().next();
     let ids: Vec<String> = state.completed.iter().map(|(id, _)| id.clone()).collect();
+    let reg = registry();
     let kept = rollwright_steps::runnable::kept_on_resume(&spec, &reg, &ids, failed.is_some());
     rollwright_steps::runnable::rewire_for_resume(&mut runnable.steps, &spec, &reg, &kept);
     let resume = Resume {
@@ -1305,34 +1316,9 @@ pub fn abort(args: &AbortArgs) -> u8 {
         }
         Ok(lock) => {
             drop(lock);
-            let rt = match runtime() {
-                Ok(r) => r,
+            let (rt, runnable, journal) = match reopen(&o, &linter, &exp, &spec) {
+                Ok(x) => x,
                 Err(code) => return code,
-            };
-            if let Err(code) = still_reaches(&o.header, &rt) {
-                return code;
-            }
-            let eff = match effective(&linter, &exp, &spec, &o.header.reach, None) {
-                Ok(e) => e,
-                Err(code) => return code,
-            };
-            let cx = build_context(&spec, o.dir.clone(), &o.header, eff.production, &o.key);
-            let runnable =
-                match rollwright_steps::runnable::build(&spec, &registry(), &cx, eff.min_gate.as_ref()) {
-                    Ok(r) => r,
-                    Err(errors) => {
-                        for e in errors {
-                            eprintln!("error: {e}");
-                        }
-                        return exit::FINDINGS;
-                    }
-                };
-            let journal = match Journal::reopen(&o.dir.join("journal.jsonl"), o.key.clone()) {
-                Ok(j) => j,
-                Err(e) => {
-                    eprintln!("error: {e}");
-                    return exit::STATE;
-                }
             };
             eprintln!("run {} is not running: compensating it now", args.run);
             let resume = Resume {

@@ -795,7 +795,7 @@ fn assemble(cx: &mut Ctx<'_>) -> (Vec<Item>, Vec<Item>) {
 
 /// RFC 7396 merge: objects merge key by key, `null` removes a key, any
 /// other value (a list included) replaces.
-fn merge_patch(target: &mut Value, patch: &Value) {
+pub fn merge_patch(target: &mut Value, patch: &Value) {
     let Value::Object(p) = patch else {
         *target = patch.clone();
         return;

@@ -558,25 +558,9 @@ pub fn merge_patch_of(fields: &serde_json::Map<String, Value>) -> Value {
 }
 
 /// Applies a merge patch (RFC 7386: objects merge, `null` removes, anything
-/// else replaces) to a local copy of an object, as the API server would.
-pub fn apply_merge_patch(target: &mut Value, patch: &Value) {
-    let Value::Object(p) = patch else {
-        *target = patch.clone();
-        return;
-    };
-    if !target.is_object() {
-        *target = json!({});
-    }
-    if let Value::Object(t) = target {
-        for (k, v) in p {
-            if v.is_null() {
-                t.remove(k);
-            } else {
-                apply_merge_patch(t.entry(k.clone()).or_insert(Value::Null), v);
-            }
-        }
-    }
-}
+/// else replaces) to a local copy of an object, as the API server would:
+/// the engine's, which `customize.with` merges with too.
+pub use rollwright_engine::expand::merge_patch as apply_merge_patch;
 
 #[cfg(test)]
 mod tests {
