@@ -145,20 +145,7 @@ pub fn run(args: &RbacArgs) -> u8 {
     let mut cluster_scoped = BTreeSet::new();
     // The objects the applies render: (apiVersion, kind, name).
     let mut applied: Vec<(String, String, String)> = Vec::new();
-    let cx = rollwright_engine::registry::BuildContext {
-        serving: spec.serving.clone(),
-        model: spec
-            .model
-            .as_ref()
-            .map(|m| (m.registry.clone(), m.name.clone(), m.version.clone())),
-        target: Some(rollwright_engine::registry::TargetInfo {
-            context: target.context.clone(),
-            namespace: target.namespace.clone(),
-            production: false,
-            gitops: target.gitops.clone(),
-        }),
-        ..rollwright_engine::registry::BuildContext::detached(&args.spec)
-    };
+    let cx = rollwright_engine::registry::BuildContext::of_spec(&spec, false, &args.spec);
     let router = |with: &Value| {
         rollwright_steps::traffic::Router::of(&cx, with.get("provider").and_then(Value::as_str)).ok()
     };

@@ -29,7 +29,7 @@ use rollwright_engine::exec::{self, Event, FinalState, Options, Resume, Sink};
 use rollwright_engine::expand::Expanded;
 use rollwright_engine::journal::{self, GroupCommit, Journal, Key, Record, TargetLock};
 use rollwright_engine::policy::{MinGate, Policy, Reached};
-use rollwright_engine::registry::{BuildContext, Registry, Role, TargetInfo};
+use rollwright_engine::registry::{BuildContext, Registry, Role};
 use rollwright_engine::spec::{Environment, Spec};
 use rollwright_engine::{Limits as LoadLimits, Linter};
 use rollwright_steps::reach::Reach;
@@ -421,49 +421,39 @@ fn build_context(
     key: &Arc<Key>,
 ) -> BuildContext {
     let sim = h.reach.sim.as_ref();
+    let spec_dir = h
+        .spec
+        .parent()
+        .map(Path::to_path_buf)
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or_else(|| PathBuf::from("."));
+    let mut cx = BuildContext::of_spec(spec, production, &spec_dir);
+    if let Some(s) = sim {
+        if let (Some(g), Some(r)) = (
+            cx.target.as_mut().and_then(|t| t.gitops.as_mut()),
+            s.gitops_repo.as_ref(),
+        ) {
+            g.repo = r.to_string_lossy().into_owned();
+        }
+        // On the embedded cluster the sim's router addresses versions: the
+        // model's own base URL on the sim, where plain-HTTP paths
+        // (`/predict`) reach that model, like its real Service.
+        if let Some(sv) = cx.serving.as_mut() {
+            sv.endpoint = Some(match &spec.model {
+                Some(m) => format!("{}/models/{}", s.endpoint.trim_end_matches('/'), m.name),
+                None => s.endpoint.clone(),
+            });
+            sv.canary_headers = None;
+            sv.stable_headers = None;
+        }
+    }
     BuildContext {
-        target: spec.target.as_ref().map(|t| TargetInfo {
-            context: t.context.clone(),
-            namespace: t.namespace.clone(),
-            production,
-            gitops: t.gitops.clone().map(|mut g| {
-                if let Some(r) = sim.and_then(|s| s.gitops_repo.as_ref()) {
-                    g.repo = r.to_string_lossy().into_owned();
-                }
-                g
-            }),
-        }),
-        serving: spec.serving.clone().map(|mut sv| {
-            // On the embedded cluster the sim's router addresses versions.
-            if let Some(s) = sim {
-                // The model's own base URL on the sim: plain-HTTP paths
-                // (`/predict`) reach that model, like its real Service.
-                sv.endpoint = Some(match &spec.model {
-                    Some(m) => format!("{}/models/{}", s.endpoint.trim_end_matches('/'), m.name),
-                    None => s.endpoint.clone(),
-                });
-                sv.canary_headers = None;
-                sv.stable_headers = None;
-            }
-            sv
-        }),
-        manifests: spec.manifests.clone(),
         reach: h.reach.to_value(),
-        step: String::new(),
-        spec_dir: h
-            .spec
-            .parent()
-            .map(Path::to_path_buf)
-            .filter(|p| !p.as_os_str().is_empty())
-            .unwrap_or_else(|| PathBuf::from(".")),
         run_dir,
         started_by: h.started_by.clone(),
         run_id: h.run.clone(),
-        model: spec
-            .model
-            .as_ref()
-            .map(|m| (m.registry.clone(), m.name.clone(), m.version.clone())),
         run_key: Some(key.clone()),
+        ..cx
     }
 }
 

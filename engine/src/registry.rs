@@ -190,6 +190,28 @@ pub struct TargetInfo {
 }
 
 impl BuildContext {
+    /// A context for checking `spec` outside a run: its target (with
+    /// `production` as the effective environment), serving, model and
+    /// rendered manifests, relative paths from `dir`.
+    #[must_use]
+    pub fn of_spec(spec: &crate::spec::Spec, production: bool, dir: &std::path::Path) -> Self {
+        BuildContext {
+            target: spec.target.as_ref().map(|t| TargetInfo {
+                context: t.context.clone(),
+                namespace: t.namespace.clone(),
+                production,
+                gitops: t.gitops.clone(),
+            }),
+            serving: spec.serving.clone(),
+            manifests: spec.manifests.clone(),
+            model: spec
+                .model
+                .as_ref()
+                .map(|m| (m.registry.clone(), m.name.clone(), m.version.clone())),
+            ..BuildContext::detached(dir)
+        }
+    }
+
     /// A context for building steps outside a run (tests, checks).
     #[must_use]
     pub fn detached(dir: &std::path::Path) -> Self {

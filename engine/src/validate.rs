@@ -211,21 +211,7 @@ fn check_rendered(cx: &Context<'_>, out: &mut Vec<Diagnostic>) {
     if cx.spec.kind != crate::spec::Kind::Rollout {
         return;
     }
-    let production = cx.production();
-    let mut bcx = crate::registry::BuildContext::detached(std::path::Path::new("."));
-    bcx.target = cx.spec.target.as_ref().map(|t| crate::registry::TargetInfo {
-        context: t.context.clone(),
-        namespace: t.namespace.clone(),
-        production,
-        gitops: t.gitops.clone(),
-    });
-    bcx.serving.clone_from(&cx.spec.serving);
-    bcx.manifests.clone_from(&cx.spec.manifests);
-    bcx.model = cx
-        .spec
-        .model
-        .as_ref()
-        .map(|m| (m.registry.clone(), m.name.clone(), m.version.clone()));
+    let mut bcx = crate::registry::BuildContext::of_spec(cx.spec, cx.production(), std::path::Path::new("."));
     let steps = cx.spec.steps.iter().map(|s| s.id.as_str());
     let ids: Vec<&str> = steps.collect();
     for c in configured(cx.spec) {

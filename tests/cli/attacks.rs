@@ -4,8 +4,6 @@
 //! in the cluster — the route still sends everything to stable, no canary
 //! workload exists, nothing appeared where the run has no business.
 
-use std::path::Path;
-
 use crate::k8s::{ISTIO_SPEC, World, istio_world, only_run_dir, vs_weights};
 use crate::{stderr, stdout};
 
@@ -309,18 +307,7 @@ fn the_registry_artifact_is_bound_to_the_rendered_manifest() {
         "{}",
         stderr(&out)
     );
-    assert_eq!(
-        w.kubectl(&[
-            "get",
-            "isvc",
-            "fraud",
-            "-n",
-            "ml",
-            "-o",
-            "jsonpath={.spec.predictor.model.storageUri}"
-        ]),
-        "models:/fraud/7"
-    );
+    assert_eq!(w.isvc_storage_uri(), "models:/fraud/7");
 }
 
 /// Item 5: values are data, never structure; no cluster-scoped kinds, nothing
@@ -510,17 +497,8 @@ fn approvals_are_authenticated_by_the_cluster() {
         "alice.kubeconfig",
         &w.sim.kubeconfig_for_user("prod-east", "alice"),
     );
-    let bin = assert_cmd::cargo::cargo_bin("rollwright");
-    let child = std::process::Command::new(&bin)
-        .current_dir(w.path())
-        .env("NO_COLOR", "1")
-        .env("KUBECONFIG", w.path().join("kubeconfig"))
-        .args(["run", "spec.yaml"])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let run = wait_for(w.path(), r#""step":"sign-off","key":"opened-ms""#);
+    let child = w.spawn(&["run", "spec.yaml"]);
+    let run = crate::wait_for_journal(w.path(), r#""step":"sign-off","key":"opened-ms""#);
     // A claimed identity on a cluster run: refused.
     let claimed = w.rollwright(&["approve", &run, "sign-off", "--as", "bob"], &[]);
     assert_eq!(claimed.status.code(), Some(2), "{}", stderr(&claimed));
@@ -569,21 +547,6 @@ fn approvals_are_authenticated_by_the_cluster() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert_eq!(vs_weights(&w), "0 100");
-}
-
-fn wait_for(dir: &Path, what: &str) -> String {
-    for _ in 0..400 {
-        if let Ok(runs) = std::fs::read_dir(dir.join(".rollwright/runs")) {
-            for r in runs.flatten() {
-                let j = std::fs::read_to_string(r.path().join("journal.jsonl")).unwrap_or_default();
-                if j.contains(what) {
-                    return r.file_name().to_string_lossy().into_owned();
-                }
-            }
-        }
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
-    panic!("journal never showed {what}");
 }
 
 /// Item 9: one run per target, whatever the state directory or the machine:

@@ -166,25 +166,9 @@ fn held(w: &World) -> (std::process::Child, String) {
             "  - {id: sign-off, type: approval, needs: [shift-50], with: {approvers: 1, expires: 2m}}\n  - id: promote\n    type: shift-traffic\n    needs: [sign-off]",
         ),
     );
-    let mut child = std::process::Command::new(assert_cmd::cargo::cargo_bin("rollwright"))
-        .current_dir(w.path())
-        .env("NO_COLOR", "1")
-        .env("KUBECONFIG", w.path().join("kubeconfig"))
-        .args(["run", "spec.yaml"])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    for _ in 0..400 {
-        if let Ok(runs) = std::fs::read_dir(w.path().join(".rollwright/runs")) {
-            for r in runs.flatten() {
-                let j = std::fs::read_to_string(r.path().join("journal.jsonl")).unwrap_or_default();
-                if j.contains(r#""step":"sign-off","key":"opened-ms""#) {
-                    return (child, r.file_name().to_string_lossy().into_owned());
-                }
-            }
-        }
-        std::thread::sleep(std::time::Duration::from_millis(50));
+    let mut child = w.spawn(&["run", "spec.yaml"]);
+    if let Some(run) = crate::journal_shows(w.path(), r#""step":"sign-off","key":"opened-ms""#) {
+        return (child, run);
     }
     let _ = child.kill();
     let _ = child.wait();

@@ -67,6 +67,33 @@ impl World {
         cmd.output().unwrap()
     }
 
+    /// `rollwright ARGS…` started in the world (stdout and stderr piped),
+    /// not waited for.
+    pub fn spawn(&self, args: &[&str]) -> std::process::Child {
+        std::process::Command::new(assert_cmd::cargo::cargo_bin("rollwright"))
+            .current_dir(self.path())
+            .env("NO_COLOR", "1")
+            .env("KUBECONFIG", self.path().join("kubeconfig"))
+            .args(args)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    }
+
+    /// The `storageUri` of InferenceService `ml/fraud`.
+    pub fn isvc_storage_uri(&self) -> String {
+        self.kubectl(&[
+            "get",
+            "isvc",
+            "fraud",
+            "-n",
+            "ml",
+            "-o",
+            "jsonpath={.spec.predictor.model.storageUri}",
+        ])
+    }
+
     pub fn kubectl(&self, args: &[&str]) -> String {
         kubectl_with(&self.path().join("kubeconfig"), args)
     }
@@ -423,18 +450,7 @@ fn kserve_rollback_sends_everything_back_to_the_rolled_out_revision() {
     let out = w.rollwright(&["run", "spec.yaml"], &[]);
     assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
     // The InferenceService is as it was: version 7's spec, all traffic on it.
-    assert_eq!(
-        w.kubectl(&[
-            "get",
-            "isvc",
-            "fraud",
-            "-n",
-            "ml",
-            "-o",
-            "jsonpath={.spec.predictor.model.storageUri}"
-        ]),
-        "models:/fraud/7"
-    );
+    assert_eq!(w.isvc_storage_uri(), "models:/fraud/7");
     w.wait_split("fraud", &[("7", 100)]);
 }
 

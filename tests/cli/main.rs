@@ -26,6 +26,28 @@ pub fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
+/// The id of the run under `dir` (`.rollwright/runs/`) whose journal shows
+/// `what`, waiting up to 20 s for it.
+pub fn journal_shows(dir: &Path, what: &str) -> Option<String> {
+    for _ in 0..400 {
+        if let Ok(runs) = std::fs::read_dir(dir.join(".rollwright/runs")) {
+            for r in runs.flatten() {
+                let j = std::fs::read_to_string(r.path().join("journal.jsonl")).unwrap_or_default();
+                if j.contains(what) {
+                    return Some(r.file_name().to_string_lossy().into_owned());
+                }
+            }
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    None
+}
+
+/// As [`journal_shows`], failing the test when it never does.
+pub fn wait_for_journal(dir: &Path, what: &str) -> String {
+    journal_shows(dir, what).unwrap_or_else(|| panic!("journal never showed {what}"))
+}
+
 /// Runs `rollwright ARGS…` in the repository root.
 pub fn rollwright(args: &[&str]) -> Output {
     rollwright_in(&root(), args)

@@ -224,21 +224,6 @@ steps:
   - {id: after, type: exec, needs: [sign-off], with: {command: [sh, -c, "echo after >> effects"]}}
 "#;
 
-fn wait_for_journal(dir: &Path, what: &str) -> String {
-    for _ in 0..200 {
-        if let Ok(runs) = std::fs::read_dir(dir.join(".rollwright/runs")) {
-            for r in runs.flatten() {
-                let j = std::fs::read_to_string(r.path().join("journal.jsonl")).unwrap_or_default();
-                if j.contains(what) {
-                    return r.file_name().to_string_lossy().into_owned();
-                }
-            }
-        }
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
-    panic!("journal never showed {what}");
-}
-
 #[test]
 fn approval_waits_for_distinct_approvers_other_than_the_starter() {
     let dir = tempfile::tempdir().unwrap();
@@ -252,7 +237,7 @@ fn approval_waits_for_distinct_approvers_other_than_the_starter() {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    let run = wait_for_journal(dir.path(), r#""step":"sign-off","attempt":1"#);
+    let run = crate::wait_for_journal(dir.path(), r#""step":"sign-off","attempt":1"#);
     let approve = |who: &str| run_in(dir.path(), &["approve", &run, "sign-off", "--as", who], &[]);
     let own = approve("carol");
     assert_eq!(own.status.code(), Some(2));
@@ -323,7 +308,7 @@ fn abort_a_running_run_and_an_interrupted_one() {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    let run = wait_for_journal(dir.path(), r#""step":"sign-off","attempt":1"#);
+    let run = crate::wait_for_journal(dir.path(), r#""step":"sign-off","attempt":1"#);
     let out = run_in(dir.path(), &["abort", &run, "--as", "dave"], &[]);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     assert!(stdout(&out).contains("is compensating"));
@@ -578,7 +563,7 @@ fn sigkill_during_a_wait_then_resume() {
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
-    let run = wait_for_journal(dir.path(), r#""step":"nap","attempt":1"#);
+    let run = crate::wait_for_journal(dir.path(), r#""step":"nap","attempt":1"#);
     child.kill().unwrap(); // SIGKILL
     let _ = child.wait();
     let out = run_in(dir.path(), &["resume", &run], &[]);
