@@ -59,6 +59,17 @@ impl Grants {
         name: Option<&str>,
         verbs: &[&'static str],
     ) {
+        // RBAC cannot restrict `create` by name (the API server authorizes
+        // a create before the object has one): a named `create` would never
+        // match, so it is granted on the resource.
+        if name.is_some() && verbs.contains(&"create") {
+            self.grant(step, api_version, kind, None, &["create"]);
+            let rest: Vec<&'static str> = verbs.iter().copied().filter(|v| *v != "create").collect();
+            if !rest.is_empty() {
+                self.grant(step, api_version, kind, name, &rest);
+            }
+            return;
+        }
         let e = self
             .map
             .entry((group(api_version), plural(kind), name.map(str::to_owned)))

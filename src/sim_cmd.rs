@@ -1,9 +1,15 @@
 //! `rollwright sim [--scenario FILE] [--port N] [--models-port N] [--kubeconfig OUT]`:
 //! the embedded cluster in the foreground, until Ctrl-C.
+//!
+//! `rollwright sim --control-plane kube-apiserver [--kube-bin DIR]`: a real
+//! control plane instead (etcd, kube-apiserver, controller-manager,
+//! scheduler, kwok; built by `scripts/setup-kube`), with the scenario's
+//! objects created in it, until Ctrl-C or SIGTERM; everything it started is
+//! stopped on the way out.
 
 use std::path::PathBuf;
 
-use clap::Args;
+use clap::{Args, ValueEnum};
 
 use crate::exit;
 
@@ -25,9 +31,29 @@ pub struct SimArgs {
     /// (mode 0600; runs attached to this sim can be resumed while it runs).
     #[arg(long, value_name = "OUT", default_value = ".rollwright/sim.attach.json")]
     attach: PathBuf,
+    /// Which API server: rollwright's embedded one, or a real Kubernetes
+    /// control plane built from source by `scripts/setup-kube`.
+    #[arg(long, value_enum, default_value_t = ControlPlaneKind::Embedded)]
+    control_plane: ControlPlaneKind,
+    /// Directory of the control plane's binaries (what `scripts/setup-kube`
+    /// prints); default `$ROLLWRIGHT_KUBE_BIN`.
+    #[arg(long, value_name = "DIR")]
+    kube_bin: Option<PathBuf>,
+}
+
+/// The API server `sim` starts.
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ControlPlaneKind {
+    /// rollwright's embedded API server and simulated world.
+    Embedded,
+    /// etcd, kube-apiserver, kube-controller-manager, kube-scheduler and kwok.
+    KubeApiserver,
 }
 
 pub fn run(args: &SimArgs) -> u8 {
+    if args.control_plane == ControlPlaneKind::KubeApiserver {
+        return run_kube_apiserver(args);
+    }
     let scenario_registry = |s: &rollwright_sim::Scenario| s.registry.clone();
     let scenario = match &args.scenario {
         Some(path) => match rollwright_sim::Scenario::load(path) {
@@ -124,4 +150,105 @@ pub fn run(args: &SimArgs) -> u8 {
         println!("sim stopped");
         exit::OK
     })
+}
+
+/// The kube-bin directory: `--kube-bin`, else `$ROLLWRIGHT_KUBE_BIN`.
+pub fn kube_bin(flag: Option<&PathBuf>) -> Result<PathBuf, String> {
+    flag.cloned()
+        .or_else(|| std::env::var_os("ROLLWRIGHT_KUBE_BIN").map(PathBuf::from))
+        .ok_or_else(|| {
+            "--control-plane kube-apiserver needs the control plane's binaries: build them with scripts/setup-kube and pass the directory it prints as --kube-bin (or $ROLLWRIGHT_KUBE_BIN)".to_owned()
+        })
+}
+
+fn run_kube_apiserver(args: &SimArgs) -> u8 {
+    let scenario = match &args.scenario {
+        Some(path) => match rollwright_sim::Scenario::load(path) {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("error: {e}");
+                return exit::USAGE;
+            }
+        },
+        None => rollwright_sim::Scenario::default(),
+    };
+    let bin = match kube_bin(args.kube_bin.as_ref()) {
+        Ok(b) => b,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return exit::USAGE;
+        }
+    };
+    eprintln!(
+        "starting etcd, kube-apiserver, kube-controller-manager, kube-scheduler and kwok from {}",
+        bin.display()
+    );
+    // Signals are taken before anything starts, so that a SIGTERM or SIGINT
+    // at any time after this stops what was started (before this, the
+    // children die with the process: they are bound to it).
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return exit::USAGE;
+        }
+    };
+    let signals = runtime.block_on(async {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok::<_, std::io::Error>((signal(SignalKind::interrupt())?, signal(SignalKind::terminate())?))
+    });
+    let (mut interrupt, mut terminate) = match signals {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("error: cannot handle signals: {e}");
+            return exit::USAGE;
+        }
+    };
+    let cp = match rollwright_sim::control_plane::ControlPlane::start(&bin) {
+        Ok(cp) => cp,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return exit::USAGE;
+        }
+    };
+    if !scenario.objects.is_empty() {
+        let list = serde_json::json!({"apiVersion": "v1", "kind": "List", "items": scenario.objects});
+        if let Err(e) = cp.kubectl(&["apply", "--server-side", "-f", "-"], Some(&list.to_string())) {
+            eprintln!("error: the scenario's objects: {e}");
+            return exit::USAGE;
+        }
+    }
+    if let Some(dir) = args.kubeconfig.parent().filter(|d| !d.as_os_str().is_empty()) {
+        let _ = std::fs::create_dir_all(dir);
+    }
+    if let Err(e) = cp.write_kubeconfig_for(&args.kubeconfig, "sim") {
+        eprintln!("error: cannot write {}: {e}", args.kubeconfig.display());
+        return exit::USAGE;
+    }
+    let kc = args.kubeconfig.display();
+    println!("kube-apiserver: {}", cp.url());
+    println!(
+        "kubeconfig:     {kc} (user admin; users {} have no permission until granted)",
+        rollwright_sim::control_plane::USERS
+            .iter()
+            .skip(1)
+            .map(|u| u.0)
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    for (name, pid) in cp.pids() {
+        println!("{name:<24}pid {pid}");
+    }
+    println!("try:            kubectl --kubeconfig {kc} get nodes");
+    println!("Ctrl-C (or SIGTERM) stops everything it started.");
+    runtime.block_on(async {
+        tokio::select! {
+            _ = interrupt.recv() => {}
+            _ = terminate.recv() => {}
+        }
+    });
+    drop(cp);
+    // Not println!: whoever read the output may be gone by now.
+    let _ = std::io::Write::write_all(&mut std::io::stdout(), b"control plane stopped\n");
+    exit::OK
 }

@@ -34,6 +34,7 @@
 //! while running (`PUT /sim/scenario`, `PUT /sim/faults`).
 
 mod api;
+pub mod control_plane;
 mod controllers;
 mod faults;
 mod gitops;
@@ -355,12 +356,7 @@ impl Sim {
     }
 
     fn kubeconfig_with(&self, context: &str, token: &str) -> String {
-        format!(
-            "apiVersion: v1\nkind: Config\nclusters:\n- name: sim\n  cluster: {{server: \"{}\", certificate-authority-data: \"{}\"}}\nusers:\n- name: sim\n  user: {{token: \"{}\"}}\ncontexts:\n- name: \"{context}\"\n  context: {{cluster: sim, user: sim, namespace: default}}\ncurrent-context: \"{context}\"\n",
-            self.url(),
-            base64::Engine::encode(&base64::engine::general_purpose::STANDARD, self.ca_pem.as_bytes()),
-            token
-        )
+        kubeconfig_text(&self.url(), &self.ca_pem, token, context)
     }
 
     /// Writes the kubeconfig (mode 0600: it holds the token).
@@ -376,16 +372,30 @@ impl Sim {
     /// # Errors
     /// I/O errors.
     pub fn write_kubeconfig_for(&self, path: &Path, context: &str) -> std::io::Result<()> {
-        use std::io::Write;
-        use std::os::unix::fs::OpenOptionsExt;
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(path)?;
-        f.write_all(self.kubeconfig_for(context).as_bytes())
+        write_private(path, &self.kubeconfig_for(context))
     }
+}
+
+/// A kubeconfig with one cluster (`server`, trusting `ca_pem`), one user
+/// (a bearer `token`) and one context named `context`.
+pub(crate) fn kubeconfig_text(server: &str, ca_pem: &str, token: &str, context: &str) -> String {
+    format!(
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: sim\n  cluster: {{server: \"{server}\", certificate-authority-data: \"{}\"}}\nusers:\n- name: sim\n  user: {{token: \"{token}\"}}\ncontexts:\n- name: \"{context}\"\n  context: {{cluster: sim, user: sim, namespace: default}}\ncurrent-context: \"{context}\"\n",
+        base64::Engine::encode(&base64::engine::general_purpose::STANDARD, ca_pem.as_bytes()),
+    )
+}
+
+/// Writes `text` to `path`, readable by its owner only (it holds a key or token).
+pub(crate) fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)?;
+    f.write_all(text.as_bytes())
 }
 
 impl Drop for Sim {

@@ -603,9 +603,7 @@ fn needs_pruning(status: &Value) -> Option<String> {
     (!list.is_empty()).then(|| list.join(", "))
 }
 
-/// A testing hook: `ROLLWRIGHT_TEST_BEFORE_PUSH` is run by `sh -c` before
-/// each push of a new commit (with `ROLLWRIGHT_TEST_STEP` set), so a test
-/// can move the branch at exactly that moment.
+/// Writes `text` to `path`, readable by its owner only (a key).
 fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
     use std::io::Write;
     #[cfg(unix)]

@@ -230,8 +230,22 @@ pub fn not_ready(obj: &Value) -> Option<String> {
             if observed < generation {
                 Some("rollout not observed yet".into())
             } else if updated < want || available < want || total > want {
+                // Why pods are not even created (a missing ServiceAccount, a
+                // quota, an admission webhook), or the rollout gave up: the
+                // Deployment controller's own words.
+                let why = status["conditions"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .find(|c| {
+                        (c["type"] == "ReplicaFailure" && c["status"] == "True")
+                            || (c["type"] == "Progressing" && c["reason"] == "ProgressDeadlineExceeded")
+                    })
+                    .and_then(|c| c["message"].as_str())
+                    .map(|m| format!("; {m}"))
+                    .unwrap_or_default();
                 Some(format!(
-                    "{available} of {want} replicas available ({updated} updated)"
+                    "{available} of {want} replicas available ({updated} updated){why}"
                 ))
             } else {
                 None

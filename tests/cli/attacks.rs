@@ -117,7 +117,7 @@ const POLICY: &str = "apiVersion: rollwright.dev/v1alpha1\nkind: Policy\nproduct
 #[test]
 fn production_is_the_cluster_actually_reached() {
     let w = istio_world("");
-    let server = w.sim.url();
+    let server = w.url();
     w.write("policy.yaml", &POLICY.replace("SERVER", &format!("\"{server}\"")));
     // A staging spec whose context the kubeconfig also has under another name.
     let staging = spec_with(&[
@@ -129,7 +129,7 @@ fn production_is_the_cluster_actually_reached() {
         ),
     ]);
     w.write("staging.yaml", &staging);
-    w.write("staging.kubeconfig", &w.sim.kubeconfig_for("staging-east"));
+    w.write("staging.kubeconfig", &w.kubeconfig_for("staging-east"));
     let policy = w.path().join("policy.yaml").display().to_string();
     // `--context prod-east`: the policy makes it production: refused.
     let text = refused(
@@ -495,7 +495,7 @@ fn approvals_are_authenticated_by_the_cluster() {
     w.write("spec.yaml", &spec);
     w.write(
         "alice.kubeconfig",
-        &w.sim.kubeconfig_for_user("prod-east", "alice"),
+        &w.sim().kubeconfig_for_user("prod-east", "alice"),
     );
     let child = w.spawn(&["run", "spec.yaml"]);
     let run = crate::wait_for_journal(w.path(), r#""step":"sign-off","key":"opened-ms""#);

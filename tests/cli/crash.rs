@@ -6,7 +6,7 @@
 
 use std::collections::BTreeMap;
 
-use crate::k8s::{ISTIO_SPEC, World, istio_world, journal_of, only_run_dir, vs_weights};
+use crate::k8s::{ISTIO_SPEC, World, istio_world_on, journal_of, only_run_dir, vs_weights};
 use crate::stderr;
 
 /// A short canary: deploy, ready, 50 %, 100 %.
@@ -51,11 +51,11 @@ fn planned(split: &str) -> bool {
     matches!(split, "100 0" | "50 50" | "0 100")
 }
 
-#[test]
-fn a_canary_killed_at_every_journal_boundary_resumes_exactly_once() {
+on_both_backends! {
+fn a_canary_killed_at_every_journal_boundary_resumes_exactly_once(backend) {
     let mut boundaries = 0;
     for k in 1..=60 {
-        let w = istio_world("");
+        let w = istio_world_on(backend, "");
         w.write("spec.yaml", &short_spec());
         let out = run_with(
             &w,
@@ -109,12 +109,13 @@ fn a_canary_killed_at_every_journal_boundary_resumes_exactly_once() {
         "every boundary of the run was tried ({boundaries})"
     );
 }
+}
 
-#[test]
-fn a_journal_that_cannot_be_written_stops_the_run_and_it_compensates() {
+on_both_backends! {
+fn a_journal_that_cannot_be_written_stops_the_run_and_it_compensates(backend) {
     let mut tried = 0;
     for k in 0..=60 {
-        let w = istio_world("");
+        let w = istio_world_on(backend, "");
         w.write("spec.yaml", &short_spec());
         let out = run_with(
             &w,
@@ -156,6 +157,7 @@ fn a_journal_that_cannot_be_written_stops_the_run_and_it_compensates() {
     eprintln!("the journal failed after each of {tried} boundaries");
     assert!(tried >= 8, "every boundary was tried ({tried})");
 }
+}
 
 /// A held run: the approval waits, so a signal arrives at a known point.
 fn held(w: &World) -> (std::process::Child, String) {
@@ -182,10 +184,10 @@ fn signal(child: &std::process::Child, sig: i32) {
     }
 }
 
-#[test]
-fn sigterm_stops_at_a_safe_point_and_rolls_back() {
+on_both_backends! {
+fn sigterm_stops_at_a_safe_point_and_rolls_back(backend) {
     for sig in [libc::SIGTERM, libc::SIGINT] {
-        let w = istio_world("");
+        let w = istio_world_on(backend, "");
         let (child, _) = held(&w);
         assert_eq!(vs_weights(&w), "50 50");
         signal(&child, sig);
@@ -201,10 +203,11 @@ fn sigterm_stops_at_a_safe_point_and_rolls_back() {
         assert!(journal_of(w.path()).contains("interrupted by SIG"), "journaled");
     }
 }
+}
 
-#[test]
-fn a_second_signal_exits_at_once_and_resume_finishes_the_rollback() {
-    let w = istio_world("");
+on_both_backends! {
+fn a_second_signal_exits_at_once_and_resume_finishes_the_rollback(backend) {
+    let w = istio_world_on(backend, "");
     let (child, id) = held(&w);
     signal(&child, libc::SIGTERM);
     signal(&child, libc::SIGTERM);
@@ -219,4 +222,5 @@ fn a_second_signal_exits_at_once_and_resume_finishes_the_rollback() {
     assert!(matches!(resumed.status.code(), Some(3)), "{}", stderr(&resumed));
     assert_eq!(vs_weights(&w), "100 0");
     assert_eq!(w.deployments(), "deployment.apps/fraud-stable\n");
+}
 }

@@ -1,33 +1,120 @@
 //! The Kubernetes steps end to end: `rollwright run` (a separate process,
-//! through kube-rs) against the sim; the cluster checked with kubectl.
+//! through kube-rs) against a cluster; the cluster checked with kubectl.
+//!
+//! The cluster is the embedded one (the simulated world: model servers,
+//! router, faults), or — for the tests declared with [`on_both_backends`] —
+//! also a real control plane (etcd, kube-apiserver, controller-manager,
+//! scheduler and kwok from `scripts/setup-kube`), one per test, where the
+//! same test runs unchanged.
 
 use std::path::{Path, PathBuf};
 use std::process::Output;
 
 use assert_cmd::Command;
+use rollwright_sim::control_plane::ControlPlane;
 use rollwright_sim::{Scenario, Sim, SimOptions};
 
 use crate::{stderr, stdout};
 
+/// Which API server a [`World`] runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// rollwright's embedded cluster and simulated world.
+    Embedded,
+    /// A real control plane built from Go modules.
+    KubeApiserver,
+}
+
+enum Cluster {
+    Embedded { sim: Sim, _rt: tokio::runtime::Runtime },
+    Kube { cp: ControlPlane, _slot: KubeSlot },
+}
+
+/// At most two real control planes at once (each is five processes that
+/// take a core to start): the other tests wait for a slot.
+struct KubeSlot;
+
+static KUBE_SLOTS: (std::sync::Mutex<usize>, std::sync::Condvar) =
+    (std::sync::Mutex::new(0), std::sync::Condvar::new());
+
+impl KubeSlot {
+    fn take() -> KubeSlot {
+        let (m, cv) = &KUBE_SLOTS;
+        let mut n = m.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        while *n >= 2 {
+            n = cv.wait(n).unwrap_or_else(std::sync::PoisonError::into_inner);
+        }
+        *n += 1;
+        KubeSlot
+    }
+}
+
+impl Drop for KubeSlot {
+    fn drop(&mut self) {
+        let (m, cv) = &KUBE_SLOTS;
+        *m.lock().unwrap_or_else(std::sync::PoisonError::into_inner) -= 1;
+        cv.notify_one();
+    }
+}
+
 pub struct World {
-    pub sim: Sim,
+    cluster: Cluster,
     dir: tempfile::TempDir,
-    _rt: tokio::runtime::Runtime,
 }
 
 impl World {
     pub fn new(scenario: &str) -> World {
-        let w = World::unsettled(scenario);
-        // The world at rest first (workloads Ready, revisions rolled out),
-        // as a cluster is before a rollout starts.
-        assert!(
-            w._rt.block_on(w.sim.settled(std::time::Duration::from_secs(30))),
-            "the test world never settled"
-        );
-        w
+        World::on(Backend::Embedded, scenario)
     }
 
-    /// The world as it starts, without waiting for it to settle.
+    /// The world on `backend`, at rest (workloads Ready, revisions rolled
+    /// out), as a cluster is before a rollout starts.
+    pub fn on(backend: Backend, scenario: &str) -> World {
+        match backend {
+            Backend::Embedded => {
+                let w = World::unsettled(scenario);
+                let Cluster::Embedded { sim, _rt } = &w.cluster else {
+                    unreachable!()
+                };
+                assert!(
+                    _rt.block_on(sim.settled(std::time::Duration::from_secs(30))),
+                    "the test world never settled"
+                );
+                w
+            }
+            Backend::KubeApiserver => World::on_kube_apiserver(scenario),
+        }
+    }
+
+    /// The scenario's objects on a control plane of the test's own; the
+    /// rest of the scenario (models, faults, time scale) is the simulated
+    /// world's, which this backend does not have.
+    fn on_kube_apiserver(scenario: &str) -> World {
+        let scenario = Scenario::from_yaml(scenario, "test scenario").unwrap();
+        let slot = KubeSlot::take();
+        let cp = ControlPlane::start(&crate::kube::kube_bin()).unwrap_or_else(|e| panic!("{e}"));
+        let list = serde_json::json!({"apiVersion": "v1", "kind": "List", "items": scenario.objects});
+        cp.kubectl(&["apply", "--server-side", "-f", "-"], Some(&list.to_string()))
+            .unwrap_or_else(|e| panic!("the scenario's objects: {e}"));
+        for o in &scenario.objects {
+            if o["kind"] == "Deployment" {
+                let name = format!("deployment/{}", o["metadata"]["name"].as_str().unwrap());
+                let ns = o["metadata"]["namespace"].as_str().unwrap_or("default");
+                cp.kubectl(&["rollout", "status", &name, "-n", ns, "--timeout=60s"], None)
+                    .unwrap_or_else(|e| panic!("{name} never rolled out: {e}"));
+            }
+        }
+        let dir = tempfile::tempdir().unwrap();
+        cp.write_kubeconfig_for(&dir.path().join("kubeconfig"), "prod-east")
+            .unwrap();
+        std::fs::write(dir.path().join("registry.yaml"), REGISTRY).unwrap();
+        World {
+            cluster: Cluster::Kube { cp, _slot: slot },
+            dir,
+        }
+    }
+
+    /// The embedded world as it starts, without waiting for it to settle.
     pub fn unsettled(scenario: &str) -> World {
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
@@ -44,7 +131,46 @@ impl World {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("kubeconfig"), sim.kubeconfig_for("prod-east")).unwrap();
         std::fs::write(dir.path().join("registry.yaml"), REGISTRY).unwrap();
-        World { sim, dir, _rt: rt }
+        World {
+            cluster: Cluster::Embedded { sim, _rt: rt },
+            dir,
+        }
+    }
+
+    /// The embedded cluster, for what only the simulated world has (model
+    /// servers, the router, faults, its users).
+    ///
+    /// # Panics
+    /// On the kube-apiserver backend.
+    pub fn sim(&self) -> &Sim {
+        match &self.cluster {
+            Cluster::Embedded { sim, .. } => sim,
+            Cluster::Kube { .. } => panic!("this test needs the simulated world (embedded backend)"),
+        }
+    }
+
+    /// The backend.
+    pub fn backend(&self) -> Backend {
+        match self.cluster {
+            Cluster::Embedded { .. } => Backend::Embedded,
+            Cluster::Kube { .. } => Backend::KubeApiserver,
+        }
+    }
+
+    /// A kubeconfig for the cluster, context `context`, as its administrator.
+    pub fn kubeconfig_for(&self, context: &str) -> String {
+        match &self.cluster {
+            Cluster::Embedded { sim, .. } => sim.kubeconfig_for(context),
+            Cluster::Kube { cp, .. } => cp.kubeconfig_for(context),
+        }
+    }
+
+    /// The API server's URL.
+    pub fn url(&self) -> String {
+        match &self.cluster {
+            Cluster::Embedded { sim, .. } => sim.url(),
+            Cluster::Kube { cp, .. } => cp.url().to_owned(),
+        }
     }
 
     pub fn path(&self) -> &Path {
@@ -105,10 +231,17 @@ impl World {
 
     /// `version → percent` of what the sim routes for `model`.
     fn split(&self, model: &str) -> Vec<(String, u32)> {
-        self.sim.split(model).into_iter().collect()
+        self.sim().split(model).into_iter().collect()
     }
 
+    /// Waits until the simulated router serves `want` for `model`. On the
+    /// kube-apiserver backend there is no router yet (the simulated world
+    /// runs on the embedded cluster only): the routing objects' weights are
+    /// what the tests check there.
     pub fn wait_split(&self, model: &str, want: &[(&str, u32)]) {
+        if self.backend() == Backend::KubeApiserver {
+            return;
+        }
         let want: Vec<(String, u32)> = want.iter().map(|(v, w)| ((*v).to_owned(), *w)).collect();
         for _ in 0..100 {
             if self.split(model) == want {
@@ -141,7 +274,11 @@ pub const CANARY_MANIFEST: &str = include_str!("../fixtures/k8s/canary.yaml.hbs"
 pub const ISTIO_SPEC: &str = include_str!("../fixtures/k8s/istio-spec.yaml");
 
 pub fn istio_world(extra: &str) -> World {
-    let w = World::new(&format!("{ISTIO_WORLD}{extra}"));
+    istio_world_on(Backend::Embedded, extra)
+}
+
+pub fn istio_world_on(backend: Backend, extra: &str) -> World {
+    let w = World::on(backend, &format!("{ISTIO_WORLD}{extra}"));
     w.write("canary.yaml.hbs", CANARY_MANIFEST);
     w.write("spec.yaml", ISTIO_SPEC);
     w.wait_split("fraud", &[("7", 100)]);
@@ -160,9 +297,9 @@ pub fn vs_weights(w: &World) -> String {
     ])
 }
 
-#[test]
-fn deployment_and_istio_canary_promoted_to_100() {
-    let w = istio_world("");
+on_both_backends! {
+fn deployment_and_istio_canary_promoted_to_100(backend) {
+    let w = istio_world_on(backend, "");
     let out = w.rollwright(&["run", "spec.yaml"], &[]);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     assert_eq!(vs_weights(&w), "0 100");
@@ -186,6 +323,7 @@ fn deployment_and_istio_canary_promoted_to_100() {
         ]),
         "1"
     );
+}
 }
 
 #[test]
@@ -230,9 +368,9 @@ fn api_faults_at_20_percent_are_absorbed_by_retries() {
     assert!(err.contains("retrying"), "faults were hit and retried: {err}");
 }
 
-#[test]
-fn killed_mid_shift_then_resumed() {
-    let w = istio_world("");
+on_both_backends! {
+fn killed_mid_shift_then_resumed(backend) {
+    let w = istio_world_on(backend, "");
     // Abort (as kill -9 does) right after shift-50 journaled the split it
     // is about to change, before changing it.
     let lib = crate::fault_lib().display().to_string();
@@ -261,10 +399,11 @@ fn killed_mid_shift_then_resumed() {
         "recorded once: {journal}"
     );
 }
+}
 
-#[test]
-fn policy_violations_are_refused_before_any_request() {
-    let w = istio_world("");
+on_both_backends! {
+fn policy_violations_are_refused_before_any_request(backend) {
+    let w = istio_world_on(backend, "");
     w.write(
         "canary.yaml.hbs",
         "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: fraud-canary}\nspec:\n  replicas: 1\n  selector: {matchLabels: {app: fraud}}\n  template:\n    metadata: {labels: {app: fraud}}\n    spec:\n      containers:\n        - name: server\n          image: models/fraud:8\n          env:\n            - {name: DB_PASSWORD, value: hunter2hunter2}\n---\napiVersion: v1\nkind: Service\nmetadata: {name: fraud-public}\nspec: {type: LoadBalancer, selector: {app: fraud}}\n",
@@ -294,10 +433,11 @@ fn policy_violations_are_refused_before_any_request() {
     assert!(!w.path().join(".rollwright/runs").exists(), "no run was created");
     assert_eq!(w.deployments(), "deployment.apps/fraud-stable\n");
 }
+}
 
-#[test]
-fn a_production_context_other_than_the_specs_is_refused() {
-    let w = istio_world("");
+on_both_backends! {
+fn a_production_context_other_than_the_specs_is_refused(backend) {
+    let w = istio_world_on(backend, "");
     let out = w.rollwright(&["run", "spec.yaml", "--context", "staging"], &[]);
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
     assert!(
@@ -305,6 +445,7 @@ fn a_production_context_other_than_the_specs_is_refused() {
         "{}",
         stderr(&out)
     );
+}
 }
 
 /// A KServe world: InferenceService `fraud` serving version 7.
@@ -477,16 +618,17 @@ fn traffic_is_never_routed_to_a_canary_that_is_not_ready() {
     assert_eq!(vs_weights(&w), "100 0");
 }
 
+on_both_backends! {
 /// Gateway API: the canary's Deployment and Service come from one
 /// multi-document manifest; HTTPRoute weights move.
-#[test]
-fn gateway_api_canary_promoted_to_100() {
-    let w = World::new(
+fn gateway_api_canary_promoted_to_100(backend) {
+    let w = World::on(backend,
         r#"time-scale: 20
 startup: 4s
 traffic: {rate: 0}
 objects:
   - {apiVersion: v1, kind: Namespace, metadata: {name: ml}}
+  - {apiVersion: v1, kind: ServiceAccount, metadata: {name: fraud, namespace: ml}}
   - apiVersion: apps/v1
     kind: Deployment
     metadata: {name: fraud, namespace: ml}
@@ -496,7 +638,7 @@ objects:
       template:
         metadata: {labels: {app: fraud, track: stable, version: "7"}}
         spec: {containers: [{name: server, image: "models/fraud:7"}]}
-  - {apiVersion: v1, kind: Service, metadata: {name: fraud, namespace: ml}, spec: {selector: {app: fraud, track: stable}}}
+  - {apiVersion: v1, kind: Service, metadata: {name: fraud, namespace: ml}, spec: {selector: {app: fraud, track: stable}, ports: [{port: 8080}]}}
   - apiVersion: gateway.networking.k8s.io/v1
     kind: HTTPRoute
     metadata: {name: fraud, namespace: ml}
@@ -508,7 +650,7 @@ objects:
     w.write(
         "canary.yaml.hbs",
         &format!(
-            "{CANARY_MANIFEST}---\napiVersion: v1\nkind: Service\nmetadata: {{name: fraud-canary}}\nspec: {{selector: {{app: fraud, track: canary}}}}\n"
+            "{CANARY_MANIFEST}---\napiVersion: v1\nkind: Service\nmetadata: {{name: fraud-canary}}\nspec: {{selector: {{app: fraud, track: canary}}, ports: [{{port: 8080}}]}}\n"
         ),
     );
     w.write(
@@ -532,6 +674,7 @@ objects:
     );
     w.wait_split("fraud", &[("8", 100)]);
 }
+}
 
 #[test]
 fn rbac_prints_the_least_privilege_role_a_run_needs() {
@@ -542,10 +685,12 @@ fn rbac_prints_the_least_privilege_role_a_run_needs() {
     for want in [
         "kind: Role\nmetadata:\n  name: rollwright-fraud\n  namespace: ml",
         // Named where the files name the objects; every step that needs a rule listed.
-        "  - apiGroups: [\"apps\"]\n    resources: [deployments]\n    resourceNames: [fraud-canary]\n    verbs: [create, delete, get, patch, update]  # deploy, deploy (compensation), promote (compensation), ready, shift-20 (compensation), shift-50 (compensation)",
-        "  - apiGroups: [\"apps\"]\n    resources: [deployments]\n    verbs: [list, watch]  # ready\n",
+        "  - apiGroups: [\"apps\"]\n    resources: [deployments]\n    resourceNames: [fraud-canary]\n    verbs: [delete, get, patch, update]  # deploy, deploy (compensation), promote (compensation), ready, shift-20 (compensation), shift-50 (compensation)",
+        // RBAC cannot restrict `create` by name: it has a rule of its own kind.
+        "  - apiGroups: [\"apps\"]\n    resources: [deployments]\n    verbs: [create, list, watch]  # deploy, deploy (compensation), promote (compensation), ready, shift-20 (compensation), shift-50 (compensation)\n",
         "  - apiGroups: [\"networking.istio.io\"]\n    resources: [virtualservices]\n    resourceNames: [fraud]\n    verbs: [get, patch]  # deploy (compensation), promote, promote (compensation), shift-20, shift-20 (compensation), shift-50, shift-50 (compensation)",
-        "  - apiGroups: [\"coordination.k8s.io\"]\n    resources: [leases]\n    resourceNames: [rollwright-run-lock]\n    verbs: [create, delete, get, update]  # (run lock)",
+        "  - apiGroups: [\"coordination.k8s.io\"]\n    resources: [leases]\n    resourceNames: [rollwright-run-lock]\n    verbs: [delete, get, update]  # (run lock)",
+        "  - apiGroups: [\"coordination.k8s.io\"]\n    resources: [leases]\n    verbs: [create]  # (run lock)",
         "  - apiGroups: [\"\"]\n    resources: [pods]\n    verbs: [list]  # promote, ready, shift-20, shift-50",
         "  - apiGroups: [\"networking.istio.io\"]\n    resources: [destinationrules]\n    verbs: [list]",
         "    name: deployer\n    namespace: ml",
@@ -577,7 +722,7 @@ pub fn analysed_spec(w: &World, hold: &str, metrics: &str) -> String {
             "serving: {platform: deployment, traffic: istio}",
             &format!(
                 "serving: {{platform: deployment, traffic: istio, endpoint: \"{}\"}}",
-                w.sim.models_url()
+                w.sim().models_url()
             ),
         )
         .replace(
@@ -719,7 +864,7 @@ fn canary_pods_crashing_during_the_hold_fail_it() {
         }
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
-    w.sim.set_scenario(
+    w.sim().set_scenario(
         &Scenario::from_yaml(
             "traffic: {rate: 0}\npods:\n  - {version: \"8\", crash-loop: true}\n",
             "live",
@@ -896,11 +1041,12 @@ fn rbac_names_the_objects_and_lists_every_step() {
     ] {
         assert!(yaml.contains(want), "{want}\n---\n{yaml}");
     }
-    // A rule without resourceNames only lists, watches or reads.
+    // A rule without resourceNames only lists, watches, reads or creates
+    // (RBAC cannot restrict `create` by name).
     for rule in yaml.split("  - apiGroups:").skip(1) {
         let rule = rule.split("---").next().unwrap_or(rule);
         if !rule.contains("resourceNames") {
-            for verb in ["create", "update", "patch", "delete"] {
+            for verb in ["update", "patch", "delete"] {
                 assert!(!rule.contains(verb), "unnamed `{verb}`:\n{rule}\n---\n{yaml}");
             }
         }

@@ -1,6 +1,27 @@
 //! End-to-end tests of the `rollwright` binary: stdout, stderr, exit code.
 //! One integration test binary, organised by modules.
 
+/// Declares a test that runs on both backends: `NAME::embedded` and
+/// `NAME::kube_apiserver`, the same body given the [`Backend`].
+macro_rules! on_both_backends {
+    ($(#[doc = $doc:expr])* fn $name:ident($b:ident) $body:block) => {
+        $(#[doc = $doc])*
+        mod $name {
+            #[allow(unused_imports)]
+            use super::*;
+            fn body($b: crate::k8s::Backend) $body
+            #[test]
+            fn embedded() {
+                body(crate::k8s::Backend::Embedded);
+            }
+            #[test]
+            fn kube_apiserver() {
+                body(crate::k8s::Backend::KubeApiserver);
+            }
+        }
+    };
+}
+
 mod analysis;
 mod attacks;
 mod crash;
@@ -9,6 +30,7 @@ mod gitops;
 mod init;
 mod k8s;
 mod knowable;
+mod kube;
 mod lint;
 mod mlflow;
 mod plan;
