@@ -8,6 +8,7 @@ use clap::{Args, ValueEnum};
 use rollwright_engine::Limits;
 use rollwright_engine::duration::Display;
 use rollwright_engine::plan::{Plan, PlanStep};
+use rollwright_engine::registry::Shape;
 use serde_json::Value;
 
 use crate::{exit, render};
@@ -252,13 +253,20 @@ fn step_line(s: &mut String, n: usize, st: &PlanStep) {
 }
 
 fn label(st: &PlanStep) -> String {
-    match st.with.get("canary").and_then(Value::as_u64) {
-        Some(w) => format!("{}\\n{} {w}%", st.id, st.kind),
-        None => match st.with.get("duration").and_then(Value::as_str) {
-            Some(d) => format!("{}\\n{} {d}", st.id, st.kind),
-            None => format!("{}\\n{}", st.id, st.kind),
-        },
+    let detail = kind_of(st).and_then(|k| k.detail(&st.with));
+    match detail {
+        Some(d) => format!("{}\\n{} {d}", st.id, st.kind),
+        None => format!("{}\\n{}", st.id, st.kind),
     }
+}
+
+fn kind_of(st: &PlanStep) -> Option<&'static dyn rollwright_engine::StepKind> {
+    static REGISTRY: std::sync::OnceLock<rollwright_engine::Registry> = std::sync::OnceLock::new();
+    REGISTRY.get_or_init(rollwright_steps::registry).get(&st.kind)
+}
+
+fn shape(st: &PlanStep) -> Shape {
+    kind_of(st).map_or(Shape::Step, |k| k.shape())
 }
 
 fn dot_escape(s: &str) -> String {
@@ -268,10 +276,10 @@ fn dot_escape(s: &str) -> String {
 fn dot(p: &Plan) -> String {
     let mut s = String::from("digraph plan {\n  rankdir=LR;\n  node [shape=box, fontname=\"Helvetica\"];\n");
     for st in &p.steps {
-        let shape = match st.kind.as_str() {
-            "gate-check" | "approval" => "diamond",
-            "hold" => "ellipse",
-            _ => "box",
+        let shape = match shape(st) {
+            Shape::Decision => "diamond",
+            Shape::Wait => "ellipse",
+            Shape::Step => "box",
         };
         let _ = writeln!(
             s,
@@ -313,10 +321,10 @@ fn mermaid(p: &Plan) -> String {
     let mut s = String::from("flowchart LR\n");
     for (i, st) in p.steps.iter().enumerate() {
         let text = label(st).replace("\\n", "<br/>").replace('"', "#quot;");
-        let node = match st.kind.as_str() {
-            "gate-check" | "approval" => format!("s{i}{{\"{text}\"}}"),
-            "hold" => format!("s{i}([\"{text}\"])"),
-            _ => format!("s{i}[\"{text}\"]"),
+        let node = match shape(st) {
+            Shape::Decision => format!("s{i}{{\"{text}\"}}"),
+            Shape::Wait => format!("s{i}([\"{text}\"])"),
+            Shape::Step => format!("s{i}[\"{text}\"]"),
         };
         let _ = writeln!(s, "  {node}");
     }

@@ -154,272 +154,42 @@ pub fn run(args: &RbacArgs) -> u8 {
     let gitops = target.gitops.as_ref();
     let mut g = Grants::default();
     let mut cluster_scoped = BTreeSet::new();
-    // The objects the applies render: (apiVersion, kind, name).
-    let mut applied: Vec<(String, String, String)> = Vec::new();
+    let mut notes = BTreeSet::new();
     let cx = rollwright_engine::registry::BuildContext::of_spec(&spec, false, &args.spec);
-    let router = |with: &Value| {
-        rollwright_steps::traffic::Router::of(&cx, with.get("provider").and_then(Value::as_str)).ok()
-    };
-    // Steps, then the compensations that undo them (they restore what the steps changed).
-    let mut work: Vec<(String, String, Value)> = spec
+    let steps: Vec<(String, String, Value)> = spec
         .steps
         .iter()
         .map(|s| (s.id.clone(), s.kind.clone(), s.with.clone()))
         .collect();
-    work.extend(spec.steps.iter().filter_map(|s| {
-        s.compensate
-            .as_ref()
-            .map(|c| (format!("{} (compensation)", s.id), c.kind.clone(), c.with.clone()))
-    }));
-    for (id, _, with) in spec
-        .steps
-        .iter()
-        .map(|s| (&s.id, &s.kind, &s.with))
-        .filter(|s| s.1 == "apply")
-    {
-        for m in spec.manifests.iter().filter(|m| m.step == *id) {
-            match rollwright_steps::apply::manifest_objects(&m.path, &m.text) {
-                Ok(o) => applied.extend(o),
-                Err(e) => {
-                    eprintln!("error: {e}");
-                    return exit::FINDINGS;
-                }
+    // Steps, then the compensations that undo them (they restore what the
+    // steps changed): each kind says what it needs.
+    let reg = rollwright_steps::registry();
+    let work = spec.steps.iter().map(|s| (s, &s.kind, &s.with, false)).chain(
+        spec.steps
+            .iter()
+            .filter_map(|s| s.compensate.as_ref().map(|c| (s, &c.kind, &c.with, true))),
+    );
+    for (step, kind, with, compensation) in work {
+        let Some(k) = reg.get(kind) else { continue };
+        let mut build = cx.clone();
+        build.step.clone_from(&step.id);
+        let acx = rollwright_engine::registry::AccessContext {
+            build: &build,
+            steps: &steps,
+            compensation,
+        };
+        let label = if compensation {
+            format!("{} (compensation)", step.id)
+        } else {
+            step.id.clone()
+        };
+        for a in k.access(with, &acx) {
+            // A Role cannot grant cluster-scoped kinds: said once, below.
+            if rollwright_steps::apply::CLUSTER_SCOPED.contains(&a.kind.as_str()) {
+                cluster_scoped.insert(a.kind.clone());
             }
-        }
-        for o in with
-            .get("manifests")
-            .and_then(Value::as_array)
-            .into_iter()
-            .flatten()
-        {
-            if let (Some(a), Some(k), Some(n)) = (
-                o["apiVersion"].as_str(),
-                o["kind"].as_str(),
-                o["metadata"]["name"].as_str(),
-            ) {
-                applied.push((a.to_owned(), k.to_owned(), n.to_owned()));
-            }
-        }
-    }
-    let canary_workload = applied
-        .iter()
-        .find(|(_, k, _)| matches!(k.as_str(), "Deployment" | "StatefulSet"))
-        .cloned();
-    let route = |g: &mut Grants, id: &str, with: &Value, verbs: &[&'static str]| {
-        if let Some(r) = router(with) {
-            let o = r.object();
-            g.grant(id, &o.api_version, &o.kind, Some(&o.name), verbs);
-        }
-    };
-    let changes = gitops.is_none();
-    let mut unnamed_stable: BTreeSet<String> = BTreeSet::new();
-    for (id, kind, with) in &work {
-        match kind.as_str() {
-            "apply" => {
-                for (a, k, n) in applied.iter().filter(|_| !id.ends_with("(compensation)")) {
-                    if rollwright_steps::apply::CLUSTER_SCOPED.contains(&k.as_str()) {
-                        cluster_scoped.insert(k.clone());
-                    }
-                    // get: record the last known-good state (and who manages
-                    // it); patch: server-side apply, create when it is new.
-                    let verbs: &[&'static str] = if changes {
-                        &["get", "patch", "create"]
-                    } else {
-                        &["get"]
-                    };
-                    g.grant(id, a, k, Some(n), verbs);
-                }
-            }
-            "wait-ready" => {
-                let listed: Vec<(String, String, String)> = with
-                    .get("resources")
-                    .and_then(Value::as_array)
-                    .into_iter()
-                    .flatten()
-                    .filter_map(Value::as_str)
-                    .filter_map(|r| r.split_once('/'))
-                    .filter_map(|(k, n)| {
-                        rollwright_steps::wait_ready::api_version_of(k)
-                            .map(|av| (av.to_owned(), k.to_owned(), n.to_owned()))
-                    })
-                    .collect();
-                let targets = if listed.is_empty() {
-                    applied.clone()
-                } else {
-                    listed
-                };
-                for (a, k, n) in targets {
-                    g.grant(id, &a, &k, Some(&n), &["get"]);
-                    // Waiting for the next change is a watch on the kind.
-                    g.grant(id, &a, &k, None, &["list", "watch"]);
-                }
-                g.grant(id, "v1", "Pod", None, &["list"]);
-            }
-            "shift-traffic" => {
-                route(
-                    &mut g,
-                    id,
-                    with,
-                    if changes { &["get", "patch"] } else { &["get"] },
-                );
-                // Readiness of the canary before routing to it.
-                if let Some(r) = router(with) {
-                    use rollwright_steps::traffic::Provider;
-                    match r.provider {
-                        Provider::Istio => {
-                            g.grant(
-                                id,
-                                "networking.istio.io/v1beta1",
-                                "DestinationRule",
-                                None,
-                                &["list"],
-                            );
-                            // The Service is the route's host, read at run time.
-                            g.grant(id, "v1", "Service", None, &["get"]);
-                            g.grant(id, "v1", "Pod", None, &["list"]);
-                        }
-                        Provider::Seldon => {
-                            let d = format!("{}-{}", r.route, r.canary);
-                            g.grant(id, "apps/v1", "Deployment", Some(&d), &["get"]);
-                        }
-                        Provider::Kserve => {}
-                        _ => {
-                            g.grant(id, "v1", "Service", Some(&r.canary), &["get"]);
-                            g.grant(id, "v1", "Pod", None, &["list"]);
-                        }
-                    }
-                }
-            }
-            "promote" => {
-                let compensation = id.ends_with("(compensation)");
-                use rollwright_steps::traffic::Provider;
-                let Some(r) = router(with) else { continue };
-                match r.provider {
-                    // The InferenceService (a patch) / SeldonDeployment (an
-                    // update) itself; the compensation restores it.
-                    Provider::Kserve => route(
-                        &mut g,
-                        id,
-                        with,
-                        if changes {
-                            &["get", "patch", "update"]
-                        } else {
-                            &["get"]
-                        },
-                    ),
-                    Provider::Seldon => route(
-                        &mut g,
-                        id,
-                        with,
-                        if changes { &["get", "update"] } else { &["get"] },
-                    ),
-                    _ => {
-                        route(
-                            &mut g,
-                            id,
-                            with,
-                            if changes { &["get", "patch"] } else { &["get"] },
-                        );
-                        if !compensation {
-                            // Removed, or scaled to 0.
-                            if let Some((a, k, n)) = &canary_workload {
-                                g.grant(
-                                    id,
-                                    a,
-                                    k,
-                                    Some(n),
-                                    if changes {
-                                        &["get", "patch", "delete"]
-                                    } else {
-                                        &["get"]
-                                    },
-                                );
-                            }
-                            if r.provider == Provider::Istio {
-                                g.grant(
-                                    id,
-                                    "networking.istio.io/v1beta1",
-                                    "DestinationRule",
-                                    None,
-                                    &["list"],
-                                );
-                            } else {
-                                g.grant(id, "v1", "Service", Some(&r.stable), &["get"]);
-                            }
-                        }
-                        // The stable workload: named by `with.stable`, else
-                        // found through the route's stable backend.
-                        let stable = with
-                            .get("stable")
-                            .and_then(Value::as_str)
-                            .and_then(|s| s.split_once('/'));
-                        match stable {
-                            Some((k, n)) => {
-                                let a = rollwright_steps::wait_ready::api_version_of(k).unwrap_or("apps/v1");
-                                g.grant(
-                                    id,
-                                    a,
-                                    k,
-                                    Some(n),
-                                    if changes { &["get", "update"] } else { &["get"] },
-                                );
-                            }
-                            None => {
-                                unnamed_stable.insert(id.trim_end_matches(" (compensation)").to_owned());
-                                g.grant(id, "apps/v1", "Deployment", None, &["list"]);
-                                g.grant(
-                                    id,
-                                    "apps/v1",
-                                    "Deployment",
-                                    None,
-                                    if changes { &["get", "update"] } else { &["get"] },
-                                );
-                            }
-                        }
-                    }
-                }
-            }
-            "rollback" if gitops.is_some() => {}
-            "rollback" => {
-                route(&mut g, id, with, &["get", "patch"]);
-                for (a, k, n) in &applied {
-                    g.grant(id, a, k, Some(n), &["get", "update", "create", "delete"]);
-                }
-                // A promote's stable workload, as it was before.
-                for p in spec.steps.iter().filter(|s| s.kind == "promote") {
-                    if router(&p.with).is_some_and(|r| {
-                        matches!(
-                            r.provider,
-                            rollwright_steps::traffic::Provider::Kserve
-                                | rollwright_steps::traffic::Provider::Seldon
-                        )
-                    }) {
-                        route(&mut g, id, &p.with, &["get", "update"]);
-                        continue;
-                    }
-                    match p
-                        .with
-                        .get("stable")
-                        .and_then(Value::as_str)
-                        .and_then(|s| s.split_once('/'))
-                    {
-                        Some((k, n)) => {
-                            let a = rollwright_steps::wait_ready::api_version_of(k).unwrap_or("apps/v1");
-                            g.grant(id, a, k, Some(n), &["get", "update", "create"]);
-                        }
-                        None => g.grant(id, "apps/v1", "Deployment", None, &["get", "update", "create"]),
-                    }
-                }
-            }
-            "hold" => {
-                let pods = with["analysis"]["metrics"]
-                    .as_array()
-                    .is_some_and(|ms| ms.iter().any(|m| m["provider"] == "kubernetes"));
-                if pods {
-                    g.grant(id, "v1", "Pod", None, &["list"]);
-                }
-            }
-            _ => {}
+            notes.extend(a.note.clone());
+            g.grant(&label, &a.api_version, &a.kind, a.name.as_deref(), &a.verbs);
         }
     }
     // One run per target: the run lock.
@@ -444,8 +214,11 @@ pub fn run(args: &RbacArgs) -> u8 {
             _ => {}
         }
     }
-    for (_, _, with) in &work {
-        secret_refs(with, &mut secret_names);
+    for s in &spec.steps {
+        secret_refs(&s.with, &mut secret_names);
+        if let Some(c) = &s.compensate {
+            secret_refs(&c.with, &mut secret_names);
+        }
     }
     for h in &spec.on_failure {
         secret_refs(&h.with, &mut secret_names);
@@ -470,10 +243,8 @@ pub fn run(args: &RbacArgs) -> u8 {
             cluster_scoped.into_iter().collect::<Vec<_>>().join(", ")
         ));
     }
-    for id in &unnamed_stable {
-        out.push_str(&format!(
-            "# NOTE: `{id}` finds the stable workload through the route at run time, so it may update any Deployment here; name it (`stable: Deployment/NAME` in its `with`, e.g. through `customize.with`) to grant that one only.\n"
-        ));
+    for n in &notes {
+        out.push_str(&format!("# NOTE: {n}\n"));
     }
     out.push_str(&format!(
         "apiVersion: rbac.authorization.k8s.io/v1\nkind: Role\nmetadata:\n  name: {name}\n  namespace: {ns}\nrules:\n"

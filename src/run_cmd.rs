@@ -1121,7 +1121,7 @@ pub fn approve(args: &ApproveArgs) -> u8 {
     let approval_steps: Vec<&str> = spec
         .steps
         .iter()
-        .filter(|s| reg.get(&s.kind).is_some_and(|k| k.name() == "approval"))
+        .filter(|s| reg.get(&s.kind).is_some_and(|k| k.approvable()))
         .map(|s| s.id.as_str())
         .collect();
     let Some(step) = spec.steps.iter().find(|s| s.id == args.step) else {

@@ -344,7 +344,7 @@ pub fn expand(path: &Path, root: Document, env: &Env<'_>) -> (Option<Expanded>, 
     // Manifest paths often come from parameters: with a parameter missing
     // or wrong, reading them would only repeat that error.
     if env.render_manifests && params_ok {
-        render_manifests(&mut expanded, &cx.root, env.limits, &mut cx.errors);
+        render_manifests(&mut expanded, &cx.root, env.registry, env.limits, &mut cx.errors);
     }
     (Some(expanded), cx.errors)
 }
@@ -1281,7 +1281,13 @@ fn bad_runtime_ref(exp: &Expanded, ptr: &str, path: &str, ctx: &Map<String, Valu
 /// template confined to the repository, read with the size cap, rendered
 /// within the budget, its values proven to be data, and its own text
 /// scanned for literal secrets like a spec.
-fn render_manifests(exp: &mut Expanded, root: &Path, limits: &Limits, errors: &mut Vec<Diagnostic>) {
+fn render_manifests(
+    exp: &mut Expanded,
+    root: &Path,
+    registry: &Registry,
+    limits: &Limits,
+    errors: &mut Vec<Diagnostic>,
+) {
     let ctx = Value::Object(context(exp, None));
     let steps: Vec<(usize, String, String)> = exp
         .value
@@ -1290,12 +1296,12 @@ fn render_manifests(exp: &mut Expanded, root: &Path, limits: &Limits, errors: &m
         .into_iter()
         .flatten()
         .enumerate()
-        .filter(|(_, s)| s.get("type").and_then(Value::as_str) == Some("apply"))
         .filter_map(|(i, s)| {
+            let kind = registry.get(s.get("type")?.as_str()?)?;
             Some((
                 i,
                 s.get("id")?.as_str()?.to_owned(),
-                s.get("with")?.get("template")?.as_str()?.to_owned(),
+                kind.template(s.get("with")?)?.to_owned(),
             ))
         })
         .collect();

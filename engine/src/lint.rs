@@ -270,7 +270,7 @@ impl Linter {
             };
             diagnostics.extend(validate::check(&cx));
             if spec.kind == crate::spec::Kind::Rollout {
-                missing_templates(path, &spec, &doc, &mut diagnostics);
+                missing_templates(path, &spec, &self.registry, &doc, &mut diagnostics);
             }
         }
         if !secrets.is_empty() {
@@ -376,12 +376,15 @@ impl Linter {
 
 /// Without expansion there is nothing to render, but a manifest template
 /// that does not exist is still an error (expansion renders them all).
-fn missing_templates(path: &Path, spec: &Spec, doc: &yaml::Document, out: &mut Vec<Diagnostic>) {
+fn missing_templates(
+    path: &Path,
+    spec: &Spec,
+    registry: &Registry,
+    doc: &yaml::Document,
+    out: &mut Vec<Diagnostic>,
+) {
     for (i, s) in spec.steps.iter().enumerate() {
-        if s.kind != "apply" {
-            continue;
-        }
-        let Some(t) = s.with.get("template").and_then(Value::as_str) else {
+        let Some(t) = registry.get(&s.kind).and_then(|k| k.template(&s.with)) else {
             continue;
         };
         let file = expand::resolve_relative(path, t);

@@ -23,7 +23,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 use crate::diag::Locate;
-use crate::duration::{self, Display};
+use crate::duration::Display;
 use crate::expand::{Expanded, Manifest};
 use crate::registry::{Registry, Role};
 use crate::retry::RetryPolicy;
@@ -299,23 +299,9 @@ pub fn build(exp: &Expanded, spec: &Spec, registry: &Registry) -> Plan {
     let mut unbounded = false;
     for &i in &order {
         let s = &spec.steps[i];
-        let Some(analysis) = s.with.get("analysis") else {
+        let Some(detect) = registry.get(&s.kind).and_then(|k| k.detection_bound(&s.with)) else {
             continue;
         };
-        if registry
-            .get(&s.kind)
-            .and_then(|k| k.min_duration(&s.with))
-            .is_none()
-        {
-            continue;
-        }
-        let interval = analysis
-            .get("interval")
-            .and_then(Value::as_str)
-            .and_then(|x| duration::parse(x).ok())
-            .unwrap_or(Duration::from_secs(30));
-        let limit = analysis.get("failure-limit").and_then(Value::as_u64).unwrap_or(1);
-        let detect = interval * u32::try_from(limit).unwrap_or(u32::MAX);
         detection = Some(detection.map_or(detect, |d| d.max(detect)));
         let mut rollback = Duration::ZERO;
         // Identical compensations (the usual `{type: rollback}` on every

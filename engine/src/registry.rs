@@ -27,6 +27,17 @@ pub enum Role {
     Observe,
 }
 
+/// How a step is drawn in the plan's graphs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Shape {
+    /// A box: a step that acts.
+    Step,
+    /// A diamond: a decision (a gate, an approval).
+    Decision,
+    /// A rounded node: time passes (a hold).
+    Wait,
+}
+
 /// A step-kind-specific finding, located relative to the step's `with`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Finding {
@@ -143,6 +154,98 @@ pub trait StepKind: Send + Sync + 'static {
     fn check_rendered(&self, _with: &Value, _cx: &BuildContext) -> Vec<Finding> {
         Vec::new()
     }
+    /// The manifest template this step renders (a path relative to the file
+    /// that names it), which expansion renders and lint requires to exist.
+    fn template<'a>(&self, _with: &'a Value) -> Option<&'a str> {
+        None
+    }
+    /// The longest a failing canary can go unnoticed by this step (a hold's
+    /// analysis interval × failure limit), for the plan's timing budget.
+    fn detection_bound(&self, _with: &Value) -> Option<Duration> {
+        None
+    }
+    /// Where this step's `with` is weaker than the policy's minimum gate,
+    /// as `(pointer relative to with, why)`. Only gates answer.
+    fn shortfall(&self, _with: &Value, _min: &crate::policy::MinGate) -> Vec<(String, String)> {
+        Vec::new()
+    }
+    /// The stricter of this step's `with` and the policy's minimum gate:
+    /// what a run checks. Only gates change it.
+    fn harden(&self, with: &Value, _min: &crate::policy::MinGate) -> Value {
+        with.clone()
+    }
+    /// Whether a person approves this step (`rollwright approve RUN STEP`).
+    fn approvable(&self) -> bool {
+        false
+    }
+    /// How `plan --format dot|mermaid` draws the step.
+    fn shape(&self) -> Shape {
+        match self.role() {
+            Role::Gate => Shape::Decision,
+            _ => Shape::Step,
+        }
+    }
+    /// A short detail shown with the step in drawings (`20%`, `10m`).
+    fn detail(&self, _with: &Value) -> Option<String> {
+        None
+    }
+    /// What a run of this step reads and changes on the target — for
+    /// `rollwright rbac`, which prints the least privilege a run needs.
+    /// Asked for each step and for each compensation (`cx.compensation`).
+    fn access(&self, _with: &Value, _cx: &AccessContext) -> Vec<Access> {
+        Vec::new()
+    }
+}
+
+/// One permission a step needs on the target: `verbs` on objects of
+/// `api_version`/`kind`, the one named `name` when the files name it. Opaque
+/// to the engine (the steps crate knows what these are).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Access {
+    /// `group/version` (`v1` for the core group).
+    pub api_version: String,
+    /// The kind.
+    pub kind: String,
+    /// The object, when known from the files; `None` for any.
+    pub name: Option<String>,
+    /// The verbs.
+    pub verbs: Vec<&'static str>,
+    /// A note for the reader (why the grant is wider than it could be).
+    pub note: Option<String>,
+}
+
+impl Access {
+    /// `verbs` on `api_version`/`kind` `name` (or any, with `None`).
+    #[must_use]
+    pub fn new(api_version: &str, kind: &str, name: Option<&str>, verbs: &[&'static str]) -> Self {
+        Access {
+            api_version: api_version.to_owned(),
+            kind: kind.to_owned(),
+            name: name.map(str::to_owned),
+            verbs: verbs.to_vec(),
+            note: None,
+        }
+    }
+
+    /// With a note for the reader.
+    #[must_use]
+    pub fn noting(mut self, note: impl Into<String>) -> Self {
+        self.note = Some(note.into());
+        self
+    }
+}
+
+/// What [`StepKind::access`] may look at: the spec's context, the other
+/// steps, and whether the step is a compensation.
+#[derive(Debug, Clone, Copy)]
+pub struct AccessContext<'a> {
+    /// The spec's target, serving and rendered manifests.
+    pub build: &'a BuildContext,
+    /// Every step of the spec: `(id, type, with)`.
+    pub steps: &'a [(String, String, Value)],
+    /// Whether the step asked about runs as a compensation (it restores
+    /// what its step changed).
+    pub compensation: bool,
 }
 
 /// What a step builder may use.

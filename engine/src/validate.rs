@@ -702,7 +702,10 @@ fn check_policy(cx: &Context<'_>, out: &mut Vec<Diagnostic>) {
         if cx.schema_bad(&format!("/steps/{i}/with")) {
             continue;
         }
-        for (rel, msg) in crate::policy::weaker(&g.with, min) {
+        let shortfall = kind_of(cx, g)
+            .map(|k| k.shortfall(&g.with, min))
+            .unwrap_or_default();
+        for (rel, msg) in shortfall {
             let at = if cx.spec.steps[i].with.pointer(&rel).is_some() {
                 cx.span(&format!("/steps/{i}/with{rel}"))
             } else {

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use rollwright_engine::Code;
 use rollwright_engine::exec::{BoxFuture, Progress, Step, StepContext, StepError};
-use rollwright_engine::registry::{BuildContext, Finding, Role, StepKind};
+use rollwright_engine::registry::{Access, AccessContext, BuildContext, Finding, Role, StepKind};
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
@@ -44,12 +44,30 @@ fn two() -> u32 {
     2
 }
 
+/// The `type:` of this kind.
+pub const NAME: &str = "apply";
+
 /// The apply kind.
 pub struct Apply;
 
 impl StepKind for Apply {
     fn name(&self) -> &'static str {
-        "apply"
+        NAME
+    }
+    fn template<'a>(&self, with: &'a Value) -> Option<&'a str> {
+        with.get("template").and_then(Value::as_str)
+    }
+    fn access(&self, with: &Value, cx: &AccessContext) -> Vec<Access> {
+        if cx.compensation {
+            return Vec::new();
+        }
+        // get: record the last known-good state (and who manages it);
+        // patch: server-side apply, create when it is new.
+        let verbs = crate::access::verbs_if_changing(cx, &["get", "patch", "create"]);
+        crate::access::applied_by(cx, &cx.build.step, with)
+            .into_iter()
+            .map(|(a, k, n)| Access::new(&a, &k, Some(&n), verbs))
+            .collect()
     }
     fn summary(&self) -> &'static str {
         "renders, policy-checks and server-side applies manifests, recording what it replaces"

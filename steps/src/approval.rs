@@ -52,6 +52,12 @@ impl StepKind for Approval {
     fn name(&self) -> &'static str {
         "approval"
     }
+    fn approvable(&self) -> bool {
+        true
+    }
+    fn shape(&self) -> rollwright_engine::registry::Shape {
+        rollwright_engine::registry::Shape::Decision
+    }
     fn summary(&self) -> &'static str {
         "waits until enough people run `rollwright approve`"
     }

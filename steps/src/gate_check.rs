@@ -18,6 +18,7 @@ use rollwright_engine::registry::BuildContext;
 use crate::model_registry::{FileRegistry, MlflowRegistry, ModelRegistry, VersionRecord, parse_time};
 
 use rollwright_engine::Code;
+use rollwright_engine::policy::MinGate;
 use rollwright_engine::registry::{Finding, Role, StepKind};
 use serde::Deserialize;
 use serde_json::Value;
@@ -82,6 +83,12 @@ impl StepKind for GateCheck {
     }
     fn role(&self) -> Role {
         Role::Gate
+    }
+    fn shortfall(&self, with: &Value, min: &MinGate) -> Vec<(String, String)> {
+        shortfall(with, min)
+    }
+    fn harden(&self, with: &Value, min: &MinGate) -> Value {
+        strengthen(with, min)
     }
     fn outputs(&self) -> &'static [&'static str] {
         &["gate", "model", "version", "uri", "digest", "approvers", "evals"]
@@ -372,11 +379,158 @@ impl Step for Guarded {
     }
 }
 
+// The policy's minimum gate, against a gate-check's `with`.
+
+/// Where a gate-check's `with` is weaker than the minimum gate.
+fn shortfall(with: &Value, min: &MinGate) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    let approvals = with.get("approvals").and_then(Value::as_u64).unwrap_or(1);
+    if approvals < u64::from(min.approvals) {
+        out.push((
+            "/approvals".into(),
+            format!(
+                "the policy requires at least {} approvals, the gate asks {approvals}",
+                min.approvals
+            ),
+        ));
+    }
+    let roles: Vec<&str> = with
+        .get("roles")
+        .and_then(Value::as_array)
+        .map(|a| a.iter().filter_map(Value::as_str).collect())
+        .unwrap_or_default();
+    for r in &min.roles {
+        if !roles.contains(&r.as_str()) {
+            out.push((
+                "/roles".into(),
+                format!("the policy requires an approval from a `{r}`"),
+            ));
+        }
+    }
+    for (metric, b) in &min.evals {
+        let mut ptr = String::from("/evals");
+        rollwright_engine::yaml::push_pointer_segment(&mut ptr, metric);
+        let Some(t) = with.get("evals").and_then(|e| e.get(metric)) else {
+            out.push(("/evals".into(), format!("the policy requires eval `{metric}`")));
+            continue;
+        };
+        let (tmin, tmax) = (
+            t.get("min").and_then(Value::as_f64),
+            t.get("max").and_then(Value::as_f64),
+        );
+        if let Some(pmin) = b.min
+            && tmin.is_none_or(|m| m < pmin)
+        {
+            out.push((
+                ptr.clone(),
+                format!("the policy requires `{metric}` min ≥ {pmin}"),
+            ));
+        }
+        if let Some(pmax) = b.max
+            && tmax.is_none_or(|m| m > pmax)
+        {
+            out.push((ptr, format!("the policy requires `{metric}` max ≤ {pmax}")));
+        }
+    }
+    out
+}
+
+/// The stricter of a gate's `with` and the policy minimum, for run time.
+fn strengthen(with: &Value, min: &MinGate) -> Value {
+    let mut w = with.clone();
+    if !w.is_object() {
+        w = Value::Object(serde_json::Map::new());
+    }
+    let approvals = w
+        .get("approvals")
+        .and_then(Value::as_u64)
+        .unwrap_or(1)
+        .max(u64::from(min.approvals));
+    w["approvals"] = Value::from(approvals);
+    let mut roles: Vec<Value> = w
+        .get("roles")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    for r in &min.roles {
+        if !roles.iter().any(|x| x.as_str() == Some(r)) {
+            roles.push(Value::from(r.clone()));
+        }
+    }
+    if !roles.is_empty() {
+        w["roles"] = Value::Array(roles);
+    }
+    for (metric, b) in &min.evals {
+        let cur = w
+            .get("evals")
+            .and_then(|e| e.get(metric))
+            .cloned()
+            .unwrap_or_else(|| serde_json::json!({}));
+        let tmin = cur.get("min").and_then(Value::as_f64);
+        let tmax = cur.get("max").and_then(Value::as_f64);
+        let mut t = serde_json::Map::new();
+        if let Some(m) = match (tmin, b.min) {
+            (Some(a), Some(c)) => Some(a.max(c)),
+            (a, c) => a.or(c),
+        } {
+            t.insert("min".into(), Value::from(m));
+        }
+        if let Some(m) = match (tmax, b.max) {
+            (Some(a), Some(c)) => Some(a.min(c)),
+            (a, c) => a.or(c),
+        } {
+            t.insert("max".into(), Value::from(m));
+        }
+        if !w.get("evals").is_some_and(Value::is_object) {
+            w["evals"] = serde_json::json!({});
+        }
+        w["evals"][metric] = Value::Object(t);
+    }
+    w
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::model_registry::{ApprovalRecord, Artifact, EvalRecord};
+    use serde_json::json;
     use std::time::Duration;
+
+    #[test]
+    fn weaker_and_strengthen() {
+        let min = rollwright_engine::policy::MinGate {
+            approvals: 2,
+            roles: vec!["ml-lead".into()],
+            evals: [(
+                "auc".to_owned(),
+                rollwright_engine::policy::Bounds {
+                    min: Some(0.9),
+                    max: None,
+                },
+            )]
+            .into_iter()
+            .collect(),
+        };
+        let w = json!({"approvals": 1, "evals": {"auc": {"min": 0.85}}});
+        let problems: Vec<String> = shortfall(&w, &min).into_iter().map(|p| p.1).collect();
+        assert_eq!(
+            problems,
+            [
+                "the policy requires at least 2 approvals, the gate asks 1",
+                "the policy requires an approval from a `ml-lead`",
+                "the policy requires `auc` min ≥ 0.9"
+            ]
+        );
+        let s = strengthen(&w, &min);
+        assert_eq!(
+            s,
+            json!({"approvals": 2, "roles": ["ml-lead"], "evals": {"auc": {"min": 0.9}}})
+        );
+        assert!(shortfall(&s, &min).is_empty());
+        let stricter = json!({"approvals": 3, "roles": ["ml-lead", "sec"], "evals": {"auc": {"min": 0.95}}});
+        assert!(shortfall(&stricter, &min).is_empty(), "a spec may be stricter");
+        assert_eq!(strengthen(&stricter, &min)["evals"]["auc"]["min"], 0.95);
+    }
 
     fn record() -> VersionRecord {
         let a = |who: &str, role: &str, expires: Option<&str>| ApprovalRecord {

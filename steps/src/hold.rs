@@ -7,7 +7,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use rollwright_engine::Code;
 use rollwright_engine::duration::Display;
 use rollwright_engine::exec::{BoxFuture, Progress, Step, StepContext, StepError};
-use rollwright_engine::registry::{BuildContext, Finding, Role, StepKind};
+use rollwright_engine::registry::{Access, AccessContext, BuildContext, Finding, Role, StepKind};
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
@@ -149,6 +149,16 @@ impl StepKind for Hold {
     fn name(&self) -> &'static str {
         "hold"
     }
+    fn access(&self, with: &Value, _cx: &AccessContext) -> Vec<Access> {
+        let pods = with["analysis"]["metrics"]
+            .as_array()
+            .is_some_and(|ms| ms.iter().any(|m| m["provider"] == "kubernetes"));
+        if pods {
+            vec![Access::new("v1", "Pod", None, &["list"])]
+        } else {
+            Vec::new()
+        }
+    }
     fn summary(&self) -> &'static str {
         "waits a duration while analysing metrics; a breach fails the step"
     }
@@ -166,6 +176,21 @@ impl StepKind for Hold {
     }
     fn min_duration(&self, with: &Value) -> Option<Duration> {
         with.get("duration").and_then(Value::as_str).map(dur)
+    }
+    fn detection_bound(&self, with: &Value) -> Option<Duration> {
+        let analysis = with.get("analysis").filter(|a| !a.is_null())?;
+        let interval = analysis
+            .get("interval")
+            .and_then(Value::as_str)
+            .map_or(Duration::from_secs(30), dur);
+        let limit = analysis.get("failure-limit").and_then(Value::as_u64).unwrap_or(1);
+        Some(interval * u32::try_from(limit).unwrap_or(u32::MAX))
+    }
+    fn shape(&self) -> rollwright_engine::registry::Shape {
+        rollwright_engine::registry::Shape::Wait
+    }
+    fn detail(&self, with: &Value) -> Option<String> {
+        with.get("duration").and_then(Value::as_str).map(str::to_owned)
     }
     fn check_rendered(&self, with: &Value, cx: &BuildContext) -> Vec<Finding> {
         let production = cx.target.as_ref().is_some_and(|t| t.production);

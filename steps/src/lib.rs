@@ -10,6 +10,7 @@ use rollwright_engine::Registry;
 
 mod common;
 
+pub mod access;
 pub mod apply;
 pub mod approval;
 pub mod cluster;

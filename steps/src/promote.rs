@@ -27,7 +27,7 @@ use std::time::Duration;
 
 use rollwright_engine::Code;
 use rollwright_engine::exec::{BoxFuture, Progress, Step, StepContext, StepError};
-use rollwright_engine::registry::{BuildContext, Finding, Role, StepKind};
+use rollwright_engine::registry::{Access, AccessContext, BuildContext, Finding, Role, StepKind};
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
@@ -55,12 +55,72 @@ fn yes() -> bool {
     true
 }
 
+/// The `type:` of this kind.
+pub const NAME: &str = "promote";
+
 /// The promote kind.
 pub struct Promote;
 
 impl StepKind for Promote {
     fn name(&self) -> &'static str {
-        "promote"
+        NAME
+    }
+    fn access(&self, with: &Value, cx: &AccessContext) -> Vec<Access> {
+        let Some(r) = crate::access::router(cx, with) else {
+            return Vec::new();
+        };
+        let changing = |v: &'static [&'static str]| crate::access::verbs_if_changing(cx, v);
+        match r.provider {
+            // The InferenceService (a patch) / SeldonDeployment (an update)
+            // itself; the compensation restores it.
+            Provider::Kserve => vec![crate::access::on_route(&r, changing(&["get", "patch", "update"]))],
+            Provider::Seldon => vec![crate::access::on_route(&r, changing(&["get", "update"]))],
+            _ => {
+                let mut out = vec![crate::access::on_route(&r, changing(&["get", "patch"]))];
+                if !cx.compensation {
+                    // Removed, or scaled to 0.
+                    let workloads = crate::access::applied(cx);
+                    if let Some((a, k, n)) = workloads
+                        .iter()
+                        .find(|(_, k, _)| matches!(k.as_str(), "Deployment" | "StatefulSet"))
+                    {
+                        out.push(Access::new(a, k, Some(n), changing(&["get", "patch", "delete"])));
+                    }
+                    if r.provider == Provider::Istio {
+                        out.push(Access::new(
+                            "networking.istio.io/v1beta1",
+                            "DestinationRule",
+                            None,
+                            &["list"],
+                        ));
+                    } else {
+                        out.push(Access::new("v1", "Service", Some(&r.stable), &["get"]));
+                    }
+                }
+                // The stable workload: named by `with.stable`, else found
+                // through the route's stable backend.
+                match with
+                    .get("stable")
+                    .and_then(Value::as_str)
+                    .and_then(|s| s.split_once('/'))
+                {
+                    Some((k, n)) => {
+                        let a = crate::wait_ready::api_version_of(k).unwrap_or("apps/v1");
+                        out.push(Access::new(a, k, Some(n), changing(&["get", "update"])));
+                    }
+                    None => {
+                        out.push(Access::new("apps/v1", "Deployment", None, &["list"]));
+                        out.push(
+                            Access::new("apps/v1", "Deployment", None, changing(&["get", "update"])).noting(format!(
+                                "`{}` finds the stable workload through the route at run time, so it may update any Deployment here; name it (`stable: Deployment/NAME` in its `with`, e.g. through `customize.with`) to grant that one only.",
+                                cx.build.step
+                            )),
+                        );
+                    }
+                }
+                out
+            }
+        }
     }
     fn summary(&self) -> &'static str {
         "makes the new version stable: stable workload updated and Ready, 100 % to stable, canary removed"

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rollwright_engine::exec::{BoxFuture, Progress, Step, StepContext, StepError};
-use rollwright_engine::registry::{BuildContext, Finding, Role, StepKind};
+use rollwright_engine::registry::{Access, AccessContext, BuildContext, Finding, Role, StepKind};
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
@@ -35,6 +35,50 @@ pub struct Rollback;
 impl StepKind for Rollback {
     fn name(&self) -> &'static str {
         "rollback"
+    }
+    fn access(&self, with: &Value, cx: &AccessContext) -> Vec<Access> {
+        use crate::traffic::Provider;
+        if !crate::access::changes(cx) {
+            return Vec::new();
+        }
+        let mut out = Vec::new();
+        if let Some(r) = crate::access::router(cx, with) {
+            out.push(crate::access::on_route(&r, &["get", "patch"]));
+        }
+        for (a, k, n) in crate::access::applied(cx) {
+            out.push(Access::new(
+                &a,
+                &k,
+                Some(&n),
+                &["get", "update", "create", "delete"],
+            ));
+        }
+        // A promote's stable workload, as it was before.
+        for (_, _, p) in cx.steps.iter().filter(|s| s.1 == crate::promote::NAME) {
+            if let Some(r) = crate::access::router(cx, p)
+                && matches!(r.provider, Provider::Kserve | Provider::Seldon)
+            {
+                out.push(crate::access::on_route(&r, &["get", "update"]));
+                continue;
+            }
+            match p
+                .get("stable")
+                .and_then(Value::as_str)
+                .and_then(|s| s.split_once('/'))
+            {
+                Some((k, n)) => {
+                    let a = crate::wait_ready::api_version_of(k).unwrap_or("apps/v1");
+                    out.push(Access::new(a, k, Some(n), &["get", "update", "create"]));
+                }
+                None => out.push(Access::new(
+                    "apps/v1",
+                    "Deployment",
+                    None,
+                    &["get", "update", "create"],
+                )),
+            }
+        }
+        out
     }
     fn summary(&self) -> &'static str {
         "sends all traffic to stable and restores the last known-good objects"

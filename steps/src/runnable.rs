@@ -20,7 +20,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rollwright_engine::exec::{Limits, Node, Step};
-use rollwright_engine::policy::{MinGate, strengthen};
+use rollwright_engine::policy::MinGate;
 use rollwright_engine::registry::{BuildContext, Registry, Role};
 use rollwright_engine::spec::Spec;
 use serde_json::Value;
@@ -49,8 +49,8 @@ pub fn build(
     let production = cx.target.as_ref().is_some_and(|t| t.production);
     let role = |kind: &str| registry.get(kind).map(|k| k.role());
     let gate_with = |kind: &str, with: &Value| -> Value {
-        match (min_gate, role(kind) == Some(Role::Gate)) {
-            (Some(min), true) => strengthen(with, min),
+        match (min_gate, registry.get(kind)) {
+            (Some(min), Some(k)) => k.harden(with, min),
             _ => with.clone(),
         }
     };

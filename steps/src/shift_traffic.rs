@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use rollwright_engine::Code;
 use rollwright_engine::exec::{BoxFuture, Progress, Step, StepContext, StepError};
-use rollwright_engine::registry::{BuildContext, Finding, Role, StepKind};
+use rollwright_engine::registry::{Access, AccessContext, BuildContext, Finding, Role, StepKind};
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
@@ -40,6 +40,42 @@ pub struct ShiftTraffic;
 impl StepKind for ShiftTraffic {
     fn name(&self) -> &'static str {
         "shift-traffic"
+    }
+    fn detail(&self, with: &Value) -> Option<String> {
+        self.canary_weight(with).map(|w| format!("{w}%"))
+    }
+    fn access(&self, with: &Value, cx: &AccessContext) -> Vec<Access> {
+        let Some(r) = crate::access::router(cx, with) else {
+            return Vec::new();
+        };
+        let mut out = vec![crate::access::on_route(
+            &r,
+            crate::access::verbs_if_changing(cx, &["get", "patch"]),
+        )];
+        // Readiness of the canary before routing to it.
+        match r.provider {
+            Provider::Istio => {
+                out.push(Access::new(
+                    "networking.istio.io/v1beta1",
+                    "DestinationRule",
+                    None,
+                    &["list"],
+                ));
+                // The Service is the route's host, read at run time.
+                out.push(Access::new("v1", "Service", None, &["get"]));
+                out.push(Access::new("v1", "Pod", None, &["list"]));
+            }
+            Provider::Seldon => {
+                let d = format!("{}-{}", r.route, r.canary);
+                out.push(Access::new("apps/v1", "Deployment", Some(&d), &["get"]));
+            }
+            Provider::Kserve => {}
+            _ => {
+                out.push(Access::new("v1", "Service", Some(&r.canary), &["get"]));
+                out.push(Access::new("v1", "Pod", None, &["list"]));
+            }
+        }
+        out
     }
     fn summary(&self) -> &'static str {
         "sets the canary's share of traffic (Istio, Gateway API, KServe, SMI, NGINX, Seldon)"

@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rollwright_engine::exec::{BoxFuture, Progress, Step, StepContext, StepError};
-use rollwright_engine::registry::{BuildContext, Finding, Role, StepKind};
+use rollwright_engine::registry::{Access, AccessContext, BuildContext, Finding, Role, StepKind};
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
@@ -34,6 +34,30 @@ pub struct WaitReady;
 impl StepKind for WaitReady {
     fn name(&self) -> &'static str {
         "wait-ready"
+    }
+    fn access(&self, with: &Value, cx: &AccessContext) -> Vec<Access> {
+        let listed: Vec<(String, String, String)> = with
+            .get("resources")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_str)
+            .filter_map(|r| r.split_once('/'))
+            .filter_map(|(k, n)| api_version_of(k).map(|av| (av.to_owned(), k.to_owned(), n.to_owned())))
+            .collect();
+        let targets = if listed.is_empty() {
+            crate::access::applied(cx)
+        } else {
+            listed
+        };
+        let mut out = Vec::new();
+        for (a, k, n) in targets {
+            out.push(Access::new(&a, &k, Some(&n), &["get"]));
+            // Waiting for the next change is a watch on the kind.
+            out.push(Access::new(&a, &k, None, &["list", "watch"]));
+        }
+        out.push(Access::new("v1", "Pod", None, &["list"]));
+        out
     }
     fn summary(&self) -> &'static str {
         "waits for Deployments, Pods and InferenceServices to be ready; fails fast on crash loops"
