@@ -96,7 +96,7 @@ pub trait StepKind: Send + Sync + 'static {
     fn name(&self) -> &'static str;
     /// One line for `rollwright schema` and the README.
     fn summary(&self) -> &'static str;
-    /// The JSON Schema (draft 2020-12) of `with`, as committed in `schemas/steps/`.
+    /// The JSON Schema (draft 2020-12) of `with`, as committed in `steps/schemas/` (published, accepting templates, in `schemas/steps/`).
     fn schema(&self) -> &'static str;
     /// What the kind does to the target.
     fn role(&self) -> Role;

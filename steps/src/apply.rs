@@ -73,7 +73,7 @@ impl StepKind for Apply {
         "renders, policy-checks and server-side applies manifests, recording what it replaces"
     }
     fn schema(&self) -> &'static str {
-        include_str!("../../schemas/steps/apply.schema.json")
+        include_str!("../schemas/apply.schema.json")
     }
     fn role(&self) -> Role {
         Role::Promote

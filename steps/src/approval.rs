@@ -62,7 +62,7 @@ impl StepKind for Approval {
         "waits until enough people run `rollwright approve`"
     }
     fn schema(&self) -> &'static str {
-        include_str!("../../schemas/steps/approval.schema.json")
+        include_str!("../schemas/approval.schema.json")
     }
     fn role(&self) -> Role {
         Role::Observe

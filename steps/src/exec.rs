@@ -46,7 +46,7 @@ impl StepKind for Exec {
         "runs a command (no shell); exit 0 succeeds, listed exit codes are retried"
     }
     fn schema(&self) -> &'static str {
-        include_str!("../../schemas/steps/exec.schema.json")
+        include_str!("../schemas/exec.schema.json")
     }
     fn role(&self) -> Role {
         // An arbitrary command may change anything: treat it as a change.

@@ -79,7 +79,7 @@ impl StepKind for GateCheck {
         "checks the model version is approved, with enough approvals and passing evals"
     }
     fn schema(&self) -> &'static str {
-        include_str!("../../schemas/steps/gate-check.schema.json")
+        include_str!("../schemas/gate-check.schema.json")
     }
     fn role(&self) -> Role {
         Role::Gate

@@ -163,7 +163,7 @@ impl StepKind for Hold {
         "waits a duration while analysing metrics; a breach fails the step"
     }
     fn schema(&self) -> &'static str {
-        include_str!("../../schemas/steps/hold.schema.json")
+        include_str!("../schemas/hold.schema.json")
     }
     fn role(&self) -> Role {
         Role::Observe

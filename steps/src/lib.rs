@@ -1,7 +1,7 @@
 //! rollwright's step kinds: one module per `type:`.
 //!
 //! Each module has the kind's `XxxConfig` (the serde model of its `with`,
-//! `deny_unknown_fields`, mirroring `schemas/steps/<type>.schema.json`), a
+//! `deny_unknown_fields`, mirroring `steps/schemas/<type>.schema.json`), a
 //! unit struct implementing [`rollwright_engine::StepKind`] (role, semantic
 //! checks, the facts the engine's rules ask about), and its tests. The one
 //! place where kinds are registered is [`registry`].

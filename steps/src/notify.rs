@@ -41,7 +41,7 @@ impl StepKind for Notify {
         "POSTs a JSON summary of the run to a webhook"
     }
     fn schema(&self) -> &'static str {
-        include_str!("../../schemas/steps/notify.schema.json")
+        include_str!("../schemas/notify.schema.json")
     }
     fn role(&self) -> Role {
         Role::Observe

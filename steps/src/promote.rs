@@ -126,7 +126,7 @@ impl StepKind for Promote {
         "makes the new version stable: stable workload updated and Ready, 100 % to stable, canary removed"
     }
     fn schema(&self) -> &'static str {
-        include_str!("../../schemas/steps/promote.schema.json")
+        include_str!("../schemas/promote.schema.json")
     }
     fn role(&self) -> Role {
         Role::Promote

@@ -84,7 +84,7 @@ impl StepKind for Rollback {
         "sends all traffic to stable and restores the last known-good objects"
     }
     fn schema(&self) -> &'static str {
-        include_str!("../../schemas/steps/rollback.schema.json")
+        include_str!("../schemas/rollback.schema.json")
     }
     fn role(&self) -> Role {
         Role::Restore

@@ -81,7 +81,7 @@ impl StepKind for ShiftTraffic {
         "sets the canary's share of traffic (Istio, Gateway API, KServe, SMI, NGINX, Seldon)"
     }
     fn schema(&self) -> &'static str {
-        include_str!("../../schemas/steps/shift-traffic.schema.json")
+        include_str!("../schemas/shift-traffic.schema.json")
     }
     fn role(&self) -> Role {
         Role::Promote
@@ -92,7 +92,9 @@ impl StepKind for ShiftTraffic {
         out
     }
     fn outputs(&self) -> &'static [&'static str] {
-        &["previous-split"]
+        // `previous-split`: the routing object's weights before the change
+        // (the cluster's; a GitOps target records its commit instead).
+        &["canary", "route", "previous-split"]
     }
     fn canary_weight(&self, with: &Value) -> Option<u64> {
         with.get("canary").and_then(Value::as_u64)

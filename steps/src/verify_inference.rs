@@ -113,13 +113,13 @@ impl StepKind for VerifyInference {
         "sends synthetic inference requests (KServe v1, OIP v2, HTTP) and checks the answers"
     }
     fn schema(&self) -> &'static str {
-        include_str!("../../schemas/steps/verify-inference.schema.json")
+        include_str!("../schemas/verify-inference.schema.json")
     }
     fn role(&self) -> Role {
         Role::Observe
     }
     fn outputs(&self) -> &'static [&'static str] {
-        &["answered-by", "latency-p99"]
+        &["answered-by", "latency-p99", "passed"]
     }
     fn check(&self, with: &Value) -> Vec<Finding> {
         let mut out = Vec::new();

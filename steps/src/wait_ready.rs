@@ -63,7 +63,7 @@ impl StepKind for WaitReady {
         "waits for Deployments, Pods and InferenceServices to be ready; fails fast on crash loops"
     }
     fn schema(&self) -> &'static str {
-        include_str!("../../schemas/steps/wait-ready.schema.json")
+        include_str!("../schemas/wait-ready.schema.json")
     }
     fn role(&self) -> Role {
         Role::Observe

@@ -1,5 +1,7 @@
 //! The committed schemas and the Rust types agree, and the generated
-//! `schemas/rollout.schema.json` has not drifted from its sources.
+//! `schemas/rollout.schema.json` and `schemas/steps/*.schema.json` (the
+//! kinds' schemas in `steps/schemas/`, accepting templated values) have not
+//! drifted from their sources.
 //! Run with `UPDATE_SCHEMAS=1` to rewrite the generated file.
 
 use std::path::{Path, PathBuf};
@@ -16,22 +18,45 @@ fn root() -> PathBuf {
 #[test]
 fn generated_rollout_schema_is_committed() {
     let registry = rollwright_steps::registry();
-    let generated = schema::to_pretty(&schema::rollout_schema(&registry).unwrap());
-    let path = root().join("schemas/rollout.schema.json");
-    if std::env::var_os("UPDATE_SCHEMAS").is_some() {
-        std::fs::write(&path, &generated).unwrap();
+    let mut generated = vec![(
+        root().join("schemas/rollout.schema.json"),
+        schema::to_pretty(&schema::rollout_schema(&registry).unwrap()),
+    )];
+    // The published step schemas: the kinds' own, accepting templated values.
+    for kind in registry.iter() {
+        let strict: Value = serde_json::from_str(kind.schema()).unwrap();
+        generated.push((
+            root().join(format!("schemas/steps/{}.schema.json", kind.name())),
+            schema::to_pretty(&schema::accepting_templates(&strict)),
+        ));
     }
-    let committed = std::fs::read_to_string(&path).unwrap_or_default();
+    let mut stale = Vec::new();
+    for (path, text) in &generated {
+        if std::env::var_os("UPDATE_SCHEMAS").is_some() {
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(path, text).unwrap();
+        }
+        if std::fs::read_to_string(path).unwrap_or_default() != *text {
+            stale.push(path.display().to_string());
+        }
+    }
     assert!(
-        committed == generated,
-        "schemas/rollout.schema.json is out of date: run `UPDATE_SCHEMAS=1 cargo test -p rollwright-steps --test schemas`"
+        stale.is_empty(),
+        "out of date: {stale:?}: run `UPDATE_SCHEMAS=1 cargo test -p rollwright-steps --test schemas`"
+    );
+    // Nothing else in schemas/steps (a removed kind's file is removed).
+    let published = std::fs::read_dir(root().join("schemas/steps")).unwrap().count();
+    assert_eq!(
+        published,
+        registry.iter().count(),
+        "one published schema per kind"
     );
 }
 
 #[test]
 fn every_step_kind_has_its_schema_file() {
     let registry = rollwright_steps::registry();
-    let dir = root().join("schemas/steps");
+    let dir = root().join("steps/schemas");
     let mut files: Vec<String> = std::fs::read_dir(&dir)
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
@@ -165,5 +190,83 @@ fn schema_invalid_documents_are_refused_by_both() {
             findings.iter().any(|f| f.code == rollwright_engine::Code::Schema),
             "type accepts {kind} {with}: {findings:?}"
         );
+    }
+}
+
+/// What an editor shows: every shipped spec and strategy validates against
+/// the published `schemas/rollout.schema.json` (with `common.schema.json`
+/// and `steps/*.schema.json` beside it, as yaml-language-server resolves
+/// them) — checked by the `jsonschema` crate alone on YAML read by
+/// serde-saphyr, not by rollwright's loader or linter, so templated values
+/// (`"{{params.approvals}}"` where a number goes) must be accepted by the
+/// published schemas themselves.
+#[test]
+fn shipped_yaml_validates_against_the_published_schemas_in_an_independent_validator() {
+    let dir = root().join("schemas");
+    let base = "https://editor.invalid/schemas/";
+    let read = |p: &Path| -> Value { serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap() };
+    let mut registry = jsonschema::Registry::new()
+        .add(
+            format!("{base}common.schema.json"),
+            read(&dir.join("common.schema.json")),
+        )
+        .unwrap();
+    for e in std::fs::read_dir(dir.join("steps")).unwrap() {
+        let p = e.unwrap().path();
+        let name = p.file_name().unwrap().to_string_lossy().into_owned();
+        registry = registry.add(format!("{base}steps/{name}"), read(&p)).unwrap();
+    }
+    let prepared = registry.prepare().unwrap();
+    let validator = jsonschema::options()
+        .offline()
+        .with_base_uri(format!("{base}rollout.schema.json"))
+        .with_registry(&prepared)
+        .build(&read(&dir.join("rollout.schema.json")))
+        .unwrap();
+    let files: Vec<_> = yaml_files(&root().join("specs"))
+        .into_iter()
+        .filter(|f| {
+            !f.starts_with(root().join("specs/sim")) && !f.starts_with(root().join("specs/scenarios"))
+        })
+        .collect();
+    assert!(files.len() >= 8, "examples and strategies");
+    let mut problems = Vec::new();
+    for f in &files {
+        let value: Value = serde_saphyr::from_str(&std::fs::read_to_string(f).unwrap()).unwrap();
+        for e in validator.iter_errors(&value) {
+            problems.push(format!("{}: {}: {e}", f.display(), e.instance_path()));
+        }
+    }
+    assert!(
+        problems.is_empty(),
+        "{} problems:\n{}",
+        problems.len(),
+        problems.join("\n")
+    );
+    // Templates are accepted, not anything: a wrong value still shows.
+    let base = "apiVersion: rollwright.dev/v1alpha1\nkind: Strategy\nmetadata: {name: s}\nsteps:\n";
+    for (step, ok) in [
+        (
+            "  - {id: g, type: gate-check, with: {approvals: \"{{params.n}}\"}}",
+            true,
+        ),
+        ("  - {id: g, type: gate-check, with: {approvals: two}}", false),
+        (
+            "  - {id: s, type: shift-traffic, with: {canary: \"{{item}}\"}}",
+            true,
+        ),
+        ("  - {id: s, type: shift-traffic, with: {canary: \"5%\"}}", false),
+        (
+            "  - {id: h, type: hold, with: {duration: \"{{params.hold}}\"}}",
+            true,
+        ),
+        ("  - {id: h, type: hold, with: {duration: ten minutes}}", false),
+        (
+            "  - {id: h, type: hold, with: {duration: 1m, bogus: \"{{x}}\"}}",
+            false,
+        ),
+    ] {
+        let value: Value = serde_saphyr::from_str(&format!("{base}{step}\n")).unwrap();
+        assert_eq!(validator.is_valid(&value), ok, "{step}");
     }
 }
