@@ -171,6 +171,35 @@ fn dns_label(s: &str) -> bool {
         && !s.ends_with('-')
 }
 
+/// A Kubernetes resource quantity as `init` writes it: a decimal number
+/// and an optional suffix.
+fn quantity(s: &str) -> bool {
+    let split = s
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(s.len());
+    let (n, unit) = s.split_at(split);
+    n.parse::<f64>().is_ok_and(|n| n > 0.0)
+        && ["", "m", "k", "M", "G", "T", "Ki", "Mi", "Gi", "Ti"].contains(&unit)
+}
+
+/// A value typed by the user, as a YAML scalar: double-quoted (a JSON
+/// string is a valid YAML one), so no character of it is YAML syntax.
+fn q(s: &str) -> String {
+    serde_json::to_string(s).unwrap_or_default()
+}
+
+/// Like [`q`], but plain when plain reads the same (`prod-west`, `main`):
+/// a name of letters, digits, `.`, `_`, `/` and `-` that YAML would not
+/// read as a number, a boolean or null.
+fn scalar(s: &str) -> String {
+    let plain = s.bytes().next().is_some_and(|b| b.is_ascii_alphabetic())
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'/'))
+        && !["true", "false", "null", "yes", "no", "on", "off", "y", "n"]
+            .contains(&s.to_ascii_lowercase().as_str());
+    if plain { s.to_owned() } else { q(s) }
+}
+
 /// `1` → `2`, `500m` → `1000m`, `2Gi` → `4Gi`.
 fn twice(q: &str) -> String {
     let split = q
@@ -250,6 +279,11 @@ fn scaffold(args: InitArgs, a: &mut Asker<'_>) -> Result<Vec<PathBuf>, String> {
         &["file", "mlflow"],
     )?;
     let name = a.ask(args.name, "rollout name", Some(&model), &[])?;
+    if !dns_label(&name) {
+        return Err(format!(
+            "rollout name `{name}`: use lowercase letters, digits and `-` (it names the files and the run)"
+        ));
+    }
     let context = a.ask(args.context, "target kubeconfig context", None, &[])?;
     let namespace = a.ask(args.namespace, "target namespace", None, &[])?;
     if !dns_label(&namespace) {
@@ -320,7 +354,11 @@ fn scaffold(args: InitArgs, a: &mut Asker<'_>) -> Result<Vec<PathBuf>, String> {
             &[],
         )?;
         Some(format!(
-            ",\n  gitops: {{repo: \"{repo}\", branch: {branch}, path: \"{path}\", controller: {controller}, app: {app}}}"
+            ",\n  gitops: {{repo: {}, branch: {}, path: {}, controller: {controller}, app: {}}}",
+            q(&repo),
+            scalar(&branch),
+            q(&path),
+            scalar(&app)
         ))
     } else {
         None
@@ -365,6 +403,13 @@ fn scaffold(args: InitArgs, a: &mut Asker<'_>) -> Result<Vec<PathBuf>, String> {
     };
     let cpu = a.ask(args.cpu, "CPU request per replica", Some("1"), &[])?;
     let memory = a.ask(args.memory, "memory request per replica", Some("2Gi"), &[])?;
+    for (what, v) in [("cpu", &cpu), ("memory", &memory)] {
+        if !quantity(v) {
+            return Err(format!(
+                "{what} `{v}` is not a Kubernetes quantity (e.g. 500m, 2, 1.5, 512Mi, 2Gi)"
+            ));
+        }
+    }
     let gpu: u32 = a
         .ask(
             args.gpu.map(|g| g.to_string()),
@@ -441,7 +486,10 @@ fn scaffold(args: InitArgs, a: &mut Asker<'_>) -> Result<Vec<PathBuf>, String> {
         ));
     }
     spec.push_str(&format!(
-        "model: {{registry: {registry}, name: {model}, version: \"{version}\"}}\nserving: {{platform: {platform}, traffic: {traffic}, endpoint: \"{endpoint}\"}}\ntarget: {{context: {context}, namespace: {namespace}, environment: {environment}{}}}\n",
+        "model: {{registry: {registry}, name: {model}, version: {}}}\nserving: {{platform: {platform}, traffic: {traffic}, endpoint: {}}}\ntarget: {{context: {}, namespace: {namespace}, environment: {environment}{}}}\n",
+        q(&version),
+        q(&endpoint),
+        scalar(&context),
         gitops.unwrap_or_default()
     ));
     let mut evals: Vec<(String, f64)> = Vec::new();
@@ -473,7 +521,8 @@ fn scaffold(args: InitArgs, a: &mut Asker<'_>) -> Result<Vec<PathBuf>, String> {
     if !auth.is_empty() {
         // `customize.with` replaces a step's `with`: the whole smoke test, plus auth.
         spec.push_str(&format!(
-            "    smoke:\n      protocol: \"{{{{params.protocol}}}}\"\n      target: canary\n      requests: 10\n      success-ratio: 1.0\n      expect: {{status: 200, latency: 1s}}\n      auth: {{secretRef: {auth}}}\n"
+            "    smoke:\n      protocol: \"{{{{params.protocol}}}}\"\n      target: canary\n      requests: 10\n      success-ratio: 1.0\n      expect: {{status: 200, latency: 1s}}\n      auth: {{secretRef: {}}}\n",
+            scalar(&auth)
         ));
     }
     std::fs::write(&manifest_path, manifest).map_err(|e| format!("{}: {e}", manifest_path.display()))?;

@@ -254,3 +254,87 @@ fn init_for_a_gitops_target_declares_it_and_lints_clean() {
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
     assert!(stderr(&out).contains("argocd"), "{}", stderr(&out));
 }
+
+/// What a user types is data: a value that looks like YAML syntax
+/// (`, environment: dev`, a quote, a newline) never changes another field of
+/// the generated spec — above all not the environment. It is written as
+/// typed (quoted) or refused; the environment stays what was chosen.
+#[test]
+fn init_values_cannot_inject_yaml() {
+    let s = strategies();
+    let mut planned = Vec::new();
+    for (flag, value) in [
+        ("--context", "prod-east, environment: dev"),
+        ("--context", "prod-east}\nenvironment: dev\nx: {"),
+        ("--model-version", "8\", environment: dev, x: \""),
+        ("--endpoint", "https://x.example.com\", environment: dev, y: \""),
+        ("--cpu", "1\"}, environment: dev, z: {a: \""),
+        ("--name", "churn\nenvironment: dev"),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let mut args = vec![
+            "init",
+            "--model",
+            "churn",
+            "--registry",
+            "file",
+            "--namespace",
+            "growth",
+            "--platform",
+            "deployment",
+            "--traffic",
+            "istio",
+            "--environment",
+            "production",
+            "--strategy",
+            "canary",
+            "--strategies",
+            &s,
+            "--dir",
+            "out",
+        ];
+        for (f, default) in [
+            ("--context", "prod-east"),
+            ("--model-version", "8"),
+            ("--endpoint", "https://churn.example.com"),
+            ("--cpu", "500m"),
+            ("--name", "churn"),
+        ] {
+            args.push(f);
+            args.push(if f == flag { value } else { default });
+        }
+        let out = rollwright_in(dir.path(), &args);
+        let Ok(spec) = std::fs::read_to_string(dir.path().join("out/churn.yaml")) else {
+            // Refused: with a reason, nothing written.
+            assert_ne!(out.status.code(), Some(0), "{flag}: {}", stderr(&out));
+            assert!(!stderr(&out).is_empty());
+            continue;
+        };
+        assert_eq!(out.status.code(), Some(0), "{flag}: {}", stderr(&out));
+        let plan = rollwright_in(
+            dir.path(),
+            &["plan", "--format", "json", "--root", "/", "out/churn.yaml"],
+        );
+        if plan.status.code() != Some(0) {
+            // Written as typed, and refused where it cannot be data (a quote
+            // in a manifest value): located, and nothing can run it.
+            assert!(stderr(&plan).contains("error["), "{flag}: {}", stderr(&plan));
+            continue;
+        }
+        let p: serde_json::Value = serde_json::from_slice(&plan.stdout)
+            .unwrap_or_else(|_| panic!("{flag}: plan: {}\n{spec}", stderr(&plan)));
+        assert_eq!(
+            p["target"]["environment"], "production",
+            "{flag} = {value:?} changed the environment:\n{spec}"
+        );
+        planned.push(flag);
+        match flag {
+            "--context" => assert_eq!(p["target"]["context"], value, "{spec}"),
+            "--model-version" => assert_eq!(p["model"]["version"], value, "{spec}"),
+            "--endpoint" => assert_eq!(p["serving"]["endpoint"], value, "{spec}"),
+            _ => {}
+        }
+    }
+    // The contexts and the endpoint are written as typed and plan.
+    assert_eq!(planned, ["--context", "--context", "--endpoint"]);
+}
