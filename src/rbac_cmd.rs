@@ -151,7 +151,10 @@ pub fn run(args: &RbacArgs) -> u8 {
         return exit::USAGE;
     };
     // A GitOps target is changed through Git: the steps only read the cluster.
-    let gitops = target.gitops.as_ref();
+    let gitops = rollwright_steps::target::gitops(&rollwright_engine::registry::BuildContext::of_spec(
+        &spec, false, &args.spec,
+    ));
+    let gitops = gitops.as_ref();
     let mut g = Grants::default();
     let mut cluster_scoped = BTreeSet::new();
     let mut notes = BTreeSet::new();
@@ -284,10 +287,8 @@ pub fn run(args: &RbacArgs) -> u8 {
     if let Some(g) = gitops {
         // Reading the sync status of the one Application / Kustomization.
         let app_ns = g.app_namespace();
-        let (group, resource) = match g.controller {
-            rollwright_engine::spec::Controller::Argocd => ("argoproj.io", "applications"),
-            rollwright_engine::spec::Controller::Flux => ("kustomize.toolkit.fluxcd.io", "kustomizations"),
-        };
+        let (api_version, kind, _) = g.sync_kind();
+        let (group, resource) = (group(api_version), plural(kind));
         out.push_str(&format!(
             "---\n# GitOps: apply, shift-traffic and rollback push to {} ({}); the run only reads the sync status.\napiVersion: rbac.authorization.k8s.io/v1\nkind: Role\nmetadata:\n  name: {name}\n  namespace: {app_ns}\nrules:\n  - apiGroups: [\"{group}\"]\n    resources: [{resource}]\n    resourceNames: [{}]\n    verbs: [get]\n---\napiVersion: rbac.authorization.k8s.io/v1\nkind: RoleBinding\nmetadata:\n  name: {name}\n  namespace: {app_ns}\nroleRef:\n  apiGroup: rbac.authorization.k8s.io\n  kind: Role\n  name: {name}\nsubjects:\n  - kind: ServiceAccount\n    name: {}\n    namespace: {ns}\n",
             g.repo, g.branch, g.app, args.service_account

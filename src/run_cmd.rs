@@ -433,18 +433,21 @@ fn build_context(
             cx.target.as_mut().and_then(|t| t.gitops.as_mut()),
             s.gitops_repo.as_ref(),
         ) {
-            g.repo = r.to_string_lossy().into_owned();
+            g["repo"] = r.to_string_lossy().into_owned().into();
         }
         // On the embedded cluster the sim's router addresses versions: the
         // model's own base URL on the sim, where plain-HTTP paths
         // (`/predict`) reach that model, like its real Service.
         if let Some(sv) = cx.serving.as_mut() {
-            sv.endpoint = Some(match &spec.model {
+            sv["endpoint"] = match &spec.model {
                 Some(m) => format!("{}/models/{}", s.endpoint.trim_end_matches('/'), m.name),
                 None => s.endpoint.clone(),
-            });
-            sv.canary_headers = None;
-            sv.stable_headers = None;
+            }
+            .into();
+            if let Some(o) = sv.as_object_mut() {
+                o.remove("canary-headers");
+                o.remove("stable-headers");
+            }
         }
     }
     BuildContext {

@@ -116,7 +116,7 @@ pub fn start(
 pub fn reach_of(attach: &Attach, file: Option<&Path>, spec: &Spec) -> Result<Reach, String> {
     let gitops = spec.target.as_ref().and_then(|t| t.gitops.as_ref());
     let repo = match gitops {
-        Some(g) => Some(attach.repository_for(&g.repo)?),
+        Some(g) => Some(attach.repository_for(g["repo"].as_str().unwrap_or_default())?),
         None => None,
     };
     if let Some(r) = &repo {

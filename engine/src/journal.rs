@@ -55,7 +55,7 @@ pub enum Record {
         /// The policy in force: `{path, digest}`, or null.
         #[serde(default)]
         policy: Value,
-        /// How the run reaches its target (the CLI's description: kubeconfig,
+        /// How the run reaches its target (the CLI's description: client configuration,
         /// context, API server, or the embedded cluster). Opaque to the engine.
         #[serde(default)]
         reach: Value,

@@ -38,8 +38,8 @@ pub struct Linter {
     root: Option<std::path::PathBuf>,
 }
 
-/// The API server a kubeconfig context points at, when it can be known
-/// (the CLI reads the user's kubeconfig; the engine knows none).
+/// The API server a cluster context points at, when it can be known
+/// (the CLI reads the client configuration; the engine knows none).
 pub type Resolver = std::sync::Arc<dyn Fn(&str) -> Option<String> + Send + Sync>;
 
 impl std::fmt::Debug for Linter {

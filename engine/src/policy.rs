@@ -5,7 +5,7 @@
 //! pointing at a production cluster: the environment that counts is the one
 //! the policy derives from where the run *actually* deploys — the context
 //! used (the spec's, or `--context`), the API server that context reaches
-//! (whatever kubeconfig supplied it, or in-cluster), or the namespace. A
+//! (whatever client configuration supplied it, or in-cluster), or the namespace. A
 //! spec may be stricter than the policy, never weaker.
 //!
 //! Where the policy is, is explicit: `--policy FILE`, else
@@ -21,7 +21,7 @@
 //!   contexts: [prod-east, prod-west]
 //!   api-servers: ["https://10.0.0.1:6443"]
 //!   namespaces: [payments]
-//! gitops:                       # targets Argo CD / Flux manage: specs must
+//! gitops:                       # targets a GitOps controller manages: specs must
 //!   contexts: [prod-east]       # declare `target.gitops`, never apply directly
 //!   namespaces: [payments]
 //! environments:
@@ -81,14 +81,14 @@ pub struct EnvironmentRules {
 }
 
 /// A set of targets (which are production, which are GitOps-managed): by
-/// kubeconfig context, API server, or namespace.
+/// cluster context, API server, or namespace.
 #[derive(Debug, Clone, Default, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct Targets {
-    /// kubeconfig context names.
+    /// cluster context names.
     #[serde(default)]
     pub contexts: Vec<String>,
-    /// API server URLs (matched through the kubeconfig).
+    /// API server URLs (matched through the client configuration).
     #[serde(default)]
     pub api_servers: Vec<String>,
     /// Namespaces that are production in any cluster.
@@ -126,7 +126,7 @@ pub const SYSTEM_POLICY: &str = "/etc/rollwright/policy.yaml";
 
 /// Where a run deploys, as actually reached: the context used and the API
 /// server it points at (`None` when unknown, e.g. linting without a
-/// kubeconfig).
+/// client configuration).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Reached {
     /// The context used (the spec's, or one named on the command line).
@@ -162,7 +162,7 @@ pub fn normalize_server(url: &str) -> String {
 /// Which part of a target a [`Targets`] set matched.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Matched {
-    /// Its kubeconfig context.
+    /// Its cluster context.
     Context,
     /// Its namespace.
     Namespace,

@@ -264,10 +264,10 @@ pub struct BuildContext {
     /// Where the run deploys.
     pub target: Option<TargetInfo>,
     /// Serving platform and routing (`serving:`).
-    pub serving: Option<crate::spec::Serving>,
+    pub serving: Option<serde_json::Value>,
     /// Manifest templates rendered for `apply` steps.
     pub manifests: Vec<crate::expand::Manifest>,
-    /// How the run reaches its target (the steps crate's `Reach`: kubeconfig,
+    /// How the run reaches its target (the steps crate's `Reach`: client configuration,
     /// context and API server, or the embedded cluster). Opaque here: the
     /// engine knows no cluster.
     pub reach: serde_json::Value,
@@ -281,7 +281,7 @@ pub struct BuildContext {
 /// The target of a run, as the spec names it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TargetInfo {
-    /// kubeconfig context.
+    /// The context of the target cluster (in the client configuration).
     pub context: String,
     /// Namespace.
     pub namespace: String,
@@ -289,7 +289,7 @@ pub struct TargetInfo {
     /// the spec's, or production when the policy says the cluster reached is.
     pub production: bool,
     /// Set when a GitOps controller manages the target.
-    pub gitops: Option<crate::spec::GitOps>,
+    pub gitops: Option<serde_json::Value>,
 }
 
 impl BuildContext {
@@ -338,6 +338,9 @@ impl BuildContext {
 #[derive(Default)]
 pub struct Registry {
     kinds: Vec<Box<dyn StepKind>>,
+    /// Schemas of the spec's parts the steps own (`serving`, `gitops`),
+    /// by name: filled into the envelope's `$defs`.
+    defs: Vec<(&'static str, &'static str)>,
 }
 
 impl std::fmt::Debug for Registry {
@@ -353,6 +356,19 @@ impl Registry {
     #[must_use]
     pub fn new() -> Self {
         Registry::default()
+    }
+
+    /// Registers the schema of a part of the spec the steps own (`serving`,
+    /// `gitops`): the envelope refers to it as `#/$defs/<name>`.
+    #[must_use]
+    pub fn with_def(mut self, name: &'static str, schema: &'static str) -> Self {
+        self.defs.push((name, schema));
+        self
+    }
+
+    /// The schemas of the spec's parts the steps own: `(name, JSON)`.
+    pub fn defs(&self) -> impl Iterator<Item = (&'static str, &'static str)> + '_ {
+        self.defs.iter().copied()
     }
 
     /// Registers a kind.

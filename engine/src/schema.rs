@@ -80,6 +80,17 @@ pub fn rollout_schema(registry: &Registry) -> Result<Value, SchemaError> {
         })
         .collect();
     let defs = &mut schema["$defs"];
+    // The parts the steps own; any object where no kind supplies one.
+    for name in ["serving", "gitops"] {
+        defs[name] = json!({"type": "object"});
+    }
+    for (name, text) in registry.defs() {
+        let mut def = parse(&format!("{name} schema"), text)?;
+        if let Some(o) = def.as_object_mut() {
+            o.remove("$schema");
+        }
+        defs[name] = def;
+    }
     defs["step-type"]["enum"] = Value::Array(names);
     defs["with-by-type"]["allOf"] = Value::Array(dispatch);
     Ok(schema)

@@ -42,9 +42,10 @@ pub struct Spec {
     /// Where it deploys.
     #[serde(default)]
     pub target: Option<Target>,
-    /// How it is served and routed.
-    #[serde(default)]
-    pub serving: Option<Serving>,
+    /// How it is served and routed: the steps crate's business (the schema
+    /// checks its shape; the steps read it as their type).
+    #[serde(default, deserialize_with = "present")]
+    pub serving: Option<Value>,
     /// Defaults for every step.
     #[serde(default)]
     pub defaults: Defaults,
@@ -107,83 +108,23 @@ fn default_registry() -> String {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Target {
-    /// kubeconfig context.
+    /// The context of the target cluster (in the client configuration).
     pub context: String,
     /// Namespace.
     pub namespace: String,
     /// Environment class; production enables every safety rule.
     pub environment: Environment,
-    /// Set when Argo CD or Flux manages the target: changes go through Git.
-    #[serde(default)]
-    pub gitops: Option<GitOps>,
+    /// Set when a GitOps controller manages the target: changes go through
+    /// Git. What it holds is the steps crate's business (the schema checks
+    /// its shape); the engine only knows whether it is set.
+    #[serde(default, deserialize_with = "present")]
+    pub gitops: Option<serde_json::Value>,
 }
 
-/// A GitOps-managed target: `apply`, `shift-traffic` and `rollback` commit
-/// to `repo` and wait for the controller to sync, instead of changing the
-/// cluster.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "kebab-case")]
-pub struct GitOps {
-    /// The repository: a local path, `file://`, `https://` or ssh URL.
-    pub repo: String,
-    /// The branch the controller follows.
-    #[serde(default = "default_branch")]
-    pub branch: String,
-    /// Directory in the repository holding the target's manifests.
-    pub path: String,
-    /// `argocd` or `flux`.
-    pub controller: Controller,
-    /// The Argo CD `Application` or Flux `Kustomization` name.
-    pub app: String,
-    /// Its namespace (default `argocd`, or `flux-system` for Flux).
-    #[serde(default)]
-    pub app_namespace: Option<String>,
-    /// Credentials for a remote repository, by reference.
-    #[serde(default)]
-    pub credentials: Option<GitCredentials>,
-    /// Commit author, `Name <email>` (default `rollwright <rollwright@localhost>`).
-    #[serde(default)]
-    pub author: Option<String>,
-}
-
-impl GitOps {
-    /// The namespace of the controller's object.
-    #[must_use]
-    pub fn app_namespace(&self) -> &str {
-        self.app_namespace.as_deref().unwrap_or(match self.controller {
-            Controller::Argocd => "argocd",
-            Controller::Flux => "flux-system",
-        })
-    }
-}
-
-/// The GitOps controller that syncs the repository.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Controller {
-    /// Argo CD (`Application`).
-    Argocd,
-    /// Flux (`Kustomization`).
-    Flux,
-}
-
-/// How to authenticate to a remote repository (secret references only).
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "kebab-case")]
-pub struct GitCredentials {
-    /// HTTPS: a token (sent as basic auth with `username`).
-    #[serde(default)]
-    pub token: Option<serde_json::Value>,
-    /// HTTPS user name for the token (default `x-access-token`).
-    #[serde(default)]
-    pub username: Option<String>,
-    /// SSH: a private key.
-    #[serde(default)]
-    pub ssh_key: Option<serde_json::Value>,
-}
-
-fn default_branch() -> String {
-    "main".into()
+/// An optional field whose value is kept as written; `null` is absent.
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Value>, D::Error> {
+    let v = Value::deserialize(d)?;
+    Ok((!v.is_null()).then_some(v))
 }
 
 /// Environment class of a target.
@@ -196,35 +137,6 @@ pub enum Environment {
     Staging,
     /// Development.
     Dev,
-}
-
-/// Serving platform and traffic router.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Serving {
-    /// `kserve`, `deployment` or `seldon`.
-    pub platform: String,
-    /// `istio`, `gateway-api`, `kserve`, `smi`, `nginx`, `seldon` or `none`.
-    #[serde(default)]
-    pub traffic: Option<String>,
-    /// The object that splits traffic (default: the model name).
-    #[serde(default)]
-    pub route: Option<String>,
-    /// The stable backend in the route.
-    #[serde(default)]
-    pub stable: Option<String>,
-    /// The canary backend in the route.
-    #[serde(default)]
-    pub canary: Option<String>,
-    /// Base URL of the inference endpoint.
-    #[serde(default)]
-    pub endpoint: Option<String>,
-    /// Headers that route a request to the canary.
-    #[serde(default, rename = "canary-headers")]
-    pub canary_headers: Option<BTreeMap<String, String>>,
-    /// Headers that route a request to the stable version.
-    #[serde(default, rename = "stable-headers")]
-    pub stable_headers: Option<BTreeMap<String, String>>,
 }
 
 /// Defaults applied to every step that does not set its own.

@@ -131,14 +131,9 @@ impl StepKind for Apply {
             cluster,
             manager: c.field_manager,
             model: cx.model.clone().map(|(_, name, version)| (name, version)),
-            platform: cx
-                .serving
-                .as_ref()
-                .map_or_else(String::new, |s| s.platform.clone()),
-            canary: cx
-                .serving
-                .as_ref()
-                .and_then(|s| s.canary.clone())
+            platform: crate::target::serving(cx).map_or_else(String::new, |s| s.platform),
+            canary: crate::target::serving(cx)
+                .and_then(|s| s.canary)
                 .unwrap_or_else(|| "canary".into()),
         }))
     }
@@ -314,7 +309,8 @@ struct Rules {
 
 impl Rules {
     fn of(cx: &BuildContext) -> Rules {
-        let serving = cx.serving.as_ref();
+        let serving = crate::target::serving(cx);
+        let serving = serving.as_ref();
         Rules {
             router: crate::traffic::Router::of(cx, None).ok(),
             namespace: cx

@@ -26,9 +26,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::target::{Controller, GitOps};
 use rollwright_engine::exec::{Progress, StepContext, StepError};
 use rollwright_engine::registry::BuildContext;
-use rollwright_engine::spec::{Controller, GitOps};
 use serde_json::{Map, Value, json};
 
 use crate::cluster::{Cluster, ObjRef};
@@ -69,7 +69,7 @@ impl GitOpsTarget {
     /// # Errors
     /// The cluster cannot be reached (it is read for the sync status).
     pub fn of(cx: &BuildContext) -> Result<Option<Arc<GitOpsTarget>>, String> {
-        let Some(config) = cx.target.as_ref().and_then(|t| t.gitops.clone()) else {
+        let Some(config) = crate::target::gitops(cx) else {
             return Ok(None);
         };
         let cluster = Cluster::of(cx)?;
@@ -365,21 +365,8 @@ impl GitOpsTarget {
     /// The controller reports a failed sync or a degraded application.
     pub async fn synced(&self, revision: &str) -> Result<Progress, StepError> {
         let ns = self.config.app_namespace();
-        let (r, what) = match self.config.controller {
-            Controller::Argocd => (
-                ObjRef::new("argoproj.io/v1alpha1", "Application", ns, &self.config.app),
-                "Argo CD Application",
-            ),
-            Controller::Flux => (
-                ObjRef::new(
-                    "kustomize.toolkit.fluxcd.io/v1",
-                    "Kustomization",
-                    ns,
-                    &self.config.app,
-                ),
-                "Flux Kustomization",
-            ),
-        };
+        let (api_version, kind, what) = self.config.sync_kind();
+        let r = ObjRef::new(api_version, kind, ns, &self.config.app);
         let Some(app) = self.cluster.get(&r).await? else {
             return Err(StepError::failed(format!(
                 "{what} `{}` does not exist in namespace `{ns}`",

@@ -55,7 +55,7 @@ pub struct Call {
 /// run time, made by lint and plan too.
 #[must_use]
 pub fn missing(cx: &BuildContext) -> Option<rollwright_engine::registry::Finding> {
-    let message = if cx.serving.as_ref().and_then(|s| s.endpoint.as_ref()).is_none() {
+    let message = if crate::target::serving(cx).and_then(|s| s.endpoint).is_none() {
         "this step calls the model: set `serving.endpoint` (the inference URL)"
     } else if cx.model.is_none() {
         "this step calls the model: the spec needs `model`"
@@ -75,7 +75,8 @@ impl Endpoint {
     /// # Errors
     /// No `serving.endpoint` or no model.
     pub fn of(cx: &BuildContext) -> Result<Endpoint, String> {
-        let serving = cx.serving.as_ref();
+        let serving = crate::target::serving(cx);
+        let serving = serving.as_ref();
         let base = serving
             .and_then(|s| s.endpoint.clone())
             .ok_or("this step calls the model: set `serving.endpoint` (the inference URL)")?;

@@ -29,6 +29,7 @@ pub mod restore;
 pub mod rollback;
 pub mod runnable;
 pub mod shift_traffic;
+pub mod target;
 pub mod traffic;
 pub mod verify_inference;
 pub mod wait_ready;
@@ -39,6 +40,8 @@ pub use common::SecretRef;
 #[must_use]
 pub fn registry() -> Registry {
     Registry::new()
+        .with_def("serving", include_str!("../envelope/serving.schema.json"))
+        .with_def("gitops", include_str!("../envelope/gitops.schema.json"))
         .with(gate_check::GateCheck)
         .with(apply::Apply)
         .with(wait_ready::WaitReady)

@@ -174,10 +174,7 @@ impl StepKind for Promote {
         cluster.allow(stable.clone());
         let (_, _, version) = cx.model.clone().ok_or("promote needs the spec's `model`")?;
         Ok(Arc::new(PromoteStep {
-            platform: cx
-                .serving
-                .as_ref()
-                .map_or_else(String::new, |s| s.platform.clone()),
+            platform: crate::target::serving(cx).map_or_else(String::new, |s| s.platform),
             router,
             cluster,
             remove_canary: c.remove_canary,

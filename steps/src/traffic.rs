@@ -101,7 +101,8 @@ impl Router {
     /// # Errors
     /// No provider, or `none`.
     pub fn of(cx: &BuildContext, provider: Option<&str>) -> Result<Router, String> {
-        let serving = cx.serving.as_ref();
+        let serving = crate::target::serving(cx);
+        let serving = serving.as_ref();
         let name = provider
             .map(str::to_owned)
             .or_else(|| serving.and_then(|s| s.traffic.clone()))
@@ -565,21 +566,11 @@ pub use rollwright_engine::expand::merge_patch as apply_merge_patch;
 #[cfg(test)]
 mod tests {
     use super::*;
-    use rollwright_engine::spec::Serving;
 
     fn router(traffic: &str) -> Router {
         let mut cx = BuildContext::detached(std::path::Path::new("."));
         cx.model = Some(("file".into(), "fraud".into(), "8".into()));
-        cx.serving = Some(Serving {
-            platform: "deployment".into(),
-            traffic: Some(traffic.into()),
-            route: None,
-            stable: None,
-            canary: None,
-            endpoint: None,
-            canary_headers: None,
-            stable_headers: None,
-        });
+        cx.serving = Some(serde_json::json!({"platform": "deployment", "traffic": traffic}));
         cx.target = Some(rollwright_engine::registry::TargetInfo {
             context: "c".into(),
             namespace: "ml".into(),

@@ -352,8 +352,7 @@ mod tests {
     fn judge_checks_status_version_and_json() {
         let mut cx = BuildContext::detached(std::path::Path::new("."));
         cx.model = Some(("file".into(), "fraud".into(), "8".into()));
-        cx.serving =
-            serde_json::from_value(json!({"platform": "deployment", "endpoint": "http://127.0.0.1:1"})).ok();
+        cx.serving = Some(json!({"platform": "deployment", "endpoint": "http://127.0.0.1:1"}));
         let with = json!({"protocol": "kserve-v1", "expect": {"json": [{"path": "$.predictions[0]", "equals": 0.9, "tolerance": 0.05}]}});
         let c: VerifyInferenceConfig = serde_json::from_value(with.clone()).unwrap();
         assert_eq!(c.expect.json.len(), 1);
