@@ -337,7 +337,7 @@ impl BuildContext {
 /// The set of known step kinds, in registration order.
 #[derive(Default)]
 pub struct Registry {
-    kinds: Vec<Box<dyn StepKind>>,
+    kinds: Vec<std::sync::Arc<dyn StepKind>>,
     /// Schemas of the spec's parts the steps own (`serving`, `gitops`),
     /// by name: filled into the envelope's `$defs`.
     defs: Vec<(&'static str, &'static str)>,
@@ -383,7 +383,7 @@ impl Registry {
             "step kind `{}` registered twice",
             kind.name()
         );
-        self.kinds.push(Box::new(kind));
+        self.kinds.push(std::sync::Arc::new(kind));
         self
     }
 
@@ -391,6 +391,13 @@ impl Registry {
     #[must_use]
     pub fn get(&self, name: &str) -> Option<&dyn StepKind> {
         self.kinds.iter().find(|k| k.name() == name).map(|k| &**k)
+    }
+
+    /// The kind named `name`, shared (for what outlives the registry's
+    /// borrow: a step built when its inputs exist).
+    #[must_use]
+    pub fn shared(&self, name: &str) -> Option<std::sync::Arc<dyn StepKind>> {
+        self.kinds.iter().find(|k| k.name() == name).cloned()
     }
 
     /// All kinds, in registration order.

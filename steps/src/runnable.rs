@@ -19,7 +19,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use rollwright_engine::exec::{Limits, Node, Step};
+use rollwright_engine::exec::{BoxFuture, Limits, Node, Progress, Step, StepContext, StepError};
 use rollwright_engine::policy::MinGate;
 use rollwright_engine::registry::{BuildContext, Registry, Role};
 use rollwright_engine::spec::Spec;
@@ -76,6 +76,18 @@ pub fn build(
             step: undoes.to_owned(),
             ..cx.clone()
         };
+        // `{{steps.<id>.outputs.<key>}}`: built when it runs, from the
+        // outputs of the steps it depends on (lint checked the references).
+        if has_runtime_ref(with)
+            && let Some(k) = registry.shared(kind)
+        {
+            return Some(Arc::new(Deferred {
+                kind: k,
+                with: with.clone(),
+                cx,
+                built: std::sync::OnceLock::new(),
+            }) as Arc<dyn Step>);
+        }
         match registry
             .get(kind)
             .ok_or_else(|| format!("unknown step kind `{kind}`"))
@@ -220,6 +232,145 @@ pub fn rewire_for_resume(steps: &mut [Node], spec: &Spec, registry: &Registry, c
                 }
             }
         }
+    }
+}
+
+/// Whether `v` holds a runtime reference `{{steps.<id>.outputs.<key>}}`.
+fn has_runtime_ref(v: &Value) -> bool {
+    match v {
+        Value::String(s) => s.contains("{{steps.") || s.contains("{{ steps."),
+        Value::Array(a) => a.iter().any(has_runtime_ref),
+        Value::Object(m) => m.values().any(has_runtime_ref),
+        _ => false,
+    }
+}
+
+/// `v` with every `{{steps.<id>.outputs.<key>}}` replaced by that output: a
+/// string that is exactly one reference takes the output's own type, one
+/// with text around it the output as text.
+///
+/// # Errors
+/// A reference to an output the step did not produce.
+pub fn resolve_runtime_refs(
+    v: &Value,
+    outputs: &std::collections::HashMap<String, serde_json::Map<String, Value>>,
+) -> Result<Value, String> {
+    let lookup = |inner: &str| -> Result<Value, String> {
+        let path = inner.trim();
+        let mut parts = path.strip_prefix("steps.").unwrap_or(path).splitn(3, '.');
+        let (Some(step), Some("outputs"), Some(key)) = (parts.next(), parts.next(), parts.next()) else {
+            return Err(format!("`{{{{{path}}}}}` is not a step output reference"));
+        };
+        outputs
+            .get(step)
+            .and_then(|o| o.get(key))
+            .cloned()
+            .ok_or_else(|| format!("step `{step}` has no output `{key}` (yet)"))
+    };
+    Ok(match v {
+        Value::String(s) if s.contains("{{") => {
+            let t = s.trim();
+            if let Some(inner) = t.strip_prefix("{{").and_then(|r| r.strip_suffix("}}"))
+                && !inner.contains("{{")
+                && inner.trim().starts_with("steps.")
+            {
+                return lookup(inner);
+            }
+            let mut out = String::new();
+            let mut rest = s.as_str();
+            while let Some(start) = rest.find("{{") {
+                let Some(len) = rest[start..].find("}}") else {
+                    break;
+                };
+                let inner = &rest[start + 2..start + len];
+                out.push_str(&rest[..start]);
+                if inner.trim().starts_with("steps.") {
+                    match lookup(inner)? {
+                        Value::String(x) => out.push_str(&x),
+                        other => out.push_str(&other.to_string()),
+                    }
+                } else {
+                    out.push_str(&rest[start..start + len + 2]);
+                }
+                rest = &rest[start + len + 2..];
+            }
+            out.push_str(rest);
+            Value::String(out)
+        }
+        Value::Array(a) => Value::Array(
+            a.iter()
+                .map(|x| resolve_runtime_refs(x, outputs))
+                .collect::<Result<_, _>>()?,
+        ),
+        Value::Object(m) => Value::Object(
+            m.iter()
+                .map(|(k, x)| Ok((k.clone(), resolve_runtime_refs(x, outputs)?)))
+                .collect::<Result<_, String>>()?,
+        ),
+        other => other.clone(),
+    })
+}
+
+/// A step whose `with` refers to outputs of earlier steps: built on its
+/// first run, from the outputs then known, and the same built step after.
+struct Deferred {
+    kind: Arc<dyn rollwright_engine::StepKind>,
+    with: Value,
+    cx: BuildContext,
+    built: std::sync::OnceLock<Arc<dyn Step>>,
+}
+
+impl Deferred {
+    fn step(&self, cx: &StepContext) -> Result<Arc<dyn Step>, StepError> {
+        if let Some(s) = self.built.get() {
+            return Ok(s.clone());
+        }
+        let outputs = cx
+            .outputs
+            .read()
+            .map_err(|_| StepError::failed("the run's outputs are unreadable"))?
+            .clone();
+        let with = resolve_runtime_refs(&self.with, &outputs).map_err(StepError::failed)?;
+        let step = self.kind.build(&with, &self.cx).map_err(StepError::failed)?;
+        Ok(self.built.get_or_init(|| step).clone())
+    }
+}
+
+impl Deferred {
+    /// Whether the step recorded anything (it is about to change, or has
+    /// changed, the target).
+    fn recorded(&self, cx: &StepContext) -> bool {
+        cx.records
+            .read()
+            .map_or(true, |r| r.iter().any(|m| m.step == cx.owner))
+    }
+}
+
+impl Step for Deferred {
+    fn run<'a>(&'a self, cx: &'a StepContext) -> BoxFuture<'a, Result<Progress, StepError>> {
+        Box::pin(async move { self.step(cx)?.run(cx).await })
+    }
+    fn compensate<'a>(&'a self, cx: &'a StepContext) -> BoxFuture<'a, Result<(), StepError>> {
+        Box::pin(async move {
+            match self.step(cx) {
+                Ok(s) => s.compensate(cx).await,
+                // Never built, here or (by its records) in an earlier
+                // process of this run: it changed nothing to undo.
+                Err(_) if !self.recorded(cx) => Ok(()),
+                Err(e) => Err(e),
+            }
+        })
+    }
+    fn settle<'a>(&'a self, cx: &'a StepContext) -> BoxFuture<'a, Result<Progress, StepError>> {
+        Box::pin(async move {
+            match self.step(cx) {
+                Ok(s) => s.settle(cx).await,
+                Err(_) if !self.recorded(cx) => Ok(Progress::Done {
+                    outputs: serde_json::Map::new(),
+                }),
+                Err(e) => Err(e),
+            }
+        })
     }
 }
 

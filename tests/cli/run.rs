@@ -777,3 +777,48 @@ fn a_changed_artifact_digest_or_a_forged_journal_record_never_ships() {
     );
     assert!(effects(dir.path()).is_empty());
 }
+
+/// `{{steps.ID.outputs.KEY}}` is resolved by the executor, as documented:
+/// a later step gets the earlier one's output — also when the run was
+/// killed between the two and finished by `resume` (the output comes back
+/// from the journal). Before, the reference reached the step as literal
+/// text.
+#[test]
+fn runtime_references_reach_later_steps_also_after_resume() {
+    const REFS: &str = r#"apiVersion: rollwright.dev/v1alpha1
+kind: Rollout
+metadata: {name: refs}
+model: {name: m, version: "1"}
+target: {context: dev, namespace: ns, environment: dev}
+defaults: {timeout: 1m}
+steps:
+  - {id: make, type: exec, with: {command: [sh, -c, "printf v7-build-42"]}}
+  - {id: use, type: exec, needs: [make], with: {command: [sh, -c, "echo \"got={{steps.make.outputs.stdout}}\" >> effects"]}}
+"#;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("spec.yaml"), REFS).unwrap();
+    let out = run_in(dir.path(), &["run", "spec.yaml"], &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(effects(dir.path()), ["got=v7-build-42"]);
+
+    // Killed after each journal boundary in turn, then resumed.
+    let mut resumed = 0;
+    for n in 1..=12 {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("spec.yaml"), REFS).unwrap();
+        let out = run_env(dir.path(), &["run", "spec.yaml"], &crash_after(n));
+        if out.status.code() == Some(0) {
+            break;
+        }
+        let id = only_run(dir.path());
+        let out = run_in(dir.path(), &["resume", &id], &[]);
+        assert_eq!(out.status.code(), Some(0), "n={n}: {}", stderr(&out));
+        let got = effects(dir.path());
+        assert!(
+            got.iter().all(|l| l == "got=v7-build-42") && !got.is_empty(),
+            "n={n}: {got:?}"
+        );
+        resumed += 1;
+    }
+    assert!(resumed >= 3, "killed at {resumed} boundaries");
+}
