@@ -382,6 +382,8 @@ struct Target {
     name: Option<String>,
     /// The `status` subresource.
     status: bool,
+    /// The `scale` subresource (Deployments, ReplicaSets).
+    scale: bool,
 }
 
 async fn handle(
@@ -460,10 +462,13 @@ async fn handle(
         ["namespaces", ns, rest @ ..] if !rest.is_empty() => (Some((*ns).to_owned()), rest),
         _ => (None, rest),
     };
-    let (plural, name, sub) = match rest {
-        [plural] => (*plural, None, false),
-        [plural, name] => (*plural, Some((*name).to_owned()), false),
-        [plural, name, "status"] => (*plural, Some((*name).to_owned()), true),
+    let (plural, name, sub, scale) = match rest {
+        [plural] => (*plural, None, false, false),
+        [plural, name] => (*plural, Some((*name).to_owned()), false, false),
+        [plural, name, "status"] => (*plural, Some((*name).to_owned()), true, false),
+        [plural @ ("deployments" | "replicasets"), name, "scale"] if group == "apps" => {
+            (*plural, Some((*name).to_owned()), false, true)
+        }
         _ => {
             return status(
                 StatusCode::NOT_FOUND,
@@ -484,6 +489,7 @@ async fn handle(
         namespace,
         name,
         status: sub,
+        scale,
     };
     let query = uri.query().unwrap_or("");
     let verb = match (&method, &t.name) {
@@ -520,7 +526,14 @@ async fn handle(
             format!("the sim speaks JSON, not {ctype}"),
         );
     }
+    if t.scale {
+        return state.scale(&t, &method, &body);
+    }
+    let table =
+        crate::table::wanted(headers.get("accept").and_then(|v| v.to_str().ok()).unwrap_or("")) && !t.status;
+    let watching = query_param(query, "watch").is_some_and(|w| w == "1" || w == "true");
     match method {
+        Method::GET if table && !watching => state.table(&t, query),
         Method::GET => match &t.name {
             Some(n) => state.get(&t, n),
             None if query_param(query, "watch").is_some_and(|w| w == "1" || w == "true") => {
@@ -714,6 +727,14 @@ fn resources(all: &[&'static Kind], group: &str, version: &str) -> Value {
             json!({"name": k.plural, "singularName": k.kind.to_lowercase(), "namespaced": k.namespaced, "kind": k.kind,
                    "verbs": ["create", "delete", "get", "list", "patch", "update"], "shortNames": k.short})
         })
+        .chain(
+            all.iter()
+                .filter(|k| k.group == group && k.version == version && matches!(k.kind, "Deployment" | "ReplicaSet"))
+                .map(|k| {
+                    json!({"name": format!("{}/scale", k.plural), "singularName": "", "namespaced": true,
+                           "group": "autoscaling", "version": "v1", "kind": "Scale", "verbs": ["get", "patch", "update"]})
+                }),
+        )
         .collect();
     let gv = if group.is_empty() {
         version.to_owned()
@@ -721,6 +742,16 @@ fn resources(all: &[&'static Kind], group: &str, version: &str) -> Value {
         format!("{group}/{version}")
     };
     json!({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": gv, "resources": list})
+}
+
+/// The resource as kube-apiserver names it in messages: `deployments.apps`,
+/// `pods` (the core group unqualified).
+fn qualified(kind: &Kind) -> String {
+    if kind.group.is_empty() {
+        kind.plural.to_owned()
+    } else {
+        format!("{}.{}", kind.plural, kind.group)
+    }
 }
 
 fn key(kind: &Kind, namespace: Option<&str>, name: &str) -> Key {
@@ -1066,6 +1097,7 @@ impl State {
             namespace: kind.namespaced.then(|| ns.to_owned()),
             name: Some(name.to_owned()),
             status,
+            scale: false,
         })
     }
 
@@ -1136,6 +1168,7 @@ impl State {
             namespace: kind.namespaced.then(|| ns.unwrap_or_default()),
             name: obj["metadata"]["name"].as_str().map(str::to_owned),
             status: false,
+            scale: false,
         };
         let r = self.apply(&t, obj, manager, true);
         if r.status().is_success() {
@@ -1156,6 +1189,7 @@ impl State {
                 .map(str::to_owned),
             name: obj["metadata"]["name"].as_str().map(str::to_owned),
             status: false,
+            scale: false,
         };
         let _ = self.store_update(&t, obj, false);
     }
@@ -1207,7 +1241,7 @@ impl State {
             None => status(
                 StatusCode::NOT_FOUND,
                 "NotFound",
-                format!("{} \"{name}\" not found", t.kind.plural),
+                format!("{} \"{name}\" not found", qualified(t.kind)),
             ),
         }
     }
@@ -1337,7 +1371,7 @@ impl State {
             return status(
                 StatusCode::NOT_FOUND,
                 "NotFound",
-                format!("{} \"{name}\" not found", t.kind.plural),
+                format!("{} \"{name}\" not found", qualified(t.kind)),
             );
         };
         let old_rv = old["metadata"]["resourceVersion"].clone();
@@ -1402,6 +1436,181 @@ impl State {
         reply(StatusCode::OK, obj)
     }
 
+    /// `kubectl get`: the objects as a Table of the kind's printer columns.
+    fn table(&self, t: &Target, query: &str) -> Response {
+        let Ok(store) = self.store.lock() else {
+            return store_unavailable();
+        };
+        let objects: Vec<Value> = match &t.name {
+            Some(name) => match store.objects.get(&key(t.kind, t.namespace.as_deref(), name)) {
+                Some(o) => vec![o.clone()],
+                None => {
+                    return status(
+                        StatusCode::NOT_FOUND,
+                        "NotFound",
+                        format!("{} \"{name}\" not found", qualified(t.kind)),
+                    );
+                }
+            },
+            None => {
+                let selector = query_param(query, "labelSelector").unwrap_or_default();
+                store
+                    .objects
+                    .iter()
+                    .filter(|((g, p, ns, _), _)| {
+                        *g == t.kind.group
+                            && *p == t.kind.plural
+                            && t.namespace.as_deref().is_none_or(|n| n == ns)
+                    })
+                    .map(|(_, o)| o)
+                    .filter(|o| selected(o, &selector))
+                    .cloned()
+                    .collect()
+            }
+        };
+        // A custom resource prints its CRD's columns.
+        let crd = store.objects.get(&(
+            "apiextensions.k8s.io".to_owned(),
+            "customresourcedefinitions".to_owned(),
+            String::new(),
+            format!("{}.{}", t.kind.plural, t.kind.group),
+        ));
+        let columns: Option<Vec<Value>> = crd.and_then(|c| {
+            c["spec"]["versions"]
+                .as_array()?
+                .iter()
+                .find(|v| v["name"] == t.kind.version)?["additionalPrinterColumns"]
+                .as_array()
+                .cloned()
+        });
+        let full = query_param(query, "includeObject").is_some_and(|i| i == "Object");
+        reply(
+            StatusCode::OK,
+            crate::table::of(
+                t.kind,
+                &objects,
+                &store.revision.to_string(),
+                columns.as_deref(),
+                full,
+                std::time::SystemTime::now(),
+            ),
+        )
+    }
+
+    /// The `scale` subresource of a Deployment or ReplicaSet: read it as an
+    /// `autoscaling/v1` Scale, change `spec.replicas` through it.
+    fn scale(&self, t: &Target, method: &Method, body: &[u8]) -> Response {
+        let Some(name) = t.name.clone() else {
+            return name_required();
+        };
+        let current = {
+            let Ok(store) = self.store.lock() else {
+                return store_unavailable();
+            };
+            store
+                .objects
+                .get(&key(t.kind, t.namespace.as_deref(), &name))
+                .cloned()
+        };
+        let Some(obj) = current else {
+            return status(
+                StatusCode::NOT_FOUND,
+                "NotFound",
+                format!("{} \"{name}\" not found", qualified(t.kind)),
+            );
+        };
+        let as_scale = |o: &Value| {
+            let selector: Vec<String> = o["spec"]["selector"]["matchLabels"]
+                .as_object()
+                .map(|m| {
+                    m.iter()
+                        .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or_default()))
+                        .collect()
+                })
+                .unwrap_or_default();
+            json!({
+                "kind": "Scale", "apiVersion": "autoscaling/v1",
+                "metadata": {
+                    "name": o["metadata"]["name"], "namespace": o["metadata"]["namespace"],
+                    "uid": o["metadata"]["uid"], "resourceVersion": o["metadata"]["resourceVersion"],
+                    "creationTimestamp": o["metadata"]["creationTimestamp"],
+                },
+                "spec": {"replicas": o["spec"]["replicas"].as_u64().unwrap_or(1)},
+                "status": {"replicas": o["status"]["replicas"].as_u64().unwrap_or(0), "selector": selector.join(",")},
+            })
+        };
+        let mut scale = as_scale(&obj);
+        match *method {
+            Method::GET => return reply(StatusCode::OK, scale),
+            Method::PATCH => match serde_json::from_slice::<Value>(body) {
+                Ok(p) if p.is_object() => merge_patch(&mut scale, &p),
+                Ok(p) => {
+                    if let Err(e) = json_patch(&mut scale, &p) {
+                        return status(StatusCode::UNPROCESSABLE_ENTITY, "Invalid", e);
+                    }
+                }
+                Err(e) => {
+                    return status(
+                        StatusCode::BAD_REQUEST,
+                        "BadRequest",
+                        format!("invalid JSON: {e}"),
+                    );
+                }
+            },
+            Method::PUT => match serde_json::from_slice::<Value>(body) {
+                Ok(s) => scale = s,
+                Err(e) => {
+                    return status(
+                        StatusCode::BAD_REQUEST,
+                        "BadRequest",
+                        format!("invalid JSON: {e}"),
+                    );
+                }
+            },
+            _ => {
+                return status(
+                    StatusCode::METHOD_NOT_ALLOWED,
+                    "MethodNotAllowed",
+                    format!("{method} is not allowed"),
+                );
+            }
+        }
+        let Some(replicas) = scale["spec"]["replicas"].as_u64() else {
+            return status(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "Invalid",
+                "spec.replicas: Required value".into(),
+            );
+        };
+        let target = Target {
+            kind: t.kind,
+            namespace: t.namespace.clone(),
+            name: Some(name),
+            status: false,
+            scale: false,
+        };
+        let mut next = obj;
+        next["spec"]["replicas"] = json!(replicas);
+        let response = self.store_update(&target, next, false);
+        if !response.status().is_success() {
+            return response;
+        }
+        let updated = {
+            let Ok(store) = self.store.lock() else {
+                return store_unavailable();
+            };
+            store
+                .objects
+                .get(&key(
+                    t.kind,
+                    t.namespace.as_deref(),
+                    target.name.as_deref().unwrap_or_default(),
+                ))
+                .cloned()
+        };
+        reply(StatusCode::OK, as_scale(&updated.unwrap_or_default()))
+    }
+
     fn replace(&self, t: &Target, obj: Value) -> Response {
         self.store_update(t, obj, true)
     }
@@ -1423,7 +1632,7 @@ impl State {
             return status(
                 StatusCode::NOT_FOUND,
                 "NotFound",
-                format!("{} \"{name}\" not found", t.kind.plural),
+                format!("{} \"{name}\" not found", qualified(t.kind)),
             );
         };
         if let Err(e) = apply(&mut obj) {
@@ -1457,7 +1666,7 @@ impl State {
             None => status(
                 StatusCode::NOT_FOUND,
                 "NotFound",
-                format!("{} \"{name}\" not found", t.kind.plural),
+                format!("{} \"{name}\" not found", qualified(t.kind)),
             ),
         }
     }

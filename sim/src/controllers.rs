@@ -386,6 +386,7 @@ fn reconcile_deployments(state: &State) {
         for set in ordered {
             let set_name = meta(set, "name");
             let existing: &[&Value] = pods_of.get(&(ns, set_name)).map_or(&[], Vec::as_slice);
+            let (mut set_total, mut set_ready) = (0u64, 0u64);
             let want = if set_name == rs_name {
                 replicas
             } else if updated_ready >= replicas {
@@ -420,10 +421,21 @@ fn reconcile_deployments(state: &State) {
                 let is_ready = reconcile_pod(state, &pod);
                 total += 1;
                 ready += u64::from(is_ready);
+                set_total += 1;
+                set_ready += u64::from(is_ready);
                 if set_name == rs_name {
                     updated += 1;
                     updated_ready += u64::from(is_ready);
                 }
+            }
+            // The ReplicaSet's own status, as its controller reports it.
+            let set_status = json!({
+                "observedGeneration": set["metadata"]["generation"],
+                "replicas": set_total, "fullyLabeledReplicas": set_total,
+                "readyReplicas": set_ready, "availableReplicas": set_ready,
+            });
+            if set["status"] != set_status {
+                state.set_status("apps", "replicasets", ns, set_name, set_status);
             }
         }
         let done = updated == replicas && updated_ready == replicas && total == replicas;

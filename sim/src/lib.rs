@@ -43,6 +43,7 @@ pub mod models;
 pub mod routing;
 pub mod scenario;
 mod store;
+mod table;
 
 use std::net::SocketAddr;
 use std::path::Path;

@@ -276,3 +276,187 @@ fn is_zombie(pid: i32) -> bool {
         .map(|s| s.rsplit_once(") ").is_some_and(|(_, rest)| rest.starts_with('Z')))
         .unwrap_or(true)
 }
+
+/// The same kubectl session against the embedded cluster and kube-apiserver
+/// prints the same (after normalising what differs by nature: ages, the
+/// hashes in generated names). Every future difference of the embedded API
+/// shows up here as a failing line.
+#[test]
+fn kubectl_prints_the_same_on_both_backends() {
+    let embedded = crate::k8s::World::new("time-scale: 20\nstartup: 2s\n");
+    let embedded_out = kubectl_session(&embedded.path().join("kubeconfig"));
+    let w = KubeWorld::new("conformance");
+    let real_out = kubectl_session(&w.path().join("admin.kubeconfig"));
+    eprintln!("{real_out}");
+    // Not vacuous: the session did what it says on both.
+    for want in [
+        "deployment.apps/web serverside-applied",
+        "deployment \"web\" successfully rolled out",
+        "NAME READY UP-TO-DATE AVAILABLE AGE\nweb 3/3 3 3 <age>",
+        "NAME READY STATUS RESTARTS AGE\nweb-<hash>-<pod> 1/1 Running 0 <age>",
+        "3 3\n",
+    ] {
+        assert!(real_out.contains(want), "{want}\n{real_out}");
+    }
+    let (a, b): (Vec<&str>, Vec<&str>) = (embedded_out.lines().collect(), real_out.lines().collect());
+    let mut diff = Vec::new();
+    for i in 0..a.len().max(b.len()) {
+        let (x, y) = (
+            a.get(i).copied().unwrap_or("<none>"),
+            b.get(i).copied().unwrap_or("<none>"),
+        );
+        if x != y {
+            diff.push(format!("  embedded:       {x}\n  kube-apiserver: {y}"));
+        }
+    }
+    assert!(
+        diff.is_empty(),
+        "the embedded API differs from kube-apiserver:\n{}\n--- embedded\n{embedded_out}\n--- kube-apiserver\n{real_out}",
+        diff.join("\n")
+    );
+}
+
+const CONFORMANCE_OBJECTS: &str = "apiVersion: v1
+kind: Namespace
+metadata: {name: conf}
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: web, namespace: conf, labels: {app: web}}
+spec:
+  replicas: 2
+  selector: {matchLabels: {app: web}}
+  template:
+    metadata: {labels: {app: web}}
+    spec: {containers: [{name: server, image: models/web:1}]}
+";
+
+const CONFORMANCE_VS: &str = "apiVersion: networking.istio.io/v1beta1
+kind: VirtualService
+metadata: {name: web, namespace: conf}
+spec:
+  hosts: [web]
+  http: [{route: [{destination: {host: web, subset: stable}, weight: 100}]}]
+";
+
+/// A kubectl session a new user would type; each command's stdout and
+/// stderr, normalised.
+fn kubectl_session(kubeconfig: &std::path::Path) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("objects.yaml"), CONFORMANCE_OBJECTS).unwrap();
+    std::fs::write(dir.path().join("vs.yaml"), CONFORMANCE_VS).unwrap();
+    let run = |args: &[&str]| -> String {
+        let out = Command::new("kubectl")
+            .arg("--kubeconfig")
+            .arg(kubeconfig)
+            .args(args)
+            .current_dir(dir.path())
+            .output()
+            .unwrap();
+        format!(
+            "$ kubectl {}\n{}{}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    };
+    // `rollout status` prints progress lines that depend on timing: the verdict only.
+    let settled = |args: &[&str]| -> String {
+        let text = run(args);
+        let mut lines = text.lines();
+        let cmd = lines.next().unwrap_or_default().to_owned();
+        format!("{cmd}\n{}\n", lines.last().unwrap_or_default())
+    };
+    let mut s = String::new();
+    s += &run(&["apply", "--server-side", "--validate=false", "-f", "objects.yaml"]);
+    s += &settled(&[
+        "rollout",
+        "status",
+        "deployment/web",
+        "-n",
+        "conf",
+        "--timeout=60s",
+    ]);
+    s += &run(&["get", "deployments", "-n", "conf"]);
+    s += &run(&["scale", "deployment", "web", "--replicas=3", "-n", "conf"]);
+    s += &settled(&[
+        "rollout",
+        "status",
+        "deployment/web",
+        "-n",
+        "conf",
+        "--timeout=60s",
+    ]);
+    s += &run(&["get", "deployment", "web", "-n", "conf"]);
+    s += &run(&[
+        "get",
+        "deployment",
+        "web",
+        "-n",
+        "conf",
+        "-o",
+        "jsonpath={.spec.replicas} {.status.readyReplicas}",
+    ]);
+    s += "\n";
+    s += &run(&["get", "replicasets", "-n", "conf"]);
+    s += &run(&["get", "pods", "-n", "conf", "-l", "app=web"]);
+    s += &run(&["get", "namespace", "conf"]);
+    s += &run(&["apply", "--server-side", "--validate=false", "-f", "vs.yaml"]);
+    s += &run(&["get", "virtualservices", "-n", "conf"]);
+    s += &run(&[
+        "get",
+        "vs",
+        "web",
+        "-n",
+        "conf",
+        "-o",
+        "jsonpath={.spec.http[0].route[0].weight}",
+    ]);
+    s += "\n";
+    s += &run(&["delete", "deployment", "web", "-n", "conf"]);
+    s += &run(&["get", "deployments", "-n", "conf"]);
+    s += &run(&["get", "deployment", "nothing", "-n", "conf"]);
+    normalise(&s)
+}
+
+/// Ages become `<age>`, generated names lose their hashes.
+fn normalise(s: &str) -> String {
+    let mut out = String::new();
+    for line in s.lines() {
+        let mut words: Vec<String> = Vec::new();
+        for (i, w) in line.split_inclusive(' ').enumerate() {
+            let t = w.trim_end();
+            let pad = &w[t.len()..];
+            let age = t.len() > 1
+                && t.chars().next().is_some_and(|c| c.is_ascii_digit())
+                && t.chars().all(|c| c.is_ascii_alphanumeric())
+                && t.ends_with(['s', 'm', 'h', 'd'])
+                && t.chars().any(|c| c.is_ascii_alphabetic());
+            let generated = i == 0 && t.starts_with("web-") && t.len() > 4;
+            let t = if age && !line.starts_with('$') {
+                "<age>".to_owned()
+            } else if generated {
+                // web-<template hash>[-<pod suffix>]
+                if t.matches('-').count() >= 2 {
+                    "web-<hash>-<pod>".to_owned()
+                } else {
+                    "web-<hash>".to_owned()
+                }
+            } else {
+                t.to_owned()
+            };
+            words.push(format!("{t}{pad}"));
+        }
+        // Column alignment follows the widest cell: compare cells, not spaces.
+        out.push_str(
+            &words
+                .iter()
+                .map(|w| w.trim())
+                .filter(|w| !w.is_empty())
+                .collect::<Vec<_>>()
+                .join(" "),
+        );
+        out.push('\n');
+    }
+    out
+}
