@@ -613,8 +613,10 @@ fn execute(l: Launch<'_>) -> u8 {
                     return exit::LOCKED;
                 }
                 Err(rollwright_steps::lease::LeaseError::Api(e)) => {
+                    // Nothing was changed: the cluster refused the run lock
+                    // (no permission, unreachable) before the first step.
                     eprintln!("error: cannot take the target's Lease: {e}");
-                    return exit::USAGE;
+                    return exit::REFUSED;
                 }
             }
         }

@@ -720,50 +720,32 @@ fn approve(env: &Env<'_>, state: &Path, a: &Approve) -> Result<(), String> {
     }
 }
 
-fn xml(s: &str) -> String {
-    s.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-        .replace('"', "&quot;")
-}
-
+/// The JUnit XML report (`quick-junit`: valid XML whatever the messages
+/// hold — control characters and ANSI escapes are removed).
 fn junit(results: &[Result_]) -> String {
-    let failed = results.iter().filter(|r| !r.failures.is_empty()).count();
-    let total: f64 = results.iter().map(|r| r.took.as_secs_f64()).sum();
-    let mut out = format!(
-        "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<testsuites name=\"rollwright\" tests=\"{}\" failures=\"{failed}\" time=\"{total:.3}\">\n  <testsuite name=\"rollout scenarios\" tests=\"{}\" failures=\"{failed}\" time=\"{total:.3}\">\n",
-        results.len(),
-        results.len()
-    );
+    use quick_junit::{NonSuccessKind, Report, TestCase, TestCaseStatus, TestSuite};
+    let total: Duration = results.iter().map(|r| r.took).sum();
+    let mut suite = TestSuite::new("rollout scenarios");
     for r in results {
-        out.push_str(&format!(
-            "    <testcase name=\"{}\" classname=\"{}\" time=\"{:.3}\"",
-            xml(&r.name),
-            xml(&r.file.display().to_string()),
-            r.took.as_secs_f64()
-        ));
-        if r.failures.is_empty() && r.report.len() < 2 {
-            out.push_str("/>\n");
+        let status = if r.failures.is_empty() {
+            TestCaseStatus::success()
         } else {
-            out.push_str(">\n");
-            if !r.failures.is_empty() {
-                out.push_str(&format!(
-                    "      <failure message=\"{}\">{}</failure>\n",
-                    xml(r.failures.first().map_or("", String::as_str)),
-                    xml(&r.failures.join("\n"))
-                ));
-            }
-            if r.report.len() > 1 {
-                out.push_str(&format!(
-                    "      <system-out>{}</system-out>\n",
-                    xml(&r.report.join("\n"))
-                ));
-            }
-            out.push_str("    </testcase>\n");
+            let mut s = TestCaseStatus::non_success(NonSuccessKind::Failure);
+            s.set_message(r.failures.first().map_or("", String::as_str))
+                .set_description(r.failures.join("\n"));
+            s
+        };
+        let mut case = TestCase::new(r.name.as_str(), status);
+        case.set_classname(r.file.display().to_string()).set_time(r.took);
+        if r.report.len() > 1 {
+            case.set_system_out(r.report.join("\n"));
         }
+        suite.add_test_case(case);
     }
-    out.push_str("  </testsuite>\n</testsuites>\n");
-    out
+    suite.set_time(total);
+    let mut report = Report::new("rollwright");
+    report.set_time(total).add_test_suite(suite);
+    report.to_string().unwrap_or_default()
 }
 
 pub fn run(args: &TestArgs) -> u8 {
@@ -854,4 +836,32 @@ pub fn run(args: &TestArgs) -> u8 {
         return exit::USAGE;
     }
     if failed == 0 { exit::OK } else { exit::FINDINGS }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Messages hold what runs print: quotes, markup, ANSI colours, control
+    /// characters. The report stays well-formed XML and keeps the text.
+    #[test]
+    fn junit_is_valid_xml_whatever_the_messages_hold() {
+        let hostile = "expected <promoted> & \"ok\", got \u{1b}[31mrolled-back\u{1b}[0m \u{1}\u{7}]]>";
+        let r = Result_ {
+            name: "a\u{0}b <c>".into(),
+            file: PathBuf::from("t/\"x\".yaml"),
+            took: Duration::from_millis(1500),
+            failures: vec![hostile.into()],
+            log: String::new(),
+            report: vec!["release 1".into(), hostile.into()],
+        };
+        let xml = junit(&[r]);
+        let parsed = quick_junit::Report::deserialize_from_str(&xml)
+            .unwrap_or_else(|e| panic!("not valid JUnit XML: {e}\n{xml}"));
+        let case = &parsed.test_suites[0].test_cases[0];
+        assert_eq!(case.name.as_str(), "ab <c>");
+        assert!(!xml.contains('\u{1b}') && !xml.contains('\u{1}'), "{xml}");
+        assert!(xml.contains("expected &lt;promoted&gt; &amp;"), "{xml}");
+        assert!(xml.contains(r#"failures="1""#), "{xml}");
+    }
 }

@@ -795,23 +795,9 @@ fn assemble(cx: &mut Ctx<'_>) -> (Vec<Item>, Vec<Item>) {
 
 /// RFC 7396 merge: objects merge key by key, `null` removes a key, any
 /// other value (a list included) replaces.
+/// (The `json-patch` crate's.)
 pub fn merge_patch(target: &mut Value, patch: &Value) {
-    let Value::Object(p) = patch else {
-        *target = patch.clone();
-        return;
-    };
-    if !target.is_object() {
-        *target = Value::Object(serde_json::Map::new());
-    }
-    if let Value::Object(t) = target {
-        for (k, v) in p {
-            if v.is_null() {
-                t.remove(k);
-            } else {
-                merge_patch(t.entry(k.clone()).or_insert(Value::Null), v);
-            }
-        }
-    }
+    json_patch::merge(target, patch);
 }
 
 fn item_id(it: &Item) -> &str {

@@ -522,7 +522,7 @@ pub fn describe(pointer: &str) -> String {
     }
     let mut s = String::from("`");
     for seg in pointer.split('/').skip(1) {
-        let seg = seg.replace("~1", "/").replace("~0", "~");
+        let seg = crate::yaml::unescape_segment(seg);
         if seg.bytes().all(|b| b.is_ascii_digit()) && !seg.is_empty() {
             s.push('[');
             s.push_str(&seg);

@@ -144,11 +144,7 @@ impl Document {
             return (n, true);
         }
         for raw in pointer.split('/').skip(1) {
-            let seg = if raw.contains('~') {
-                std::borrow::Cow::Owned(raw.replace("~1", "/").replace("~0", "~"))
-            } else {
-                std::borrow::Cow::Borrowed(raw)
-            };
+            let seg = unescape_segment(raw);
             let (idx, child) = match v {
                 Value::Object(m) => match m.iter().position(|(k, _)| *k == *seg) {
                     Some(i) => (i, &m[&*seg]),
@@ -180,14 +176,30 @@ impl crate::diag::Locate for Document {
     }
 }
 
-/// Escapes one JSON pointer segment (`~` → `~0`, `/` → `~1`).
+/// One JSON pointer segment, escaped (`~` → `~0`, `/` → `~1`).
+#[must_use]
+pub fn escape_segment(segment: &str) -> std::borrow::Cow<'_, str> {
+    if segment.contains(['~', '/']) {
+        std::borrow::Cow::Owned(segment.replace('~', "~0").replace('/', "~1"))
+    } else {
+        std::borrow::Cow::Borrowed(segment)
+    }
+}
+
+/// One JSON pointer segment as written in the pointer, unescaped.
+#[must_use]
+pub fn unescape_segment(raw: &str) -> std::borrow::Cow<'_, str> {
+    if raw.contains('~') {
+        std::borrow::Cow::Owned(raw.replace("~1", "/").replace("~0", "~"))
+    } else {
+        std::borrow::Cow::Borrowed(raw)
+    }
+}
+
+/// Appends `/segment`, escaped, to a JSON pointer.
 pub fn push_pointer_segment(ptr: &mut String, segment: &str) {
     ptr.push('/');
-    if segment.contains(['~', '/']) {
-        ptr.push_str(&segment.replace('~', "~0").replace('/', "~1"));
-    } else {
-        ptr.push_str(segment);
-    }
+    ptr.push_str(&escape_segment(segment));
 }
 
 /// Loads raw bytes: checks size and UTF-8 before parsing.

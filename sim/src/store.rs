@@ -77,25 +77,19 @@ impl Store {
     }
 }
 
-/// RFC 7386 JSON merge patch.
+/// One JSON pointer segment, escaped (`~` → `~0`, `/` → `~1`).
+fn escape(segment: &str) -> String {
+    segment.replace('~', "~0").replace('/', "~1")
+}
+
+/// One JSON pointer segment as written, unescaped.
+fn unescape(raw: &str) -> String {
+    raw.replace("~1", "/").replace("~0", "~")
+}
+
+/// RFC 7396 JSON merge patch (the `json-patch` crate's).
 pub fn merge_patch(target: &mut Value, patch: &Value) {
-    match patch {
-        Value::Object(p) => {
-            if !target.is_object() {
-                *target = Value::Object(serde_json::Map::new());
-            }
-            if let Value::Object(t) = target {
-                for (k, v) in p {
-                    if v.is_null() {
-                        t.remove(k);
-                    } else {
-                        merge_patch(t.entry(k.clone()).or_insert(Value::Null), v);
-                    }
-                }
-            }
-        }
-        other => *target = other.clone(),
-    }
+    json_patch::merge(target, patch);
 }
 
 /// The leaf fields an applied object sets, as JSON pointers. Lists are
@@ -108,7 +102,7 @@ pub fn leaves(obj: &Value) -> std::collections::BTreeSet<String> {
                 for (k, child) in m {
                     let len = at.len();
                     at.push('/');
-                    at.push_str(&k.replace('~', "~0").replace('/', "~1"));
+                    at.push_str(&escape(k));
                     walk(child, at, out);
                     at.truncate(len);
                 }
@@ -132,7 +126,7 @@ pub fn leaves(obj: &Value) -> std::collections::BTreeSet<String> {
                     }
                 }
                 _ => {
-                    let mut at = format!("/{}", k.replace('~', "~0").replace('/', "~1"));
+                    let mut at = format!("/{}", escape(k));
                     walk(v, &mut at, &mut out);
                 }
             }
@@ -144,11 +138,7 @@ pub fn leaves(obj: &Value) -> std::collections::BTreeSet<String> {
 /// Sets the value at a JSON pointer, creating objects on the way.
 pub fn set_at(target: &mut Value, pointer: &str, value: Value) {
     let mut cur = target;
-    let segs: Vec<String> = pointer
-        .split('/')
-        .skip(1)
-        .map(|s| s.replace("~1", "/").replace("~0", "~"))
-        .collect();
+    let segs: Vec<String> = pointer.split('/').skip(1).map(unescape).collect();
     for (i, seg) in segs.iter().enumerate() {
         if !cur.is_object() {
             *cur = Value::Object(serde_json::Map::new());
@@ -169,7 +159,7 @@ pub fn remove_at(target: &mut Value, pointer: &str) {
     let Some((parent, last)) = pointer.rsplit_once('/') else {
         return;
     };
-    let last = last.replace("~1", "/").replace("~0", "~");
+    let last = unescape(last);
     if let Some(Value::Object(m)) = target.pointer_mut(parent) {
         m.remove(&last);
         if m.is_empty() && !parent.is_empty() && parent.matches('/').count() > 1 {
@@ -185,7 +175,7 @@ pub fn fields_v1(leaves: &std::collections::BTreeSet<String>) -> Value {
     for l in leaves {
         let mut cur = &mut root;
         for seg in l.split('/').skip(1) {
-            let key = format!("f:{}", seg.replace("~1", "/").replace("~0", "~"));
+            let key = format!("f:{}", unescape(seg));
             if let Value::Object(m) = cur {
                 cur = m
                     .entry(key)

@@ -170,7 +170,10 @@ fn kubectl_works_against_the_sim() {
         ],
     );
     assert!(!ok);
-    assert!(err.contains("test failed at `/data/k`"), "{err}");
+    assert!(
+        err.contains("failed at path '/data/k': value did not match"),
+        "{err}"
+    );
 
     // The status subresource, and generation bumped on spec changes only
     // (on a kind no simulated controller touches).

@@ -874,7 +874,7 @@ fn changed_scalars(old: &Value, new: &Value, at: &str, out: &mut Vec<(String, Va
                         changed_scalars(
                             v,
                             w,
-                            &format!("{at}/{}", k.replace('~', "~0").replace('/', "~1")),
+                            &format!("{at}/{}", rollwright_engine::yaml::escape_segment(k)),
                             out,
                         )
                     })

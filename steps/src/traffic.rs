@@ -160,7 +160,7 @@ impl Router {
                 .map(|a| {
                     format!(
                         "/metadata/annotations/{}",
-                        a.replace('~', "~0").replace('/', "~1")
+                        rollwright_engine::yaml::escape_segment(a)
                     )
                 })
                 .collect(),
@@ -541,7 +541,7 @@ pub fn merge_patch_of(fields: &serde_json::Map<String, Value>) -> Value {
         let segs: Vec<String> = ptr
             .split('/')
             .skip(1)
-            .map(|s| s.replace("~1", "/").replace("~0", "~"))
+            .map(|s| rollwright_engine::yaml::unescape_segment(s).into_owned())
             .collect();
         let mut cur = &mut patch;
         for (i, seg) in segs.iter().enumerate() {

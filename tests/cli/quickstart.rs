@@ -121,7 +121,7 @@ fn every_shipped_scenario_passes_with_junit_output() {
     );
     let xml = std::fs::read_to_string(&junit).unwrap();
     assert!(
-        xml.contains(r#"<testsuite name="rollout scenarios" tests="20" failures="0""#),
+        xml.contains(r#"<testsuite name="rollout scenarios" tests="20" skipped="0" errors="0" failures="0""#),
         "{xml}"
     );
     assert!(xml.contains(r#"<testcase name="killed-and-resumed""#));

@@ -1,0 +1,66 @@
+//! `kubectl get`: the objects as a Table of printer columns (see `crate::table`).
+
+use super::*;
+
+impl State {
+    /// `kubectl get`: the objects as a Table of the kind's printer columns.
+    pub(super) fn table(&self, t: &Target, query: &str) -> Response {
+        let Ok(store) = self.store.lock() else {
+            return store_unavailable();
+        };
+        let objects: Vec<Value> = match &t.name {
+            Some(name) => match store.objects.get(&key(t.kind, t.namespace.as_deref(), name)) {
+                Some(o) => vec![o.clone()],
+                None => {
+                    return status(
+                        StatusCode::NOT_FOUND,
+                        "NotFound",
+                        format!("{} \"{name}\" not found", qualified(t.kind)),
+                    );
+                }
+            },
+            None => {
+                let selector = query_param(query, "labelSelector").unwrap_or_default();
+                store
+                    .objects
+                    .iter()
+                    .filter(|((g, p, ns, _), _)| {
+                        *g == t.kind.group
+                            && *p == t.kind.plural
+                            && t.namespace.as_deref().is_none_or(|n| n == ns)
+                    })
+                    .map(|(_, o)| o)
+                    .filter(|o| selected(o, &selector))
+                    .cloned()
+                    .collect()
+            }
+        };
+        // A custom resource prints its CRD's columns.
+        let crd = store.objects.get(&(
+            "apiextensions.k8s.io".to_owned(),
+            "customresourcedefinitions".to_owned(),
+            String::new(),
+            format!("{}.{}", t.kind.plural, t.kind.group),
+        ));
+        let columns: Option<Vec<Value>> = crd.and_then(|c| {
+            c["spec"]["versions"]
+                .as_array()?
+                .iter()
+                .find(|v| v["name"] == t.kind.version)?["additionalPrinterColumns"]
+                .as_array()
+                .cloned()
+        });
+        let full = query_param(query, "includeObject").is_some_and(|i| i == "Object");
+        reply(
+            StatusCode::OK,
+            crate::table::of(
+                t.kind,
+                &objects,
+                &store.revision.to_string(),
+                columns.as_deref(),
+                full,
+                std::time::SystemTime::now(),
+            ),
+        )
+    }
+}
