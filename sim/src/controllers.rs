@@ -383,6 +383,9 @@ fn reconcile_deployments(state: &State) {
         let mut ordered: Vec<&Value> = owned.to_vec();
         ordered.sort_by_key(|s| meta(s, "name") != rs_name);
         let (mut updated, mut ready, mut total, mut updated_ready) = (0u64, 0u64, 0u64, 0u64);
+        // Pods are admitted only with an existing ServiceAccount (the
+        // ServiceAccount admission plugin); the ReplicaSet reports why not.
+        let mut replica_failure: Option<String> = None;
         for set in ordered {
             let set_name = meta(set, "name");
             let existing: &[&Value] = pods_of.get(&(ns, set_name)).map_or(&[], Vec::as_slice);
@@ -406,6 +409,17 @@ fn reconcile_deployments(state: &State) {
                 let pod = match found {
                     Some(p) => (*p).clone(),
                     None => {
+                        let spec = &set["spec"]["template"]["spec"];
+                        let sa = spec["serviceAccountName"]
+                            .as_str()
+                            .or_else(|| spec["serviceAccount"].as_str())
+                            .unwrap_or("default");
+                        if state.get_object("v1", "ServiceAccount", ns, sa).is_none() {
+                            replica_failure = Some(format!(
+                                "pods \"{set_name}-\" is forbidden: error looking up service account {ns}/{sa}: serviceaccount \"{sa}\" not found"
+                            ));
+                            continue;
+                        }
                         let p = json!({
                             "apiVersion": "v1", "kind": "Pod",
                             "metadata": {"name": pod_name, "namespace": ns, "labels": set["spec"]["template"]["metadata"]["labels"],
@@ -451,6 +465,9 @@ fn reconcile_deployments(state: &State) {
         });
         if ready < total {
             status["unavailableReplicas"] = Value::from(total - ready);
+        }
+        if let (Some(message), Some(conditions)) = (replica_failure, status["conditions"].as_array_mut()) {
+            conditions.push(json!({"type": "ReplicaFailure", "status": "True", "reason": "FailedCreate", "message": message}));
         }
         if old != &status {
             state.set_status("apps", "deployments", ns, name, status);

@@ -1082,3 +1082,25 @@ fn a_shift_the_router_does_not_serve_fails() {
     assert!(err.contains("failed at `shift-20`"), "{err}");
     assert!(err.contains("KServe serves 100 % to revision"), "{err}");
 }
+
+on_both_backends! {
+/// A canary whose ServiceAccount does not exist never gets a pod, on the
+/// embedded cluster as on kube-apiserver (its admission refuses the pods),
+/// and the run says why in the cluster's words before it rolls back.
+fn a_missing_service_account_is_named_by_wait_ready(backend) {
+    let w = istio_world_on(backend, "");
+    w.write(
+        "canary.yaml.hbs",
+        &CANARY_MANIFEST.replace("serviceAccountName: {{model.name}}", "serviceAccountName: ghost"),
+    );
+    w.write("spec.yaml", &ISTIO_SPEC.replace("defaults:\n  timeout: 1m", "defaults:\n  timeout: 6s"));
+    let out = w.rollwright(&["run", "spec.yaml"], &[]);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(3), "{err}");
+    assert!(
+        err.contains("error looking up service account ml/ghost: serviceaccount \"ghost\" not found"),
+        "{err}"
+    );
+    assert_eq!(vs_weights(&w), "100 0");
+}
+}

@@ -352,6 +352,11 @@ fn kubectl_session(kubeconfig: &std::path::Path) -> String {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("objects.yaml"), CONFORMANCE_OBJECTS).unwrap();
     std::fs::write(dir.path().join("vs.yaml"), CONFORMANCE_VS).unwrap();
+    std::fs::write(
+        dir.path().join("bad-service.yaml"),
+        "apiVersion: v1\nkind: Service\nmetadata: {name: bad, namespace: conf}\nspec: {selector: {app: web}}\n",
+    )
+    .unwrap();
     let run = |args: &[&str]| -> String {
         let out = Command::new("kubectl")
             .arg("--kubeconfig")
@@ -420,6 +425,15 @@ fn kubectl_session(kubeconfig: &std::path::Path) -> String {
         "jsonpath={.spec.http[0].route[0].weight}",
     ]);
     s += "\n";
+    // What validation refuses (a Service needs ports), through apply and create.
+    s += &run(&[
+        "apply",
+        "--server-side",
+        "--validate=false",
+        "-f",
+        "bad-service.yaml",
+    ]);
+    s += &run(&["create", "--validate=false", "-f", "bad-service.yaml"]);
     s += &run(&["delete", "deployment", "web", "-n", "conf"]);
     s += &run(&["get", "deployments", "-n", "conf"]);
     s += &run(&["get", "deployment", "nothing", "-n", "conf"]);

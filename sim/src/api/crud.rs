@@ -68,6 +68,9 @@ impl State {
                 ),
             );
         }
+        if let Some(r) = invalid_spec(kind, &name, &obj) {
+            return r;
+        }
         if let (Some(url_ns), Some(body_ns)) = (namespace, obj["metadata"]["namespace"].as_str())
             && kind.namespaced
             && url_ns != body_ns
@@ -133,6 +136,14 @@ impl State {
         if kind.kind == "CustomResourceDefinition" {
             self.register_crd(&obj);
         }
+        // Every namespace gets its `default` ServiceAccount, as the
+        // controller-manager's ServiceAccount controller makes it (pods
+        // without a ServiceAccount of their own run as it).
+        if kind.kind == "Namespace"
+            && let Some(sa) = kinds::find("", "v1", "serviceaccounts")
+        {
+            let _ = self.create(sa, Some(&name), json!({"metadata": {"name": "default"}}));
+        }
         reply(StatusCode::CREATED, obj)
     }
 
@@ -140,6 +151,11 @@ impl State {
         let Some(name) = t.name.clone() else {
             return name_required();
         };
+        if !t.status
+            && let Some(r) = invalid_spec(t.kind, &name, &obj)
+        {
+            return r;
+        }
         let Ok(mut store) = self.store.lock() else {
             return store_unavailable();
         };
@@ -272,4 +288,25 @@ impl State {
             ),
         }
     }
+}
+
+/// What kube-apiserver's validation refuses in a spec, for the kinds where
+/// the embedded cluster has been caught accepting it.
+fn invalid_spec(kind: &Kind, name: &str, obj: &Value) -> Option<Response> {
+    if kind.kind == "Service" {
+        let spec = &obj["spec"];
+        let headless = spec["clusterIP"] == "None";
+        let external = spec["type"] == "ExternalName";
+        let no_ports = spec["ports"].as_array().is_none_or(Vec::is_empty);
+        if no_ports && !headless && !external {
+            return Some(invalid(
+                kind,
+                name,
+                "spec.ports",
+                "FieldValueRequired",
+                "Required value",
+            ));
+        }
+    }
+    None
 }
