@@ -55,15 +55,9 @@ pub fn run(args: &SimArgs) -> u8 {
         return run_kube_apiserver(args);
     }
     let scenario_registry = |s: &rollwright_sim::Scenario| s.registry.clone();
-    let scenario = match &args.scenario {
-        Some(path) => match rollwright_sim::Scenario::load(path) {
-            Ok(s) => s,
-            Err(e) => {
-                eprintln!("error: {e}");
-                return exit::USAGE;
-            }
-        },
-        None => rollwright_sim::Scenario::default(),
+    let scenario = match load_scenario(args) {
+        Ok(s) => s,
+        Err(code) => return code,
     };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -152,8 +146,19 @@ pub fn run(args: &SimArgs) -> u8 {
     })
 }
 
+/// `--scenario`, or an empty one; a bad file is a usage error, said with its place.
+fn load_scenario(args: &SimArgs) -> Result<rollwright_sim::Scenario, u8> {
+    match &args.scenario {
+        Some(path) => rollwright_sim::Scenario::load(path).map_err(|e| {
+            eprintln!("error: {e}");
+            exit::USAGE
+        }),
+        None => Ok(rollwright_sim::Scenario::default()),
+    }
+}
+
 /// The kube-bin directory: `--kube-bin`, else `$ROLLWRIGHT_KUBE_BIN`.
-pub fn kube_bin(flag: Option<&PathBuf>) -> Result<PathBuf, String> {
+fn kube_bin(flag: Option<&PathBuf>) -> Result<PathBuf, String> {
     flag.cloned()
         .or_else(|| std::env::var_os("ROLLWRIGHT_KUBE_BIN").map(PathBuf::from))
         .ok_or_else(|| {
@@ -162,16 +167,33 @@ pub fn kube_bin(flag: Option<&PathBuf>) -> Result<PathBuf, String> {
 }
 
 fn run_kube_apiserver(args: &SimArgs) -> u8 {
-    let scenario = match &args.scenario {
-        Some(path) => match rollwright_sim::Scenario::load(path) {
-            Ok(s) => s,
-            Err(e) => {
-                eprintln!("error: {e}");
-                return exit::USAGE;
-            }
-        },
-        None => rollwright_sim::Scenario::default(),
+    let scenario = match load_scenario(args) {
+        Ok(s) => s,
+        Err(code) => return code,
     };
+    if args.port != 0 || args.models_port != 0 {
+        eprintln!(
+            "error: --port and --models-port are the embedded cluster's; kube-apiserver takes a free port of its own (printed below)"
+        );
+        return exit::USAGE;
+    }
+    // What only the simulated world does is said, not silently dropped.
+    let unsimulated: Vec<&str> = [
+        ("models", !scenario.models.is_empty()),
+        ("pods (faults)", !scenario.pods.is_empty()),
+        ("api (faults)", !scenario.api.is_empty()),
+        ("repositories", !scenario.repositories.is_empty()),
+        ("registry", scenario.registry.is_some()),
+    ]
+    .into_iter()
+    .filter_map(|(what, set)| set.then_some(what))
+    .collect();
+    if !unsimulated.is_empty() {
+        eprintln!(
+            "warning: the scenario's {} run on the embedded cluster only (--control-plane embedded); here only its objects are created",
+            unsimulated.join(", ")
+        );
+    }
     let bin = match kube_bin(args.kube_bin.as_ref()) {
         Ok(b) => b,
         Err(e) => {

@@ -23,12 +23,11 @@ impl State {
         }
     }
 
-    pub(super) fn list(&self, t: &Target, query: &str) -> Response {
-        let Ok(store) = self.store.lock() else {
-            return store_unavailable();
-        };
+    /// The objects a list of `t` returns (its kind, its namespace or all,
+    /// the query's label selector).
+    pub(super) fn matching(store: &Store, t: &Target, query: &str) -> Vec<Value> {
         let selector = query_param(query, "labelSelector").unwrap_or_default();
-        let items: Vec<Value> = store
+        store
             .objects
             .iter()
             .filter(|((g, p, ns, _), _)| {
@@ -37,7 +36,32 @@ impl State {
             .map(|(_, o)| o)
             .filter(|o| selected(o, &selector))
             .cloned()
-            .collect();
+            .collect()
+    }
+
+    /// The object `t` names, or the response saying why there is none.
+    pub(super) fn current(&self, t: &Target) -> Result<(String, Value), Box<Response>> {
+        let Some(name) = t.name.clone() else {
+            return Err(Box::new(name_required()));
+        };
+        let Ok(store) = self.store.lock() else {
+            return Err(Box::new(store_unavailable()));
+        };
+        match store.objects.get(&key(t.kind, t.namespace.as_deref(), &name)) {
+            Some(o) => Ok((name, o.clone())),
+            None => Err(Box::new(status(
+                StatusCode::NOT_FOUND,
+                "NotFound",
+                format!("{} \"{name}\" not found", qualified(t.kind)),
+            ))),
+        }
+    }
+
+    pub(super) fn list(&self, t: &Target, query: &str) -> Response {
+        let Ok(store) = self.store.lock() else {
+            return store_unavailable();
+        };
+        let items = Self::matching(&store, t, query);
         reply(
             StatusCode::OK,
             json!({"kind": format!("{}List", t.kind.kind), "apiVersion": kinds::api_version(t.kind), "metadata": {"resourceVersion": store.revision.to_string()}, "items": items}),
@@ -234,24 +258,9 @@ impl State {
     }
 
     pub(super) fn patch(&self, t: &Target, apply: impl FnOnce(&mut Value) -> Result<(), String>) -> Response {
-        let Some(name) = &t.name else {
-            return name_required();
-        };
-        let current = {
-            let Ok(store) = self.store.lock() else {
-                return store_unavailable();
-            };
-            store
-                .objects
-                .get(&key(t.kind, t.namespace.as_deref(), name))
-                .cloned()
-        };
-        let Some(mut obj) = current else {
-            return status(
-                StatusCode::NOT_FOUND,
-                "NotFound",
-                format!("{} \"{name}\" not found", qualified(t.kind)),
-            );
+        let mut obj = match self.current(t) {
+            Ok((_, o)) => o,
+            Err(r) => return *r,
         };
         if let Err(e) = apply(&mut obj) {
             return status(

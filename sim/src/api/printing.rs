@@ -19,21 +19,7 @@ impl State {
                     );
                 }
             },
-            None => {
-                let selector = query_param(query, "labelSelector").unwrap_or_default();
-                store
-                    .objects
-                    .iter()
-                    .filter(|((g, p, ns, _), _)| {
-                        *g == t.kind.group
-                            && *p == t.kind.plural
-                            && t.namespace.as_deref().is_none_or(|n| n == ns)
-                    })
-                    .map(|(_, o)| o)
-                    .filter(|o| selected(o, &selector))
-                    .cloned()
-                    .collect()
-            }
+            None => Self::matching(&store, t, query),
         };
         // A custom resource prints its CRD's columns.
         let crd = store.objects.get(&(

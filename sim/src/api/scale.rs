@@ -6,24 +6,9 @@ impl State {
     /// The `scale` subresource of a Deployment or ReplicaSet: read it as an
     /// `autoscaling/v1` Scale, change `spec.replicas` through it.
     pub(super) fn scale(&self, t: &Target, method: &Method, body: &[u8]) -> Response {
-        let Some(name) = t.name.clone() else {
-            return name_required();
-        };
-        let current = {
-            let Ok(store) = self.store.lock() else {
-                return store_unavailable();
-            };
-            store
-                .objects
-                .get(&key(t.kind, t.namespace.as_deref(), &name))
-                .cloned()
-        };
-        let Some(obj) = current else {
-            return status(
-                StatusCode::NOT_FOUND,
-                "NotFound",
-                format!("{} \"{name}\" not found", qualified(t.kind)),
-            );
+        let (name, obj) = match self.current(t) {
+            Ok(found) => found,
+            Err(r) => return *r,
         };
         let as_scale = |o: &Value| {
             let selector: Vec<String> = o["spec"]["selector"]["matchLabels"]
@@ -101,19 +86,9 @@ impl State {
         if !response.status().is_success() {
             return response;
         }
-        let updated = {
-            let Ok(store) = self.store.lock() else {
-                return store_unavailable();
-            };
-            store
-                .objects
-                .get(&key(
-                    t.kind,
-                    t.namespace.as_deref(),
-                    target.name.as_deref().unwrap_or_default(),
-                ))
-                .cloned()
-        };
-        reply(StatusCode::OK, as_scale(&updated.unwrap_or_default()))
+        match self.current(&target) {
+            Ok((_, updated)) => reply(StatusCode::OK, as_scale(&updated)),
+            Err(r) => *r,
+        }
     }
 }
