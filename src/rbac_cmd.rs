@@ -151,14 +151,12 @@ pub fn run(args: &RbacArgs) -> u8 {
         return exit::USAGE;
     };
     // A GitOps target is changed through Git: the steps only read the cluster.
-    let gitops = rollwright_steps::target::gitops(&rollwright_engine::registry::BuildContext::of_spec(
-        &spec, false, &args.spec,
-    ));
+    let cx = rollwright_engine::registry::BuildContext::of_spec(&spec, false, &args.spec);
+    let gitops = rollwright_steps::target::gitops(&cx);
     let gitops = gitops.as_ref();
     let mut g = Grants::default();
     let mut cluster_scoped = BTreeSet::new();
     let mut notes = BTreeSet::new();
-    let cx = rollwright_engine::registry::BuildContext::of_spec(&spec, false, &args.spec);
     let steps: Vec<(String, String, Value)> = spec
         .steps
         .iter()

@@ -12,12 +12,11 @@ use crate::traffic::Router;
 /// left out: lint reports them before anything asks.
 #[must_use]
 pub fn applied(cx: &AccessContext) -> Vec<(String, String, String)> {
-    let mut out = Vec::new();
-    for (id, kind, with) in cx.steps.iter().filter(|s| s.1 == crate::apply::NAME) {
-        let _ = kind;
-        out.extend(applied_by(cx, id, with));
-    }
-    out
+    cx.steps
+        .iter()
+        .filter(|(_, kind, _)| kind == crate::apply::NAME)
+        .flat_map(|(id, _, with)| applied_by(cx, id, with))
+        .collect()
 }
 
 /// The objects one `apply` step renders.

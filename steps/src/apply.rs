@@ -108,7 +108,8 @@ impl StepKind for Apply {
         let c: ApplyConfig = serde_json::from_value(with.clone()).map_err(|e| e.to_string())?;
         let cluster = Cluster::of(cx)?;
         let objects = placed(&c, cx)?;
-        let problems = policy(&objects, &c, &Rules::of(cx));
+        let rules = Rules::of(cx);
+        let problems = policy(&objects, &c, &rules);
         if !problems.is_empty() {
             return Err(format!(
                 "the manifests break the deployment policy (nothing was sent to the cluster):\n  {}",
@@ -131,10 +132,8 @@ impl StepKind for Apply {
             cluster,
             manager: c.field_manager,
             model: cx.model.clone().map(|(_, name, version)| (name, version)),
-            platform: crate::target::serving(cx).map_or_else(String::new, |s| s.platform),
-            canary: crate::target::serving(cx)
-                .and_then(|s| s.canary)
-                .unwrap_or_else(|| "canary".into()),
+            platform: rules.platform,
+            canary: rules.canary,
         }))
     }
     fn check_rendered(&self, with: &Value, cx: &BuildContext) -> Vec<Finding> {

@@ -95,11 +95,9 @@ fn yaml_files(dir: &Path) -> Vec<PathBuf> {
     out
 }
 
-#[test]
-fn shipped_specs_lint_clean_and_their_expansions_deserialize() {
-    let registry = rollwright_steps::registry();
-    let linter = rollwright_engine::Linter::new(rollwright_steps::registry(), Limits::default()).unwrap();
-    // specs/sim holds sim scenarios and specs/scenarios scenario tests, not rollouts.
+/// The shipped Rollouts and Strategies (specs/sim holds sim scenarios and
+/// specs/scenarios scenario tests, not specs).
+fn shipped_specs() -> Vec<PathBuf> {
     let files: Vec<_> = yaml_files(&root().join("specs"))
         .into_iter()
         .filter(|f| {
@@ -107,6 +105,14 @@ fn shipped_specs_lint_clean_and_their_expansions_deserialize() {
         })
         .collect();
     assert!(files.len() >= 8, "examples and strategies");
+    files
+}
+
+#[test]
+fn shipped_specs_lint_clean_and_their_expansions_deserialize() {
+    let registry = rollwright_steps::registry();
+    let linter = rollwright_engine::Linter::new(rollwright_steps::registry(), Limits::default()).unwrap();
+    let files = shipped_specs();
     for f in files {
         let bytes = std::fs::read(&f).unwrap();
         let lint = linter.lint(&f, &bytes, false);
@@ -223,13 +229,7 @@ fn shipped_yaml_validates_against_the_published_schemas_in_an_independent_valida
         .with_registry(&prepared)
         .build(&read(&dir.join("rollout.schema.json")))
         .unwrap();
-    let files: Vec<_> = yaml_files(&root().join("specs"))
-        .into_iter()
-        .filter(|f| {
-            !f.starts_with(root().join("specs/sim")) && !f.starts_with(root().join("specs/scenarios"))
-        })
-        .collect();
-    assert!(files.len() >= 8, "examples and strategies");
+    let files = shipped_specs();
     let mut problems = Vec::new();
     for f in &files {
         let value: Value = serde_saphyr::from_str(&std::fs::read_to_string(f).unwrap()).unwrap();

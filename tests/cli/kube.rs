@@ -346,6 +346,15 @@ spec:
   http: [{route: [{destination: {host: web, subset: stable}, weight: 100}]}]
 ";
 
+const ROLLOUT_STATUS: &[&str] = &[
+    "rollout",
+    "status",
+    "deployment/web",
+    "-n",
+    "conf",
+    "--timeout=60s",
+];
+
 /// A kubectl session a new user would type; each command's stdout and
 /// stderr, normalised.
 fn kubectl_session(kubeconfig: &std::path::Path) -> String {
@@ -381,24 +390,10 @@ fn kubectl_session(kubeconfig: &std::path::Path) -> String {
     };
     let mut s = String::new();
     s += &run(&["apply", "--server-side", "--validate=false", "-f", "objects.yaml"]);
-    s += &settled(&[
-        "rollout",
-        "status",
-        "deployment/web",
-        "-n",
-        "conf",
-        "--timeout=60s",
-    ]);
+    s += &settled(ROLLOUT_STATUS);
     s += &run(&["get", "deployments", "-n", "conf"]);
     s += &run(&["scale", "deployment", "web", "--replicas=3", "-n", "conf"]);
-    s += &settled(&[
-        "rollout",
-        "status",
-        "deployment/web",
-        "-n",
-        "conf",
-        "--timeout=60s",
-    ]);
+    s += &settled(ROLLOUT_STATUS);
     s += &run(&["get", "deployment", "web", "-n", "conf"]);
     s += &run(&[
         "get",
