@@ -98,6 +98,12 @@ pub trait StepKind: Send + Sync + 'static {
     fn summary(&self) -> &'static str;
     /// The JSON Schema (draft 2020-12) of `with`, as committed in `steps/schemas/` (published, accepting templates, in `schemas/steps/`).
     fn schema(&self) -> &'static str;
+    /// The schema generated from the kind's typed config (`None` when the
+    /// kind has no typed config). A test holds it equal to [`schema`](Self::schema):
+    /// the committed file is generated, never written by hand.
+    fn generated_schema(&self) -> Option<Value> {
+        None
+    }
     /// What the kind does to the target.
     fn role(&self) -> Role;
     /// Semantic checks of a schema-valid `with` (durations, cross-field rules).

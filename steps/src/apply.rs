@@ -7,34 +7,57 @@ use std::sync::Arc;
 use rollwright_engine::Code;
 use rollwright_engine::exec::{BoxFuture, Progress, Step, StepContext, StepError};
 use rollwright_engine::registry::{Access, AccessContext, BuildContext, Finding, Role, StepKind};
+use schemars::JsonSchema;
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
 use crate::cluster::{Cluster, ObjRef, restorable};
 use crate::common::config;
 
-/// `with` of an apply.
-#[derive(Debug, Clone, Deserialize)]
+/// Renders manifests, policy-checks them, records the last known-good state
+/// of every object it touches, then server-side applies them. Exactly one of
+/// `template` and `manifests`.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
+#[schemars(title = "apply")]
 pub struct ApplyConfig {
-    /// Manifest template path.
+    /// Path of a manifest template (`*.yaml.hbs`), relative to the spec.
     #[serde(default)]
+    #[schemars(length(min = 1))]
     pub template: Option<String>,
-    /// Inline objects.
+    /// Inline Kubernetes objects.
     #[serde(default)]
+    #[schemars(length(min = 1), schema_with = "manifests")]
     pub manifests: Vec<Value>,
-    /// SSA field manager.
+    /// Server-side apply field manager (default `rollwright`).
     #[serde(default = "field_manager")]
+    #[schemars(length(min = 1))]
     pub field_manager: String,
-    /// Minimum replicas in production.
+    /// Smallest replica count accepted in production (default 2).
     #[serde(default = "two")]
     pub min_replicas: u32,
-    /// Auth policy protecting exposed endpoints.
+    /// Name of the auth policy that protects exposed endpoints (required to
+    /// expose a Service or Ingress).
     #[serde(default)]
+    #[schemars(length(min = 1))]
     pub auth_policy: Option<String>,
-    /// Change objects a GitOps controller tracks directly anyway.
+    /// Change objects that carry Argo CD or Flux tracking labels directly
+    /// anyway (refused by default: the controller would revert the change).
+    /// Only for fields the controller is told to ignore (Argo CD
+    /// `ignoreDifferences`, Flux `kustomize.toolkit.fluxcd.io/ssa:
+    /// IfNotPresent`). Without effect on a `target.gitops` target, which
+    /// always goes through Git.
     #[serde(default)]
     pub allow_gitops_managed: bool,
+}
+
+/// Inline objects: each names at least its apiVersion and kind.
+fn manifests(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({
+        "type": "array",
+        "minItems": 1,
+        "items": {"type": "object", "required": ["apiVersion", "kind"]}
+    })
 }
 
 fn field_manager() -> String {
@@ -74,6 +97,9 @@ impl StepKind for Apply {
     }
     fn schema(&self) -> &'static str {
         include_str!("../schemas/apply.schema.json")
+    }
+    fn generated_schema(&self) -> Option<Value> {
+        Some(crate::schema::of::<ApplyConfig>())
     }
     fn role(&self) -> Role {
         Role::Promote

@@ -18,25 +18,31 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use rollwright_engine::Code;
 use rollwright_engine::exec::{BoxFuture, Progress, Step, StepContext, StepError};
 use rollwright_engine::registry::{BuildContext, Finding, Role, StepKind};
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use crate::common::config;
 
-/// `with` of an approval.
-#[derive(Debug, Clone, Deserialize)]
+/// Waits for people to run `rollwright approve RUN STEP --as NAME`.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(title = "approval")]
 pub struct ApprovalConfig {
-    /// Distinct approvals required.
+    /// Distinct approvals required, never the person who started the run
+    /// (default 1).
     #[serde(default = "one")]
+    #[schemars(range(min = 1))]
     pub approvers: u32,
-    /// Allowed approvers.
+    /// Who may approve (default anyone).
     #[serde(default)]
+    #[schemars(inner(length(min = 1)), extend("uniqueItems" = true))]
     pub from: Vec<String>,
-    /// Expiry.
+    /// Fail the step if not approved within this time.
     #[serde(default)]
+    #[schemars(schema_with = "crate::schema::duration")]
     pub expires: Option<String>,
-    /// Text for approvers.
+    /// Shown to approvers.
     #[serde(default)]
     pub message: Option<String>,
 }
@@ -63,6 +69,9 @@ impl StepKind for Approval {
     }
     fn schema(&self) -> &'static str {
         include_str!("../schemas/approval.schema.json")
+    }
+    fn generated_schema(&self) -> Option<Value> {
+        Some(crate::schema::of::<ApprovalConfig>())
     }
     fn role(&self) -> Role {
         Role::Observe

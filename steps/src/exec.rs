@@ -9,25 +9,33 @@ use std::sync::Arc;
 
 use rollwright_engine::exec::{BoxFuture, Progress, Step, StepContext, StepError};
 use rollwright_engine::registry::{BuildContext, Finding, Role, StepKind};
+use schemars::JsonSchema;
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
 use crate::common::config;
 
-/// `with` of an exec.
-#[derive(Debug, Clone, Deserialize)]
+/// Runs a command (no shell) from the spec's directory. Exit 0 succeeds with
+/// `stdout` as output; an exit code listed in `transient-exit-codes` is
+/// retried; any other fails. Treated as a change to the target: in
+/// production a gate-check must precede it.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
+#[schemars(title = "exec")]
 pub struct ExecConfig {
     /// Program and arguments.
+    #[schemars(length(min = 1))]
     pub command: Vec<String>,
-    /// Extra environment.
+    /// Extra environment variables (literal, non-secret values).
     #[serde(default)]
     pub env: BTreeMap<String, String>,
-    /// Exit codes that are transient.
+    /// Exit codes that mean "try again" (default [75], EX_TEMPFAIL).
     #[serde(default = "tempfail")]
+    #[schemars(inner(range(min = 1, max = 255)))]
     pub transient_exit_codes: Vec<i32>,
-    /// Compensation command.
+    /// Program and arguments run as this step's compensation.
     #[serde(default)]
+    #[schemars(length(min = 1))]
     pub undo: Vec<String>,
 }
 
@@ -47,6 +55,9 @@ impl StepKind for Exec {
     }
     fn schema(&self) -> &'static str {
         include_str!("../schemas/exec.schema.json")
+    }
+    fn generated_schema(&self) -> Option<Value> {
+        Some(crate::schema::of::<ExecConfig>())
     }
     fn role(&self) -> Role {
         // An arbitrary command may change anything: treat it as a change.

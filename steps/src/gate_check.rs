@@ -20,38 +20,49 @@ use crate::model_registry::{FileRegistry, MlflowRegistry, ModelRegistry, Version
 use rollwright_engine::Code;
 use rollwright_engine::policy::MinGate;
 use rollwright_engine::registry::{Finding, Role, StepKind};
+use schemars::JsonSchema;
 use serde::Deserialize;
 use serde_json::Value;
 
 use crate::common::config;
 
-/// `with` of a gate-check.
-#[derive(Debug, Clone, Deserialize)]
+/// Checks that the exact model version is approved, with enough approvals
+/// and passing evaluations, before anything changes. A failed gate is a
+/// rejection: never retried.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(title = "gate-check")]
 pub struct GateCheckConfig {
-    /// Distinct approvers required.
+    /// Distinct approvers required (default 1).
     #[serde(default = "one")]
     pub approvals: u32,
-    /// Roles required among approvers.
+    /// Roles at least one approver must hold each.
     #[serde(default)]
+    #[schemars(inner(length(min = 1)), extend("uniqueItems" = true))]
     pub roles: Vec<String>,
-    /// Required registry alias.
+    /// Registry alias (or stage) the version must carry, e.g.
+    /// `production-approved`.
     #[serde(default)]
+    #[schemars(length(min = 1))]
     pub alias: Option<String>,
-    /// Evaluation thresholds by metric.
+    /// Evaluation thresholds by metric name: `{auc: {min: 0.92}}`.
     #[serde(default)]
     pub evals: BTreeMap<String, Threshold>,
-    /// Re-check before the final promotion.
+    /// Re-check the gate before the final promotion and at every hold
+    /// (default true).
     #[serde(default = "yes")]
     pub recheck: bool,
-    /// Registry credentials, by reference.
+    /// Registry credentials (MLflow bearer token), by reference (default:
+    /// MLFLOW_TRACKING_TOKEN).
     #[serde(default)]
+    #[schemars(schema_with = "crate::schema::secret_ref")]
     pub token: Option<crate::SecretRef>,
 }
 
 /// An evaluation threshold.
-#[derive(Debug, Clone, Copy, Deserialize)]
+#[derive(Debug, Clone, Copy, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(extend("minProperties" = 1))]
 pub struct Threshold {
     /// Lowest accepted value.
     #[serde(default)]
@@ -80,6 +91,9 @@ impl StepKind for GateCheck {
     }
     fn schema(&self) -> &'static str {
         include_str!("../schemas/gate-check.schema.json")
+    }
+    fn generated_schema(&self) -> Option<Value> {
+        Some(crate::schema::of::<GateCheckConfig>())
     }
     fn role(&self) -> Role {
         Role::Gate

@@ -8,106 +8,152 @@ use rollwright_engine::Code;
 use rollwright_engine::duration::Display;
 use rollwright_engine::exec::{BoxFuture, Progress, Step, StepContext, StepError};
 use rollwright_engine::registry::{Access, AccessContext, BuildContext, Finding, Role, StepKind};
+use schemars::JsonSchema;
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
 use crate::common::{SecretRef, config, dur};
 
-/// `with` of a hold.
-#[derive(Debug, Clone, Deserialize)]
+/// Waits `duration` while evaluating `analysis` every `interval`; a breach
+/// fails the step (and the run rolls back).
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(title = "hold")]
 pub struct HoldConfig {
-    /// How long.
+    /// How long to hold.
+    #[schemars(schema_with = "crate::schema::duration")]
     pub duration: String,
-    /// What to judge.
+    /// Why a production hold without `analysis` is enough (a production
+    /// hold that judges nothing is an error otherwise).
+    #[serde(default)]
+    #[schemars(length(min = 1))]
+    pub justification: Option<String>,
+    /// What to judge during the hold.
     #[serde(default)]
     pub analysis: Option<Analysis>,
-    /// Why a production hold judges nothing (it is an error otherwise).
-    #[serde(default)]
-    pub justification: Option<String>,
 }
 
-/// Analysis during a hold.
-#[derive(Debug, Clone, Deserialize)]
+/// What to judge during the hold.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct Analysis {
-    /// Evaluation period.
+    /// Time between evaluations (default 30s).
     #[serde(default = "thirty_seconds")]
+    #[schemars(schema_with = "crate::schema::duration")]
     pub interval: String,
-    /// Breaches tolerated.
+    /// Breaches tolerated before failing (default 1).
     #[serde(default = "one")]
+    #[schemars(range(min = 1))]
     pub failure_limit: u32,
-    /// Consecutive or total.
+    /// Whether `failure-limit` counts consecutive breaches or all of them
+    /// (default consecutive).
     #[serde(default)]
-    pub count: Option<String>,
-    /// Missing data policy.
+    pub count: Count,
+    /// What a missing value means (default fail).
     #[serde(default)]
-    pub on_no_data: Option<String>,
-    /// Samples before judging.
+    pub on_no_data: OnNoData,
+    /// Samples needed before a value is judged (default 1).
     #[serde(default = "one")]
+    #[schemars(range(min = 1))]
     pub min_samples: u32,
-    /// Synthetic requests of probe metrics.
+    /// The synthetic requests of `probe` metrics, sent to the canary and to
+    /// stable at every evaluation (to `serving.endpoint`).
     #[serde(default)]
     pub probe: Option<ProbeConfig>,
-    /// The metrics.
+    /// The metrics judged at every evaluation.
+    #[schemars(length(min = 1))]
     pub metrics: Vec<Metric>,
 }
 
+/// How breaches add up to `failure-limit`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Count {
+    #[default]
+    Consecutive,
+    Total,
+}
+
+/// What a missing value means.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum OnNoData {
+    /// A breach.
+    #[default]
+    Fail,
+    /// Not judged, and the hold cannot pass on it.
+    Hold,
+    /// Not judged.
+    Ignore,
+}
+
 /// The requests probe metrics send.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ProbeConfig {
-    /// Protocol (default kserve-v1).
+    /// Request protocol (default kserve-v1).
     #[serde(default)]
     pub protocol: Option<crate::verify_inference::Protocol>,
-    /// Path (http).
+    /// Request path (http protocol).
     #[serde(default)]
+    #[schemars(regex(pattern = "^/"))]
     pub path: Option<String>,
-    /// Body.
+    /// Request body (JSON).
     #[serde(default)]
     pub request: Option<Value>,
-    /// Per version and evaluation.
+    /// Requests per version and evaluation (default 20).
     #[serde(default)]
+    #[schemars(range(min = 1, max = 1000))]
     pub requests: Option<u32>,
-    /// Per-request timeout.
+    /// Per-request timeout (default 5s); a request without an answer counts
+    /// as an error.
     #[serde(default)]
+    #[schemars(schema_with = "crate::schema::duration")]
     pub timeout: Option<String>,
 }
 
 /// One judged metric.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct Metric {
-    /// Name.
+    /// Metric name shown in reports.
+    #[schemars(length(min = 1))]
     pub name: String,
-    /// Provider.
+    /// Where the value comes from.
     pub provider: Provider,
-    /// Query.
+    /// PromQL (prometheus) or the measured quantity (probe: `error-rate`,
+    /// `latency-p50|p90|p99`; kubernetes: `restarts`, `ready`).
     #[serde(default)]
+    #[schemars(length(min = 1))]
     pub query: Option<String>,
-    /// Upper bound.
+    /// Highest accepted value.
     #[serde(default)]
     pub max: Option<f64>,
-    /// Lower bound.
+    /// Lowest accepted value.
     #[serde(default)]
     pub min: Option<f64>,
-    /// Relative bound.
+    /// Highest accepted excess over the stable version's value, in the
+    /// metric's unit.
     #[serde(default)]
+    #[schemars(range(min = 0))]
     pub max_increase_over_stable: Option<f64>,
-    /// Above this, the stable version is itself unhealthy and a comparison
-    /// with it is inconclusive (default: `max`).
+    /// Above this value the stable version is itself unhealthy: the
+    /// comparison with it is inconclusive and the hold does not pass
+    /// (default: `max`; for a probe's `error-rate` without `max`, 0.5).
     #[serde(default)]
     pub stable_max: Option<f64>,
-    /// Prometheus URL.
+    /// Prometheus base URL (prometheus only).
     #[serde(default)]
+    #[schemars(length(min = 1))]
     pub address: Option<String>,
-    /// Auth token.
+    /// Bearer token for the provider.
     #[serde(default)]
+    #[schemars(schema_with = "crate::schema::secret_ref")]
     pub token: Option<SecretRef>,
 }
 
 /// Where a metric's value comes from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Provider {
     /// A PromQL query against the Prometheus HTTP API.
@@ -164,6 +210,9 @@ impl StepKind for Hold {
     }
     fn schema(&self) -> &'static str {
         include_str!("../schemas/hold.schema.json")
+    }
+    fn generated_schema(&self) -> Option<Value> {
+        Some(crate::schema::of::<HoldConfig>())
     }
     fn role(&self) -> Role {
         Role::Observe
@@ -722,8 +771,8 @@ impl Step for HoldStep {
                     .map_err(|_| StepError::failed("hold state poisoned"))?;
                 st.evaluations += 1;
                 st.inconclusive = false;
-                let on_no_data = a.on_no_data.as_deref().unwrap_or("fail");
-                let total = a.count.as_deref() == Some("total");
+                let on_no_data = a.on_no_data;
+                let total = a.count == Count::Total;
                 for (name, v) in &verdicts {
                     let breach = match v {
                         Verdict::Breach(_) => true,
@@ -732,12 +781,12 @@ impl Step for HoldStep {
                             false
                         }
                         Verdict::NoData(_) => match on_no_data {
-                            "fail" => true,
-                            "hold" => {
+                            OnNoData::Fail => true,
+                            OnNoData::Hold => {
                                 st.inconclusive = true;
                                 false
                             }
-                            _ => false,
+                            OnNoData::Ignore => false,
                         },
                         Verdict::Pass(_) => false,
                     };
@@ -752,7 +801,7 @@ impl Step for HoldStep {
                     if breach {
                         *c += 1;
                     } else if matches!(v, Verdict::Pass(_))
-                        || (matches!(v, Verdict::NoData(_)) && on_no_data != "hold")
+                        || (matches!(v, Verdict::NoData(_)) && on_no_data != OnNoData::Hold)
                     {
                         *c = 0;
                     }

@@ -1,8 +1,8 @@
 //! rollwright's step kinds: one module per `type:`.
 //!
-//! Each module has the kind's `XxxConfig` (the serde model of its `with`,
-//! `deny_unknown_fields`, mirroring `steps/schemas/<type>.schema.json`), a
-//! unit struct implementing [`rollwright_engine::StepKind`] (role, semantic
+//! Each module has the kind's `XxxConfig` (the serde and schemars model of
+//! its `with`, `deny_unknown_fields`; `steps/schemas/<type>.schema.json` is
+//! generated from it, see [`schema`]), a unit struct implementing [`rollwright_engine::StepKind`] (role, semantic
 //! checks, the facts the engine's rules ask about), and its tests. The one
 //! place where kinds are registered is [`registry`].
 
@@ -28,6 +28,7 @@ pub mod reach;
 pub mod restore;
 pub mod rollback;
 pub mod runnable;
+pub mod schema;
 pub mod shift_traffic;
 pub mod target;
 pub mod traffic;

@@ -8,24 +8,29 @@ use std::time::Duration;
 use rollwright_engine::exec::{BoxFuture, Progress, Step, StepContext, StepError};
 use rollwright_engine::registry::{BuildContext, Finding, Role, StepKind};
 use rollwright_engine::secrets;
+use schemars::JsonSchema;
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
 use crate::common::{SecretRef, config};
 
-/// `with` of a notify.
-#[derive(Debug, Clone, Deserialize)]
+/// POSTs a JSON summary of the run to a webhook whose URL is a secret
+/// reference.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
+#[schemars(title = "notify")]
 pub struct NotifyConfig {
-    /// Webhook URL.
+    /// Webhook URL, by reference.
+    #[schemars(schema_with = "crate::schema::secret_ref")]
     pub webhook: SecretRef,
-    /// Extra headers.
+    /// Extra headers, each by reference.
     #[serde(default)]
+    #[schemars(schema_with = "crate::schema::secret_refs")]
     pub headers: BTreeMap<String, SecretRef>,
-    /// Text.
+    /// Text included in the payload.
     #[serde(default)]
     pub message: Option<String>,
-    /// Whether a failed notification fails the run.
+    /// A failed notification fails the run (default false).
     #[serde(default)]
     pub fail_run: bool,
 }
@@ -42,6 +47,9 @@ impl StepKind for Notify {
     }
     fn schema(&self) -> &'static str {
         include_str!("../schemas/notify.schema.json")
+    }
+    fn generated_schema(&self) -> Option<Value> {
+        Some(crate::schema::of::<NotifyConfig>())
     }
     fn role(&self) -> Role {
         Role::Observe

@@ -28,6 +28,7 @@ use std::time::Duration;
 use rollwright_engine::Code;
 use rollwright_engine::exec::{BoxFuture, Progress, Step, StepContext, StepError};
 use rollwright_engine::registry::{Access, AccessContext, BuildContext, Finding, Role, StepKind};
+use schemars::JsonSchema;
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
@@ -35,19 +36,28 @@ use crate::cluster::{Cluster, ObjRef, restorable, selector};
 use crate::common::config;
 use crate::traffic::{Provider, Router, merge_patch_of};
 
-/// `with` of a promote.
-#[derive(Debug, Clone, Deserialize)]
+/// Makes the new version stable at the end of a rollout: the stable workload
+/// takes the canary's version and becomes Ready, 100% of traffic goes to
+/// stable, the canary is removed (KServe: canaryTrafficPercent removed, the
+/// latest revision the only one; Seldon: the stable predictor takes the
+/// canary's model and the canary predictor is removed). The next rollout
+/// starts from the same shape.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
+#[schemars(title = "promote")]
 pub struct PromoteConfig {
-    /// Remove the canary workload (default); `false` scales it to 0.
+    /// Remove the canary workload (default true); false scales it to 0
+    /// replicas.
     #[serde(default = "yes")]
     pub remove_canary: bool,
-    /// The stable workload, `Kind/name` (Deployment platforms; default: the
-    /// one the route's stable backend selects).
+    /// The stable workload, `Deployment/NAME` or `StatefulSet/NAME`
+    /// (default: the one the route's stable backend selects).
     #[serde(default)]
+    #[schemars(regex(pattern = "^(Deployment|StatefulSet)/[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"))]
     pub stable: Option<String>,
-    /// Traffic provider (default `serving.traffic`).
+    /// Traffic provider (default: serving.traffic).
     #[serde(default)]
+    #[schemars(schema_with = "crate::schema::traffic_provider")]
     pub provider: Option<String>,
 }
 
@@ -127,6 +137,9 @@ impl StepKind for Promote {
     }
     fn schema(&self) -> &'static str {
         include_str!("../schemas/promote.schema.json")
+    }
+    fn generated_schema(&self) -> Option<Value> {
+        Some(crate::schema::of::<PromoteConfig>())
     }
     fn role(&self) -> Role {
         Role::Promote

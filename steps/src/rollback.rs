@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use rollwright_engine::exec::{BoxFuture, Progress, Step, StepContext, StepError};
 use rollwright_engine::registry::{Access, AccessContext, BuildContext, Finding, Role, StepKind};
+use schemars::JsonSchema;
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
@@ -13,14 +14,19 @@ use crate::cluster::Cluster;
 
 use crate::common::config;
 
-/// `with` of a rollback.
-#[derive(Debug, Clone, Default, Deserialize)]
+/// Sends 100% of traffic to the stable version, then restores the last
+/// known-good objects recorded by earlier steps, and verifies the result.
+#[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
+#[schemars(title = "rollback")]
 pub struct RollbackConfig {
-    /// Steps whose recorded state to restore.
+    /// Ids of the steps whose recorded state to restore (default: every step
+    /// that changed the target).
     #[serde(default)]
+    #[schemars(inner(length(min = 1)), extend("uniqueItems" = true))]
     pub restore: Vec<String>,
-    /// Remove the canary afterwards.
+    /// Remove the canary workload after traffic is back on stable (default
+    /// true).
     #[serde(default = "yes")]
     pub scale_down_canary: bool,
 }
@@ -85,6 +91,9 @@ impl StepKind for Rollback {
     }
     fn schema(&self) -> &'static str {
         include_str!("../schemas/rollback.schema.json")
+    }
+    fn generated_schema(&self) -> Option<Value> {
+        Some(crate::schema::of::<RollbackConfig>())
     }
     fn role(&self) -> Role {
         Role::Restore

@@ -6,6 +6,7 @@ use std::time::Duration;
 use rollwright_engine::Code;
 use rollwright_engine::exec::{BoxFuture, Progress, Step, StepContext, StepError};
 use rollwright_engine::registry::{Access, AccessContext, BuildContext, Finding, Role, StepKind};
+use schemars::JsonSchema;
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
@@ -14,22 +15,35 @@ use crate::traffic::{Provider, Router, apply_merge_patch, merge_patch_of};
 
 use crate::common::config;
 
-/// `with` of a shift-traffic.
-#[derive(Debug, Clone, Deserialize)]
+/// Sets the share of traffic the canary (new version) receives; the stable
+/// version gets the rest.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(title = "shift-traffic")]
 pub struct ShiftTrafficConfig {
-    /// Percent to the canary.
+    /// Percent of traffic to the canary, 0 to 100.
+    #[schemars(range(max = 100))]
     pub canary: u8,
-    /// Percent of traffic mirrored to the canary.
+    /// Router (default `serving.traffic`).
     #[serde(default)]
-    pub mirror: u8,
-    /// Router override.
-    #[serde(default)]
+    #[schemars(schema_with = "crate::schema::traffic_provider")]
     pub provider: Option<String>,
-    /// Why production may skip the canary.
+    /// Why production may go straight to 100% without a canary. Reported by
+    /// lint.
     #[serde(default)]
+    #[schemars(length(min = 10))]
     pub justification: Option<String>,
-    /// Change a route a GitOps controller tracks directly anyway.
+    /// Percent of traffic copied (shadowed) to the canary; its responses are
+    /// discarded. Default 0.
+    #[serde(default)]
+    #[schemars(range(max = 100))]
+    pub mirror: u8,
+    /// Change objects that carry Argo CD or Flux tracking labels directly
+    /// anyway (refused by default: the controller would revert the change).
+    /// Only for fields the controller is told to ignore (Argo CD
+    /// `ignoreDifferences`, Flux `kustomize.toolkit.fluxcd.io/ssa:
+    /// IfNotPresent`). Without effect on a `target.gitops` target, which
+    /// always goes through Git.
     #[serde(default, rename = "allow-gitops-managed")]
     pub allow_gitops_managed: bool,
 }
@@ -82,6 +96,9 @@ impl StepKind for ShiftTraffic {
     }
     fn schema(&self) -> &'static str {
         include_str!("../schemas/shift-traffic.schema.json")
+    }
+    fn generated_schema(&self) -> Option<Value> {
+        Some(crate::schema::of::<ShiftTrafficConfig>())
     }
     fn role(&self) -> Role {
         Role::Promote

@@ -6,62 +6,95 @@
 use std::collections::BTreeMap;
 
 use rollwright_engine::registry::BuildContext;
+use schemars::JsonSchema;
 use serde::Deserialize;
 
 /// Serving platform and traffic router.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(title = "serving")]
 pub struct Serving {
-    /// `kserve`, `deployment` or `seldon`.
+    /// Serving platform.
+    #[schemars(extend("enum" = ["kserve", "deployment", "seldon"]))]
     pub platform: String,
-    /// `istio`, `gateway-api`, `kserve`, `smi`, `nginx`, `seldon` or `none`.
+    /// Traffic router used by shift-traffic.
     #[serde(default)]
+    #[schemars(schema_with = "traffic_or_none")]
     pub traffic: Option<String>,
-    /// The object that splits traffic (default: the model name).
+    /// Name of the object that splits traffic (InferenceService,
+    /// VirtualService, HTTPRoute, TrafficSplit, stable Ingress,
+    /// SeldonDeployment); default the model name.
     #[serde(default)]
+    #[schemars(length(min = 1))]
     pub route: Option<String>,
-    /// The stable backend in the route.
+    /// The stable backend in the route: Istio subset or host, Service name,
+    /// Seldon predictor (defaults: `stable` for Istio, the model name for
+    /// Gateway API, SMI and NGINX, `main` for Seldon).
     #[serde(default)]
+    #[schemars(length(min = 1))]
     pub stable: Option<String>,
-    /// The canary backend in the route.
+    /// The canary backend in the route (defaults: `canary` for Istio and
+    /// Seldon, `<model>-canary` for Gateway API, SMI and NGINX).
     #[serde(default)]
+    #[schemars(length(min = 1))]
     pub canary: Option<String>,
-    /// Base URL of the inference endpoint.
+    /// Base URL of the inference endpoint that verify-inference and probe
+    /// analysis call (e.g. `http://fraud.risk.example.com`).
     #[serde(default)]
+    #[schemars(regex(pattern = "^https?://"))]
     pub endpoint: Option<String>,
-    /// Headers that route a request to the canary.
+    /// Headers that route a request to the canary (default `x-sim-version:
+    /// <model.version>`, what the embedded cluster understands; e.g.
+    /// `x-canary: "true"` with a matching VirtualService rule).
     #[serde(default, rename = "canary-headers")]
     pub canary_headers: Option<BTreeMap<String, String>>,
-    /// Headers that route a request to the stable version.
+    /// Headers that route a request to the stable version (default
+    /// `x-sim-exclude-version: <model.version>`).
     #[serde(default, rename = "stable-headers")]
     pub stable_headers: Option<BTreeMap<String, String>>,
 }
 
-/// A GitOps-managed target: `apply`, `shift-traffic` and `rollback` commit
-/// to `repo` and wait for the controller to sync, instead of changing the
-/// cluster.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+/// `serving.traffic`: a traffic provider, or `none`.
+fn traffic_or_none(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    let mut names = crate::traffic::names();
+    names.push("none");
+    schemars::json_schema!({"type": "string", "enum": names})
+}
+
+/// Set when Argo CD or Flux manages the target: `apply`, `shift-traffic`
+/// and `rollback` commit to the repository and wait for the controller to
+/// sync, instead of changing the cluster.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
+#[schemars(title = "gitops")]
 pub struct GitOps {
-    /// The repository: a local path, `file://`, `https://` or ssh URL.
+    /// The repository: a local path (relative to the spec), `file://`,
+    /// `https://` or ssh URL.
+    #[schemars(length(min = 1))]
     pub repo: String,
-    /// The branch the controller follows.
+    /// The branch the controller follows (default `main`).
     #[serde(default = "default_branch")]
+    #[schemars(length(min = 1))]
     pub branch: String,
     /// Directory in the repository holding the target's manifests.
+    #[schemars(length(min = 1))]
     pub path: String,
-    /// `argocd` or `flux`.
+    /// The GitOps controller.
     pub controller: Controller,
     /// The Argo CD `Application` or Flux `Kustomization` name.
+    #[schemars(length(min = 1))]
     pub app: String,
-    /// Its namespace (default `argocd`, or `flux-system` for Flux).
+    /// Namespace of the Application/Kustomization (default `argocd`, or
+    /// `flux-system` for Flux).
     #[serde(default)]
+    #[schemars(length(min = 1))]
     pub app_namespace: Option<String>,
     /// Credentials for a remote repository, by reference.
     #[serde(default)]
     pub credentials: Option<GitCredentials>,
-    /// Commit author, `Name <email>` (default `rollwright <rollwright@localhost>`).
+    /// Commit author, `Name <email>`.
     #[serde(default)]
+    #[schemars(regex(pattern = "^[^<>]+ <[^<>]+>$"))]
     pub author: Option<String>,
 }
 
@@ -93,7 +126,7 @@ impl GitOps {
 }
 
 /// The GitOps controller that syncs the repository.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Controller {
     /// Argo CD (`Application`).
@@ -103,17 +136,19 @@ pub enum Controller {
 }
 
 /// How to authenticate to a remote repository (secret references only).
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct GitCredentials {
-    /// HTTPS: a token (sent as basic auth with `username`).
+    /// HTTPS token, sent as basic auth.
     #[serde(default)]
+    #[schemars(schema_with = "crate::schema::secret_ref")]
     pub token: Option<serde_json::Value>,
-    /// HTTPS user name for the token (default `x-access-token`).
+    /// User name for the token (default `x-access-token`).
     #[serde(default)]
     pub username: Option<String>,
-    /// SSH: a private key.
+    /// SSH private key.
     #[serde(default)]
+    #[schemars(schema_with = "crate::schema::secret_ref")]
     pub ssh_key: Option<serde_json::Value>,
 }
 
@@ -134,4 +169,15 @@ pub fn gitops(cx: &BuildContext) -> Option<GitOps> {
         .as_ref()
         .and_then(|t| t.gitops.as_ref())
         .and_then(|v| GitOps::deserialize(v).ok())
+}
+
+/// The schemas of the spec parts the steps own (`serving`,
+/// `target.gitops`), generated from the types above: what
+/// `steps/envelope/*.schema.json` must hold.
+#[must_use]
+pub fn generated_defs() -> Vec<(&'static str, serde_json::Value)> {
+    vec![
+        ("serving", crate::schema::of_envelope::<Serving>()),
+        ("gitops", crate::schema::of_envelope::<GitOps>()),
+    ]
 }

@@ -36,6 +36,16 @@ pub enum Provider {
 }
 
 impl Provider {
+    /// Every provider, in the order the docs list them.
+    pub const ALL: [Provider; 6] = [
+        Provider::Istio,
+        Provider::GatewayApi,
+        Provider::Kserve,
+        Provider::Smi,
+        Provider::Nginx,
+        Provider::Seldon,
+    ];
+
     /// The provider a spec names (`serving.traffic`, a step's `provider`).
     #[must_use]
     pub fn parse(name: &str) -> Option<Provider> {
@@ -79,6 +89,12 @@ impl Provider {
 
 const NGINX_CANARY: &str = "nginx.ingress.kubernetes.io/canary";
 const NGINX_WEIGHT: &str = "nginx.ingress.kubernetes.io/canary-weight";
+
+/// The names of every traffic provider.
+#[must_use]
+pub fn names() -> Vec<&'static str> {
+    Provider::ALL.iter().map(|p| p.name()).collect()
+}
 
 /// How a run's model traffic is routed.
 #[derive(Debug, Clone)]

@@ -6,75 +6,86 @@ use std::time::Duration;
 use rollwright_engine::Code;
 use rollwright_engine::exec::{BoxFuture, Progress, Step, StepContext, StepError};
 use rollwright_engine::registry::{BuildContext, Finding, Role, StepKind};
+use schemars::JsonSchema;
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
 use crate::common::{SecretRef, config, dur};
 use crate::inference::{Endpoint, Track, quantile};
 
-/// `with` of a verify-inference.
-#[derive(Debug, Clone, Deserialize)]
+/// Sends synthetic inference requests to the canary and checks status,
+/// latency and response values.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
+#[schemars(title = "verify-inference")]
 pub struct VerifyInferenceConfig {
     /// Request protocol.
     pub protocol: Protocol,
-    /// Which version to address.
+    /// Which version to address (default canary).
     #[serde(default)]
     pub target: Target,
-    /// Path (http).
+    /// Request path (http protocol).
     #[serde(default)]
+    #[schemars(regex(pattern = "^/"))]
     pub path: Option<String>,
-    /// Body.
+    /// Request body (JSON).
     #[serde(default)]
     pub request: Option<Value>,
-    /// Count.
+    /// Number of requests (default 1).
     #[serde(default = "one")]
+    #[schemars(range(min = 1))]
     pub requests: u32,
-    /// Pass ratio.
+    /// Share of requests that must pass (default 1.0).
     #[serde(default)]
+    #[schemars(range(max = 1), extend("exclusiveMinimum" = 0))]
     pub success_ratio: Option<f64>,
-    /// Expectations.
+    /// What every answer must satisfy.
     #[serde(default)]
     pub expect: Expect,
-    /// Auth header by reference.
+    /// Authorization header value, by reference.
     #[serde(default)]
+    #[schemars(schema_with = "crate::schema::secret_ref")]
     pub auth: Option<SecretRef>,
 }
 
 /// What every answer must satisfy.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Expect {
-    /// HTTP status (default 200).
+    /// Expected HTTP status (default 200).
     #[serde(default)]
+    #[schemars(range(min = 100, max = 599))]
     pub status: Option<u16>,
     /// Latency budget per request.
     #[serde(default)]
+    #[schemars(schema_with = "crate::schema::duration")]
     pub latency: Option<String>,
-    /// JSONPath assertions.
+    /// JSONPath assertions on the response.
     #[serde(default)]
     pub json: Vec<JsonAssert>,
 }
 
 /// One JSONPath assertion.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct JsonAssert {
-    /// `$.predictions[0]`.
+    /// JSONPath, e.g. `$.predictions[0]`.
+    #[schemars(regex(pattern = r"^\$"))]
     pub path: String,
     /// Expected value.
     #[serde(default)]
     pub equals: Option<Value>,
     /// Accepted absolute difference for numbers.
     #[serde(default)]
+    #[schemars(range(min = 0))]
     pub tolerance: Option<f64>,
-    /// Only require that the path exists.
+    /// Only require the path to exist.
     #[serde(default)]
     pub exists: Option<bool>,
 }
 
 /// Request protocol.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, JsonSchema)]
 pub enum Protocol {
     /// KServe v1 `:predict`.
     #[serde(rename = "kserve-v1")]
@@ -88,7 +99,7 @@ pub enum Protocol {
 }
 
 /// Which version a verification addresses.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Target {
     /// The new version.
@@ -114,6 +125,9 @@ impl StepKind for VerifyInference {
     }
     fn schema(&self) -> &'static str {
         include_str!("../schemas/verify-inference.schema.json")
+    }
+    fn generated_schema(&self) -> Option<Value> {
+        Some(crate::schema::of::<VerifyInferenceConfig>())
     }
     fn role(&self) -> Role {
         Role::Observe

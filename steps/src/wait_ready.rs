@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use rollwright_engine::exec::{BoxFuture, Progress, Step, StepContext, StepError};
 use rollwright_engine::registry::{Access, AccessContext, BuildContext, Finding, Role, StepKind};
+use schemars::JsonSchema;
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
@@ -12,14 +13,18 @@ use crate::cluster::{Cluster, ObjRef, pod_trouble, selector};
 
 use crate::common::config;
 
-/// `with` of a wait-ready.
-#[derive(Debug, Clone, Deserialize)]
+/// Waits until the workloads are ready (Deployment rollout complete, Pods
+/// Ready, InferenceService Ready), failing fast on crash loops.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
+#[schemars(title = "wait-ready")]
 pub struct WaitReadyConfig {
-    /// `kind/name` of each object.
+    /// Objects to wait for, as `kind/name` (default: what the preceding
+    /// apply applied).
     #[serde(default)]
+    #[schemars(inner(regex(pattern = r"^[A-Za-z][A-Za-z0-9.]*/[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")))]
     pub resources: Vec<String>,
-    /// Restarts tolerated before failing.
+    /// Container restarts tolerated before failing as a crash loop (default 2).
     #[serde(default = "two")]
     pub max_restarts: u32,
 }
@@ -64,6 +69,9 @@ impl StepKind for WaitReady {
     }
     fn schema(&self) -> &'static str {
         include_str!("../schemas/wait-ready.schema.json")
+    }
+    fn generated_schema(&self) -> Option<Value> {
+        Some(crate::schema::of::<WaitReadyConfig>())
     }
     fn role(&self) -> Role {
         Role::Observe

@@ -68,6 +68,35 @@ fn every_step_kind_has_its_schema_file() {
         files, expected,
         "one schema file per registered step kind, and no other"
     );
+    let mut stale = Vec::new();
+    for kind in registry.iter() {
+        let path = dir.join(format!("{}.schema.json", kind.name()));
+        // The committed file is generated from the kind's typed config.
+        let generated = kind
+            .generated_schema()
+            .unwrap_or_else(|| panic!("{} has no typed config to generate its schema from", kind.name()));
+        let text = schema::to_pretty(&generated);
+        if std::env::var_os("UPDATE_SCHEMAS").is_some() {
+            std::fs::write(&path, &text).unwrap();
+        }
+        if std::fs::read_to_string(&path).unwrap_or_default() != text {
+            stale.push(path.display().to_string());
+        }
+    }
+    for (name, generated) in rollwright_steps::target::generated_defs() {
+        let path = root().join(format!("steps/envelope/{name}.schema.json"));
+        let text = schema::to_pretty(&generated);
+        if std::env::var_os("UPDATE_SCHEMAS").is_some() {
+            std::fs::write(&path, &text).unwrap();
+        }
+        if std::fs::read_to_string(&path).unwrap_or_default() != text {
+            stale.push(path.display().to_string());
+        }
+    }
+    assert!(
+        stale.is_empty(),
+        "out of date with the kinds' config types: {stale:?}: run `UPDATE_SCHEMAS=1 cargo test -p rollwright-steps --test schemas`"
+    );
     for kind in registry.iter() {
         let on_disk = std::fs::read_to_string(dir.join(format!("{}.schema.json", kind.name()))).unwrap();
         assert_eq!(
