@@ -595,7 +595,7 @@ fn policy(objects: &[Placed], c: &ApplyConfig, rules: &Rules) -> Vec<Problem> {
         if let Some(router) = &rules.router {
             let is_route = ObjRef::of(o, namespace)
                 .is_some_and(|r| r.kind == router.object().kind && r.name == router.object().name);
-            if router.provider == crate::traffic::Provider::Kserve && kind == "InferenceService" {
+            if router.provider.platform() == Some("kserve") && kind == "InferenceService" {
                 let pct = &o["spec"]["predictor"]["canaryTrafficPercent"];
                 if pct.as_u64() != Some(0) {
                     out.push(p.problem(

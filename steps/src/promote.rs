@@ -34,7 +34,7 @@ use serde_json::{Map, Value, json};
 
 use crate::cluster::{Cluster, ObjRef, restorable, selector};
 use crate::common::config;
-use crate::traffic::{Provider, Router, merge_patch_of};
+use crate::traffic::{Router, merge_patch_of};
 
 /// Makes the new version stable at the end of a rollout: the stable workload
 /// takes the canary's version and becomes Ready, 100% of traffic goes to
@@ -80,12 +80,12 @@ impl StepKind for Promote {
             return Vec::new();
         };
         let changing = |v: &'static [&'static str]| crate::access::verbs_if_changing(cx, v);
-        match r.provider {
+        match r.provider.platform() {
             // The InferenceService (a patch) / SeldonDeployment (an update)
             // itself; the compensation restores it.
-            Provider::Kserve => vec![crate::access::on_route(&r, changing(&["get", "patch", "update"]))],
-            Provider::Seldon => vec![crate::access::on_route(&r, changing(&["get", "update"]))],
-            _ => {
+            Some("kserve") => vec![crate::access::on_route(&r, changing(&["get", "patch", "update"]))],
+            Some(_) => vec![crate::access::on_route(&r, changing(&["get", "update"]))],
+            None => {
                 let mut out = vec![crate::access::on_route(&r, changing(&["get", "patch"]))];
                 if !cx.compensation {
                     // Removed, or scaled to 0.
@@ -96,16 +96,7 @@ impl StepKind for Promote {
                     {
                         out.push(Access::new(a, k, Some(n), changing(&["get", "patch", "delete"])));
                     }
-                    if r.provider == Provider::Istio {
-                        out.push(Access::new(
-                            "networking.istio.io/v1beta1",
-                            "DestinationRule",
-                            None,
-                            &["list"],
-                        ));
-                    } else {
-                        out.push(Access::new("v1", "Service", Some(&r.stable), &["get"]));
-                    }
+                    out.extend(r.provider.selection_access(&r, &r.stable));
                 }
                 // The stable workload: named by `with.stable`, else found
                 // through the route's stable backend.
@@ -454,9 +445,9 @@ impl PromoteStep {
 impl Step for PromoteStep {
     fn run<'a>(&'a self, cx: &'a StepContext) -> BoxFuture<'a, Result<Progress, StepError>> {
         Box::pin(async move {
-            match (self.platform.as_str(), self.router.provider) {
-                ("kserve", _) | (_, Provider::Kserve) => self.kserve().await,
-                ("seldon", _) | (_, Provider::Seldon) => self.seldon(cx).await,
+            match (self.platform.as_str(), self.router.provider.platform()) {
+                ("kserve", _) | (_, Some("kserve")) => self.kserve().await,
+                ("seldon", _) | (_, Some("seldon")) => self.seldon(cx).await,
                 _ => self.deployment(cx).await,
             }
         })

@@ -43,7 +43,6 @@ impl StepKind for Rollback {
         "rollback"
     }
     fn access(&self, with: &Value, cx: &AccessContext) -> Vec<Access> {
-        use crate::traffic::Provider;
         if !crate::access::changes(cx) {
             return Vec::new();
         }
@@ -62,7 +61,7 @@ impl StepKind for Rollback {
         // A promote's stable workload, as it was before.
         for (_, _, p) in cx.steps.iter().filter(|s| s.1 == crate::promote::NAME) {
             if let Some(r) = crate::access::router(cx, p)
-                && matches!(r.provider, Provider::Kserve | Provider::Seldon)
+                && r.provider.platform().is_some()
             {
                 out.push(crate::access::on_route(&r, &["get", "update"]));
                 continue;

@@ -11,7 +11,7 @@ use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
 use crate::cluster::Cluster;
-use crate::traffic::{Provider, Router, apply_merge_patch, merge_patch_of};
+use crate::traffic::{Router, apply_merge_patch, merge_patch_of};
 
 use crate::common::config;
 
@@ -67,28 +67,7 @@ impl StepKind for ShiftTraffic {
             crate::access::verbs_if_changing(cx, &["get", "patch"]),
         )];
         // Readiness of the canary before routing to it.
-        match r.provider {
-            Provider::Istio => {
-                out.push(Access::new(
-                    "networking.istio.io/v1beta1",
-                    "DestinationRule",
-                    None,
-                    &["list"],
-                ));
-                // The Service is the route's host, read at run time.
-                out.push(Access::new("v1", "Service", None, &["get"]));
-                out.push(Access::new("v1", "Pod", None, &["list"]));
-            }
-            Provider::Seldon => {
-                let d = format!("{}-{}", r.route, r.canary);
-                out.push(Access::new("apps/v1", "Deployment", Some(&d), &["get"]));
-            }
-            Provider::Kserve => {}
-            _ => {
-                out.push(Access::new("v1", "Service", Some(&r.canary), &["get"]));
-                out.push(Access::new("v1", "Pod", None, &["list"]));
-            }
-        }
+        out.extend(r.provider.readiness_access(&r));
         out
     }
     fn summary(&self) -> &'static str {
@@ -148,7 +127,7 @@ impl StepKind for ShiftTraffic {
 /// `with` to blame): the one check `lint` and `run` share.
 fn route_of(c: &ShiftTrafficConfig, cx: &BuildContext) -> Result<Router, (&'static str, String)> {
     let router = Router::of(cx, c.provider.as_deref()).map_err(|e| ("/provider", e))?;
-    if c.mirror > 0 && router.provider != Provider::Istio {
+    if c.mirror > 0 && !router.provider.mirrors() {
         return Err((
             "/mirror",
             format!(
@@ -176,21 +155,8 @@ impl ShiftTrafficStep {
     /// The fields this step sets on the routing object `current`.
     fn want(&self, current: &Value) -> Result<Map<String, Value>, String> {
         let mut want = self.router.fields_for(current, self.canary)?;
-        if self.mirror > 0
-            && let Some(Value::Array(http)) = want.get_mut("/spec/http")
-            && let Some(first) = http.first_mut()
-        {
-            let host = first["route"]
-                .as_array()
-                .and_then(|rs| {
-                    rs.iter()
-                        .find(|d| d["destination"]["subset"].as_str() == Some(&self.router.canary))
-                })
-                .map(|d| d["destination"].clone());
-            if let Some(dest) = host {
-                first["mirror"] = dest;
-                first["mirrorPercentage"] = json!({"value": self.mirror});
-            }
+        if self.mirror > 0 {
+            self.router.provider.mirror(&self.router, &mut want, self.mirror);
         }
         Ok(want)
     }
