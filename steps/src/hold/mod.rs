@@ -14,6 +14,10 @@ use serde_json::{Map, Value, json};
 
 use crate::common::{SecretRef, config, dur};
 
+mod kubernetes;
+mod probe;
+mod prometheus;
+
 /// Waits `duration` while evaluating `analysis` every `interval`; a breach
 /// fails the step (and the run rolls back).
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
@@ -120,7 +124,8 @@ pub struct Metric {
     #[schemars(length(min = 1))]
     pub name: String,
     /// Where the value comes from.
-    pub provider: Provider,
+    #[schemars(schema_with = "provider_names")]
+    pub provider: String,
     /// PromQL (prometheus) or the measured quantity (probe: `error-rate`,
     /// `latency-p50|p90|p99`; kubernetes: `restarts`, `ready`).
     #[serde(default)]
@@ -152,28 +157,86 @@ pub struct Metric {
     pub token: Option<SecretRef>,
 }
 
-/// Where a metric's value comes from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, JsonSchema)]
-#[serde(rename_all = "lowercase")]
-pub enum Provider {
-    /// A PromQL query against the Prometheus HTTP API.
-    Prometheus,
-    /// Synthetic requests sent by rollwright itself.
-    Probe,
-    /// Pod and workload health read from the Kubernetes API.
-    Kubernetes,
+/// `provider`: one of the registered metric providers.
+fn provider_names(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    let names: Vec<&str> = METRIC_PROVIDERS.iter().map(|p| p.name()).collect();
+    schemars::json_schema!({"type": "string", "enum": names})
 }
 
-impl Provider {
-    /// The name used in specs.
-    #[must_use]
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Provider::Prometheus => "prometheus",
-            Provider::Probe => "probe",
-            Provider::Kubernetes => "kubernetes",
-        }
+/// Every metric provider this build knows. The one place a provider is
+/// registered.
+static METRIC_PROVIDERS: &[&dyn MetricProvider] =
+    &[&prometheus::Prometheus, &probe::Probes, &kubernetes::Kubernetes];
+
+/// Where a metric's values come from: what it checks in a spec and what
+/// measures at run time. One implementation per file in `hold/`.
+pub trait MetricProvider: Send + Sync {
+    /// The name a metric's `provider` uses.
+    fn name(&self) -> &'static str;
+    /// The quantities `query` may name, when it names one of a fixed set
+    /// (`None`: a query language, e.g. PromQL).
+    fn quantities(&self) -> Option<&'static [&'static str]> {
+        None
     }
+    /// Whether a metric's `address` applies.
+    fn takes_address(&self) -> bool {
+        false
+    }
+    /// Checks of one metric beyond the schema (`at` is its pointer).
+    fn check(&self, m: &Metric, at: &str, out: &mut Vec<Finding>) {
+        let _ = (m, at, out);
+    }
+    /// Checks against the rendered spec (e.g. an endpoint to send to).
+    fn check_rendered(&self, cx: &BuildContext) -> Option<Finding> {
+        let _ = cx;
+        None
+    }
+    /// What reading the cluster needs (for `rbac`).
+    fn access(&self) -> Vec<Access> {
+        Vec::new()
+    }
+    /// Above what stable value a comparison with stable is meaningless when
+    /// neither `stable-max` nor `max` says.
+    fn baseline_ceiling(&self, query: &str) -> Option<f64> {
+        let _ = query;
+        None
+    }
+    /// What measures this provider's metrics during one run of a hold.
+    ///
+    /// # Errors
+    /// What it needs is missing from the spec or the run.
+    fn source(&self, cx: &BuildContext, a: &Analysis) -> Result<Arc<dyn Source>, String>;
+}
+
+/// Measures metrics during a run of a hold.
+pub trait Source: Send + Sync {
+    /// The sample of `m` in evaluation `round` (metrics of one provider in
+    /// the same round may share one measurement).
+    fn sample<'a>(&'a self, m: &'a Metric, round: u32) -> BoxFuture<'a, Sample>;
+}
+
+/// The provider named `name`.
+#[must_use]
+pub fn metric_provider(name: &str) -> Option<&'static dyn MetricProvider> {
+    METRIC_PROVIDERS.iter().copied().find(|p| p.name() == name)
+}
+
+/// The providers the analysis of a hold's `with` uses.
+fn used(with: &Value) -> Vec<&'static dyn MetricProvider> {
+    METRIC_PROVIDERS
+        .iter()
+        .copied()
+        .filter(|p| {
+            with["analysis"]["metrics"]
+                .as_array()
+                .is_some_and(|ms| ms.iter().any(|m| m["provider"] == p.name()))
+        })
+        .collect()
+}
+
+/// The version under test (the canary's).
+fn version(cx: &BuildContext) -> String {
+    cx.model.as_ref().map_or_else(String::new, |m| m.2.clone())
 }
 
 fn thirty_seconds() -> String {
@@ -183,11 +246,6 @@ fn one() -> u32 {
     1
 }
 
-/// Quantities the probe provider measures.
-pub const PROBE_QUANTITIES: &[&str] = &["error-rate", "latency-p50", "latency-p90", "latency-p99"];
-/// Quantities the kubernetes provider measures.
-pub const KUBERNETES_QUANTITIES: &[&str] = &["restarts", "ready"];
-
 /// The hold kind.
 pub struct Hold;
 
@@ -196,20 +254,13 @@ impl StepKind for Hold {
         "hold"
     }
     fn access(&self, with: &Value, _cx: &AccessContext) -> Vec<Access> {
-        let pods = with["analysis"]["metrics"]
-            .as_array()
-            .is_some_and(|ms| ms.iter().any(|m| m["provider"] == "kubernetes"));
-        if pods {
-            vec![Access::new("v1", "Pod", None, &["list"])]
-        } else {
-            Vec::new()
-        }
+        used(with).iter().flat_map(|p| p.access()).collect()
     }
     fn summary(&self) -> &'static str {
         "waits a duration while analysing metrics; a breach fails the step"
     }
     fn schema(&self) -> &'static str {
-        include_str!("../schemas/hold.schema.json")
+        include_str!("../../schemas/hold.schema.json")
     }
     fn generated_schema(&self) -> Option<Value> {
         Some(crate::schema::of::<HoldConfig>())
@@ -248,11 +299,8 @@ impl StepKind for Hold {
             .get("justification")
             .and_then(Value::as_str)
             .is_some_and(|j| !j.trim().is_empty());
-        let probes = with["analysis"]["metrics"]
-            .as_array()
-            .is_some_and(|ms| ms.iter().any(|m| m["provider"] == "probe"));
-        if probes && let Some(f) = crate::inference::missing(cx) {
-            return vec![f.with_help("the `probe` metrics send requests to it")];
+        if let Some(f) = used(with).iter().find_map(|p| p.check_rendered(cx)) {
+            return vec![f];
         }
         if production && !judged && !justified {
             return vec![
@@ -324,31 +372,30 @@ impl StepKind for Hold {
                     .with_help("add `max`, `min` or `max-increase-over-stable`"),
                 );
             }
-            let provider = m.provider.as_str();
-            let known: &[&str] = match m.provider {
-                Provider::Probe => PROBE_QUANTITIES,
-                Provider::Kubernetes => KUBERNETES_QUANTITIES,
-                Provider::Prometheus => &[],
+            // The schema has named the provider already.
+            let Some(provider) = metric_provider(&m.provider) else {
+                continue;
             };
-            match (&m.query, provider) {
-                (None, "prometheus") => out.push(Finding::new(
+            let name = provider.name();
+            match (&m.query, provider.quantities()) {
+                (None, None) => out.push(Finding::new(
                     at.clone(),
                     Code::InvalidStepConfig,
-                    format!("prometheus metric `{}` needs a `query`", m.name),
+                    format!("{name} metric `{}` needs a `query`", m.name),
                 )),
-                (None, _) => out.push(
+                (None, Some(known)) => out.push(
                     Finding::new(
                         at.clone(),
                         Code::InvalidStepConfig,
-                        format!("{provider} metric `{}` needs a `query`", m.name),
+                        format!("{name} metric `{}` needs a `query`", m.name),
                     )
                     .with_help(format!("one of: {}", known.join(", "))),
                 ),
-                (Some(q), "probe" | "kubernetes") if !known.contains(&q.as_str()) => out.push(
+                (Some(q), Some(known)) if !known.contains(&q.as_str()) => out.push(
                     Finding::new(
                         format!("{at}/query"),
                         Code::InvalidStepConfig,
-                        format!("{provider} cannot measure `{q}`"),
+                        format!("{name} cannot measure `{q}`"),
                     )
                     .with_help(format!("one of: {}", known.join(", "))),
                 ),
@@ -367,21 +414,12 @@ impl StepKind for Hold {
                     .with_help("add `max` (an absolute ceiling; stable above it makes the comparison inconclusive) or `stable-max`"),
                 );
             }
-            if m.provider == Provider::Prometheus && m.address.is_none() {
-                out.push(Finding::new(
-                    at.clone(),
-                    Code::InvalidStepConfig,
-                    format!(
-                        "prometheus metric `{}` needs `address` (the Prometheus URL)",
-                        m.name
-                    ),
-                ));
-            }
-            if m.address.is_some() && m.provider != Provider::Prometheus {
+            provider.check(m, &at, &mut out);
+            if m.address.is_some() && !provider.takes_address() {
                 out.push(Finding::new(
                     format!("{at}/address"),
                     Code::InvalidStepConfig,
-                    "`address` only applies to the prometheus provider",
+                    format!("`address` does not apply to the {name} provider"),
                 ));
             }
             if let Some(t) = &m.token {
@@ -396,37 +434,20 @@ impl Hold {
     fn build_step(with: &Value, cx: &BuildContext) -> Result<Arc<dyn Step>, String> {
         let c: HoldConfig = serde_json::from_value(with.clone()).map_err(|e| e.to_string())?;
         let analysis = c.analysis.clone();
-        let needs = |p: Provider| {
-            analysis
-                .as_ref()
-                .is_some_and(|a| a.metrics.iter().any(|m| m.provider == p))
-        };
-        let endpoint = if needs(Provider::Probe) {
-            Some(crate::inference::Endpoint::of(cx)?)
-        } else {
-            None
-        };
-        let cluster = if needs(Provider::Kubernetes) {
-            Some(crate::cluster::Cluster::of(cx)?)
-        } else {
-            None
-        };
+        let mut sources = BTreeMap::new();
         if let Some(a) = &analysis {
-            for m in &a.metrics {
-                if m.provider == Provider::Prometheus && m.address.is_none() {
-                    return Err(format!(
-                        "prometheus metric `{}` needs `address` (the Prometheus URL)",
-                        m.name
-                    ));
+            for p in used(with) {
+                // The same checks as `check`, which lint ran already.
+                let mut problems = Vec::new();
+                for m in a.metrics.iter().filter(|m| m.provider == p.name()) {
+                    p.check(m, "", &mut problems);
                 }
+                if let Some(f) = problems.first() {
+                    return Err(f.message.clone());
+                }
+                sources.insert(p.name(), p.source(cx, a)?);
             }
         }
-        let _ = rustls::crypto::ring::default_provider().install_default();
-        let http = reqwest::Client::builder()
-            .timeout(Duration::from_secs(10))
-            .build()
-            .map_err(|e| format!("cannot make an HTTP client: {e}"))?;
-        let version = cx.model.as_ref().map_or_else(String::new, |m| m.2.clone());
         // Under a time scale (the embedded cluster at 60×), a 10-minute hold
         // takes 10 s and its analysis interval shrinks alike.
         // Only the embedded cluster runs faster than real time.
@@ -439,12 +460,7 @@ impl Hold {
         Ok(Arc::new(HoldStep {
             duration: reach.scaled(dur(&c.duration)),
             analysis,
-            endpoint,
-            cluster,
-            http,
-            version,
-            secrets: crate::cluster::Cluster::of(cx).ok(),
-            base: cx.spec_dir.clone(),
+            sources,
             state: Mutex::default(),
         }))
     }
@@ -453,10 +469,13 @@ impl Hold {
 /// A measured value of one metric: the canary's, the stable version's
 /// (when measured), and how many samples back them.
 #[derive(Debug, Clone, Copy, Default)]
-struct Sample {
-    canary: Option<f64>,
-    stable: Option<f64>,
-    samples: u64,
+pub struct Sample {
+    /// The canary's value.
+    pub canary: Option<f64>,
+    /// The stable version's value.
+    pub stable: Option<f64>,
+    /// How many samples back them.
+    pub samples: u64,
 }
 
 /// How one evaluation of a metric went.
@@ -490,13 +509,8 @@ const SETTLE: u32 = 3;
 struct HoldStep {
     duration: Duration,
     analysis: Option<Analysis>,
-    endpoint: Option<crate::inference::Endpoint>,
-    cluster: Option<Arc<crate::cluster::Cluster>>,
-    http: reqwest::Client,
-    version: String,
-    /// Where `secretRef` tokens are read (the target, when there is one).
-    secrets: Option<Arc<crate::cluster::Cluster>>,
-    base: std::path::PathBuf,
+    /// What measures each provider's metrics, by provider name.
+    sources: BTreeMap<&'static str, Arc<dyn Source>>,
     state: Mutex<HoldState>,
 }
 
@@ -523,7 +537,8 @@ fn show(v: f64) -> String {
 /// in two failing.
 fn baseline_ceiling(m: &Metric) -> Option<f64> {
     m.stable_max.or(m.max).or_else(|| {
-        (m.provider == Provider::Probe && m.query.as_deref() == Some("error-rate")).then_some(0.5)
+        let p = metric_provider(&m.provider)?;
+        p.baseline_ceiling(m.query.as_deref().unwrap_or_default())
     })
 }
 
@@ -587,147 +602,17 @@ fn judge(m: &Metric, s: Sample, min_samples: u32) -> Verdict {
 }
 
 impl HoldStep {
-    /// One evaluation of every metric.
-    async fn evaluate(&self, a: &Analysis) -> Vec<(String, Verdict)> {
-        let mut probe: Option<(crate::inference::Probe, crate::inference::Probe)> = None;
+    /// One evaluation (number `round`) of every metric.
+    async fn evaluate(&self, a: &Analysis, round: u32) -> Vec<(String, Verdict)> {
         let mut out = Vec::new();
         for m in &a.metrics {
-            let q = m.query.as_deref().unwrap_or_default();
-            let sample = match m.provider {
-                Provider::Probe => {
-                    if probe.is_none() {
-                        probe = Some(self.probe(a).await);
-                    }
-                    let (c, st) = probe
-                        .as_ref()
-                        .map_or_else(Default::default, |p| (p.0.clone(), p.1.clone()));
-                    let with_stable = m.max_increase_over_stable.is_some();
-                    Sample {
-                        canary: c.quantity(q),
-                        stable: if with_stable { st.quantity(q) } else { None },
-                        samples: c.answered(),
-                    }
-                }
-                Provider::Prometheus => self.prometheus(m, q).await,
-                Provider::Kubernetes => self.kubernetes(q).await,
+            let sample = match self.sources.get(m.provider.as_str()) {
+                Some(source) => source.sample(m, round).await,
+                None => Sample::default(),
             };
             out.push((m.name.clone(), judge(m, sample, a.min_samples)));
         }
         out
-    }
-
-    async fn probe(&self, a: &Analysis) -> (crate::inference::Probe, crate::inference::Probe) {
-        let Some(ep) = &self.endpoint else {
-            return Default::default();
-        };
-        let p = a.probe.clone();
-        let protocol = p
-            .as_ref()
-            .and_then(|p| p.protocol)
-            .unwrap_or(crate::verify_inference::Protocol::KserveV1);
-        let Ok((url, body)) = ep.request(
-            protocol,
-            p.as_ref().and_then(|p| p.path.as_deref()),
-            p.as_ref().and_then(|p| p.request.as_ref()),
-        ) else {
-            // Refused when the step was built (`check`); nothing is sent.
-            return Default::default();
-        };
-        let n = p.as_ref().and_then(|p| p.requests).unwrap_or(20);
-        let timeout = p
-            .as_ref()
-            .and_then(|p| p.timeout.as_deref())
-            .map_or(Duration::from_secs(5), dur);
-        let canary = ep.probe(crate::inference::Track::Canary, &url, &body, n, timeout);
-        let stable = ep.probe(crate::inference::Track::Stable, &url, &body, n, timeout);
-        tokio::join!(canary, stable)
-    }
-
-    async fn prometheus(&self, m: &Metric, q: &str) -> Sample {
-        let Some(address) = &m.address else {
-            return Sample::default();
-        };
-        let token = match m.token.as_ref().and_then(|t| serde_json::to_value(t).ok()) {
-            Some(v) => crate::cluster::resolve_secret(self.secrets.as_deref(), &v, &self.base)
-                .await
-                .ok()
-                .map(|s| s.expose().to_owned()),
-            None => None,
-        };
-        // `{{model.name}}` and the like were filled in when the spec was
-        // expanded; `${selector}` is filled in here, once per version.
-        let render = |selector: &str| q.replace("${selector}", selector);
-        let value = |query: String| {
-            let mut req = self
-                .http
-                .get(format!("{}/api/v1/query", address.trim_end_matches('/')))
-                .query(&[("query", query)]);
-            if let Some(t) = &token {
-                req = req.bearer_auth(t);
-            }
-            async move {
-                let body: Value = req.send().await.ok()?.json().await.ok()?;
-                if body["status"] != "success" {
-                    return None;
-                }
-                let r = &body["data"]["result"];
-                let v = match body["data"]["resultType"].as_str() {
-                    Some("scalar") => r[1].as_str(),
-                    _ => r[0]["value"][1].as_str(),
-                }?;
-                v.parse::<f64>().ok().filter(|v| v.is_finite())
-            }
-        };
-        let canary_sel = format!("version=\"{}\"", self.version);
-        let stable_sel = format!("version!=\"{}\"", self.version);
-        let canary = value(render(&canary_sel)).await;
-        let stable = if m.max_increase_over_stable.is_some() {
-            value(render(&stable_sel)).await
-        } else {
-            None
-        };
-        Sample {
-            canary,
-            stable,
-            samples: u64::from(canary.is_some()),
-        }
-    }
-
-    async fn kubernetes(&self, q: &str) -> Sample {
-        let Some(cluster) = &self.cluster else {
-            return Sample::default();
-        };
-        // The canary's pods: those carrying its version label.
-        let Ok(pods) = cluster
-            .list("v1", "Pod", &format!("version={}", self.version))
-            .await
-        else {
-            return Sample::default();
-        };
-        if pods.is_empty() {
-            return Sample::default();
-        }
-        let value = match q {
-            "restarts" => pods
-                .iter()
-                .flat_map(|p| {
-                    p["status"]["containerStatuses"]
-                        .as_array()
-                        .cloned()
-                        .unwrap_or_default()
-                })
-                .map(|c| c["restartCount"].as_f64().unwrap_or(0.0))
-                .sum(),
-            _ => {
-                let ready = pods.iter().filter(|p| crate::cluster::pod_ready(p)).count();
-                ready as f64 / pods.len() as f64
-            }
-        };
-        Sample {
-            canary: Some(value),
-            stable: Some(0.0),
-            samples: pods.len() as u64,
-        }
     }
 }
 
@@ -755,16 +640,16 @@ impl Step for HoldStep {
                 });
             };
             let interval = ms(dur(&a.interval)).max(1);
-            let due = {
+            let (due, round) = {
                 let st = self
                     .state
                     .lock()
                     .map_err(|_| StepError::failed("hold state poisoned"))?;
-                st.next_eval_ms.max(started)
+                (st.next_eval_ms.max(started), st.evaluations)
             };
             let now = now_ms();
             if now >= due || now >= end {
-                let verdicts = self.evaluate(a).await;
+                let verdicts = self.evaluate(a, round).await;
                 let mut st = self
                     .state
                     .lock()
