@@ -4,6 +4,7 @@
 //! required ones (model name and version, target context and namespace)
 //! are an error. The written spec lints clean and plans.
 
+use crate::error::{CliError, CliResult};
 use std::io::{BufRead, IsTerminal, Write};
 use std::path::{Path, PathBuf};
 
@@ -238,7 +239,7 @@ fn relative(to: &Path, from: &Path) -> PathBuf {
     out
 }
 
-pub fn run(args: InitArgs) -> u8 {
+pub fn run(args: InitArgs) -> CliResult {
     let stdin = std::io::stdin();
     let mut asker = Asker {
         tty: stdin.is_terminal(),
@@ -249,12 +250,9 @@ pub fn run(args: InitArgs) -> u8 {
             for w in written {
                 println!("wrote {}", w.display());
             }
-            exit::OK
+            Ok(exit::OK)
         }
-        Err(e) => {
-            eprintln!("error: {e}");
-            exit::USAGE
-        }
+        Err(e) => Err(CliError::usage(e.to_string())),
     }
 }
 

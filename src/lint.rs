@@ -7,6 +7,7 @@
 //! directory are linted only if they are rollwright specs (a monorepo holds
 //! plenty of other YAML), and the summary says how many were skipped.
 
+use crate::error::{CliError, CliResult};
 use std::io::{self, IsTerminal, Write};
 use std::path::{Path, PathBuf};
 
@@ -79,22 +80,18 @@ pub struct Outcome {
 
 const BATCH: usize = 2048;
 
-pub fn run(args: &LintArgs) -> u8 {
+pub fn run(args: &LintArgs) -> CliResult {
     let inputs = match expand(&args.paths) {
         Ok(i) => i,
         Err(msg) => {
-            eprintln!("error: {msg}");
-            return exit::USAGE;
+            return Err(CliError::usage(msg.to_string()));
         }
     };
     let limits = Limits {
         max_bytes: args.max_file_size,
         ..Limits::default()
     };
-    let policy = match crate::run_cmd::discover_policy(args.policy.as_deref()) {
-        Ok(p) => p,
-        Err(code) => return code,
-    };
+    let policy = crate::run_cmd::discover_policy(args.policy.as_deref())?;
     let linter = match Linter::new(rollwright_steps::registry(), limits) {
         Ok(l) => l
             .with_policy(policy)
@@ -104,10 +101,7 @@ pub fn run(args: &LintArgs) -> u8 {
                     .as_ref()
                     .map(|r| std::fs::canonicalize(r).unwrap_or_else(|_| r.clone())),
             ),
-        Err(e) => {
-            eprintln!("error: {e}");
-            return exit::USAGE;
-        }
+        Err(e) => return Err(CliError::usage(e.to_string())),
     };
     let pool = match rayon::ThreadPoolBuilder::new()
         .num_threads(args.jobs.unwrap_or(0))
@@ -115,8 +109,7 @@ pub fn run(args: &LintArgs) -> u8 {
     {
         Ok(p) => p,
         Err(e) => {
-            eprintln!("error: cannot start worker threads: {e}");
-            return exit::USAGE;
+            return Err(CliError::usage(format!("cannot start worker threads: {e}")));
         }
     };
     let color = match args.color {
@@ -165,7 +158,8 @@ pub fn run(args: &LintArgs) -> u8 {
                 }
             };
             if written.is_err() {
-                return exit::USAGE; // stdout closed (e.g. piped into `head`)
+                // stdout closed (e.g. piped into `head`): nothing to say it on.
+                return Err(CliError::usage(String::new()));
             }
         }
     }
@@ -182,14 +176,15 @@ pub fn run(args: &LintArgs) -> u8 {
         Format::Sarif => render::sarif(&mut out, &records),
     };
     if written.and_then(|()| out.flush()).is_err() {
-        return exit::USAGE;
+        return Err(CliError::usage(String::new()));
     }
     if io_errors > 0 {
-        exit::USAGE
+        // Each was reported with its file.
+        Err(CliError::usage(String::new()))
     } else if errors > 0 || (args.deny_warnings && warnings > 0) {
-        exit::FINDINGS
+        Err(CliError::findings(String::new()))
     } else {
-        exit::OK
+        Ok(exit::OK)
     }
 }
 

@@ -1,7 +1,8 @@
 //! The `rollwright` command line: thin wiring over the engine and the steps.
 //!
-//! Exit codes are owned here, in one place ([`exit`]), and documented in the
-//! README; library crates report *what* failed with their own error types.
+//! Exit codes are owned here, in one place ([`exit`], chosen by
+//! [`error::CliError`]'s kind), and documented in the README; library crates
+//! report *what* failed with their own error types.
 
 use std::process::ExitCode;
 
@@ -12,6 +13,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+mod error;
 mod init_cmd;
 mod lint;
 mod plan_cmd;
@@ -112,7 +114,7 @@ fn main() -> ExitCode {
             return ExitCode::from(code);
         }
     };
-    let code = match cli.command {
+    let result = match cli.command {
         Command::Lint(args) => lint::run(&args),
         Command::Plan(args) => plan_cmd::run(&args),
         Command::Run(args) => run_cmd::run(&args),
@@ -127,5 +129,5 @@ fn main() -> ExitCode {
         Command::Test(args) => test_cmd::run(&args),
         Command::Init(args) => init_cmd::run(*args),
     };
-    ExitCode::from(code)
+    ExitCode::from(error::finish(result))
 }

@@ -1,5 +1,6 @@
 //! `rollwright plan SPEC [--set key=value]… [--format text|json|dot|mermaid]`.
 
+use crate::error::{CliError, CliResult};
 use std::fmt::Write as _;
 use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
@@ -64,29 +65,15 @@ pub fn parse_set(s: &str) -> Result<(String, Value), String> {
     Ok((k.to_owned(), value))
 }
 
-pub fn run(args: &PlanArgs) -> u8 {
+pub fn run(args: &PlanArgs) -> CliResult {
     let overrides: Vec<(String, Value)> = match args.set.iter().map(|s| parse_set(s)).collect() {
         Ok(o) => o,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return exit::USAGE;
-        }
+        Err(e) => return Err(CliError::usage(e.to_string())),
     };
-    let bytes = match rollwright_engine::fsread::read(&args.spec, rollwright_engine::fsread::DEFAULT_MAX) {
-        Ok(b) => b,
-        Err(e) => {
-            eprintln!("error: cannot read `{}`: {e}", args.spec.display());
-            return exit::USAGE;
-        }
-    };
-    let policy = match crate::run_cmd::discover_policy(args.policy.as_deref()) {
-        Ok(p) => p,
-        Err(code) => return code,
-    };
-    let linter = match crate::run_cmd::linter(policy, args.root.as_deref()) {
-        Ok(l) => l,
-        Err(code) => return code,
-    };
+    let bytes = rollwright_engine::fsread::read(&args.spec, rollwright_engine::fsread::DEFAULT_MAX)
+        .map_err(|e| CliError::usage(format!("cannot read `{}`: {e}", args.spec.display())))?;
+    let policy = crate::run_cmd::discover_policy(args.policy.as_deref())?;
+    let linter = crate::run_cmd::linter(policy, args.root.as_deref())?;
     let path = args.spec.to_string_lossy().into_owned();
     let color = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
     let human = render::Human::new(color);
@@ -94,8 +81,9 @@ pub fn run(args: &PlanArgs) -> u8 {
         Ok(p) => p,
         Err(diags) => {
             eprint!("{}", human.render_file(&path, &bytes, &diags));
-            eprintln!("error: `{path}` has errors; nothing to plan");
-            return exit::FINDINGS;
+            return Err(CliError::findings(format!(
+                "`{path}` has errors; nothing to plan"
+            )));
         }
     };
     if !warnings.is_empty() {
@@ -110,9 +98,9 @@ pub fn run(args: &PlanArgs) -> u8 {
         Format::Mermaid => mermaid(&plan),
     };
     if std::io::stdout().lock().write_all(text.as_bytes()).is_err() {
-        return exit::USAGE;
+        return Err(CliError::usage("cannot write the plan to stdout"));
     }
-    exit::OK
+    Ok(exit::OK)
 }
 
 fn compact(v: &Value) -> String {

@@ -1,6 +1,7 @@
 //! `rollwright rbac SPEC`: the least-privilege Role and RoleBinding a run
 //! of the spec needs, derived from its steps.
 
+use crate::error::{CliError, CliResult};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 
@@ -122,33 +123,20 @@ fn group(api_version: &str) -> String {
     api_version.split_once('/').map_or("", |(g, _)| g).to_owned()
 }
 
-pub fn run(args: &RbacArgs) -> u8 {
+pub fn run(args: &RbacArgs) -> CliResult {
     let overrides: Vec<(String, Value)> =
         match args.set.iter().map(|s| crate::plan_cmd::parse_set(s)).collect() {
             Ok(o) => o,
-            Err(e) => {
-                eprintln!("error: {e}");
-                return exit::USAGE;
-            }
+            Err(e) => return Err(CliError::usage(e.to_string())),
         };
-    let policy = match crate::run_cmd::discover_policy(args.policy.as_deref()) {
-        Ok(p) => p,
-        Err(code) => return code,
-    };
-    let linter = match crate::run_cmd::linter(policy, args.root.as_deref()) {
-        Ok(l) => l,
-        Err(code) => return code,
-    };
-    let (_, spec) = match crate::run_cmd::prepare(&linter, &args.spec, &overrides) {
-        Ok(p) => p,
-        Err(code) => return code,
-    };
+    let policy = crate::run_cmd::discover_policy(args.policy.as_deref())?;
+    let linter = crate::run_cmd::linter(policy, args.root.as_deref())?;
+    let (_, spec) = crate::run_cmd::prepare(&linter, &args.spec, &overrides)?;
     let Some(target) = &spec.target else {
-        eprintln!(
-            "error: {}: the spec has no `target`: nothing to grant",
+        return Err(CliError::usage(format!(
+            "{}: the spec has no `target`: nothing to grant",
             args.spec.display()
-        );
-        return exit::USAGE;
+        )));
     };
     // A GitOps target is changed through Git: the steps only read the cluster.
     let cx = rollwright_engine::registry::BuildContext::of_spec(&spec, false, &args.spec);
@@ -293,5 +281,5 @@ pub fn run(args: &RbacArgs) -> u8 {
         ));
     }
     print!("{out}");
-    exit::OK
+    Ok(exit::OK)
 }

@@ -19,6 +19,7 @@
 //! (running steps are cancelled at an await) and compensates; a second one
 //! exits at once (130), leaving a journal that `resume` rolls back from.
 
+use crate::error::{CliError, CliResult};
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -148,31 +149,33 @@ pub(crate) fn resolver() -> rollwright_engine::lint::Resolver {
 
 /// The policy named (or installed), with the warning about a local file
 /// that is no longer read implicitly.
-pub(crate) fn discover_policy(explicit: Option<&Path>) -> Result<Option<Policy>, u8> {
+pub(crate) fn discover_policy(explicit: Option<&Path>) -> CliResult<Option<Policy>> {
     if explicit.is_none()
         && std::env::var_os("ROLLWRIGHT_POLICY").is_none()
         && let Some(w) = Policy::ignored_local_file()
     {
         eprintln!("{w}");
     }
-    Policy::discover(explicit).map_err(|e| {
-        eprintln!("error: {e}");
-        exit::USAGE
-    })
+    Policy::discover(explicit).map_err(|e| CliError::usage(e.to_string()))
 }
 
 /// A linter with the policy, the kubeconfig resolver and the confinement root.
-pub(crate) fn linter(policy: Option<Policy>, root: Option<&Path>) -> Result<Linter, u8> {
+pub(crate) fn linter(policy: Option<Policy>, root: Option<&Path>) -> CliResult<Linter> {
     Linter::new(registry(), LoadLimits::default())
         .map(|l| {
             l.with_policy(policy)
                 .with_resolver(resolver())
                 .with_root(root.map(absolute))
         })
-        .map_err(|e| {
-            eprintln!("error: {e}");
-            exit::USAGE
-        })
+        .map_err(|e| CliError::usage(e.to_string()))
+}
+
+/// Steps that cannot be built: each is said, and nothing is run.
+fn unbuildable(errors: Vec<String>) -> CliError {
+    for e in errors {
+        eprintln!("error: {e}");
+    }
+    CliError::findings("nothing was run")
 }
 
 fn state_code(s: FinalState) -> u8 {
@@ -188,12 +191,9 @@ pub(crate) fn prepare(
     linter: &Linter,
     spec: &Path,
     overrides: &[(String, Value)],
-) -> Result<(Expanded, Spec), u8> {
-    let bytes =
-        rollwright_engine::fsread::read(spec, rollwright_engine::fsread::DEFAULT_MAX).map_err(|e| {
-            eprintln!("error: cannot read `{}`: {e}", spec.display());
-            exit::USAGE
-        })?;
+) -> CliResult<(Expanded, Spec)> {
+    let bytes = rollwright_engine::fsread::read(spec, rollwright_engine::fsread::DEFAULT_MAX)
+        .map_err(|e| CliError::usage(format!("cannot read `{}`", spec.display())).because(e))?;
     let path = spec.to_string_lossy().into_owned();
     let human = render::Human::new(false);
     match linter.prepare(spec, &bytes, overrides) {
@@ -205,8 +205,9 @@ pub(crate) fn prepare(
         }
         Err(diags) => {
             eprint!("{}", human.render_file(&path, &bytes, &diags));
-            eprintln!("error: `{path}` has errors; nothing was run");
-            Err(exit::FINDINGS)
+            Err(CliError::findings(format!(
+                "`{path}` has errors; nothing was run"
+            )))
         }
     }
 }
@@ -231,21 +232,17 @@ fn new_run_id(name: &str) -> String {
 }
 
 /// The key of the journals' integrity chain (outside every run directory).
-fn run_key() -> Result<Arc<Key>, u8> {
-    Key::load_default().map(Arc::new).map_err(|e| {
-        eprintln!("error: {e}");
-        exit::STATE
-    })
+fn run_key() -> CliResult<Arc<Key>> {
+    Key::load_default()
+        .map(Arc::new)
+        .map_err(|e| CliError::state(e.to_string()))
 }
 
-fn runtime() -> Result<tokio::runtime::Runtime, u8> {
+fn runtime() -> CliResult<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-        .map_err(|e| {
-            eprintln!("error: cannot start the runtime: {e}");
-            exit::USAGE
-        })
+        .map_err(|e| CliError::usage(format!("cannot start the runtime: {e}")))
 }
 
 /// Who runs rollwright locally: `ROLLWRIGHT_USER`, else `USER`, else the uid.
@@ -287,7 +284,7 @@ fn effective(
     spec: &Spec,
     reach: &Reach,
     context_flag: Option<&str>,
-) -> Result<Effective, u8> {
+) -> CliResult<Effective> {
     let Some(target) = &spec.target else {
         return Ok(Effective {
             production: false,
@@ -318,11 +315,10 @@ fn effective(
             "{}",
             render::Human::new(false).render_file(&path, &bytes, &errors)
         );
-        eprintln!(
-            "error: on the cluster this run reaches ({}), `{path}` breaks the policy; nothing was run",
+        return Err(CliError::findings(format!(
+            "on the cluster this run reaches ({}), `{path}` breaks the policy; nothing was run",
             reached.server.as_deref().unwrap_or(&reached.context)
-        );
-        return Err(exit::FINDINGS);
+        )));
     }
     let derived = linter.policy().and_then(|p| p.derive(spec, Some(&reached)));
     let environment = derived.as_ref().map_or(target.environment, |d| d.environment);
@@ -331,15 +327,14 @@ fn effective(
         && c != target.context
         && production
     {
-        eprintln!(
-            "error: the run is production{} and the spec's context is `{}`: refusing to use `{c}` (--context)",
+        return Err(CliError::findings(format!(
+            "the run is production{} and the spec's context is `{}`: refusing to use `{c}` (--context)",
             derived
                 .as_ref()
                 .and_then(|d| d.reason.as_ref())
                 .map_or_else(String::new, |r| format!(" ({r})")),
             target.context
-        );
-        return Err(exit::FINDINGS);
+        )));
     }
     let min_gate = linter
         .policy()
@@ -563,7 +558,7 @@ fn stop_signal(
     })
 }
 
-fn execute(l: Launch<'_>) -> u8 {
+fn execute(l: Launch<'_>) -> CliResult {
     let Launch {
         spec,
         header,
@@ -588,35 +583,23 @@ fn execute(l: Launch<'_>) -> u8 {
         },
     );
     let holder = format!("run {run} (pid {})", std::process::id());
-    let _lock = match TargetLock::acquire(&state_dir.join("locks"), &target, &holder) {
-        Ok(l) => l,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return exit::LOCKED;
-        }
-    };
+    let _lock = TargetLock::acquire(&state_dir.join("locks"), &target, &holder)
+        .map_err(|e| CliError::locked(e.to_string()))?;
     let _lease = match spec.target.as_ref().filter(|_| header.reach.reaches_cluster()) {
         Some(t) => {
-            let cluster = match rollwright_steps::cluster::Cluster::at(header.reach.clone(), &t.namespace) {
-                Ok(c) => c,
-                Err(e) => {
-                    eprintln!("error: {e}");
-                    return exit::USAGE;
-                }
-            };
+            let cluster = rollwright_steps::cluster::Cluster::at(header.reach.clone(), &t.namespace)
+                .map_err(|e| CliError::usage(e.to_string()))?;
             match rt.block_on(rollwright_steps::lease::TargetLease::acquire(cluster, run)) {
                 Ok(l) => Some(l),
                 Err(rollwright_steps::lease::LeaseError::Held(who)) => {
-                    eprintln!(
-                        "error: target {target} is locked in the cluster by another run ({who}); wait for it, or resume it"
-                    );
-                    return exit::LOCKED;
+                    return Err(CliError::locked(format!(
+                        "target {target} is locked in the cluster by another run ({who}); wait for it, or resume it"
+                    )));
                 }
                 Err(rollwright_steps::lease::LeaseError::Api(e)) => {
                     // Nothing was changed: the cluster refused the run lock
                     // (no permission, unreachable) before the first step.
-                    eprintln!("error: cannot take the target's Lease: {e}");
-                    return exit::REFUSED;
+                    return Err(CliError::refused(format!("cannot take the target's Lease: {e}")));
                 }
             }
         }
@@ -702,10 +685,9 @@ fn execute(l: Launch<'_>) -> u8 {
             (_, true) => "was stopped and compensated as far as it could".to_owned(),
             (_, false) => "was stopped and NOT fully compensated (see above)".to_owned(),
         };
-        progress.note(&format!(
-            "error: the journal could not be written ({e}): the run {what}; its journal ends before that point"
-        ));
-        return exit::STATE;
+        return Err(CliError::state(format!(
+            "the journal could not be written ({e}): the run {what}; its journal ends before that point"
+        )));
     }
     if show.output == Output::Text {
         println!("run {run}: {}", state_name(outcome.state));
@@ -715,42 +697,25 @@ fn execute(l: Launch<'_>) -> u8 {
         && !changes.load(std::sync::atomic::Ordering::SeqCst)
         && outcome.failure.as_ref().is_some_and(|(s, _)| s != "abort");
     if refused {
-        exit::REFUSED
+        // Already said by the step that refused.
+        Err(CliError::refused(String::new()))
     } else {
-        state_code(outcome.state)
+        Ok(state_code(outcome.state))
     }
 }
 
-pub fn run(args: &RunArgs) -> u8 {
-    let policy = match discover_policy(args.policy.as_deref()) {
-        Ok(p) => p,
-        Err(code) => return code,
-    };
+pub fn run(args: &RunArgs) -> CliResult {
+    let policy = discover_policy(args.policy.as_deref())?;
     let overrides: Vec<(String, Value)> =
         match args.set.iter().map(|s| crate::plan_cmd::parse_set(s)).collect() {
             Ok(o) => o,
-            Err(e) => {
-                eprintln!("error: {e}");
-                return exit::USAGE;
-            }
+            Err(e) => return Err(CliError::usage(e.to_string())),
         };
-    let linter = match linter(policy.clone(), args.root.as_deref()) {
-        Ok(l) => l,
-        Err(code) => return code,
-    };
+    let linter = linter(policy.clone(), args.root.as_deref())?;
     let spec_path = absolute(&args.spec);
-    let (exp, spec) = match prepare(&linter, &spec_path, &overrides) {
-        Ok(p) => p,
-        Err(code) => return code,
-    };
-    let key = match run_key() {
-        Ok(k) => k,
-        Err(code) => return code,
-    };
-    let rt = match runtime() {
-        Ok(r) => r,
-        Err(code) => return code,
-    };
+    let (exp, spec) = prepare(&linter, &spec_path, &overrides)?;
+    let key = run_key()?;
+    let rt = runtime()?;
     let run = new_run_id(&spec.metadata.name);
     // How the run reaches its cluster: decided here, once.
     let reach = if args.sim {
@@ -768,8 +733,7 @@ pub fn run(args: &RunArgs) -> u8 {
             Err(e) => {
                 // Nothing half-made stays behind.
                 let _ = std::fs::remove_dir_all(args.state_dir.join("sim").join(&run));
-                eprintln!("error: {e}");
-                return exit::USAGE;
+                return Err(CliError::usage(e.to_string()));
             }
         }
     } else if let Some(t) = &spec.target {
@@ -778,18 +742,12 @@ pub fn run(args: &RunArgs) -> u8 {
             args.context.as_deref().unwrap_or(&t.context),
         ) {
             Ok(r) => r,
-            Err(e) => {
-                eprintln!("error: {e}");
-                return exit::USAGE;
-            }
+            Err(e) => return Err(CliError::usage(e.to_string())),
         }
     } else {
         Reach::default()
     };
-    let eff = match effective(&linter, &exp, &spec, &reach, args.context.as_deref()) {
-        Ok(e) => e,
-        Err(code) => return code,
-    };
+    let eff = effective(&linter, &exp, &spec, &reach, args.context.as_deref())?;
     let header = Header {
         run: run.clone(),
         digest: journal::digest(&exp.value),
@@ -808,28 +766,16 @@ pub fn run(args: &RunArgs) -> u8 {
         eff.production,
         &key,
     );
-    let runnable = match rollwright_steps::runnable::build(&spec, &registry(), &cx, eff.min_gate.as_ref()) {
-        Ok(r) => r,
-        Err(errors) => {
-            for e in errors {
-                eprintln!("error: {e}");
-            }
-            eprintln!("error: nothing was run");
-            return exit::FINDINGS;
-        }
-    };
+    let runnable = rollwright_steps::runnable::build(&spec, &registry(), &cx, eff.min_gate.as_ref())
+        .map_err(unbuildable)?;
     let path = run_dir(&args.state_dir, &run).join("journal.jsonl");
     let mut journal = match Journal::create(&path, key.clone()) {
         Ok(j) => j,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return exit::STATE;
-        }
+        Err(e) => return Err(CliError::state(e.to_string())),
     };
     if let Err(e) = journal.append(&header.record(policy.as_ref())) {
-        eprintln!("error: {e}");
         let _ = std::fs::remove_dir_all(run_dir(&args.state_dir, &run));
-        return exit::STATE;
+        return Err(CliError::state(e.to_string()));
     }
     eprintln!("run {run} (journal {})", path.display());
     execute(Launch {
@@ -857,24 +803,19 @@ struct Opened {
 }
 
 /// Reads and verifies a run's journal.
-fn open_run(state_dir: &Path, run: &str) -> Result<Opened, u8> {
+fn open_run(state_dir: &Path, run: &str) -> CliResult<Opened> {
     let key = run_key()?;
     let dir = run_dir(state_dir, run);
-    let records = journal::read(&dir.join("journal.jsonl"), &key).map_err(|e| {
-        eprintln!("error: {e}");
-        exit::STATE
-    })?;
-    let header = Header::of(&records).ok_or_else(|| {
-        eprintln!("error: run {run}: the journal has no header");
-        exit::STATE
-    })?;
+    let records =
+        journal::read(&dir.join("journal.jsonl"), &key).map_err(|e| CliError::state(e.to_string()))?;
+    let header = Header::of(&records)
+        .ok_or_else(|| CliError::state(format!("run {run}: the journal has no header")))?;
     if header.run != run {
-        eprintln!(
-            "error: the journal in {} belongs to run {}, not {run}",
+        return Err(CliError::state(format!(
+            "the journal in {} belongs to run {}, not {run}",
             dir.display(),
             header.run
-        );
-        return Err(exit::STATE);
+        )));
     }
     Ok(Opened {
         dir,
@@ -886,34 +827,30 @@ fn open_run(state_dir: &Path, run: &str) -> Result<Opened, u8> {
 
 /// Re-expands the spec a run started with (same overrides, the policy from
 /// its recorded place) and checks it did not change.
-fn respec(o: &Opened) -> Result<(Linter, Option<Policy>, Expanded, Spec), u8> {
+fn respec(o: &Opened) -> CliResult<(Linter, Option<Policy>, Expanded, Spec)> {
     let policy = match &o.header.policy {
-        Some(p) => Some(Policy::load(p).map_err(|e| {
-            eprintln!("error: the policy run {} started with: {e}", o.header.run);
-            exit::USAGE
-        })?),
+        Some(p) => Some(
+            Policy::load(p)
+                .map_err(|e| CliError::usage(format!("the policy run {} started with: {e}", o.header.run)))?,
+        ),
         None => None,
     };
     let linter = linter(policy.clone(), o.header.root.as_deref())?;
     let (exp, spec) = prepare(&linter, &o.header.spec, &o.header.overrides)?;
     if journal::digest(&exp.value) != o.header.digest {
-        eprintln!(
-            "error: `{}` changed since run {} started; resume refuses a different spec (start a new run)",
+        return Err(CliError::usage(format!(
+            "`{}` changed since run {} started; resume refuses a different spec (start a new run)",
             o.header.spec.display(),
             o.header.run
-        );
-        return Err(exit::USAGE);
+        )));
     }
     Ok((linter, policy, exp, spec))
 }
 
 /// Checks the run can still reach what it started on: the same API server
 /// through its kubeconfig, or the same embedded cluster.
-fn still_reaches(h: &Header, rt: &tokio::runtime::Runtime) -> Result<(), u8> {
-    let fail = |e: String| {
-        eprintln!("error: run {}: {e}", h.run);
-        exit::USAGE
-    };
+fn still_reaches(h: &Header, rt: &tokio::runtime::Runtime) -> CliResult<()> {
+    let fail = |e: String| CliError::usage(format!("run {}: {e}", h.run));
     match &h.reach.sim {
         Some(sim) => {
             let Some(file) = &sim.attach else {
@@ -949,49 +886,32 @@ fn reopen(
         rollwright_steps::runnable::Runnable,
         Journal,
     ),
-    u8,
+    CliError,
 > {
     let rt = runtime()?;
     still_reaches(&o.header, &rt)?;
     let eff = effective(linter, exp, spec, &o.header.reach, None)?;
     let cx = build_context(spec, o.dir.clone(), &o.header, eff.production, &o.key);
-    let runnable = rollwright_steps::runnable::build(spec, &registry(), &cx, eff.min_gate.as_ref()).map_err(
-        |errors| {
-            for e in errors {
-                eprintln!("error: {e}");
-            }
-            exit::FINDINGS
-        },
-    )?;
-    let journal = Journal::reopen(&o.dir.join("journal.jsonl"), o.key.clone()).map_err(|e| {
-        eprintln!("error: {e}");
-        exit::STATE
-    })?;
+    let runnable = rollwright_steps::runnable::build(spec, &registry(), &cx, eff.min_gate.as_ref())
+        .map_err(unbuildable)?;
+    let journal = Journal::reopen(&o.dir.join("journal.jsonl"), o.key.clone())
+        .map_err(|e| CliError::state(e.to_string()))?;
     Ok((rt, runnable, journal))
 }
 
-pub fn resume(args: &ResumeArgs) -> u8 {
-    let o = match open_run(&args.state_dir, &args.run) {
-        Ok(o) => o,
-        Err(code) => return code,
-    };
+pub fn resume(args: &ResumeArgs) -> CliResult {
+    let o = open_run(&args.state_dir, &args.run)?;
     let state = journal::state(&o.records);
     if let Some(done) = &state.finished {
         println!("run {}: already {done}", args.run);
-        return match done.as_str() {
+        return Ok(match done.as_str() {
             "succeeded" => exit::OK,
             "rolled-back" => exit::ROLLED_BACK,
             _ => exit::ROLLBACK_FAILED,
-        };
+        });
     }
-    let (linter, _, exp, spec) = match respec(&o) {
-        Ok(x) => x,
-        Err(code) => return code,
-    };
-    let (rt, mut runnable, journal) = match reopen(&o, &linter, &exp, &spec) {
-        Ok(x) => x,
-        Err(code) => return code,
-    };
+    let (linter, _, exp, spec) = respec(&o)?;
+    let (rt, mut runnable, journal) = reopen(&o, &linter, &exp, &spec)?;
     eprintln!(
         "resuming run {} ({} steps already done)",
         args.run,
@@ -1029,7 +949,7 @@ pub fn resume(args: &ResumeArgs) -> u8 {
     })
 }
 
-pub fn status(args: &StatusArgs) -> u8 {
+pub fn status(args: &StatusArgs) -> CliResult {
     let runs_dir = args.state_dir.join("runs");
     let mut runs: Vec<String> = match &args.run {
         Some(r) => vec![r.clone()],
@@ -1043,19 +963,11 @@ pub fn status(args: &StatusArgs) -> u8 {
     };
     runs.sort();
     runs.reverse();
-    let key = match run_key() {
-        Ok(k) => k,
-        Err(code) => return code,
-    };
+    let key = run_key()?;
     let mut out = Vec::new();
     for run in runs {
-        let records = match journal::read(&runs_dir.join(&run).join("journal.jsonl"), &key) {
-            Ok(r) => r,
-            Err(e) => {
-                eprintln!("error: {e}");
-                return exit::STATE;
-            }
-        };
+        let records = journal::read(&runs_dir.join(&run).join("journal.jsonl"), &key)
+            .map_err(|e| CliError::state(e.to_string()))?;
         let s = journal::state(&records);
         let spec = match records.first() {
             Some(Record::RunStarted { spec, .. }) => spec.clone(),
@@ -1086,7 +998,7 @@ pub fn status(args: &StatusArgs) -> u8 {
             .collect(),
     };
     print!("{text}");
-    exit::OK
+    Ok(exit::OK)
 }
 
 #[derive(Args)]
@@ -1113,15 +1025,9 @@ pub struct ApproveArgs {
     state_dir: PathBuf,
 }
 
-pub fn approve(args: &ApproveArgs) -> u8 {
-    let o = match open_run(&args.state_dir, &args.run) {
-        Ok(o) => o,
-        Err(code) => return code,
-    };
-    let (_, _, _, spec) = match respec(&o) {
-        Ok(x) => x,
-        Err(code) => return code,
-    };
+pub fn approve(args: &ApproveArgs) -> CliResult {
+    let o = open_run(&args.state_dir, &args.run)?;
+    let (_, _, _, spec) = respec(&o)?;
     let reg = registry();
     let approval_steps: Vec<&str> = spec
         .steps
@@ -1130,21 +1036,21 @@ pub fn approve(args: &ApproveArgs) -> u8 {
         .map(|s| s.id.as_str())
         .collect();
     let Some(step) = spec.steps.iter().find(|s| s.id == args.step) else {
-        eprintln!(
-            "error: run {} has no step `{}`; its approval steps: {}",
+        return Err(CliError::usage(format!(
+            "run {} has no step `{}`; its approval steps: {}",
             args.run,
             args.step,
             approval_steps.join(", ")
-        );
-        return exit::USAGE;
+        )));
     };
     if !approval_steps.contains(&step.id.as_str()) {
-        eprintln!("error: step `{}` is a {}, not an approval", step.id, step.kind);
-        return exit::USAGE;
+        return Err(CliError::usage(format!(
+            "step `{}` is a {}, not an approval",
+            step.id, step.kind
+        )));
     }
     if journal::state(&o.records).finished.is_some() {
-        eprintln!("error: run {} has already finished", args.run);
-        return exit::USAGE;
+        return Err(CliError::usage(format!("run {} has already finished", args.run)));
     }
     let h = &o.header;
     let identity = match (&spec.target, h.reach.reaches_cluster()) {
@@ -1152,10 +1058,9 @@ pub fn approve(args: &ApproveArgs) -> u8 {
             // The approver's own credentials, for the run's cluster.
             let mine = match &h.reach.sim {
                 Some(_) if args.kubeconfig.is_none() => {
-                    eprintln!(
-                        "error: name your credentials for the run's embedded cluster with --kubeconfig (the API server authenticates approvers)"
-                    );
-                    return exit::USAGE;
+                    return Err(CliError::usage(
+                        "name your credentials for the run's embedded cluster with --kubeconfig (the API server authenticates approvers)",
+                    ));
                 }
                 Some(_) => Reach::real(
                     args.kubeconfig.as_deref(),
@@ -1166,44 +1071,31 @@ pub fn approve(args: &ApproveArgs) -> u8 {
                     args.context.as_deref().unwrap_or(&h.reach.context),
                 ),
             };
-            let mine = match mine {
-                Ok(r) => r,
-                Err(e) => {
-                    eprintln!("error: {e}");
-                    return exit::USAGE;
-                }
-            };
+            let mine = mine.map_err(|e| CliError::usage(e.to_string()))?;
             let norm = |s: &Option<String>| s.as_deref().map(rollwright_engine::policy::normalize_server);
             if norm(&mine.server) != norm(&h.reach.server) {
-                eprintln!(
-                    "error: your kubeconfig reaches {}, but run {} runs on {}: approve with credentials for that cluster",
+                return Err(CliError::usage(format!(
+                    "your kubeconfig reaches {}, but run {} runs on {}: approve with credentials for that cluster",
                     mine.server.as_deref().unwrap_or("no API server"),
                     h.run,
                     h.reach.server.as_deref().unwrap_or("an unknown API server")
-                );
-                return exit::USAGE;
+                )));
             }
-            let rt = match runtime() {
-                Ok(r) => r,
-                Err(code) => return code,
-            };
+            let rt = runtime()?;
             let who = rollwright_steps::cluster::Cluster::at(mine.clone(), &t.namespace)
                 .map_err(rollwright_engine::exec::StepError::failed)
                 .and_then(|c| rt.block_on(async move { c.whoami().await }));
-            let who = match who {
-                Ok(w) => w,
-                Err(e) => {
-                    eprintln!(
-                        "error: the cluster cannot say who you are, so your approval cannot be recorded: {e}"
-                    );
-                    return exit::USAGE;
-                }
-            };
+            let who = who.map_err(|e| {
+                CliError::usage(format!(
+                    "the cluster cannot say who you are, so your approval cannot be recorded: {e}"
+                ))
+            })?;
             if let Some(claimed) = &args.who
                 && claimed != &who
             {
-                eprintln!("error: you are `{who}` to the cluster, not `{claimed}`");
-                return exit::USAGE;
+                return Err(CliError::usage(format!(
+                    "you are `{who}` to the cluster, not `{claimed}`"
+                )));
             }
             rollwright_steps::approval::Identity::Cluster {
                 who,
@@ -1213,11 +1105,10 @@ pub fn approve(args: &ApproveArgs) -> u8 {
         _ => match &args.who {
             Some(w) => rollwright_steps::approval::Identity::Local(w.clone()),
             None => {
-                eprintln!(
-                    "error: run {} reaches no cluster: say who approves with --as NAME (local trust)",
+                return Err(CliError::usage(format!(
+                    "run {} reaches no cluster: say who approves with --as NAME (local trust)",
                     args.run
-                );
-                return exit::USAGE;
+                )));
             }
         },
     };
@@ -1236,12 +1127,9 @@ pub fn approve(args: &ApproveArgs) -> u8 {
     }) {
         Ok(()) => {
             println!("recorded: {shown} approves `{}` of run {}", step.id, args.run);
-            exit::OK
+            Ok(exit::OK)
         }
-        Err(e) => {
-            eprintln!("error: {e}");
-            exit::USAGE
-        }
+        Err(e) => Err(CliError::usage(e.to_string())),
     }
 }
 
@@ -1263,26 +1151,24 @@ pub struct AbortArgs {
 
 /// Aborts a run: a running process notices within a fraction of a second
 /// and compensates; an interrupted run is compensated here and now.
-pub fn abort(args: &AbortArgs) -> u8 {
-    let o = match open_run(&args.state_dir, &args.run) {
-        Ok(o) => o,
-        Err(code) => return code,
-    };
+pub fn abort(args: &AbortArgs) -> CliResult {
+    let o = open_run(&args.state_dir, &args.run)?;
     let state = journal::state(&o.records);
     if let Some(done) = &state.finished {
-        eprintln!("error: run {} has already finished ({done})", args.run);
-        return exit::USAGE;
+        return Err(CliError::usage(format!(
+            "run {} has already finished ({done})",
+            args.run
+        )));
     }
     let why = format!("aborted by {}", args.who.clone().unwrap_or_else(local_user));
     let tmp = o.dir.join(".abort.tmp");
     if let Err(e) = std::fs::write(&tmp, &why).and_then(|()| std::fs::rename(&tmp, o.dir.join("abort"))) {
-        eprintln!("error: cannot record the abort in {}: {e}", o.dir.display());
-        return exit::STATE;
+        return Err(CliError::state(format!(
+            "cannot record the abort in {}: {e}",
+            o.dir.display()
+        )));
     }
-    let (linter, _, exp, spec) = match respec(&o) {
-        Ok(x) => x,
-        Err(code) => return code,
-    };
+    let (linter, _, exp, spec) = respec(&o)?;
     let target = spec.target.as_ref().map_or_else(
         || "no-target".to_owned(),
         |t| {
@@ -1303,18 +1189,12 @@ pub fn abort(args: &AbortArgs) -> u8 {
                 "abort requested: the process running {} is compensating",
                 args.run
             );
-            exit::OK
+            Ok(exit::OK)
         }
-        Err(e) => {
-            eprintln!("error: {e}");
-            exit::STATE
-        }
+        Err(e) => Err(CliError::state(e.to_string())),
         Ok(lock) => {
             drop(lock);
-            let (rt, runnable, journal) = match reopen(&o, &linter, &exp, &spec) {
-                Ok(x) => x,
-                Err(code) => return code,
-            };
+            let (rt, runnable, journal) = reopen(&o, &linter, &exp, &spec)?;
             eprintln!("run {} is not running: compensating it now", args.run);
             let resume = Resume {
                 completed: state.completed,
@@ -1375,19 +1255,13 @@ pub struct ReportArgs {
 
 /// Prints a run's report, rebuilt from its (verified) journal, so it
 /// exists for interrupted runs too.
-pub fn report(args: &ReportArgs) -> u8 {
-    let o = match open_run(&args.state_dir, &args.run) {
-        Ok(o) => o,
-        Err(code) => return code,
-    };
-    let (_, _, _, spec) = match respec(&o) {
-        Ok(x) => x,
-        Err(code) => return code,
-    };
+pub fn report(args: &ReportArgs) -> CliResult {
+    let o = open_run(&args.state_dir, &args.run)?;
+    let (_, _, _, spec) = respec(&o)?;
     let report = rollwright_engine::report::build(&spec, &o.records, &registry());
     match args.format {
         ReportFormat::Md => print!("{}", report.to_markdown()),
         ReportFormat::Json => println!("{}", serde_json::to_string_pretty(&report).unwrap_or_default()),
     }
-    exit::OK
+    Ok(exit::OK)
 }

@@ -1,5 +1,6 @@
 //! `rollwright schema [--step TYPE]`.
 
+use crate::error::{CliError, CliResult};
 use std::io::Write;
 
 use clap::Args;
@@ -17,7 +18,7 @@ pub struct SchemaArgs {
     common: bool,
 }
 
-pub fn run(args: &SchemaArgs) -> u8 {
+pub fn run(args: &SchemaArgs) -> CliResult {
     let registry = rollwright_steps::registry();
     let text = if args.common {
         schema::COMMON.to_owned()
@@ -29,25 +30,21 @@ pub fn run(args: &SchemaArgs) -> u8 {
                 let hint = rollwright_engine::diag::did_you_mean(t, known.iter().copied())
                     .map(|s| format!(" (did you mean `{s}`?)"))
                     .unwrap_or_default();
-                eprintln!(
-                    "error: unknown step type `{t}`{hint}; known types: {}",
+                return Err(CliError::usage(format!(
+                    "unknown step type `{t}`{hint}; known types: {}",
                     known.join(", ")
-                );
-                return exit::USAGE;
+                )));
             }
         }
     } else {
         match schema::rollout_schema(&registry) {
             Ok(v) => schema::to_pretty(&v),
-            Err(e) => {
-                eprintln!("error: {e}");
-                return exit::USAGE;
-            }
+            Err(e) => return Err(CliError::usage(e.to_string())),
         }
     };
     let mut out = std::io::stdout().lock();
     if out.write_all(text.as_bytes()).is_err() {
-        return exit::USAGE;
+        return Err(CliError::usage("cannot write the schema to stdout"));
     }
-    exit::OK
+    Ok(exit::OK)
 }

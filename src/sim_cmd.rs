@@ -7,6 +7,7 @@
 //! objects created in it, until Ctrl-C or SIGTERM; everything it started is
 //! stopped on the way out.
 
+use crate::error::{CliError, CliResult};
 use std::path::PathBuf;
 
 use clap::{Args, ValueEnum};
@@ -50,15 +51,12 @@ pub enum ControlPlaneKind {
     KubeApiserver,
 }
 
-pub fn run(args: &SimArgs) -> u8 {
+pub fn run(args: &SimArgs) -> CliResult {
     if args.control_plane == ControlPlaneKind::KubeApiserver {
         return run_kube_apiserver(args);
     }
     let scenario_registry = |s: &rollwright_sim::Scenario| s.registry.clone();
-    let scenario = match load_scenario(args) {
-        Ok(s) => s,
-        Err(code) => return code,
-    };
+    let scenario = load_scenario(args)?;
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -66,8 +64,7 @@ pub fn run(args: &SimArgs) -> u8 {
     {
         Ok(r) => r,
         Err(e) => {
-            eprintln!("error: cannot start the runtime: {e}");
-            return exit::USAGE;
+            return Err(CliError::usage(format!("cannot start the runtime: {e}")));
         }
     };
     let registry = scenario_registry(&scenario);
@@ -85,23 +82,23 @@ pub fn run(args: &SimArgs) -> u8 {
                     .scenario
                     .as_ref()
                     .map_or_else(String::new, |p| format!("{}: ", p.display()));
-                eprintln!("error: {shown}{e}");
-                return exit::USAGE;
+                return Err(CliError::usage(format!("{shown}{e}")));
             }
         };
         if let Some(dir) = args.kubeconfig.parent().filter(|d| !d.as_os_str().is_empty()) {
             let _ = std::fs::create_dir_all(dir);
         }
         if let Err(e) = sim.write_kubeconfig(&args.kubeconfig) {
-            eprintln!("error: cannot write {}: {e}", args.kubeconfig.display());
-            return exit::USAGE;
+            return Err(CliError::usage(format!(
+                "cannot write {}: {e}",
+                args.kubeconfig.display()
+            )));
         }
         let registry_file = match &registry {
             Some(r) => {
                 let p = args.attach.with_extension("registry.yaml");
                 if let Err(e) = crate::sim_run::write_registry(&p, r) {
-                    eprintln!("error: {e}");
-                    return exit::USAGE;
+                    return Err(CliError::usage(e.to_string()));
                 }
                 Some(std::fs::canonicalize(&p).unwrap_or(p))
             }
@@ -113,8 +110,7 @@ pub fn run(args: &SimArgs) -> u8 {
             let _ = std::fs::create_dir_all(dir);
         }
         if let Err(e) = crate::sim_run::write_attach(&args.attach, &attach) {
-            eprintln!("error: {e}");
-            return exit::USAGE;
+            return Err(CliError::usage(e.to_string()));
         }
         let kc = args.kubeconfig.display();
         println!("sim API server: {}", sim.url());
@@ -142,17 +138,14 @@ pub fn run(args: &SimArgs) -> u8 {
         println!("Ctrl-C stops it.");
         let _ = tokio::signal::ctrl_c().await;
         println!("sim stopped");
-        exit::OK
+        Ok(exit::OK)
     })
 }
 
 /// `--scenario`, or an empty one; a bad file is a usage error, said with its place.
-fn load_scenario(args: &SimArgs) -> Result<rollwright_sim::Scenario, u8> {
+fn load_scenario(args: &SimArgs) -> CliResult<rollwright_sim::Scenario> {
     match &args.scenario {
-        Some(path) => rollwright_sim::Scenario::load(path).map_err(|e| {
-            eprintln!("error: {e}");
-            exit::USAGE
-        }),
+        Some(path) => rollwright_sim::Scenario::load(path).map_err(|e| CliError::usage(e.to_string())),
         None => Ok(rollwright_sim::Scenario::default()),
     }
 }
@@ -166,16 +159,12 @@ fn kube_bin(flag: Option<&PathBuf>) -> Result<PathBuf, String> {
         })
 }
 
-fn run_kube_apiserver(args: &SimArgs) -> u8 {
-    let scenario = match load_scenario(args) {
-        Ok(s) => s,
-        Err(code) => return code,
-    };
+fn run_kube_apiserver(args: &SimArgs) -> CliResult {
+    let scenario = load_scenario(args)?;
     if args.port != 0 || args.models_port != 0 {
-        eprintln!(
-            "error: --port and --models-port are the embedded cluster's; kube-apiserver takes a free port of its own (printed below)"
-        );
-        return exit::USAGE;
+        return Err(CliError::usage(
+            "--port and --models-port are the embedded cluster's; kube-apiserver takes a free port of its own (printed below)",
+        ));
     }
     // What only the simulated world does is said, not silently dropped.
     let unsimulated: Vec<&str> = [
@@ -194,13 +183,7 @@ fn run_kube_apiserver(args: &SimArgs) -> u8 {
             unsimulated.join(", ")
         );
     }
-    let bin = match kube_bin(args.kube_bin.as_ref()) {
-        Ok(b) => b,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return exit::USAGE;
-        }
-    };
+    let bin = kube_bin(args.kube_bin.as_ref()).map_err(|e| CliError::usage(e.to_string()))?;
     eprintln!(
         "starting etcd, kube-apiserver, kube-controller-manager, kube-scheduler and kwok from {}",
         bin.display()
@@ -208,13 +191,10 @@ fn run_kube_apiserver(args: &SimArgs) -> u8 {
     // Signals are taken before anything starts, so that a SIGTERM or SIGINT
     // at any time after this stops what was started (before this, the
     // children die with the process: they are bound to it).
-    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("error: cannot start the runtime: {e}");
-            return exit::USAGE;
-        }
-    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| CliError::usage(format!("cannot start the runtime: {e}")))?;
     let signals = runtime.block_on(async {
         use tokio::signal::unix::{SignalKind, signal};
         Ok::<_, std::io::Error>((signal(SignalKind::interrupt())?, signal(SignalKind::terminate())?))
@@ -222,30 +202,25 @@ fn run_kube_apiserver(args: &SimArgs) -> u8 {
     let (mut interrupt, mut terminate) = match signals {
         Ok(s) => s,
         Err(e) => {
-            eprintln!("error: cannot handle signals: {e}");
-            return exit::USAGE;
+            return Err(CliError::usage(format!("cannot handle signals: {e}")));
         }
     };
-    let cp = match rollwright_sim::control_plane::ControlPlane::start(&bin) {
-        Ok(cp) => cp,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return exit::USAGE;
-        }
-    };
+    let cp = rollwright_sim::control_plane::ControlPlane::start(&bin)
+        .map_err(|e| CliError::usage(e.to_string()))?;
     if !scenario.objects.is_empty() {
         let list = serde_json::json!({"apiVersion": "v1", "kind": "List", "items": scenario.objects});
         if let Err(e) = cp.kubectl(&["apply", "--server-side", "-f", "-"], Some(&list.to_string())) {
-            eprintln!("error: the scenario's objects: {e}");
-            return exit::USAGE;
+            return Err(CliError::usage(format!("the scenario's objects: {e}")));
         }
     }
     if let Some(dir) = args.kubeconfig.parent().filter(|d| !d.as_os_str().is_empty()) {
         let _ = std::fs::create_dir_all(dir);
     }
     if let Err(e) = cp.write_kubeconfig_for(&args.kubeconfig, "sim") {
-        eprintln!("error: cannot write {}: {e}", args.kubeconfig.display());
-        return exit::USAGE;
+        return Err(CliError::usage(format!(
+            "cannot write {}: {e}",
+            args.kubeconfig.display()
+        )));
     }
     let kc = args.kubeconfig.display();
     println!("kube-apiserver: {}", cp.url());
@@ -272,5 +247,5 @@ fn run_kube_apiserver(args: &SimArgs) -> u8 {
     drop(cp);
     // Not println!: whoever read the output may be gone by now.
     let _ = std::io::Write::write_all(&mut std::io::stdout(), b"control plane stopped\n");
-    exit::OK
+    Ok(exit::OK)
 }

@@ -29,6 +29,7 @@
 //!   split: {"6": 100}                       # optional: final traffic split (version: percent)
 //! ```
 
+use crate::error::{CliError, CliResult};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -748,26 +749,19 @@ fn junit(results: &[Result_]) -> String {
     report.to_string().unwrap_or_default()
 }
 
-pub fn run(args: &TestArgs) -> u8 {
+pub fn run(args: &TestArgs) -> CliResult {
     let files = match collect(&args.paths) {
         Ok(f) if f.is_empty() => {
-            eprintln!("error: no test files found");
-            return exit::USAGE;
+            return Err(CliError::usage("no test files found"));
         }
         Ok(f) => f,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return exit::USAGE;
-        }
+        Err(e) => return Err(CliError::usage(e.to_string())),
     };
     let mut tests = Vec::new();
     for f in &files {
         match load(f) {
             Ok(t) => tests.push((f.clone(), t)),
-            Err(e) => {
-                eprintln!("error: {e}");
-                return exit::USAGE;
-            }
+            Err(e) => return Err(CliError::usage(e.to_string())),
         }
     }
     let queue = std::sync::Mutex::new(tests.into_iter().enumerate().collect::<Vec<_>>());
@@ -832,10 +826,14 @@ pub fn run(args: &TestArgs) -> u8 {
     if let Some(path) = &args.junit
         && let Err(e) = std::fs::write(path, junit(&results))
     {
-        eprintln!("error: cannot write {}: {e}", path.display());
-        return exit::USAGE;
+        return Err(CliError::usage(format!("cannot write {}: {e}", path.display())));
     }
-    if failed == 0 { exit::OK } else { exit::FINDINGS }
+    if failed == 0 {
+        Ok(exit::OK)
+    } else {
+        // Each failure was printed with its scenario.
+        Err(CliError::findings(String::new()))
+    }
 }
 
 #[cfg(test)]
