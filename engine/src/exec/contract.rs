@@ -1,0 +1,224 @@
+//! The contract between the executor and a step: what a step returns
+//! ([`Progress`], [`StepError`]), what it sees of the run ([`StepContext`],
+//! its records) and the [`Step`] trait.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::{Map, Value};
+
+use super::{Event, Sink};
+
+/// A boxed, sendable future (steps are trait objects).
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// What a run of a step achieved.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Progress {
+    /// Finished, with outputs later steps may reference.
+    Done {
+        /// `{{steps.<id>.outputs.<key>}}` values.
+        outputs: Map<String, Value>,
+    },
+    /// Not finished: call `run` again after `after` (the step never sleeps).
+    Wait {
+        /// When to look again.
+        after: Duration,
+        /// What it waits for, for the display.
+        reason: String,
+    },
+}
+
+/// How an error should be treated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorClass {
+    /// Worth retrying (a 503, a timeout, a conflict).
+    Transient,
+    /// A domain "no" (gate closed, SLO breached): never retried.
+    Rejected,
+    /// Broken for good (bad config, 4xx): never retried.
+    Failed,
+}
+
+/// A step's error, classified.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct StepError {
+    /// Retry or not.
+    pub class: ErrorClass,
+    /// What happened, for people.
+    pub message: String,
+}
+
+impl StepError {
+    /// A transient error.
+    pub fn transient(message: impl Into<String>) -> Self {
+        StepError {
+            class: ErrorClass::Transient,
+            message: message.into(),
+        }
+    }
+    /// A rejection.
+    pub fn rejected(message: impl Into<String>) -> Self {
+        StepError {
+            class: ErrorClass::Rejected,
+            message: message.into(),
+        }
+    }
+    /// A permanent failure.
+    pub fn failed(message: impl Into<String>) -> Self {
+        StepError {
+            class: ErrorClass::Failed,
+            message: message.into(),
+        }
+    }
+}
+
+/// What a step sees of the run.
+#[derive(Clone)]
+pub struct StepContext {
+    /// The step's id.
+    pub step_id: String,
+    /// 1-based attempt number.
+    pub attempt: u32,
+    /// Outputs of the steps completed so far (shared, read-only for steps).
+    pub outputs: Outputs,
+    /// Whose records this context writes and reads first: the step's id, or
+    /// for a compensation the id of the step it undoes.
+    pub owner: String,
+    /// What steps recorded before changing the target (shared; journaled).
+    pub records: Records,
+    /// Where records go to be made durable (the journal).
+    pub sink: Option<Sink>,
+}
+
+impl std::fmt::Debug for StepContext {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StepContext")
+            .field("step_id", &self.step_id)
+            .field("attempt", &self.attempt)
+            .field("owner", &self.owner)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Outputs of completed steps, shared by every running step.
+pub type Outputs = Arc<std::sync::RwLock<HashMap<String, Map<String, Value>>>>;
+
+/// Records of every step, in the order they were made.
+pub type Records = Arc<std::sync::RwLock<Vec<Memo>>>;
+
+/// A fact a step recorded (durably, in the journal) before changing the
+/// target, e.g. the object it is about to replace: what its compensation
+/// and a rollback restore, also after a crash and `resume`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Memo {
+    /// The step that recorded it.
+    pub step: String,
+    /// What it is (`objects`, `traffic`, …).
+    pub key: String,
+    /// The value.
+    pub value: Value,
+}
+
+impl StepContext {
+    /// A context for `step` with nothing shared (tests, one-off checks).
+    #[must_use]
+    pub fn detached(step: &str) -> Self {
+        StepContext {
+            step_id: step.to_owned(),
+            attempt: 1,
+            outputs: Outputs::default(),
+            owner: step.to_owned(),
+            records: Records::default(),
+            sink: None,
+        }
+    }
+
+    /// An output of a completed step (`{{steps.<step>.outputs.<key>}}`).
+    #[must_use]
+    pub fn output(&self, step: &str, key: &str) -> Option<Value> {
+        self.outputs.read().ok()?.get(step)?.get(key).cloned()
+    }
+
+    /// Records `value` under `key` for the owner; returns once the sink
+    /// (the journal) has it durably.
+    ///
+    /// # Errors
+    /// The record could not be made durable: the step must not change what
+    /// it was about to change (a permanent error; the run stops and
+    /// compensates with what it had recorded before).
+    pub fn remember(&self, key: &str, value: Value) -> Result<(), StepError> {
+        let memo = Memo {
+            step: self.owner.clone(),
+            key: key.to_owned(),
+            value,
+        };
+        if let Some(sink) = &self.sink {
+            sink(&Event::Recorded {
+                step: memo.step.clone(),
+                key: memo.key.clone(),
+                value: memo.value.clone(),
+            })
+            .map_err(|e| {
+                StepError::failed(format!(
+                    "the journal could not record `{key}` ({e}); nothing was changed"
+                ))
+            })?;
+        }
+        if let Ok(mut r) = self.records.write() {
+            r.push(memo);
+        }
+        Ok(())
+    }
+
+    /// The owner's latest record under `key`.
+    #[must_use]
+    pub fn recalled(&self, key: &str) -> Option<Value> {
+        self.records
+            .read()
+            .ok()?
+            .iter()
+            .rev()
+            .find(|m| m.step == self.owner && m.key == key)
+            .map(|m| m.value.clone())
+    }
+
+    /// Every record of the run, oldest first.
+    #[must_use]
+    pub fn all_records(&self) -> Vec<Memo> {
+        self.records.read().map(|r| r.clone()).unwrap_or_default()
+    }
+}
+
+/// A runnable step.
+///
+/// Contract:
+/// - `run` is idempotent: after a crash or a timeout it may be called again
+///   for an attempt whose effect already happened, and must converge.
+/// - `run` never sleeps to wait for the world: it returns
+///   [`Progress::Wait`].
+/// - `compensate` undoes the step. Expected flow: called once, after `run`
+///   completed, when a later step failed. Guarantees: idempotent; tolerates a
+///   `run` that never started or failed halfway (it restores what was
+///   recorded, and does nothing when nothing was). Caveats: every `.await` is
+///   a cancellation point.
+pub trait Step: Send + Sync {
+    /// Makes progress.
+    fn run<'a>(&'a self, cx: &'a StepContext) -> BoxFuture<'a, Result<Progress, StepError>>;
+    /// Undoes the effect of `run`.
+    fn compensate<'a>(&'a self, cx: &'a StepContext) -> BoxFuture<'a, Result<(), StepError>> {
+        let _ = cx;
+        Box::pin(async { Ok(()) })
+    }
+    /// After `compensate` succeeded: waits (by returning
+    /// [`Progress::Wait`]) until the restored state is verified, e.g. the
+    /// stable version Ready again. Default: nothing to wait for.
+    fn settle<'a>(&'a self, cx: &'a StepContext) -> BoxFuture<'a, Result<Progress, StepError>> {
+        let _ = cx;
+        Box::pin(async { Ok(Progress::Done { outputs: Map::new() }) })
+    }
+}
