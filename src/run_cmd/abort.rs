@@ -1,0 +1,91 @@
+//! `rollwright abort`: stop a run and compensate it.
+
+use super::*;
+
+#[derive(Args)]
+pub struct AbortArgs {
+    /// The run to abort.
+    #[arg(value_name = "RUN_ID")]
+    run: String,
+    /// Who aborts (recorded).
+    #[arg(long = "as", value_name = "NAME")]
+    who: Option<String>,
+    /// Where runs and locks are kept.
+    #[arg(long, value_name = "DIR", default_value = ".rollwright")]
+    state_dir: PathBuf,
+    /// Progress: live lines on a terminal (plain otherwise), or JSON events on stdout.
+    #[arg(long, value_enum, default_value_t = Output::Text)]
+    output: Output,
+}
+
+/// Aborts a run: a running process notices within a fraction of a second
+/// and compensates; an interrupted run is compensated here and now.
+pub fn abort(args: &AbortArgs) -> CliResult {
+    let o = open_run(&args.state_dir, &args.run)?;
+    let state = journal::state(&o.records);
+    if let Some(done) = &state.finished {
+        return Err(CliError::usage(format!(
+            "run {} has already finished ({done})",
+            args.run
+        )));
+    }
+    let why = format!("aborted by {}", args.who.clone().unwrap_or_else(local_user));
+    let tmp = o.dir.join(".abort.tmp");
+    if let Err(e) = std::fs::write(&tmp, &why).and_then(|()| std::fs::rename(&tmp, o.dir.join("abort"))) {
+        return Err(CliError::state(format!(
+            "cannot record the abort in {}: {e}",
+            o.dir.display()
+        )));
+    }
+    let (linter, _, exp, spec) = respec(&o)?;
+    let target = spec.target.as_ref().map_or_else(
+        || "no-target".to_owned(),
+        |t| {
+            format!(
+                "{}/{}",
+                o.header
+                    .reach
+                    .server
+                    .as_deref()
+                    .unwrap_or(&o.header.reach.context),
+                t.namespace
+            )
+        },
+    );
+    match TargetLock::acquire(&args.state_dir.join("locks"), &target, "abort check") {
+        Err(journal::JournalError::Locked { .. }) => {
+            println!(
+                "abort requested: the process running {} is compensating",
+                args.run
+            );
+            Ok(exit::OK)
+        }
+        Err(e) => Err(CliError::state(e.to_string())),
+        Ok(lock) => {
+            drop(lock);
+            let (rt, runnable, journal) = reopen(&o, &linter, &exp, &spec)?;
+            eprintln!("run {} is not running: compensating it now", args.run);
+            let resume = Resume {
+                completed: state.completed,
+                compensated: state.compensated,
+                failed: Some(state.failed.into_iter().next().unwrap_or(("abort".into(), why))),
+                started: state.started,
+                recorded: state.recorded,
+            };
+            execute(Launch {
+                spec: &spec,
+                header: &o.header,
+                state_dir: &args.state_dir,
+                key: o.key.clone(),
+                runnable,
+                journal,
+                resume,
+                show: Show {
+                    output: args.output,
+                    deadline: None,
+                },
+                rt,
+            })
+        }
+    }
+}

@@ -1,0 +1,48 @@
+//! `rollwright report`: the report, rebuilt from the verified journal.
+
+use super::*;
+
+/// Writes `report.md` and `report.json` into the run directory.
+pub(super) fn write_report(state_dir: &Path, run: &str, spec: &Spec, key: &Key) -> Result<(), String> {
+    let dir = run_dir(state_dir, run);
+    let records = journal::read(&dir.join("journal.jsonl"), key).map_err(|e| e.to_string())?;
+    let report = rollwright_engine::report::build(spec, &records, &registry());
+    std::fs::write(dir.join("report.md"), report.to_markdown()).map_err(|e| e.to_string())?;
+    let json = serde_json::to_string_pretty(&report).map_err(|e| e.to_string())? + "\n";
+    std::fs::write(dir.join("report.json"), json).map_err(|e| e.to_string())
+}
+
+/// Report format.
+#[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
+pub enum ReportFormat {
+    /// Markdown.
+    Md,
+    /// JSON.
+    Json,
+}
+
+#[derive(Args)]
+pub struct ReportArgs {
+    /// The run.
+    #[arg(value_name = "RUN_ID")]
+    run: String,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = ReportFormat::Md)]
+    format: ReportFormat,
+    /// Where runs and locks are kept.
+    #[arg(long, value_name = "DIR", default_value = ".rollwright")]
+    state_dir: PathBuf,
+}
+
+/// Prints a run's report, rebuilt from its (verified) journal, so it
+/// exists for interrupted runs too.
+pub fn report(args: &ReportArgs) -> CliResult {
+    let o = open_run(&args.state_dir, &args.run)?;
+    let (_, _, _, spec) = respec(&o)?;
+    let report = rollwright_engine::report::build(&spec, &o.records, &registry());
+    match args.format {
+        ReportFormat::Md => print!("{}", report.to_markdown()),
+        ReportFormat::Json => println!("{}", serde_json::to_string_pretty(&report).unwrap_or_default()),
+    }
+    Ok(exit::OK)
+}

@@ -1,0 +1,66 @@
+//! `rollwright resume`: continue an interrupted run from its journal.
+
+use super::*;
+
+#[derive(Args)]
+pub struct ResumeArgs {
+    /// The run to continue.
+    #[arg(value_name = "RUN_ID")]
+    run: String,
+    /// Where runs and locks are kept.
+    #[arg(long, value_name = "DIR", default_value = ".rollwright")]
+    state_dir: PathBuf,
+    /// Progress: live lines on a terminal (plain otherwise), or JSON events on stdout.
+    #[arg(long, value_enum, default_value_t = Output::Text)]
+    output: Output,
+}
+
+pub fn resume(args: &ResumeArgs) -> CliResult {
+    let o = open_run(&args.state_dir, &args.run)?;
+    let state = journal::state(&o.records);
+    if let Some(done) = &state.finished {
+        println!("run {}: already {done}", args.run);
+        return Ok(match done.as_str() {
+            "succeeded" => exit::OK,
+            "rolled-back" => exit::ROLLED_BACK,
+            _ => exit::ROLLBACK_FAILED,
+        });
+    }
+    let (linter, _, exp, spec) = respec(&o)?;
+    let (rt, mut runnable, journal) = reopen(&o, &linter, &exp, &spec)?;
+    eprintln!(
+        "resuming run {} ({} steps already done)",
+        args.run,
+        state.completed.len()
+    );
+    let failed = state.failed.into_iter().next();
+    let ids: Vec<String> = state.completed.iter().map(|(id, _)| id.clone()).collect();
+    let reg = registry();
+    let kept = rollwright_steps::runnable::kept_on_resume(&spec, &reg, &ids, failed.is_some());
+    rollwright_steps::runnable::rewire_for_resume(&mut runnable.steps, &spec, &reg, &kept);
+    let resume = Resume {
+        completed: state
+            .completed
+            .into_iter()
+            .filter(|(id, _)| kept.contains(id))
+            .collect(),
+        compensated: state.compensated,
+        failed,
+        started: state.started,
+        recorded: state.recorded,
+    };
+    execute(Launch {
+        spec: &spec,
+        header: &o.header,
+        state_dir: &args.state_dir,
+        key: o.key.clone(),
+        runnable,
+        journal,
+        resume,
+        show: Show {
+            output: args.output,
+            deadline: None,
+        },
+        rt,
+    })
+}
