@@ -25,8 +25,8 @@ impl State {
 
     /// The objects a list of `t` returns (its kind, its namespace or all,
     /// the query's label selector).
-    pub(super) fn matching(store: &Store, t: &Target, query: &str) -> Vec<Value> {
-        let selector = query_param(query, "labelSelector").unwrap_or_default();
+    pub(super) fn matching(store: &Store, t: &Target, query: &ApiQuery) -> Vec<Value> {
+        let selector = query.label_selector.as_deref().unwrap_or_default();
         store
             .objects
             .iter()
@@ -34,7 +34,7 @@ impl State {
                 *g == t.kind.group && *p == t.kind.plural && t.namespace.as_deref().is_none_or(|n| n == ns)
             })
             .map(|(_, o)| o)
-            .filter(|o| selected(o, &selector))
+            .filter(|o| selected(o, selector))
             .cloned()
             .collect()
     }
@@ -57,7 +57,7 @@ impl State {
         }
     }
 
-    pub(super) fn list(&self, t: &Target, query: &str) -> Response {
+    pub(super) fn list(&self, t: &Target, query: &ApiQuery) -> Response {
         let Ok(store) = self.store.lock() else {
             return store_unavailable();
         };

@@ -4,7 +4,7 @@ use super::*;
 
 impl State {
     /// `kubectl get`: the objects as a Table of the kind's printer columns.
-    pub(super) fn table(&self, t: &Target, query: &str) -> Response {
+    pub(super) fn table(&self, t: &Target, query: &ApiQuery) -> Response {
         let Ok(store) = self.store.lock() else {
             return store_unavailable();
         };
@@ -36,7 +36,7 @@ impl State {
                 .as_array()
                 .cloned()
         });
-        let full = query_param(query, "includeObject").is_some_and(|i| i == "Object");
+        let full = query.include_object.as_deref() == Some("Object");
         reply(
             StatusCode::OK,
             crate::table::of(

@@ -6,12 +6,16 @@ impl State {
     /// A watch: past changes after `resourceVersion` (or the current
     /// objects as `ADDED`), then live changes, one JSON event per line;
     /// `410 Gone` as an `ERROR` event when that history is gone.
-    pub(super) fn watch(self: &Arc<Self>, t: Target, query: &str) -> Response {
-        let selector = query_param(query, "labelSelector").unwrap_or_default();
-        let since: Option<u64> = query_param(query, "resourceVersion")
+    pub(super) fn watch(self: &Arc<Self>, t: Target, query: &ApiQuery) -> Response {
+        let selector = query.label_selector.clone().unwrap_or_default();
+        let since: Option<u64> = query
+            .resource_version
+            .as_deref()
             .and_then(|r| r.parse().ok())
             .filter(|r| *r > 0);
-        let timeout = query_param(query, "timeoutSeconds")
+        let timeout = query
+            .timeout_seconds
+            .as_deref()
             .and_then(|s| s.parse::<u64>().ok())
             .unwrap_or(1800);
         let matches = {
