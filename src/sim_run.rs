@@ -116,7 +116,11 @@ pub fn start(
 pub fn reach_of(attach: &Attach, file: Option<&Path>, spec: &Spec) -> Result<Reach, String> {
     let gitops = spec.target.as_ref().and_then(|t| t.gitops.as_ref());
     let repo = match gitops {
-        Some(g) => Some(attach.repository_for(g["repo"].as_str().unwrap_or_default())?),
+        Some(g) => Some(
+            attach
+                .repository_for(g["repo"].as_str().unwrap_or_default())
+                .map_err(|e| e.to_string())?,
+        ),
         None => None,
     };
     if let Some(r) = &repo {
@@ -137,8 +141,8 @@ pub fn reach_of(attach: &Attach, file: Option<&Path>, spec: &Spec) -> Result<Rea
 
 /// Reads an attach file and proves its API server is that sim.
 pub fn attach(file: &Path, runtime: &tokio::runtime::Runtime) -> Result<Attach, String> {
-    let a = Attach::load(file)?;
-    runtime.block_on(a.verify())?;
+    let a = Attach::load(file).map_err(|e| e.to_string())?;
+    runtime.block_on(a.verify()).map_err(|e| e.to_string())?;
     Ok(a)
 }
 

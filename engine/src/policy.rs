@@ -201,33 +201,65 @@ pub struct Derived {
     pub reason: Option<String>,
 }
 
+/// Why a policy file cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum PolicyError {
+    /// The file cannot be read.
+    #[error("cannot read policy {}: {source}", path.display())]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: crate::fsread::ReadError,
+    },
+    /// Not YAML, or not the shape of a policy.
+    #[error("policy {}:{at}: {message}", path.display())]
+    Invalid {
+        /// The file.
+        path: PathBuf,
+        /// `line:col` of the problem.
+        at: String,
+        /// What is wrong there.
+        message: String,
+    },
+    /// Another kind of document.
+    #[error("{} is not a rollwright policy (expected apiVersion {} and kind Policy)", path.display(), crate::spec::API_VERSION)]
+    NotAPolicy {
+        /// The file.
+        path: PathBuf,
+    },
+}
+
 impl Policy {
     /// Reads a policy file.
     ///
     /// # Errors
-    /// A message naming the file (and line:col) when it cannot be used.
-    pub fn load(path: &Path) -> Result<Policy, String> {
-        let bytes = crate::fsread::read(path, crate::fsread::DEFAULT_MAX)
-            .map_err(|e| format!("cannot read policy {}: {e}", path.display()))?;
-        let doc = load_bytes(&bytes, &Limits::default())
-            .map_err(|d| format!("policy {}:{}: {}", path.display(), d[0].span.start, d[0].message))?;
+    /// Naming the file (and line:col) when it cannot be used.
+    pub fn load(path: &Path) -> Result<Policy, PolicyError> {
+        let bytes =
+            crate::fsread::read(path, crate::fsread::DEFAULT_MAX).map_err(|source| PolicyError::Read {
+                path: path.to_path_buf(),
+                source,
+            })?;
+        let doc = load_bytes(&bytes, &Limits::default()).map_err(|d| PolicyError::Invalid {
+            path: path.to_path_buf(),
+            at: d[0].span.start.to_string(),
+            message: d[0].message.clone(),
+        })?;
         let digest = crate::journal::digest_bytes(&bytes);
         let mut p: Policy = serde_path_to_error::deserialize(&doc.value).map_err(|e| {
             let at = doc.locate(&format!("/{}", e.path().to_string().replace('.', "/")));
-            format!(
-                "policy {}:{}: `{}`: {}",
-                path.display(),
-                at.start,
-                e.path(),
-                e.inner()
-            )
+            PolicyError::Invalid {
+                path: path.to_path_buf(),
+                at: at.start.to_string(),
+                message: format!("`{}`: {}", e.path(), e.inner()),
+            }
         })?;
         if p.kind != "Policy" || p.api_version != crate::spec::API_VERSION {
-            return Err(format!(
-                "{} is not a rollwright policy (expected apiVersion {} and kind Policy)",
-                path.display(),
-                crate::spec::API_VERSION
-            ));
+            return Err(PolicyError::NotAPolicy {
+                path: path.to_path_buf(),
+            });
         }
         p.path = path.to_path_buf();
         p.digest = digest;
@@ -239,7 +271,7 @@ impl Policy {
     ///
     /// # Errors
     /// When a named policy cannot be read.
-    pub fn discover(explicit: Option<&Path>) -> Result<Option<Policy>, String> {
+    pub fn discover(explicit: Option<&Path>) -> Result<Option<Policy>, PolicyError> {
         if let Some(p) = explicit {
             return Policy::load(p).map(Some);
         }

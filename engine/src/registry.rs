@@ -90,6 +90,24 @@ impl Finding {
     }
 }
 
+/// Why a step cannot be built for a run.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BuildError {
+    /// Its `with` cannot be used as written (lint says the same, located).
+    #[error("{0}")]
+    Config(String),
+    /// The run lacks what the step needs: a target, a cluster it reaches,
+    /// an endpoint, credentials, a backend this build does not have.
+    #[error("{0}")]
+    Unavailable(String),
+}
+
+impl From<serde_json::Error> for BuildError {
+    fn from(e: serde_json::Error) -> Self {
+        BuildError::Config(e.to_string())
+    }
+}
+
 /// A kind of step. Implementations live in the `steps` crate.
 pub trait StepKind: Send + Sync + 'static {
     /// The `type:` name, e.g. `shift-traffic`.
@@ -135,11 +153,11 @@ pub trait StepKind: Send + Sync + 'static {
         &self,
         _with: &Value,
         _cx: &BuildContext,
-    ) -> Result<std::sync::Arc<dyn crate::exec::Step>, String> {
-        Err(format!(
+    ) -> Result<std::sync::Arc<dyn crate::exec::Step>, BuildError> {
+        Err(BuildError::Unavailable(format!(
             "step kind `{}` cannot run in this build yet",
             self.name()
-        ))
+        )))
     }
     /// Whether a failure of this step is tolerated by default (a
     /// notification never fails a run unless its spec says so).

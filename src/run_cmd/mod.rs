@@ -477,7 +477,7 @@ pub(super) fn still_reaches(h: &Header, rt: &tokio::runtime::Runtime) -> CliResu
             }
             Ok(())
         }
-        None => h.reach.still_reaches().map_err(fail),
+        None => h.reach.still_reaches().map_err(|e| fail(e.to_string())),
     }
 }
 

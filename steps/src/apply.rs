@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use rollwright_engine::Code;
 use rollwright_engine::exec::{BoxFuture, Progress, Step, StepContext, StepError};
-use rollwright_engine::registry::{Access, AccessContext, BuildContext, Finding, Role, StepKind};
+use rollwright_engine::registry::{Access, AccessContext, BuildContext, BuildError, Finding, Role, StepKind};
 use schemars::JsonSchema;
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
@@ -130,21 +130,21 @@ impl StepKind for Apply {
         }
         out
     }
-    fn build(&self, with: &Value, cx: &BuildContext) -> Result<Arc<dyn Step>, String> {
-        let c: ApplyConfig = serde_json::from_value(with.clone()).map_err(|e| e.to_string())?;
+    fn build(&self, with: &Value, cx: &BuildContext) -> Result<Arc<dyn Step>, BuildError> {
+        let c: ApplyConfig = serde_json::from_value(with.clone())?;
         let cluster = Cluster::of(cx)?;
-        let objects = placed(&c, cx)?;
+        let objects = placed(&c, cx).map_err(BuildError::Config)?;
         let rules = Rules::of(cx);
         let problems = policy(&objects, &c, &rules);
         if !problems.is_empty() {
-            return Err(format!(
+            return Err(BuildError::Config(format!(
                 "the manifests break the deployment policy (nothing was sent to the cluster):\n  {}",
                 problems
                     .iter()
                     .map(Problem::shown)
                     .collect::<Vec<_>>()
                     .join("\n  ")
-            ));
+            )));
         }
         cluster.allow(
             objects

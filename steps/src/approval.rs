@@ -17,7 +17,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rollwright_engine::Code;
 use rollwright_engine::exec::{BoxFuture, Progress, Step, StepContext, StepError};
-use rollwright_engine::registry::{BuildContext, Finding, Role, StepKind};
+use rollwright_engine::registry::{BuildContext, BuildError, Finding, Role, StepKind};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
@@ -79,14 +79,13 @@ impl StepKind for Approval {
     fn outputs(&self) -> &'static [&'static str] {
         &["approvers"]
     }
-    fn build(&self, with: &Value, cx: &BuildContext) -> Result<Arc<dyn Step>, String> {
-        let config: ApprovalConfig = serde_json::from_value(with.clone()).map_err(|e| e.to_string())?;
+    fn build(&self, with: &Value, cx: &BuildContext) -> Result<Arc<dyn Step>, BuildError> {
+        let config: ApprovalConfig = serde_json::from_value(with.clone())?;
         let expires = match &config.expires {
             // In the sim's time, like every duration of the spec.
-            Some(e) => Some(
-                crate::reach::Reach::of(cx)
-                    .scaled(rollwright_engine::duration::parse(e).map_err(|e| e.to_string())?),
-            ),
+            Some(e) => Some(crate::reach::Reach::of(cx).scaled(
+                rollwright_engine::duration::parse(e).map_err(|e| BuildError::Config(e.to_string()))?,
+            )),
             None => None,
         };
         Ok(Arc::new(ApprovalStep {

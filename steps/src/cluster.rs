@@ -17,7 +17,7 @@ use kube::api::{
 use kube::config::KubeConfigOptions;
 use kube::{Api, Client, Config};
 use rollwright_engine::exec::StepError;
-use rollwright_engine::registry::BuildContext;
+use rollwright_engine::registry::{BuildContext, BuildError};
 use serde_json::{Value, json};
 
 /// Where an object is.
@@ -102,16 +102,17 @@ impl Cluster {
     ///
     /// # Errors
     /// No target in the spec, or no reach (a run that was given none).
-    pub fn of(cx: &BuildContext) -> Result<Arc<Cluster>, String> {
-        let target = cx
-            .target
-            .as_ref()
-            .ok_or("this step needs `target: {context, namespace, environment}` in the spec")?;
+    pub fn of(cx: &BuildContext) -> Result<Arc<Cluster>, BuildError> {
+        let target = cx.target.as_ref().ok_or_else(|| {
+            BuildError::Config(
+                "this step needs `target: {context, namespace, environment}` in the spec".into(),
+            )
+        })?;
         let reach = crate::reach::Reach::of(cx);
         if reach.context.is_empty() {
-            return Err("this run reaches no cluster".into());
+            return Err(BuildError::Unavailable("this run reaches no cluster".into()));
         }
-        Cluster::at(reach, &target.namespace)
+        Cluster::at(reach, &target.namespace).map_err(BuildError::Unavailable)
     }
 
     /// The cluster `reach` reaches, for `namespace`.
@@ -185,7 +186,11 @@ impl Cluster {
     pub async fn client(&self) -> Result<Client, StepError> {
         self.client
             .get_or_try_init(|| async {
-                let mut config = match self.reach.kubeconfig().map_err(StepError::failed)? {
+                let mut config = match self
+                    .reach
+                    .kubeconfig()
+                    .map_err(|e| StepError::failed(e.to_string()))?
+                {
                     Some(kc) => {
                         if !kc.contexts.iter().any(|c| c.name == self.context) {
                             return Err(StepError::failed(format!(

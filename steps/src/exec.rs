@@ -8,7 +8,7 @@ use std::process::Stdio;
 use std::sync::Arc;
 
 use rollwright_engine::exec::{BoxFuture, Progress, Step, StepContext, StepError};
-use rollwright_engine::registry::{BuildContext, Finding, Role, StepKind};
+use rollwright_engine::registry::{BuildContext, BuildError, Finding, Role, StepKind};
 use schemars::JsonSchema;
 use serde::Deserialize;
 use serde_json::{Map, Value};
@@ -71,8 +71,8 @@ impl StepKind for Exec {
         let _ = config::<ExecConfig>(with, &mut out);
         out
     }
-    fn build(&self, with: &Value, cx: &BuildContext) -> Result<Arc<dyn Step>, String> {
-        let c: ExecConfig = serde_json::from_value(with.clone()).map_err(|e| e.to_string())?;
+    fn build(&self, with: &Value, cx: &BuildContext) -> Result<Arc<dyn Step>, BuildError> {
+        let c: ExecConfig = serde_json::from_value(with.clone())?;
         Ok(Arc::new(ExecStep {
             config: c,
             dir: cx.spec_dir.clone(),

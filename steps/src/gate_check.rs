@@ -19,7 +19,7 @@ use crate::model_registry::{FileRegistry, MlflowRegistry, ModelRegistry, Version
 
 use rollwright_engine::Code;
 use rollwright_engine::policy::MinGate;
-use rollwright_engine::registry::{Finding, Role, StepKind};
+use rollwright_engine::registry::{BuildError, Finding, Role, StepKind};
 use schemars::JsonSchema;
 use serde::Deserialize;
 use serde_json::Value;
@@ -107,18 +107,20 @@ impl StepKind for GateCheck {
     fn outputs(&self) -> &'static [&'static str] {
         &["gate", "model", "version", "uri", "digest", "approvers", "evals"]
     }
-    fn build(&self, with: &Value, cx: &BuildContext) -> Result<Arc<dyn Step>, String> {
-        let config: GateCheckConfig = serde_json::from_value(with.clone()).map_err(|e| e.to_string())?;
+    fn build(&self, with: &Value, cx: &BuildContext) -> Result<Arc<dyn Step>, BuildError> {
+        let config: GateCheckConfig = serde_json::from_value(with.clone())?;
         let Some((registry, name, version)) = cx.model.clone() else {
-            return Err("a gate-check needs the spec's `model`".into());
+            return Err(BuildError::Config("a gate-check needs the spec's `model`".into()));
         };
         // Only the embedded cluster brings its own registry (the scenario's).
         let sim_registry = crate::reach::Reach::of(cx).sim.and_then(|s| s.registry);
         let backend: Box<dyn ModelRegistry> = match registry.as_str() {
             _ if sim_registry.is_some() => Box::new(FileRegistry::at(sim_registry.unwrap_or_default())),
             "file" => Box::new(FileRegistry::locate(&cx.spec_dir)),
-            "mlflow" => Box::new(MlflowRegistry::from_env(with.get("token"), &cx.spec_dir)?),
-            other => return Err(format!("unknown model registry `{other}`")),
+            "mlflow" => Box::new(
+                MlflowRegistry::from_env(with.get("token"), &cx.spec_dir).map_err(BuildError::Unavailable)?,
+            ),
+            other => return Err(BuildError::Config(format!("unknown model registry `{other}`"))),
         };
         Ok(Arc::new(GateStep {
             config,

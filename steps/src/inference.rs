@@ -8,7 +8,7 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use rollwright_engine::registry::BuildContext;
+use rollwright_engine::registry::{BuildContext, BuildError};
 use serde_json::{Value, json};
 
 use crate::verify_inference::Protocol;
@@ -74,16 +74,16 @@ impl Endpoint {
     ///
     /// # Errors
     /// No `serving.endpoint` or no model.
-    pub fn of(cx: &BuildContext) -> Result<Endpoint, String> {
+    pub fn of(cx: &BuildContext) -> Result<Endpoint, BuildError> {
         let serving = crate::target::serving(cx);
         let serving = serving.as_ref();
-        let base = serving
-            .and_then(|s| s.endpoint.clone())
-            .ok_or("this step calls the model: set `serving.endpoint` (the inference URL)")?;
+        let base = serving.and_then(|s| s.endpoint.clone()).ok_or_else(|| {
+            BuildError::Config("this step calls the model: set `serving.endpoint` (the inference URL)".into())
+        })?;
         let (_, model, version) = cx
             .model
             .clone()
-            .ok_or("this step calls the model: the spec needs `model`")?;
+            .ok_or_else(|| BuildError::Config("this step calls the model: the spec needs `model`".into()))?;
         let fill = |m: &BTreeMap<String, String>| -> BTreeMap<String, String> {
             m.iter()
                 .map(|(k, v)| (k.clone(), v.replace("{{model.version}}", &version)))
@@ -101,7 +101,7 @@ impl Endpoint {
         let client = reqwest::Client::builder()
             .timeout(Duration::from_secs(30))
             .build()
-            .map_err(|e| format!("cannot make an HTTP client: {e}"))?;
+            .map_err(|e| BuildError::Unavailable(format!("cannot make an HTTP client: {e}")))?;
         Ok(Endpoint {
             base: base.trim_end_matches('/').to_owned(),
             model,

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rollwright_engine::exec::{BoxFuture, Progress, Step, StepContext, StepError};
-use rollwright_engine::registry::{BuildContext, Finding, Role, StepKind};
+use rollwright_engine::registry::{BuildContext, BuildError, Finding, Role, StepKind};
 use rollwright_engine::secrets;
 use schemars::JsonSchema;
 use serde::Deserialize;
@@ -60,14 +60,14 @@ impl StepKind for Notify {
     fn outputs(&self) -> &'static [&'static str] {
         &["status"]
     }
-    fn build(&self, with: &Value, cx: &BuildContext) -> Result<Arc<dyn Step>, String> {
+    fn build(&self, with: &Value, cx: &BuildContext) -> Result<Arc<dyn Step>, BuildError> {
         // One TLS provider for the process (ring; never aws-lc).
         let _ = rustls::crypto::ring::default_provider().install_default();
-        let config: NotifyConfig = serde_json::from_value(with.clone()).map_err(|e| e.to_string())?;
+        let config: NotifyConfig = serde_json::from_value(with.clone())?;
         let client = reqwest::Client::builder()
             .timeout(Duration::from_secs(10))
             .build()
-            .map_err(|e| format!("cannot build the HTTP client: {e}"))?;
+            .map_err(|e| BuildError::Unavailable(format!("cannot build the HTTP client: {e}")))?;
         Ok(Arc::new(NotifyStep {
             webhook: with.get("webhook").cloned().unwrap_or(Value::Null),
             headers: with

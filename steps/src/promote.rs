@@ -27,7 +27,7 @@ use std::time::Duration;
 
 use rollwright_engine::Code;
 use rollwright_engine::exec::{BoxFuture, Progress, Step, StepContext, StepError};
-use rollwright_engine::registry::{Access, AccessContext, BuildContext, Finding, Role, StepKind};
+use rollwright_engine::registry::{Access, AccessContext, BuildContext, BuildError, Finding, Role, StepKind};
 use schemars::JsonSchema;
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
@@ -166,9 +166,9 @@ impl StepKind for Promote {
             Err(e) => vec![Finding::new("/provider", Code::InvalidStepConfig, e)],
         }
     }
-    fn build(&self, with: &Value, cx: &BuildContext) -> Result<Arc<dyn Step>, String> {
-        let c: PromoteConfig = serde_json::from_value(with.clone()).map_err(|e| e.to_string())?;
-        let router = Router::of(cx, c.provider.as_deref())?;
+    fn build(&self, with: &Value, cx: &BuildContext) -> Result<Arc<dyn Step>, BuildError> {
+        let c: PromoteConfig = serde_json::from_value(with.clone())?;
+        let router = Router::of(cx, c.provider.as_deref()).map_err(BuildError::Config)?;
         let cluster = Cluster::of(cx)?;
         let stable = c.stable.as_deref().map(|s| {
             let (kind, name) = s.split_once('/').unwrap_or(("Deployment", s));
@@ -176,7 +176,10 @@ impl StepKind for Promote {
         });
         cluster.allow([router.object()]);
         cluster.allow(stable.clone());
-        let (_, _, version) = cx.model.clone().ok_or("promote needs the spec's `model`")?;
+        let (_, _, version) = cx
+            .model
+            .clone()
+            .ok_or_else(|| BuildError::Config("promote needs the spec's `model`".into()))?;
         Ok(Arc::new(PromoteStep {
             platform: crate::target::serving(cx).map_or_else(String::new, |s| s.platform),
             router,

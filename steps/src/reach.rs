@@ -19,7 +19,8 @@
 
 use std::path::{Path, PathBuf};
 
-use kube::config::Kubeconfig;
+use kube::config::{Kubeconfig, KubeconfigError};
+use rollwright_engine::fsread::ReadError;
 use rollwright_engine::registry::BuildContext;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -96,6 +97,70 @@ pub struct Attach {
 /// The attach file's `kind`.
 pub const ATTACH_KIND: &str = "rollwright.dev/sim-attach";
 
+/// Why a run cannot reach (or reach again) its cluster.
+#[derive(Debug, thiserror::Error)]
+pub enum ReachError {
+    /// A kubeconfig file cannot be read.
+    #[error("kubeconfig {}: {source}", path.display())]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: ReadError,
+    },
+    /// A kubeconfig file is not one, or the files do not merge.
+    #[error("kubeconfig {}: {source}", path.display())]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: KubeconfigError,
+    },
+    /// The run's context is gone from the kubeconfig.
+    #[error("the kubeconfig no longer has context `{context}` (it has: {known})")]
+    ContextGone {
+        /// The run's context.
+        context: String,
+        /// The contexts there are.
+        known: String,
+    },
+    /// The run's context points at another API server now.
+    #[error(
+        "context `{context}` now points at {now} but the run started on {then}: refusing to continue on another cluster"
+    )]
+    Moved {
+        /// The run's context.
+        context: String,
+        /// Where it points now.
+        now: String,
+        /// Where the run started.
+        then: String,
+    },
+    /// A file that is not a sim attach file.
+    #[error("{}: {message}", path.display())]
+    NotAttach {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with it.
+        message: String,
+    },
+    /// The API server an attach file names is not that sim.
+    #[error("{0}")]
+    NotTheSim(String),
+    /// No scenario repository stands in for the spec's GitOps repository.
+    #[error(
+        "the spec's GitOps repository `{url}` needs a scenario repository (`repositories: {{{base}: DIR}}`); the sim never pushes anywhere else"
+    )]
+    NoRepository {
+        /// The spec's repository.
+        url: String,
+        /// The name a scenario repository would need.
+        base: String,
+    },
+}
+
 impl Reach {
     /// The reach of a build context (`Reach::default()` when the run has none).
     #[must_use]
@@ -132,7 +197,7 @@ impl Reach {
     ///
     /// # Errors
     /// A kubeconfig that cannot be read, or no context of that name.
-    pub fn real(explicit: Option<&Path>, context: &str) -> Result<Reach, String> {
+    pub fn real(explicit: Option<&Path>, context: &str) -> Result<Reach, ReachError> {
         let files: Vec<PathBuf> = match explicit {
             Some(p) => vec![absolute(p)],
             None => match std::env::var_os("KUBECONFIG") {
@@ -196,24 +261,21 @@ impl Reach {
     ///
     /// # Errors
     /// The files cannot be read, or the context moved to another server.
-    pub fn still_reaches(&self) -> Result<(), String> {
+    pub fn still_reaches(&self) -> Result<(), ReachError> {
         if self.in_cluster || self.sim.is_some() || self.kubeconfigs.is_empty() {
             return Ok(());
         }
         let kc = load_kubeconfigs(&self.kubeconfigs)?;
-        let now = server_of(&kc, &self.context).map_err(|known| {
-            format!(
-                "the kubeconfig no longer has context `{}` (it has: {known})",
-                self.context
-            )
+        let now = server_of(&kc, &self.context).map_err(|known| ReachError::ContextGone {
+            context: self.context.clone(),
+            known,
         })?;
         if now != self.server {
-            return Err(format!(
-                "context `{}` now points at {} but the run started on {}: refusing to continue on another cluster",
-                self.context,
-                now.as_deref().unwrap_or("no server"),
-                self.server.as_deref().unwrap_or("no server")
-            ));
+            return Err(ReachError::Moved {
+                context: self.context.clone(),
+                now: now.unwrap_or_else(|| "no server".into()),
+                then: self.server.clone().unwrap_or_else(|| "no server".into()),
+            });
         }
         Ok(())
     }
@@ -222,7 +284,7 @@ impl Reach {
     ///
     /// # Errors
     /// A file cannot be read or parsed.
-    pub fn kubeconfig(&self) -> Result<Option<Kubeconfig>, String> {
+    pub fn kubeconfig(&self) -> Result<Option<Kubeconfig>, ReachError> {
         if self.kubeconfigs.is_empty() {
             return Ok(None);
         }
@@ -237,14 +299,20 @@ fn absolute(p: &Path) -> PathBuf {
 }
 
 /// Reads and merges kubeconfig files (bounded reads: a kubeconfig is input too).
-fn load_kubeconfigs(files: &[PathBuf]) -> Result<Kubeconfig, String> {
+fn load_kubeconfigs(files: &[PathBuf]) -> Result<Kubeconfig, ReachError> {
     files.iter().try_fold(Kubeconfig::default(), |merged, f| {
-        let text = rollwright_engine::fsread::read_string(f, MAX_KUBECONFIG)
-            .map_err(|e| format!("kubeconfig {}: {e}", f.display()))?;
-        let kc = Kubeconfig::from_yaml(&text).map_err(|e| format!("kubeconfig {}: {e}", f.display()))?;
+        let parse = |source| ReachError::Parse {
+            path: f.clone(),
+            source,
+        };
+        let text =
+            rollwright_engine::fsread::read_string(f, MAX_KUBECONFIG).map_err(|source| ReachError::Read {
+                path: f.clone(),
+                source,
+            })?;
         merged
-            .merge(kc)
-            .map_err(|e| format!("kubeconfig {}: {e}", f.display()))
+            .merge(Kubeconfig::from_yaml(&text).map_err(parse)?)
+            .map_err(parse)
     })
 }
 
@@ -276,17 +344,17 @@ impl Attach {
     ///
     /// # Errors
     /// Unreadable, or not an attach file.
-    pub fn load(path: &Path) -> Result<Attach, String> {
-        let bytes = rollwright_engine::fsread::read(path, 64 * 1024)
-            .map_err(|e| format!("{}: {e}", path.display()))?;
-        let a: Attach = serde_json::from_slice(&bytes)
-            .map_err(|e| format!("{}: not a sim attach file: {e}", path.display()))?;
+    pub fn load(path: &Path) -> Result<Attach, ReachError> {
+        let not_attach = |message: String| ReachError::NotAttach {
+            path: path.to_path_buf(),
+            message,
+        };
+        let bytes =
+            rollwright_engine::fsread::read(path, 64 * 1024).map_err(|e| not_attach(e.to_string()))?;
+        let a: Attach =
+            serde_json::from_slice(&bytes).map_err(|e| not_attach(format!("not a sim attach file: {e}")))?;
         if a.kind != ATTACH_KIND {
-            return Err(format!(
-                "{}: not a sim attach file (kind {})",
-                path.display(),
-                a.kind
-            ));
+            return Err(not_attach(format!("not a sim attach file (kind {})", a.kind)));
         }
         Ok(a)
     }
@@ -297,7 +365,11 @@ impl Attach {
     ///
     /// # Errors
     /// Why it is not that sim.
-    pub async fn verify(&self) -> Result<(), String> {
+    pub async fn verify(&self) -> Result<(), ReachError> {
+        self.identify().await.map_err(ReachError::NotTheSim)
+    }
+
+    async fn identify(&self) -> Result<(), String> {
         let reach = Reach {
             kubeconfigs: vec![self.kubeconfig.clone()],
             context: self.context.clone(),
@@ -305,7 +377,10 @@ impl Attach {
             in_cluster: false,
             sim: None,
         };
-        let kc = reach.kubeconfig()?.ok_or("the attach file names no kubeconfig")?;
+        let kc = reach
+            .kubeconfig()
+            .map_err(|e| e.to_string())?
+            .ok_or("the attach file names no kubeconfig")?;
         let server = server_of(&kc, &self.context)
             .map_err(|_| format!("the sim's kubeconfig has no context `{}`", self.context))?
             .unwrap_or_default();
@@ -370,7 +445,7 @@ impl Attach {
     ///
     /// # Errors
     /// None, or none that matches among several.
-    pub fn repository_for(&self, url: &str) -> Result<PathBuf, String> {
+    pub fn repository_for(&self, url: &str) -> Result<PathBuf, ReachError> {
         if let [(_, only)] = self.repositories.as_slice() {
             return Ok(only.clone());
         }
@@ -384,10 +459,9 @@ impl Attach {
             .iter()
             .find(|(n, _)| n == base)
             .map(|(_, p)| p.clone())
-            .ok_or_else(|| {
-                format!(
-                    "the spec's GitOps repository `{url}` needs a scenario repository (`repositories: {{{base}: DIR}}`); the sim never pushes anywhere else"
-                )
+            .ok_or_else(|| ReachError::NoRepository {
+                url: url.to_owned(),
+                base: base.to_owned(),
             })
     }
 }

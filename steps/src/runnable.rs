@@ -91,7 +91,7 @@ pub fn build(
         match registry
             .get(kind)
             .ok_or_else(|| format!("unknown step kind `{kind}`"))
-            .and_then(|k| k.build(with, &cx))
+            .and_then(|k| k.build(with, &cx).map_err(|e| e.to_string()))
         {
             Ok(s) => Some(s),
             Err(e) => {
@@ -331,7 +331,10 @@ impl Deferred {
             .map_err(|_| StepError::failed("the run's outputs are unreadable"))?
             .clone();
         let with = resolve_runtime_refs(&self.with, &outputs).map_err(StepError::failed)?;
-        let step = self.kind.build(&with, &self.cx).map_err(StepError::failed)?;
+        let step = self
+            .kind
+            .build(&with, &self.cx)
+            .map_err(|e| StepError::failed(e.to_string()))?;
         Ok(self.built.get_or_init(|| step).clone())
     }
 }

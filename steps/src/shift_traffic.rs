@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use rollwright_engine::Code;
 use rollwright_engine::exec::{BoxFuture, Progress, Step, StepContext, StepError};
-use rollwright_engine::registry::{Access, AccessContext, BuildContext, Finding, Role, StepKind};
+use rollwright_engine::registry::{Access, AccessContext, BuildContext, BuildError, Finding, Role, StepKind};
 use schemars::JsonSchema;
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
@@ -107,9 +107,9 @@ impl StepKind for ShiftTraffic {
             Err((pointer, e)) => vec![Finding::new(pointer, Code::InvalidStepConfig, e)],
         }
     }
-    fn build(&self, with: &Value, cx: &BuildContext) -> Result<Arc<dyn Step>, String> {
-        let c: ShiftTrafficConfig = serde_json::from_value(with.clone()).map_err(|e| e.to_string())?;
-        let router = route_of(&c, cx).map_err(|(_, e)| e)?;
+    fn build(&self, with: &Value, cx: &BuildContext) -> Result<Arc<dyn Step>, BuildError> {
+        let c: ShiftTrafficConfig = serde_json::from_value(with.clone())?;
+        let router = route_of(&c, cx).map_err(|(_, e)| BuildError::Config(e))?;
         let cluster = Cluster::of(cx)?;
         cluster.allow([router.object()]);
         Ok(Arc::new(ShiftTrafficStep {

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use rollwright_engine::Code;
 use rollwright_engine::exec::{BoxFuture, Progress, Step, StepContext, StepError};
-use rollwright_engine::registry::{BuildContext, Finding, Role, StepKind};
+use rollwright_engine::registry::{BuildContext, BuildError, Finding, Role, StepKind};
 use schemars::JsonSchema;
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
@@ -175,8 +175,8 @@ impl StepKind for VerifyInference {
     fn check_rendered(&self, _with: &Value, cx: &BuildContext) -> Vec<Finding> {
         crate::inference::missing(cx).into_iter().collect()
     }
-    fn build(&self, with: &Value, cx: &BuildContext) -> Result<Arc<dyn Step>, String> {
-        let c: VerifyInferenceConfig = serde_json::from_value(with.clone()).map_err(|e| e.to_string())?;
+    fn build(&self, with: &Value, cx: &BuildContext) -> Result<Arc<dyn Step>, BuildError> {
+        let c: VerifyInferenceConfig = serde_json::from_value(with.clone())?;
         let endpoint = Endpoint::of(cx)?;
         let asserts = c
             .expect
@@ -187,7 +187,8 @@ impl StepKind for VerifyInference {
                     .map(|p| (p, j.clone()))
                     .map_err(|e| format!("`{}` is not a JSONPath: {e}", j.path))
             })
-            .collect::<Result<Vec<_>, String>>()?;
+            .collect::<Result<Vec<_>, String>>()
+            .map_err(BuildError::Config)?;
         Ok(Arc::new(VerifyStep {
             endpoint,
             budget: c.expect.latency.as_deref().map_or(Duration::from_secs(30), dur),

@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rollwright_engine::exec::{BoxFuture, Progress, Step, StepContext, StepError};
-use rollwright_engine::registry::{Access, AccessContext, BuildContext, Finding, Role, StepKind};
+use rollwright_engine::registry::{Access, AccessContext, BuildContext, BuildError, Finding, Role, StepKind};
 use schemars::JsonSchema;
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
@@ -84,8 +84,8 @@ impl StepKind for WaitReady {
     fn outputs(&self) -> &'static [&'static str] {
         &["ready"]
     }
-    fn build(&self, with: &Value, cx: &BuildContext) -> Result<Arc<dyn Step>, String> {
-        let c: WaitReadyConfig = serde_json::from_value(with.clone()).map_err(|e| e.to_string())?;
+    fn build(&self, with: &Value, cx: &BuildContext) -> Result<Arc<dyn Step>, BuildError> {
+        let c: WaitReadyConfig = serde_json::from_value(with.clone())?;
         let cluster = Cluster::of(cx)?;
         let resources = c
             .resources
@@ -96,7 +96,8 @@ impl StepKind for WaitReady {
                     .ok_or_else(|| format!("wait-ready knows Deployment, StatefulSet, Pod, InferenceService and SeldonDeployment, not `{kind}`"))?;
                 Ok(ObjRef::new(api_version, kind, &cluster.namespace, name))
             })
-            .collect::<Result<Vec<_>, String>>()?;
+            .collect::<Result<Vec<_>, String>>()
+            .map_err(BuildError::Config)?;
         Ok(Arc::new(WaitReadyStep {
             resources,
             cluster,

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use rollwright_engine::Code;
 use rollwright_engine::exec::{self, BoxFuture, FinalState, Progress, Step, StepContext, StepError};
-use rollwright_engine::registry::{BuildContext, Finding, Role, StepKind};
+use rollwright_engine::registry::{BuildContext, BuildError, Finding, Role, StepKind};
 use rollwright_engine::spec::Spec;
 use rollwright_engine::yaml::Limits;
 use serde::Deserialize;
@@ -71,8 +71,8 @@ impl StepKind for Wait {
             _ => Vec::new(),
         }
     }
-    fn build(&self, with: &Value, _cx: &BuildContext) -> Result<Arc<dyn Step>, String> {
-        let ms = millis(with).ok_or("`for` must be milliseconds")?;
+    fn build(&self, with: &Value, _cx: &BuildContext) -> Result<Arc<dyn Step>, BuildError> {
+        let ms = millis(with).ok_or_else(|| BuildError::Config("`for` must be milliseconds".into()))?;
         Ok(Arc::new(WaitStep(ms)))
     }
 }

@@ -28,7 +28,7 @@ use std::time::Duration;
 
 use crate::target::{Controller, GitOps};
 use rollwright_engine::exec::{Progress, StepContext, StepError};
-use rollwright_engine::registry::BuildContext;
+use rollwright_engine::registry::{BuildContext, BuildError};
 use serde_json::{Map, Value, json};
 
 use crate::cluster::{Cluster, ObjRef};
@@ -74,7 +74,7 @@ impl GitOpsTarget {
     ///
     /// # Errors
     /// The cluster cannot be reached (it is read for the sync status).
-    pub fn of(cx: &BuildContext) -> Result<Option<Arc<GitOpsTarget>>, String> {
+    pub fn of(cx: &BuildContext) -> Result<Option<Arc<GitOpsTarget>>, BuildError> {
         let Some(config) = crate::target::gitops(cx) else {
             return Ok(None);
         };

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use rollwright_engine::exec::BoxFuture;
-use rollwright_engine::registry::{Access, BuildContext};
+use rollwright_engine::registry::{Access, BuildContext, BuildError};
 
 use super::{Analysis, Metric, MetricProvider, Sample, Source};
 use crate::cluster::Cluster;
@@ -23,7 +23,7 @@ impl MetricProvider for Kubernetes {
     fn access(&self) -> Vec<Access> {
         vec![Access::new("v1", "Pod", None, &["list"])]
     }
-    fn source(&self, cx: &BuildContext, _a: &Analysis) -> Result<Arc<dyn Source>, String> {
+    fn source(&self, cx: &BuildContext, _a: &Analysis) -> Result<Arc<dyn Source>, BuildError> {
         Ok(Arc::new(KubernetesSource {
             cluster: Cluster::of(cx)?,
             version: super::version(cx),

@@ -7,7 +7,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use rollwright_engine::Code;
 use rollwright_engine::duration::Display;
 use rollwright_engine::exec::{BoxFuture, Progress, Step, StepContext, StepError};
-use rollwright_engine::registry::{Access, AccessContext, BuildContext, Finding, Role, StepKind};
+use rollwright_engine::registry::{Access, AccessContext, BuildContext, BuildError, Finding, Role, StepKind};
 use schemars::JsonSchema;
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
@@ -205,7 +205,7 @@ pub trait MetricProvider: Send + Sync {
     ///
     /// # Errors
     /// What it needs is missing from the spec or the run.
-    fn source(&self, cx: &BuildContext, a: &Analysis) -> Result<Arc<dyn Source>, String>;
+    fn source(&self, cx: &BuildContext, a: &Analysis) -> Result<Arc<dyn Source>, BuildError>;
 }
 
 /// Measures metrics during a run of a hold.
@@ -271,7 +271,7 @@ impl StepKind for Hold {
     fn outputs(&self) -> &'static [&'static str] {
         &["evaluations", "last"]
     }
-    fn build(&self, with: &Value, cx: &BuildContext) -> Result<Arc<dyn Step>, String> {
+    fn build(&self, with: &Value, cx: &BuildContext) -> Result<Arc<dyn Step>, BuildError> {
         Hold::build_step(with, cx)
     }
     fn min_duration(&self, with: &Value) -> Option<Duration> {
@@ -431,8 +431,8 @@ impl StepKind for Hold {
 }
 
 impl Hold {
-    fn build_step(with: &Value, cx: &BuildContext) -> Result<Arc<dyn Step>, String> {
-        let c: HoldConfig = serde_json::from_value(with.clone()).map_err(|e| e.to_string())?;
+    fn build_step(with: &Value, cx: &BuildContext) -> Result<Arc<dyn Step>, BuildError> {
+        let c: HoldConfig = serde_json::from_value(with.clone())?;
         let analysis = c.analysis.clone();
         let mut sources = BTreeMap::new();
         if let Some(a) = &analysis {
@@ -443,7 +443,7 @@ impl Hold {
                     p.check(m, "", &mut problems);
                 }
                 if let Some(f) = problems.first() {
-                    return Err(f.message.clone());
+                    return Err(BuildError::Config(f.message.clone()));
                 }
                 sources.insert(p.name(), p.source(cx, a)?);
             }

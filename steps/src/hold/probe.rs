@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rollwright_engine::exec::BoxFuture;
-use rollwright_engine::registry::{BuildContext, Finding};
+use rollwright_engine::registry::{BuildContext, BuildError, Finding};
 
 use super::{Analysis, Metric, MetricProvider, ProbeConfig, Sample, Source};
 use crate::common::dur;
@@ -30,7 +30,7 @@ impl MetricProvider for Probes {
     fn baseline_ceiling(&self, query: &str) -> Option<f64> {
         (query == "error-rate").then_some(0.5)
     }
-    fn source(&self, cx: &BuildContext, a: &Analysis) -> Result<Arc<dyn Source>, String> {
+    fn source(&self, cx: &BuildContext, a: &Analysis) -> Result<Arc<dyn Source>, BuildError> {
         Ok(Arc::new(ProbeSource {
             endpoint: Endpoint::of(cx)?,
             config: a.probe.clone(),

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use rollwright_engine::Code;
 use rollwright_engine::exec::BoxFuture;
-use rollwright_engine::registry::{BuildContext, Finding};
+use rollwright_engine::registry::{BuildContext, BuildError, Finding};
 use serde_json::Value;
 
 use super::{Analysis, Metric, MetricProvider, Sample, Source};
@@ -35,12 +35,12 @@ impl MetricProvider for Prometheus {
             ));
         }
     }
-    fn source(&self, cx: &BuildContext, _a: &Analysis) -> Result<Arc<dyn Source>, String> {
+    fn source(&self, cx: &BuildContext, _a: &Analysis) -> Result<Arc<dyn Source>, BuildError> {
         let _ = rustls::crypto::ring::default_provider().install_default();
         let http = reqwest::Client::builder()
             .timeout(Duration::from_secs(10))
             .build()
-            .map_err(|e| format!("cannot make an HTTP client: {e}"))?;
+            .map_err(|e| BuildError::Unavailable(format!("cannot make an HTTP client: {e}")))?;
         Ok(Arc::new(PrometheusSource {
             http,
             version: super::version(cx),
