@@ -25,6 +25,8 @@
 //! copied from elsewhere (a CI cache, another machine) cannot be resumed
 //! without that machine's key — on purpose.
 
+use crate::digest::hex;
+pub use crate::digest::{digest, digest_bytes};
 use std::fs::{File, OpenOptions};
 use std::io::{self, BufRead, BufReader, Read, Seek, Write};
 use std::path::{Path, PathBuf};
@@ -311,16 +313,6 @@ impl Key {
         out.copy_from_slice(ctx.sign().as_ref());
         out
     }
-}
-
-fn hex(bytes: &[u8]) -> String {
-    use std::fmt::Write as _;
-    bytes
-        .iter()
-        .fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
-            let _ = write!(s, "{b:02x}");
-            s
-        })
 }
 
 fn unhex(s: &str) -> Option<[u8; 32]> {
@@ -735,25 +727,6 @@ pub fn state(records: &[Record]) -> State {
         }
     }
     s
-}
-
-/// SHA-256 of a value's JSON (hex): what identifies an expanded spec.
-#[must_use]
-pub fn digest(v: &Value) -> String {
-    let text = serde_json::to_vec(v).unwrap_or_default();
-    format!(
-        "sha256:{}",
-        hex(ring::digest::digest(&ring::digest::SHA256, &text).as_ref())
-    )
-}
-
-/// SHA-256 of bytes (hex), e.g. of a policy file.
-#[must_use]
-pub fn digest_bytes(bytes: &[u8]) -> String {
-    format!(
-        "sha256:{}",
-        hex(ring::digest::digest(&ring::digest::SHA256, bytes).as_ref())
-    )
 }
 
 /// An exclusive, OS-level lock on a target, released when dropped (or when

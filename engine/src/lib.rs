@@ -22,6 +22,7 @@
 //! with a stable code and a span; rendering happens at the CLI edge.
 
 pub mod diag;
+pub mod digest;
 pub mod duration;
 pub mod exec;
 pub mod expand;

@@ -152,7 +152,7 @@ fn compensation_key(c: &crate::spec::Compensation) -> String {
 #[must_use]
 pub fn build(exp: &Expanded, spec: &Spec, registry: &Registry) -> Plan {
     let policy = |t: Option<&String>, r: Option<&Value>| -> (Option<Duration>, RetryPolicy) {
-        let l = crate::exec::Limits::of(spec, t, None, r);
+        let l = spec.limits(t, None, r);
         (l.deadline, l.retry)
     };
     let where_ = |ptr: &str| {

@@ -247,7 +247,7 @@ impl Policy {
             at: d[0].span.start.to_string(),
             message: d[0].message.clone(),
         })?;
-        let digest = crate::journal::digest_bytes(&bytes);
+        let digest = crate::digest::digest_bytes(&bytes);
         let mut p: Policy = serde_path_to_error::deserialize(&doc.value).map_err(|e| {
             let at = doc.locate(&format!("/{}", e.path().to_string().replace('.', "/")));
             PolicyError::Invalid {

@@ -290,7 +290,7 @@ pub struct BuildContext {
     /// Serving platform and routing (`serving:`).
     pub serving: Option<serde_json::Value>,
     /// Manifest templates rendered for `apply` steps.
-    pub manifests: Vec<crate::expand::Manifest>,
+    pub manifests: Vec<crate::spec::Manifest>,
     /// How the run reaches its target (the steps crate's `Reach`: client configuration,
     /// context and API server, or the embedded cluster). Opaque here: the
     /// engine knows no cluster.

@@ -58,7 +58,7 @@ pub struct Spec {
     /// Manifest templates rendered for `apply` steps (set by
     /// [`crate::Linter::prepare`]; not part of the document).
     #[serde(skip)]
-    pub manifests: Vec<crate::expand::Manifest>,
+    pub manifests: Vec<Manifest>,
 }
 
 /// What a spec file is.
@@ -340,5 +340,39 @@ impl Spec {
         self.target
             .as_ref()
             .is_some_and(|t| t.environment == Environment::Production)
+    }
+}
+
+/// A manifest template rendered for an `apply` step.
+#[derive(Debug, Clone)]
+pub struct Manifest {
+    /// The expanded step id.
+    pub step: String,
+    /// The template path as shown.
+    pub path: String,
+    /// The rendered text.
+    pub text: String,
+}
+
+impl Spec {
+    /// The limits of a step, compensation or handler: its own `timeout`,
+    /// `attempt-timeout` and `retry`, else the spec's defaults.
+    #[must_use]
+    pub fn limits(
+        &self,
+        timeout: Option<&String>,
+        attempt: Option<&String>,
+        retry: Option<&Value>,
+    ) -> crate::exec::Limits {
+        let parse = |t: Option<&String>| t.and_then(|t| crate::duration::parse(t).ok());
+        let d = &self.defaults;
+        crate::exec::Limits {
+            attempt_timeout: parse(attempt).or_else(|| parse(d.attempt_timeout.as_ref())),
+            deadline: parse(timeout).or_else(|| parse(d.timeout.as_ref())),
+            retry: retry
+                .or(d.retry.as_ref())
+                .and_then(|r| crate::retry::RetryPolicy::from_value(r).ok())
+                .unwrap_or_default(),
+        }
     }
 }

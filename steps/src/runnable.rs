@@ -19,7 +19,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use rollwright_engine::exec::{BoxFuture, Limits, Node, Progress, Step, StepContext, StepError};
+use rollwright_engine::exec::{BoxFuture, Node, Progress, Step, StepContext, StepError};
 use rollwright_engine::policy::MinGate;
 use rollwright_engine::registry::{BuildContext, Registry, Role};
 use rollwright_engine::spec::Spec;
@@ -58,7 +58,7 @@ pub fn build(
     // scale); what real calls need (an API request, a probe) keeps a floor.
     let reach = crate::reach::Reach::of(cx);
     let limits = |t: Option<&String>, a: Option<&String>, r: Option<&Value>| {
-        let mut l = Limits::of(spec, t, a, r);
+        let mut l = spec.limits(t, a, r);
         if reach.time_scale() != 1.0 {
             let floor = Duration::from_secs(2);
             l.attempt_timeout = l.attempt_timeout.map(|d| reach.scaled(d).max(floor.min(d)));

@@ -21,29 +21,6 @@ pub struct Limits {
     pub retry: RetryPolicy,
 }
 
-impl Limits {
-    /// The limits of a step, compensation or handler of `spec`: its own
-    /// `timeout`, `attempt-timeout` and `retry`, else the spec's defaults.
-    #[must_use]
-    pub fn of(
-        spec: &crate::spec::Spec,
-        timeout: Option<&String>,
-        attempt: Option<&String>,
-        retry: Option<&Value>,
-    ) -> Self {
-        let parse = |t: Option<&String>| t.and_then(|t| crate::duration::parse(t).ok());
-        let d = &spec.defaults;
-        Limits {
-            attempt_timeout: parse(attempt).or_else(|| parse(d.attempt_timeout.as_ref())),
-            deadline: parse(timeout).or_else(|| parse(d.timeout.as_ref())),
-            retry: retry
-                .or(d.retry.as_ref())
-                .and_then(|r| RetryPolicy::from_value(r).ok())
-                .unwrap_or_default(),
-        }
-    }
-}
-
 pub(super) struct Jitter(pub(super) Option<u64>);
 
 impl Jitter {

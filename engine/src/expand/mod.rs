@@ -57,16 +57,7 @@ pub struct Origin {
     pub with: Option<(usize, String)>,
 }
 
-/// A manifest template rendered for an `apply` step.
-#[derive(Debug, Clone)]
-pub struct Manifest {
-    /// The expanded step id.
-    pub step: String,
-    /// The template path as shown.
-    pub path: String,
-    /// The rendered text.
-    pub text: String,
-}
+pub use crate::spec::Manifest;
 
 /// The result of expanding a spec.
 #[derive(Debug)]
