@@ -17,6 +17,12 @@
 //! (`x-sim-exclude-version`: the stable side of a canary). A backend with no Ready pod answers
 //! 503 (`no healthy upstream`), as a mesh does.
 
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
@@ -34,19 +40,69 @@ use crate::scenario::{Latency, ModelSpec, Rate, TimeScale};
 /// Histogram buckets, seconds.
 const BUCKETS: &[f64] = &[0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
 
-#[derive(Default)]
-struct Histogram {
-    counts: [u64; 11],
-    sum: f64,
-    count: u64,
+/// One model version's series.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Series {
+    namespace: String,
+    model: String,
+    version: String,
 }
 
-type Series = (String, String, String);
+/// A series and the HTTP status of the answer.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Answered {
+    namespace: String,
+    model: String,
+    version: String,
+    code: String,
+}
 
-#[derive(Default)]
+/// A backend of a route.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct BackendSeries {
+    namespace: String,
+    model: String,
+    version: String,
+    backend: String,
+}
+
+/// What the model servers expose on `/metrics` (prometheus-client).
 struct Metrics {
-    requests: BTreeMap<(Series, u16), u64>,
-    latency: BTreeMap<Series, Histogram>,
+    registry: Registry,
+    requests: Family<Answered, Counter>,
+    latency: Family<Series, Histogram, fn() -> Histogram>,
+    traffic: Family<BackendSeries, Gauge>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let requests = Family::<Answered, Counter>::default();
+        let latency: Family<Series, Histogram, fn() -> Histogram> =
+            Family::new_with_constructor(|| Histogram::new(BUCKETS.iter().copied()));
+        let traffic = Family::<BackendSeries, Gauge>::default();
+        let mut registry = Registry::default();
+        registry.register(
+            "sim_model_requests",
+            "Requests answered by the simulated model servers",
+            requests.clone(),
+        );
+        registry.register(
+            "sim_model_request_duration_seconds",
+            "Model latency",
+            latency.clone(),
+        );
+        registry.register(
+            "sim_model_traffic_percent",
+            "The current traffic split",
+            traffic.clone(),
+        );
+        Metrics {
+            registry,
+            requests,
+            latency,
+            traffic,
+        }
+    }
 }
 
 /// The model side of the sim.
@@ -54,7 +110,7 @@ pub struct Models {
     scale: TimeScale,
     behaviour: RwLock<BTreeMap<String, ModelSpec>>,
     routes: RwLock<Arc<BTreeMap<(String, String), Route>>>,
-    metrics: Mutex<Metrics>,
+    metrics: Metrics,
     rng: Mutex<SmallRng>,
     first_served: Mutex<HashMap<(String, String), Instant>>,
     peak_weight: Mutex<HashMap<(String, String), u32>>,
@@ -84,7 +140,7 @@ impl Models {
             scale,
             behaviour: RwLock::new(models),
             routes: RwLock::default(),
-            metrics: Mutex::default(),
+            metrics: Metrics::default(),
             rng: Mutex::new(SmallRng::seed_from_u64(seed)),
             first_served: Mutex::default(),
             peak_weight: Mutex::default(),
@@ -265,82 +321,43 @@ impl Models {
     }
 
     fn record(&self, ns: &str, model: &str, version: &str, a: &Answer) {
-        let Ok(mut m) = self.metrics.lock() else { return };
-        let series = (ns.to_owned(), model.to_owned(), version.to_owned());
-        *m.requests.entry((series.clone(), a.code)).or_insert(0) += 1;
-        let h = m.latency.entry(series).or_default();
-        let s = a.latency.as_secs_f64();
-        for (i, le) in BUCKETS.iter().enumerate() {
-            if s <= *le {
-                h.counts[i] += 1;
-            }
-        }
-        h.sum += s;
-        h.count += 1;
+        let m = &self.metrics;
+        m.requests
+            .get_or_create(&Answered {
+                namespace: ns.to_owned(),
+                model: model.to_owned(),
+                version: version.to_owned(),
+                code: a.code.to_string(),
+            })
+            .inc();
+        m.latency
+            .get_or_create(&Series {
+                namespace: ns.to_owned(),
+                model: model.to_owned(),
+                version: version.to_owned(),
+            })
+            .observe(a.latency.as_secs_f64());
     }
 
-    /// Prometheus text exposition.
+    /// The OpenMetrics text exposition (what Prometheus scrapes).
     pub fn metrics_text(&self) -> String {
-        use std::fmt::Write;
-        let mut out = String::new();
-        let Ok(m) = self.metrics.lock() else { return out };
-        let esc = |s: &str| s.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n");
-        out.push_str("# HELP sim_model_requests_total Requests answered by the simulated model servers.\n# TYPE sim_model_requests_total counter\n");
-        for (((ns, model, version), code), n) in &m.requests {
-            let _ = writeln!(
-                out,
-                "sim_model_requests_total{{namespace=\"{}\",model=\"{}\",version=\"{}\",code=\"{code}\"}} {n}",
-                esc(ns),
-                esc(model),
-                esc(version)
-            );
-        }
-        out.push_str("# HELP sim_model_request_duration_seconds Model latency.\n# TYPE sim_model_request_duration_seconds histogram\n");
-        for ((ns, model, version), h) in &m.latency {
-            let labels = format!(
-                "namespace=\"{}\",model=\"{}\",version=\"{}\"",
-                esc(ns),
-                esc(model),
-                esc(version)
-            );
-            for (i, le) in BUCKETS.iter().enumerate() {
-                let _ = writeln!(
-                    out,
-                    "sim_model_request_duration_seconds_bucket{{{labels},le=\"{le}\"}} {}",
-                    h.counts[i]
-                );
-            }
-            let _ = writeln!(
-                out,
-                "sim_model_request_duration_seconds_bucket{{{labels},le=\"+Inf\"}} {}",
-                h.count
-            );
-            let _ = writeln!(
-                out,
-                "sim_model_request_duration_seconds_sum{{{labels}}} {}",
-                h.sum
-            );
-            let _ = writeln!(
-                out,
-                "sim_model_request_duration_seconds_count{{{labels}}} {}",
-                h.count
-            );
-        }
-        drop(m);
-        out.push_str("# HELP sim_model_traffic_percent The current traffic split.\n# TYPE sim_model_traffic_percent gauge\n");
+        let m = &self.metrics;
+        // The split as it is now (a removed backend is no longer exposed).
+        m.traffic.clear();
         for r in self.routes().values() {
             for b in &r.backends {
-                let _ = writeln!(
-                    out,
-                    "sim_model_traffic_percent{{namespace=\"{}\",model=\"{}\",version=\"{}\",backend=\"{}\"}} {}",
-                    esc(&r.namespace),
-                    esc(&r.model),
-                    esc(&b.version),
-                    esc(&b.name),
-                    b.weight
-                );
+                m.traffic
+                    .get_or_create(&BackendSeries {
+                        namespace: r.namespace.clone(),
+                        model: r.model.clone(),
+                        version: b.version.clone(),
+                        backend: b.name.clone(),
+                    })
+                    .set(i64::from(b.weight));
             }
         }
+        let mut out = String::new();
+        let _ = prometheus_client::encoding::text::encode(&mut out, &m.registry);
         out
     }
 
@@ -445,7 +462,10 @@ async fn serve(models: &Models, method: &Method, uri: &Uri, headers: &HeaderMap,
     match (method, segs.as_slice()) {
         (&Method::GET, ["metrics"]) => (
             StatusCode::OK,
-            [("content-type", "text/plain; version=0.0.4")],
+            [(
+                "content-type",
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            )],
             models.metrics_text(),
         )
             .into_response(),
@@ -555,5 +575,40 @@ async fn respond(a: Answer, ok: impl FnOnce(&Answer) -> Value) -> Response {
     match &a.error {
         None => json_reply(a.code, &headers, &ok(&a)),
         Some(e) => json_reply(a.code, &headers, &json!({"error": e})),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The exposition Prometheus scrapes: the counter as
+    /// `sim_model_requests_total`, the latency histogram with its buckets,
+    /// label values escaped, and the OpenMetrics end marker.
+    #[test]
+    fn metrics_are_exposed_as_openmetrics() {
+        let models = Models::new(TimeScale::default(), 1, BTreeMap::new(), 1.0);
+        let answer = |code: u16, ms: u64| Answer {
+            code,
+            version: "7".into(),
+            backend: "fraud".into(),
+            latency: Duration::from_millis(ms),
+            error: None,
+            output: Value::Null,
+        };
+        models.record("ml", "fraud \"x\"", "7", &answer(200, 20));
+        models.record("ml", "fraud \"x\"", "7", &answer(503, 300));
+        let text = models.metrics_text();
+        for line in [
+            "# TYPE sim_model_requests counter",
+            r#"sim_model_requests_total{namespace="ml",model="fraud \"x\"",version="7",code="200"} 1"#,
+            r#"sim_model_requests_total{namespace="ml",model="fraud \"x\"",version="7",code="503"} 1"#,
+            r#"sim_model_request_duration_seconds_bucket{le="0.025",namespace="ml",model="fraud \"x\"",version="7"} 1"#,
+            r#"sim_model_request_duration_seconds_bucket{le="0.5",namespace="ml",model="fraud \"x\"",version="7"} 2"#,
+            r#"sim_model_request_duration_seconds_count{namespace="ml",model="fraud \"x\"",version="7"} 2"#,
+            "# EOF",
+        ] {
+            assert!(text.lines().any(|l| l == line), "missing `{line}` in:\n{text}");
+        }
     }
 }
