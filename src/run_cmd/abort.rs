@@ -63,7 +63,7 @@ pub fn abort(args: &AbortArgs) -> CliResult {
         Err(e) => Err(CliError::state(e.to_string())),
         Ok(lock) => {
             drop(lock);
-            let (rt, runnable, journal) = reopen(&o, &linter, &exp, &spec)?;
+            let reopened = reopen(&o, &linter, &exp, &spec)?;
             eprintln!("run {} is not running: compensating it now", args.run);
             let resume = Resume {
                 completed: state.completed,
@@ -72,20 +72,7 @@ pub fn abort(args: &AbortArgs) -> CliResult {
                 started: state.started,
                 recorded: state.recorded,
             };
-            execute(Launch {
-                spec: &spec,
-                header: &o.header,
-                state_dir: &args.state_dir,
-                key: o.key.clone(),
-                runnable,
-                journal,
-                resume,
-                show: Show {
-                    output: args.output,
-                    deadline: None,
-                },
-                rt,
-            })
+            reopened.execute(&o, &spec, &args.state_dir, args.output, resume)
         }
     }
 }

@@ -484,19 +484,7 @@ pub(super) fn still_reaches(h: &Header, rt: &tokio::runtime::Runtime) -> CliResu
 /// What resume and abort share: the cluster reached again (and proven the
 /// same), the runnable plan rebuilt from the re-expanded spec, and the
 /// journal reopened for appending.
-pub(super) fn reopen(
-    o: &Opened,
-    linter: &Linter,
-    exp: &Expanded,
-    spec: &Spec,
-) -> Result<
-    (
-        tokio::runtime::Runtime,
-        rollwright_steps::runnable::Runnable,
-        Journal,
-    ),
-    CliError,
-> {
+pub(super) fn reopen(o: &Opened, linter: &Linter, exp: &Expanded, spec: &Spec) -> CliResult<Reopened> {
     let rt = runtime()?;
     still_reaches(&o.header, &rt)?;
     let eff = effective(linter, exp, spec, &o.header.reach, None)?;
@@ -505,5 +493,43 @@ pub(super) fn reopen(
         .map_err(unbuildable)?;
     let journal = Journal::reopen(&o.dir.join("journal.jsonl"), o.key.clone())
         .map_err(|e| CliError::state(e.to_string()))?;
-    Ok((rt, runnable, journal))
+    Ok(Reopened {
+        rt,
+        runnable,
+        journal,
+    })
+}
+
+/// A run reopened by resume or abort.
+pub(super) struct Reopened {
+    rt: tokio::runtime::Runtime,
+    pub(super) runnable: rollwright_steps::runnable::Runnable,
+    journal: Journal,
+}
+
+impl Reopened {
+    /// Executes what is left of the run (`resume` says what that is).
+    pub(super) fn execute(
+        self,
+        o: &Opened,
+        spec: &Spec,
+        state_dir: &Path,
+        output: Output,
+        resume: Resume,
+    ) -> CliResult {
+        execute(Launch {
+            spec,
+            header: &o.header,
+            state_dir,
+            key: o.key.clone(),
+            runnable: self.runnable,
+            journal: self.journal,
+            resume,
+            show: Show {
+                output,
+                deadline: None,
+            },
+            rt: self.rt,
+        })
+    }
 }

@@ -27,7 +27,7 @@ pub fn resume(args: &ResumeArgs) -> CliResult {
         });
     }
     let (linter, _, exp, spec) = respec(&o)?;
-    let (rt, mut runnable, journal) = reopen(&o, &linter, &exp, &spec)?;
+    let mut reopened = reopen(&o, &linter, &exp, &spec)?;
     eprintln!(
         "resuming run {} ({} steps already done)",
         args.run,
@@ -37,7 +37,7 @@ pub fn resume(args: &ResumeArgs) -> CliResult {
     let ids: Vec<String> = state.completed.iter().map(|(id, _)| id.clone()).collect();
     let reg = registry();
     let kept = rollwright_steps::runnable::kept_on_resume(&spec, &reg, &ids, failed.is_some());
-    rollwright_steps::runnable::rewire_for_resume(&mut runnable.steps, &spec, &reg, &kept);
+    rollwright_steps::runnable::rewire_for_resume(&mut reopened.runnable.steps, &spec, &reg, &kept);
     let resume = Resume {
         completed: state
             .completed
@@ -49,18 +49,5 @@ pub fn resume(args: &ResumeArgs) -> CliResult {
         started: state.started,
         recorded: state.recorded,
     };
-    execute(Launch {
-        spec: &spec,
-        header: &o.header,
-        state_dir: &args.state_dir,
-        key: o.key.clone(),
-        runnable,
-        journal,
-        resume,
-        show: Show {
-            output: args.output,
-            deadline: None,
-        },
-        rt,
-    })
+    reopened.execute(&o, &spec, &args.state_dir, args.output, resume)
 }
