@@ -11,6 +11,7 @@ use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
 use crate::cluster::Cluster;
+use crate::gitops::ManifestError;
 use crate::traffic::{Router, apply_merge_patch, merge_patch_of};
 
 use crate::common::config;
@@ -176,10 +177,10 @@ impl ShiftTrafficStep {
         let progress = g
             .commit_and_sync(cx, "shift-traffic", &summary, |root| {
                 let doc = crate::gitops::find_doc(root, &r, g.namespace())?
-                    .ok_or_else(|| format!("{r} is not in the repository under `{path}`: the routing object must be committed before traffic is shifted"))?;
+                    .ok_or_else(|| ManifestError::Change(format!("{r} is not in the repository under `{path}`: the routing object must be committed before traffic is shifted")))?;
                 // The same change a merge patch makes in the cluster.
                 let mut next = doc.value.clone();
-                apply_merge_patch(&mut next, &merge_patch_of(&self.want(&doc.value)?));
+                apply_merge_patch(&mut next, &merge_patch_of(&self.want(&doc.value).map_err(ManifestError::Change)?));
                 crate::gitops::rewrite(&doc, &next)
             })
             .await?;

@@ -9,6 +9,47 @@ use serde_json::Value;
 
 use crate::cluster::ObjRef;
 
+/// Why the repository's manifests cannot be read or changed.
+#[derive(Debug, thiserror::Error)]
+pub enum ManifestError {
+    /// A file or directory cannot be read or written.
+    #[error("{}: {source}", path.display())]
+    Io {
+        /// The file or directory.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A YAML document that does not parse.
+    #[error("{}:{at}: {message}", path.display())]
+    Yaml {
+        /// The file.
+        path: PathBuf,
+        /// `line:col` in the file.
+        at: String,
+        /// What is wrong there.
+        message: String,
+    },
+    /// An object that cannot be written as YAML.
+    #[error("{0}")]
+    Serialize(String),
+    /// An object without apiVersion, kind or name.
+    #[error("an object needs apiVersion, kind and metadata.name")]
+    Unnamed,
+    /// The change a step makes cannot be made to what the repository holds.
+    #[error("{0}")]
+    Change(String),
+}
+
+/// An I/O error on `path`.
+fn io(path: &Path) -> impl Fn(std::io::Error) -> ManifestError + '_ {
+    move |source| ManifestError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
 /// One YAML document of a file under the target's path.
 #[derive(Debug, Clone)]
 pub struct RepoDoc {
@@ -24,7 +65,7 @@ pub struct RepoDoc {
 ///
 /// # Errors
 /// A file that cannot be read or parsed (located).
-pub fn docs_in(root: &Path) -> Result<Vec<RepoDoc>, String> {
+pub fn docs_in(root: &Path) -> Result<Vec<RepoDoc>, ManifestError> {
     let mut out = Vec::new();
     let mut stack = vec![root.to_path_buf()];
     while let Some(dir) = stack.pop() {
@@ -43,7 +84,7 @@ pub fn docs_in(root: &Path) -> Result<Vec<RepoDoc>, String> {
             if !p.extension().is_some_and(|e| e == "yaml" || e == "yml") {
                 continue;
             }
-            let text = std::fs::read_to_string(&p).map_err(|e| format!("{}: {e}", p.display()))?;
+            let text = std::fs::read_to_string(&p).map_err(io(&p))?;
             for (lines, chunk) in chunks(&text) {
                 if chunk
                     .lines()
@@ -54,13 +95,11 @@ pub fn docs_in(root: &Path) -> Result<Vec<RepoDoc>, String> {
                 let doc = rollwright_engine::yaml::load_str(&chunk, &rollwright_engine::Limits::default())
                     .map_err(|d| {
                         let d = &d[0];
-                        format!(
-                            "{}:{}:{}: {}",
-                            p.display(),
-                            d.span.start.line as usize + lines.0,
-                            d.span.start.col,
-                            d.message
-                        )
+                        ManifestError::Yaml {
+                            path: p.clone(),
+                            at: format!("{}:{}", d.span.start.line as usize + lines.0, d.span.start.col),
+                            message: d.message.clone(),
+                        }
                     })?;
                 if doc.value.is_object() {
                     out.push(RepoDoc {
@@ -110,7 +149,7 @@ fn same_object(doc: &Value, r: &ObjRef, namespace: &str) -> bool {
 ///
 /// # Errors
 /// The files cannot be read.
-pub fn find_doc(root: &Path, r: &ObjRef, namespace: &str) -> Result<Option<RepoDoc>, String> {
+pub fn find_doc(root: &Path, r: &ObjRef, namespace: &str) -> Result<Option<RepoDoc>, ManifestError> {
     Ok(docs_in(root)?
         .into_iter()
         .find(|d| same_object(&d.value, r, namespace)))
@@ -121,8 +160,8 @@ pub fn find_doc(root: &Path, r: &ObjRef, namespace: &str) -> Result<Option<RepoD
 ///
 /// # Errors
 /// The files cannot be read or written.
-pub fn upsert(root: &Path, object: &Value, namespace: &str) -> Result<(), String> {
-    let r = ObjRef::of(object, namespace).ok_or("an object needs apiVersion, kind and metadata.name")?;
+pub fn upsert(root: &Path, object: &Value, namespace: &str) -> Result<(), ManifestError> {
+    let r = ObjRef::of(object, namespace).ok_or(ManifestError::Unnamed)?;
     match find_doc(root, &r, namespace)? {
         Some(doc) => {
             // Keep the file's own habit about namespaces.
@@ -136,15 +175,16 @@ pub fn upsert(root: &Path, object: &Value, namespace: &str) -> Result<(), String
             rewrite(&doc, &want)
         }
         None => {
-            std::fs::create_dir_all(root).map_err(|e| format!("{}: {e}", root.display()))?;
+            std::fs::create_dir_all(root).map_err(io(root))?;
             let name = format!(
                 "{}-{}.yaml",
                 object["kind"].as_str().unwrap_or("object").to_lowercase(),
                 object["metadata"]["name"].as_str().unwrap_or("unnamed")
             );
-            let text = serde_saphyr::to_string(object).map_err(|e| e.to_string())?;
+            let text =
+                serde_saphyr::to_string(object).map_err(|e| ManifestError::Serialize(e.to_string()))?;
             let path = root.join(&name);
-            std::fs::write(&path, text).map_err(|e| format!("{}: {e}", path.display()))?;
+            std::fs::write(&path, text).map_err(io(&path))?;
             add_to_kustomization(root, &name)
         }
     }
@@ -157,7 +197,7 @@ pub fn upsert(root: &Path, object: &Value, namespace: &str) -> Result<(), String
 ///
 /// # Errors
 /// The kustomization cannot be read, parsed or written.
-pub fn add_to_kustomization(root: &Path, file: &str) -> Result<(), String> {
+pub fn add_to_kustomization(root: &Path, file: &str) -> Result<(), ManifestError> {
     let Some(k) = ["kustomization.yaml", "kustomization.yml", "Kustomization"]
         .iter()
         .map(|n| root.join(n))
@@ -165,13 +205,16 @@ pub fn add_to_kustomization(root: &Path, file: &str) -> Result<(), String> {
     else {
         return Ok(());
     };
-    let shown = k.display().to_string();
-    let text = std::fs::read_to_string(&k).map_err(|e| format!("{shown}: {e}"))?;
+    let text = std::fs::read_to_string(&k).map_err(io(&k))?;
     let limits = rollwright_engine::Limits::default();
     let parse = |t: &str| {
         rollwright_engine::yaml::load_str(t, &limits)
             .map(|d| d.value)
-            .map_err(|d| format!("{shown}:{}: {}", d[0].span.start, d[0].message))
+            .map_err(|d| ManifestError::Yaml {
+                path: k.clone(),
+                at: d[0].span.start.to_string(),
+                message: d[0].message.clone(),
+            })
     };
     let listed = |v: &Value| {
         v["resources"].as_array().is_some_and(|rs| {
@@ -199,7 +242,7 @@ pub fn add_to_kustomization(root: &Path, file: &str) -> Result<(), String> {
         out.insert(end, format!("{indent}- {file}"));
         let edited = out.join("\n") + "\n";
         if parse(&edited).is_ok_and(|v| listed(&v)) {
-            return std::fs::write(&k, edited).map_err(|e| format!("{shown}: {e}"));
+            return std::fs::write(&k, edited).map_err(io(&k));
         }
     } else if value.get("resources").is_none() {
         let sep = if text.ends_with('\n') || text.is_empty() {
@@ -209,7 +252,7 @@ pub fn add_to_kustomization(root: &Path, file: &str) -> Result<(), String> {
         };
         let edited = format!("{text}{sep}resources:\n- {file}\n");
         if parse(&edited).is_ok_and(|v| listed(&v)) {
-            return std::fs::write(&k, edited).map_err(|e| format!("{shown}: {e}"));
+            return std::fs::write(&k, edited).map_err(io(&k));
         }
     }
     // A flow list or an unusual layout: the document, re-serialised.
@@ -217,8 +260,8 @@ pub fn add_to_kustomization(root: &Path, file: &str) -> Result<(), String> {
         Some(Value::Array(rs)) => rs.push(Value::from(file)),
         _ => value["resources"] = serde_json::json!([file]),
     }
-    let y = serde_saphyr::to_string(&value).map_err(|e| e.to_string())?;
-    std::fs::write(&k, y).map_err(|e| format!("{shown}: {e}"))
+    let y = serde_saphyr::to_string(&value).map_err(|e| ManifestError::Serialize(e.to_string()))?;
+    std::fs::write(&k, y).map_err(io(&k))
 }
 
 /// Replaces a document with `want`: scalar by scalar when only values
@@ -226,11 +269,11 @@ pub fn add_to_kustomization(root: &Path, file: &str) -> Result<(), String> {
 ///
 /// # Errors
 /// The file cannot be read or written.
-pub fn rewrite(doc: &RepoDoc, want: &Value) -> Result<(), String> {
+pub fn rewrite(doc: &RepoDoc, want: &Value) -> Result<(), ManifestError> {
     if doc.value == *want {
         return Ok(());
     }
-    let text = std::fs::read_to_string(&doc.file).map_err(|e| format!("{}: {e}", doc.file.display()))?;
+    let text = std::fs::read_to_string(&doc.file).map_err(io(&doc.file))?;
     let lines: Vec<&str> = text.lines().collect();
     let (a, b) = doc.lines;
     let old: String = lines[a..b].iter().map(|l| format!("{l}\n")).collect();
@@ -245,7 +288,7 @@ pub fn rewrite(doc: &RepoDoc, want: &Value) -> Result<(), String> {
         },
         Ok,
     );
-    let new = new.map_err(|e| e.to_string())?;
+    let new = new.map_err(|e| ManifestError::Serialize(e.to_string()))?;
     let mut out = String::new();
     for l in &lines[..a] {
         out.push_str(l);
@@ -259,7 +302,7 @@ pub fn rewrite(doc: &RepoDoc, want: &Value) -> Result<(), String> {
         out.push_str(l);
         out.push('\n');
     }
-    std::fs::write(&doc.file, out).map_err(|e| format!("{}: {e}", doc.file.display()))
+    std::fs::write(&doc.file, out).map_err(io(&doc.file))
 }
 
 /// Pointers of scalars whose value differs, when the two values have the

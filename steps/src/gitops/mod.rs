@@ -38,7 +38,7 @@ mod argocd;
 mod flux;
 mod manifests;
 
-pub use manifests::{RepoDoc, add_to_kustomization, docs_in, find_doc, rewrite, upsert};
+pub use manifests::{ManifestError, RepoDoc, add_to_kustomization, docs_in, find_doc, rewrite, upsert};
 
 /// Pushes tried before giving up on a branch that keeps moving.
 const PUSH_ATTEMPTS: u32 = 8;
@@ -178,7 +178,7 @@ impl GitOpsTarget {
         cx: &StepContext,
         action: &str,
         summary: &str,
-        edit: impl Fn(&Path) -> Result<(), String>,
+        edit: impl Fn(&Path) -> Result<(), ManifestError>,
     ) -> Result<String, StepError> {
         let git = self.git().await?;
         let _held = git.lock().await;
@@ -208,7 +208,7 @@ impl GitOpsTarget {
             }
             git.reset_to_remote().await?;
             let root = git.dir.join(&self.config.path);
-            edit(&root).map_err(StepError::failed)?;
+            edit(&root).map_err(|e| StepError::failed(e.to_string()))?;
             let Some(sha) = git
                 .commit(&self.config.path, &self.message(cx, action, summary))
                 .await?
@@ -312,7 +312,7 @@ impl GitOpsTarget {
         cx: &StepContext,
         action: &str,
         summary: &str,
-        edit: impl Fn(&Path) -> Result<(), String>,
+        edit: impl Fn(&Path) -> Result<(), ManifestError>,
     ) -> Result<Progress, StepError> {
         let pushed = cx
             .recalled("gitops-pushed")
