@@ -34,10 +34,25 @@ pub fn of<T: JsonSchema>() -> Value {
 /// next to the shared definitions, not one directory below).
 #[must_use]
 pub fn of_envelope<T: JsonSchema>() -> Value {
-    let text = of::<T>()
-        .to_string()
-        .replace("\"../common.schema.json", "\"common.schema.json");
-    serde_json::from_str(&text).unwrap_or_default()
+    let mut v = of::<T>();
+    rebase_refs(&mut v);
+    v
+}
+
+/// `../common.schema.json#…` → `common.schema.json#…` in every `$ref`.
+fn rebase_refs(v: &mut Value) {
+    match v {
+        Value::Object(o) => {
+            if let Some(Value::String(r)) = o.get_mut("$ref")
+                && let Some(rest) = r.strip_prefix("../")
+            {
+                *r = rest.to_owned();
+            }
+            o.values_mut().for_each(rebase_refs);
+        }
+        Value::Array(a) => a.iter_mut().for_each(rebase_refs),
+        _ => {}
+    }
 }
 
 /// A field holding a duration (`30s`, `1h30m`).

@@ -433,7 +433,7 @@ impl StepKind for Hold {
 impl Hold {
     fn build_step(with: &Value, cx: &BuildContext) -> Result<Arc<dyn Step>, BuildError> {
         let c: HoldConfig = serde_json::from_value(with.clone())?;
-        let analysis = c.analysis.clone();
+        let analysis = c.analysis;
         let mut sources = BTreeMap::new();
         if let Some(a) = &analysis {
             for p in used(with) {

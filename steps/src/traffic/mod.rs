@@ -119,14 +119,14 @@ pub trait TrafficProvider: Send + Sync {
         route: &'a Value,
     ) -> BoxFuture<'a, Result<(), StepError>> {
         Box::pin(async move {
-            let labels = r
-                .backend_labels(cluster, route, &r.canary)
-                .await
-                .map_err(|e| match e {
-                    BackendError::Missing(why) => not_ready(why),
-                    BackendError::Step(e) => e,
-                })?;
-            let (svc, sel) = labels;
+            let (svc, labels) = r.backend_pods(cluster, route, &r.canary).await?;
+            let Some(labels) = labels else {
+                return Err(not_ready(format!("{svc} does not exist")));
+            };
+            let sel = selector(&labels);
+            if sel.is_empty() {
+                return Err(not_ready(format!("{svc} selects no pods")));
+            }
             let pods = cluster.list("v1", "Pod", &sel).await?;
             if pods.iter().any(pod_ready) {
                 Ok(())
@@ -213,20 +213,6 @@ pub(crate) fn weight_of(
         .iter()
         .find(|i| key(i).as_deref() == Some(r.canary.as_str()))
         .and_then(|i| i[field].as_u64())
-}
-
-/// Why the pods of a backend cannot be found.
-enum BackendError {
-    /// Its Service is missing or selects nothing.
-    Missing(String),
-    /// Reading the cluster failed.
-    Step(StepError),
-}
-
-impl From<StepError> for BackendError {
-    fn from(e: StepError) -> Self {
-        BackendError::Step(e)
-    }
 }
 
 /// How a run's model traffic is routed.
@@ -339,27 +325,25 @@ impl Router {
         self.provider.canary_ready(self, cluster, route).await
     }
 
-    /// The Service behind `backend` and the label selector of its pods.
-    async fn backend_labels(
+    /// The Service behind `backend` and the labels its pods carry: the
+    /// Service's selector plus the provider's own (an Istio subset's);
+    /// `None` when the Service does not exist.
+    async fn backend_pods(
         &self,
         cluster: &Cluster,
         route: &Value,
         backend: &str,
-    ) -> Result<(ObjRef, String), BackendError> {
+    ) -> Result<(ObjRef, Option<Value>), StepError> {
         let (service, extra) = self.provider.backend(self, cluster, route, backend).await?;
         let svc = ObjRef::new("v1", "Service", &self.namespace, &service);
         let Some(svc_obj) = cluster.get(&svc).await? else {
-            return Err(BackendError::Missing(format!("{svc} does not exist")));
+            return Ok((svc, None));
         };
         let mut labels = svc_obj["spec"]["selector"].clone();
         if let (Some(l), Some(x)) = (labels.as_object_mut(), extra.as_object()) {
             l.extend(x.clone());
         }
-        let sel = selector(&labels);
-        if sel.is_empty() {
-            return Err(BackendError::Missing(format!("{svc} selects no pods")));
-        }
-        Ok((svc, sel))
+        Ok((svc, Some(labels)))
     }
 
     /// The pod labels the stable backend selects (Deployment platforms):
@@ -372,16 +356,9 @@ impl Router {
             .get(&self.object())
             .await?
             .ok_or_else(|| StepError::failed(format!("{} does not exist", self.object())))?;
-        let (service, extra) = self.provider.backend(self, cluster, &route, &self.stable).await?;
-        let svc = ObjRef::new("v1", "Service", &self.namespace, &service);
-        let svc_obj = cluster
-            .get(&svc)
-            .await?
-            .ok_or_else(|| StepError::failed(format!("{svc}, the stable backend, does not exist")))?;
-        let mut labels = svc_obj["spec"]["selector"].clone();
-        if let (Some(l), Some(x)) = (labels.as_object_mut(), extra.as_object()) {
-            l.extend(x.clone());
-        }
+        let (svc, labels) = self.backend_pods(cluster, &route, &self.stable).await?;
+        let labels =
+            labels.ok_or_else(|| StepError::failed(format!("{svc}, the stable backend, does not exist")))?;
         if labels.as_object().is_none_or(Map::is_empty) {
             return Err(StepError::failed(format!(
                 "{svc}, the stable backend, selects no pods"
