@@ -11,11 +11,13 @@ use rollwright_engine::spec::Spec;
 use rollwright_steps::reach::{ATTACH_KIND, Attach, Reach};
 use serde_json::Value;
 
-/// Starts the embedded cluster for `run --sim` on a thread of its own (it
-/// lives as long as the process): the scenario's objects, the target
-/// namespace, a kubeconfig whose context is the spec's, the scenario's
-/// model registry. Returns the attach description of it.
+/// Starts the simulated cluster for `run --sim` on a thread of its own (it
+/// lives as long as the process), on the embedded API server or on
+/// kube-apiserver: the scenario's objects, the target namespace, a
+/// kubeconfig whose context is the spec's, the scenario's model registry.
+/// Returns the attach description of it.
 pub fn start(
+    api: &rollwright_sim::ApiServer,
     scenario_file: Option<&Path>,
     time_scale: Option<f64>,
     spec: &Spec,
@@ -41,9 +43,10 @@ pub fn start(
     let (tx, rx) = std::sync::mpsc::channel();
     let (context, kc) = (target.context.clone(), kc_path.clone());
     let repos_dir = dir.join("repos");
+    let api = api.clone();
     std::thread::spawn(move || {
         let rt = match tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
+            .worker_threads(2)
             .enable_all()
             .build()
         {
@@ -60,7 +63,7 @@ pub fn start(
                 repositories_dir: Some(repos_dir),
                 ..rollwright_sim::SimOptions::default()
             };
-            match rollwright_sim::Sim::start_with(options).await {
+            match rollwright_sim::Simulation::start(&api, options).await {
                 Ok(sim) => {
                     // The scenario's world (the stable version) is up before the run starts.
                     let _ = sim.settled(std::time::Duration::from_secs(60)).await;
@@ -68,15 +71,18 @@ pub fn start(
                         .write_kubeconfig_for(&kc, &context)
                         .map(|()| {
                             (
-                                sim.models_url(),
+                                sim.world().models_url(),
                                 sim.url(),
                                 sim.identity().to_owned(),
-                                sim.repositories(),
+                                sim.world().repositories(),
                             )
                         })
                         .map_err(|e| format!("{}: {e}", kc.display()));
                     let _ = tx.send(written);
+                    // Lives as long as the process (a control plane's
+                    // processes die with it: they are bound to it).
                     std::future::pending::<()>().await;
+                    drop(sim);
                 }
                 Err(e) => {
                     let _ = tx.send(Err(e.to_string()));
@@ -93,7 +99,7 @@ pub fn start(
         }
         None => None,
     };
-    eprintln!("embedded cluster: {api} (time scale {time_scale}x), model servers {models}");
+    eprintln!("simulated cluster: {api} (time scale {time_scale}x), model servers {models}");
     eprintln!(
         "watch it:  kubectl --kubeconfig {} get all -n {}",
         kc_path.display(),
@@ -171,9 +177,9 @@ pub fn write_registry(path: &Path, registry: &Value) -> Result<(), String> {
     std::fs::write(path, doc.to_string()).map_err(|e| format!("{}: {e}", path.display()))
 }
 
-/// The attach description of a sim running in this process.
+/// The attach description of a simulation running in this process.
 pub fn describe(
-    sim: &rollwright_sim::Sim,
+    sim: &rollwright_sim::Simulation,
     kubeconfig: PathBuf,
     context: &str,
     registry: Option<PathBuf>,
@@ -183,9 +189,9 @@ pub fn describe(
         kubeconfig,
         context: context.to_owned(),
         identity: sim.identity().to_owned(),
-        endpoint: sim.models_url(),
+        endpoint: sim.world().models_url(),
         registry,
-        time_scale: sim.time_scale(),
-        repositories: sim.repositories(),
+        time_scale: sim.world().time_scale(),
+        repositories: sim.world().repositories(),
     }
 }

@@ -51,6 +51,8 @@ pub struct TestArgs {
     /// Tests run at once (default: 2).
     #[arg(long, value_name = "N", default_value_t = 2)]
     jobs: usize,
+    #[command(flatten)]
+    api: crate::sim_cmd::ApiServerArgs,
 }
 
 #[derive(Debug, Deserialize)]
@@ -175,6 +177,8 @@ struct Result_ {
     log: String,
     /// Per release: the outcome and every split the router served.
     report: Vec<String>,
+    /// Why it did not run on this API server, when it did not.
+    skipped: Option<String>,
 }
 
 fn collect(paths: &[PathBuf]) -> Result<Vec<PathBuf>, String> {
@@ -243,7 +247,13 @@ fn the_run(state: &Path) -> Option<PathBuf> {
         .map(|e| e.path())
 }
 
-fn run_one(file: &Path, t: &RolloutTest, report: &mut Vec<String>) -> Vec<String> {
+fn run_one(
+    api: &rollwright_sim::ApiServer,
+    file: &Path,
+    t: &RolloutTest,
+    report: &mut Vec<String>,
+    skipped: &mut Option<String>,
+) -> Vec<String> {
     // Relative paths in a test file start at its directory (`.` for a
     // file named without one), made absolute before the scenario is
     // written elsewhere.
@@ -308,19 +318,25 @@ fn run_one(file: &Path, t: &RolloutTest, report: &mut Vec<String>) -> Vec<String
     scenario.ensure_namespace(&namespace);
     let registry = scenario.registry.clone();
     let rt = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
+        .worker_threads(2)
         .enable_all()
         .build()
     {
         Ok(rt) => rt,
         Err(e) => return vec![e.to_string()],
     };
+    let options = rollwright_sim::SimOptions {
+        scenario,
+        ..rollwright_sim::SimOptions::default()
+    };
+    if matches!(api, rollwright_sim::ApiServer::KubeApiserver { .. })
+        && let Some(why) = rollwright_sim::simulation::needs_embedded(&options)
+    {
+        *skipped = Some(why);
+        return Vec::new();
+    }
     let sim = match rt.block_on(async {
-        let sim = rollwright_sim::Sim::start_with(rollwright_sim::SimOptions {
-            scenario,
-            ..rollwright_sim::SimOptions::default()
-        })
-        .await?;
+        let sim = rollwright_sim::Simulation::start(api, options).await?;
         sim.settled(Duration::from_secs(60)).await;
         Ok::<_, rollwright_sim::SimError>(sim)
     }) {
@@ -418,7 +434,7 @@ fn show_set(set: &BTreeMap<String, Value>) -> String {
 
 /// What every release of a test shares.
 struct Env<'a> {
-    sim: &'a rollwright_sim::Sim,
+    sim: &'a rollwright_sim::Simulation,
     spec: &'a Path,
     attach: &'a Path,
     reg: &'a Path,
@@ -430,8 +446,8 @@ struct Env<'a> {
 }
 
 /// The split the router serves (versions with traffic), as a sorted map.
-fn served(sim: &rollwright_sim::Sim, model: &str) -> BTreeMap<String, u32> {
-    sim.split(model)
+fn served(sim: &rollwright_sim::Simulation, model: &str) -> BTreeMap<String, u32> {
+    sim.world().split(model)
 }
 
 /// Runs one release: the rollout in a child process attached to the sim,
@@ -695,8 +711,11 @@ fn approve(env: &Env<'_>, state: &Path, a: &Approve) -> Result<(), String> {
     let kc = env
         .dir
         .join(format!("kubeconfig-{}", a.user.replace(['/', '\\'], "_")));
-    std::fs::write(&kc, env.sim.kubeconfig_for_user(env.context, &a.user))
+    let text = env
+        .sim
+        .kubeconfig_for_user(env.context, &a.user)
         .map_err(|e| format!("approve: {e}"))?;
+    std::fs::write(&kc, text).map_err(|e| format!("approve: {e}"))?;
     let exe = std::env::current_exe().unwrap_or_else(|_| PathBuf::from("rollwright"));
     let out = std::process::Command::new(exe)
         .arg("approve")
@@ -728,7 +747,11 @@ fn junit(results: &[Result_]) -> String {
     let total: Duration = results.iter().map(|r| r.took).sum();
     let mut suite = TestSuite::new("rollout scenarios");
     for r in results {
-        let status = if r.failures.is_empty() {
+        let status = if let Some(why) = &r.skipped {
+            let mut s = TestCaseStatus::skipped();
+            s.set_message(why.as_str());
+            s
+        } else if r.failures.is_empty() {
             TestCaseStatus::success()
         } else {
             let mut s = TestCaseStatus::non_success(NonSuccessKind::Failure);
@@ -764,6 +787,7 @@ pub fn run(args: &TestArgs) -> CliResult {
             Err(e) => return Err(CliError::usage(e.to_string())),
         }
     }
+    let api = args.api.api_server()?;
     let queue = std::sync::Mutex::new(tests.into_iter().enumerate().collect::<Vec<_>>());
     let results = std::sync::Mutex::new(Vec::new());
     std::thread::scope(|s| {
@@ -774,7 +798,8 @@ pub fn run(args: &TestArgs) -> CliResult {
                     let Some((i, (file, t))) = next else { break };
                     let started = Instant::now();
                     let mut report = Vec::new();
-                    let failures = run_one(&file, &t, &mut report);
+                    let mut skipped = None;
+                    let failures = run_one(&api, &file, &t, &mut report, &mut skipped);
                     let r = Result_ {
                         report,
                         name: t.metadata.name.clone(),
@@ -782,17 +807,22 @@ pub fn run(args: &TestArgs) -> CliResult {
                         took: started.elapsed(),
                         log: t.metadata.description.clone().unwrap_or_default(),
                         failures,
+                        skipped,
                     };
                     // One write per test: lines of parallel tests never interleave.
                     let mut text = format!(
                         "{} {} ({:.1}s){}\n",
-                        if r.failures.is_empty() { "PASS" } else { "FAIL" },
+                        match (&r.skipped, r.failures.is_empty()) {
+                            (Some(_), _) => "SKIP",
+                            (None, true) => "PASS",
+                            (None, false) => "FAIL",
+                        },
                         r.name,
                         r.took.as_secs_f64(),
-                        if r.log.is_empty() {
-                            String::new()
-                        } else {
-                            format!(": {}", r.log)
+                        match (&r.skipped, r.log.is_empty()) {
+                            (Some(why), _) => format!(": {why}"),
+                            (None, true) => String::new(),
+                            (None, false) => format!(": {}", r.log),
                         }
                     );
                     if r.report.len() > 1 {
@@ -822,7 +852,15 @@ pub fn run(args: &TestArgs) -> CliResult {
         }
     }
     let failed = results.iter().filter(|r| !r.failures.is_empty()).count();
-    println!("{} passed, {failed} failed", results.len() - failed);
+    let skipped = results.iter().filter(|r| r.skipped.is_some()).count();
+    if skipped == 0 {
+        println!("{} passed, {failed} failed", results.len() - failed);
+    } else {
+        println!(
+            "{} passed, {failed} failed, {skipped} skipped",
+            results.len() - failed - skipped
+        );
+    }
     if let Some(path) = &args.junit
         && let Err(e) = std::fs::write(path, junit(&results))
     {
@@ -850,6 +888,7 @@ mod tests {
             file: PathBuf::from("t/\"x\".yaml"),
             took: Duration::from_millis(1500),
             failures: vec![hostile.into()],
+            skipped: None,
             log: String::new(),
             report: vec!["release 1".into(), hostile.into()],
         };

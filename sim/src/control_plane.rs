@@ -37,6 +37,13 @@ pub const USERS: &[(&str, &[&str])] = &[
     ("ci", &[]),
 ];
 
+/// The common name of a simulated control plane's certificate, before its
+/// identity. Nothing else makes certificates so named: a run that finds its
+/// API server certified so (TLS verified against that certificate alone),
+/// with the identity its attach file holds, knows it is on this simulated
+/// cluster and not on a real one.
+pub const SIM_CA_NAME: &str = "rollwright simulated control plane ";
+
 /// The binaries a control plane needs, in the directory `scripts/setup-kube` prints.
 pub const BINARIES: &[&str] = &[
     "etcd",
@@ -80,6 +87,7 @@ pub enum ControlPlaneError {
 #[derive(Debug, Clone)]
 struct Info {
     url: String,
+    identity: String,
     ca_pem: String,
     tokens: BTreeMap<String, String>,
     dir: PathBuf,
@@ -111,6 +119,21 @@ impl ControlPlane {
     /// A missing binary, a component that does not come up (with the end of
     /// its log), or I/O.
     pub fn start(bin: &Path) -> Result<ControlPlane, ControlPlaneError> {
+        ControlPlane::launch(bin, true)
+    }
+
+    /// Like [`ControlPlane::start`], but kwok only runs the node (heartbeat)
+    /// and finishes deleted pods: pods' status is left to the simulated
+    /// world's node agent ([`crate::World`]), which honours the scenario's
+    /// pod faults. Start a world over it, or pods stay Pending.
+    ///
+    /// # Errors
+    /// As [`ControlPlane::start`].
+    pub fn start_for_world(bin: &Path) -> Result<ControlPlane, ControlPlaneError> {
+        ControlPlane::launch(bin, false)
+    }
+
+    fn launch(bin: &Path, kwok_pods: bool) -> Result<ControlPlane, ControlPlaneError> {
         for b in BINARIES {
             let p = bin.join(b);
             if !p.is_file() {
@@ -126,7 +149,7 @@ impl ControlPlane {
         let b = bin.clone();
         let supervisor = std::thread::Builder::new()
             .name("control-plane".into())
-            .spawn(move || supervise(&b, &ready_tx, &stop_rx))
+            .spawn(move || supervise(&b, kwok_pods, &ready_tx, &stop_rx))
             .map_err(|source| ControlPlaneError::Io {
                 what: "cannot start the supervisor thread".into(),
                 source,
@@ -156,6 +179,14 @@ impl ControlPlane {
     #[must_use]
     pub fn url(&self) -> &str {
         &self.info.url
+    }
+
+    /// Random per control plane: its certificate's subject is
+    /// [`SIM_CA_NAME`] followed by it, which is how a run attached to this
+    /// simulated cluster proves its API server is this one.
+    #[must_use]
+    pub fn identity(&self) -> &str {
+        &self.info.identity
     }
 
     /// The CA (PEM) clients trust.
@@ -296,7 +327,12 @@ impl Drop for Children {
     }
 }
 
-fn supervise(bin: &Path, ready: &mpsc::Sender<Result<Info, ControlPlaneError>>, stop: &mpsc::Receiver<()>) {
+fn supervise(
+    bin: &Path,
+    kwok_pods: bool,
+    ready: &mpsc::Sender<Result<Info, ControlPlaneError>>,
+    stop: &mpsc::Receiver<()>,
+) {
     static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
     let dir = std::env::temp_dir().join(format!(
         "rollwright-kube-{}-{}",
@@ -305,7 +341,7 @@ fn supervise(bin: &Path, ready: &mpsc::Sender<Result<Info, ControlPlaneError>>, 
     ));
     remove_stale_dirs();
     let mut children = Children(Vec::new());
-    let started = bring_up(bin, &dir, &mut children);
+    let started = bring_up(bin, kwok_pods, &dir, &mut children);
     let ok = started.is_ok();
     let _ = ready.send(started);
     if ok {
@@ -419,17 +455,31 @@ fn wait_until(
     }
 }
 
-fn bring_up(bin: &Path, dir: &Path, children: &mut Children) -> Result<Info, ControlPlaneError> {
+fn bring_up(
+    bin: &Path,
+    kwok_pods: bool,
+    dir: &Path,
+    children: &mut Children,
+) -> Result<Info, ControlPlaneError> {
     let keys = |e: rcgen::Error| ControlPlaneError::Keys(e.to_string());
     std::fs::create_dir_all(dir.join("logs")).map_err(io(format!("cannot create {}", dir.display())))?;
     let s = |p: PathBuf| p.to_string_lossy().into_owned();
 
-    // TLS and ServiceAccount keys.
-    let cert = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_owned(), "localhost".to_owned()])
-        .map_err(keys)?;
-    let ca_pem = cert.cert.pem();
+    // TLS (a self-signed certificate named for this control plane: how a
+    // run proves its API server is this simulated cluster) and
+    // ServiceAccount keys.
+    let identity = crate::random_hex();
+    let mut params =
+        rcgen::CertificateParams::new(vec!["127.0.0.1".to_owned(), "localhost".to_owned()]).map_err(keys)?;
+    params.distinguished_name = rcgen::DistinguishedName::new();
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, format!("{SIM_CA_NAME}{identity}"));
+    let tls_key = rcgen::KeyPair::generate().map_err(keys)?;
+    let cert = params.self_signed(&tls_key).map_err(keys)?;
+    let ca_pem = cert.pem();
     crate::write_private(&dir.join("tls.crt"), &ca_pem).map_err(io("tls.crt"))?;
-    crate::write_private(&dir.join("tls.key"), &cert.signing_key.serialize_pem()).map_err(io("tls.key"))?;
+    crate::write_private(&dir.join("tls.key"), &tls_key.serialize_pem()).map_err(io("tls.key"))?;
     let sa = rcgen::KeyPair::generate().map_err(keys)?;
     crate::write_private(&dir.join("sa.key"), &sa.serialize_pem()).map_err(io("sa.key"))?;
     crate::write_private(&dir.join("sa.pub"), &sa.public_key_pem()).map_err(io("sa.pub"))?;
@@ -574,6 +624,8 @@ fn bring_up(bin: &Path, dir: &Path, children: &mut Children) -> Result<Info, Con
         .map_err(io(format!("kwok stages in {}", stages_dir.display())))?
         .filter_map(Result::ok)
         .map(|e| e.path())
+        // With a simulated world, its node agent makes pods Ready (or not).
+        .filter(|p| kwok_pods || !p.to_string_lossy().ends_with("pod-ready.yaml"))
         .collect();
     files.sort();
     for f in files {
@@ -637,6 +689,7 @@ fn bring_up(bin: &Path, dir: &Path, children: &mut Children) -> Result<Info, Con
 
     Ok(Info {
         url,
+        identity,
         ca_pem,
         tokens,
         dir: dir.to_owned(),

@@ -1,4 +1,6 @@
-//! A GitOps controller for tests, standing in for Argo CD and Flux.
+//! A GitOps controller for tests, standing in for Argo CD and Flux. Part
+//! of the simulated world: it reads and writes the cluster through the
+//! Kubernetes API only.
 //!
 //! It follows repositories on this machine (a path or `file://` URL; read
 //! with the `git` CLI) and applies what is committed at a path:
@@ -44,7 +46,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use crate::api::State;
+use crate::world::cluster::Cluster as State;
 
 /// What the controller remembers of an app between passes.
 #[derive(Debug, Default, Clone)]

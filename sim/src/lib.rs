@@ -42,8 +42,10 @@ mod kinds;
 pub mod models;
 pub mod routing;
 pub mod scenario;
+pub mod simulation;
 mod store;
 mod table;
+pub mod world;
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -53,6 +55,8 @@ pub use faults::{Behaviour, PodFault};
 pub use kinds::{KINDS, Kind};
 pub use routing::{Backend, Route};
 pub use scenario::{Scenario, ScenarioError};
+pub use simulation::{ApiServer, Simulation};
+pub use world::{World, WorldOptions};
 
 /// Why the sim cannot start.
 #[derive(Debug, thiserror::Error)]
@@ -63,6 +67,9 @@ pub enum SimError {
     /// A scenario object could not be created.
     #[error("scenario: {0}")]
     Seed(String),
+    /// The scenario needs what this API server cannot simulate.
+    #[error("{0}")]
+    Unsupported(String),
 }
 
 /// How to start a sim.
@@ -82,10 +89,9 @@ pub struct SimOptions {
 /// A running sim. Dropping it stops the server.
 pub struct Sim {
     state: Arc<api::State>,
-    /// Where the scenario's repositories live (removed on drop).
-    repos_root: Option<std::path::PathBuf>,
+    /// The simulated world, over this API server.
+    world: World,
     addr: SocketAddr,
-    models_addr: SocketAddr,
     token: String,
     ca_pem: String,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
@@ -113,39 +119,20 @@ impl Sim {
     pub async fn start_with(options: SimOptions) -> Result<Sim, SimError> {
         let listener = tokio::net::TcpListener::bind(("127.0.0.1", options.port)).await?;
         let addr = listener.local_addr()?;
-        let models_listener = tokio::net::TcpListener::bind(("127.0.0.1", options.models_port)).await?;
-        let models_addr = models_listener.local_addr()?;
         let token = token();
         let (tls, ca_pem) = tls_config()?;
         let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
         let objects = options.scenario.objects.clone();
-        let has_repos = !options.scenario.repositories.is_empty();
-        let repos_root = (has_repos && options.repositories_dir.is_none()).then(|| {
-            static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-            std::env::temp_dir().join(format!(
-                "rollwright-sim-{}-{}",
-                std::process::id(),
-                N.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-            ))
-        });
-        let repos = match repos_root.as_ref().or(options.repositories_dir.as_ref()) {
-            Some(root) if has_repos => {
-                gitops::create_repositories(root, &options.scenario.repositories).map_err(SimError::Seed)?
-            }
-            _ => std::collections::HashMap::new(),
+        let world_options = WorldOptions {
+            models_port: options.models_port,
+            scenario: options.scenario.clone(),
+            repositories_dir: options.repositories_dir.clone(),
         };
         let state = Arc::new(api::State::new(token.clone(), options.scenario));
-        state.set_repositories(repos);
         state.seed(&objects).map_err(SimError::Seed)?;
         let app = api::router(state.clone());
         let tick = std::time::Duration::from_millis(100);
         let controllers = tokio::spawn(controllers::run(state.clone(), tick));
-        let generator = tokio::spawn(state.models.clone().generate(tick));
-        let gitops = tokio::spawn(gitops::run(state.clone(), std::time::Duration::from_millis(200)));
-        let models_app = models::router(state.models.clone());
-        let model_server = tokio::spawn(async move {
-            let _ = axum::serve(models_listener, models_app).await;
-        });
         let (tx, mut rx) = tokio::sync::oneshot::channel::<()>();
         tokio::spawn(async move {
             loop {
@@ -156,9 +143,6 @@ impl Sim {
                     },
                     _ = &mut rx => {
                         controllers.abort();
-                        generator.abort();
-                        gitops.abort();
-                        model_server.abort();
                         return;
                     }
                 };
@@ -176,15 +160,36 @@ impl Sim {
                 });
             }
         });
+        // The world reaches this API server as any client does.
+        let live = world::Live {
+            faults: state.faults.clone(),
+            models: state.models.clone(),
+            scale: state.scale,
+            startup: state.startup,
+            repos: Arc::default(),
+        };
+        let kubeconfig = kubeconfig_text(&format!("https://{addr}"), &ca_pem, &token, "sim");
+        let world = match World::start_with(&kubeconfig, live, &world_options).await {
+            Ok(w) => w,
+            Err(e) => {
+                let _ = tx.send(());
+                return Err(e);
+            }
+        };
         Ok(Sim {
             state,
-            repos_root,
+            world,
             addr,
-            models_addr,
             token,
             ca_pem,
             shutdown: Some(tx),
         })
+    }
+
+    /// The simulated world running over this API server.
+    #[must_use]
+    pub fn world(&self) -> &World {
+        &self.world
     }
 
     /// Replaces the pod faults (as `PUT /sim/faults` does).
@@ -203,111 +208,45 @@ impl Sim {
     /// Available, every Argo CD Application Synced and Healthy, every Flux
     /// Kustomization Ready. Returns whether it did.
     pub async fn settled(&self, max: std::time::Duration) -> bool {
-        let deadline = tokio::time::Instant::now() + max;
-        loop {
-            let done = self
-                .state
-                .read(|store| {
-                    let deployments = store.of_kind("apps", "deployments").all(|d| {
-                        let want = d["spec"]["replicas"].as_u64().unwrap_or(1);
-                        d["status"]["observedGeneration"] == d["metadata"]["generation"]
-                            && d["status"]["readyReplicas"].as_u64().unwrap_or(0) >= want
-                            && d["status"]["replicas"].as_u64().unwrap_or(0) <= want
-                    });
-                    let isvcs = store.of_kind("serving.kserve.io", "inferenceservices").all(|i| {
-                        i["status"]["conditions"].as_array().is_some_and(|cs| {
-                            cs.iter().any(|c| c["type"] == "Ready" && c["status"] == "True")
-                        }) && i["status"]["components"]["predictor"]["latestRolledoutRevision"].is_string()
-                    });
-                    let sdeps = store
-                        .of_kind("machinelearning.seldon.io", "seldondeployments")
-                        .all(|s| s["status"]["state"] == "Available");
-                    let apps = store.of_kind("argoproj.io", "applications").all(|a| {
-                        a["status"]["sync"]["status"] == "Synced"
-                            && a["status"]["health"]["status"] == "Healthy"
-                    });
-                    let kustomizations = store
-                        .of_kind("kustomize.toolkit.fluxcd.io", "kustomizations")
-                        .all(|k| {
-                            k["status"]["conditions"].as_array().is_some_and(|cs| {
-                                cs.iter().any(|c| c["type"] == "Ready" && c["status"] == "True")
-                            })
-                        });
-                    deployments && isvcs && sdeps && apps && kustomizations
-                })
-                .unwrap_or(false);
-            if done {
-                return true;
-            }
-            if tokio::time::Instant::now() >= deadline {
-                return false;
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-        }
+        self.world.settled(max).await
     }
 
     /// The scenario's repositories (`sim://NAME` → a bare repository path).
     #[must_use]
     pub fn repositories(&self) -> Vec<(String, std::path::PathBuf)> {
-        self.state.repositories()
+        self.world.repositories()
     }
 
-    /// The sim repository standing in for a spec's `target.gitops.repo`:
-    /// the only one, else the one named like the URL's last segment
-    /// (`…/deploy.git` → `deploy`).
+    /// See [`World::repository_for`].
     ///
     /// # Errors
     /// No repository, or none that matches among several.
     pub fn repository_for(&self, url: &str) -> Result<std::path::PathBuf, String> {
-        let all = self.repositories();
-        if let [(_, only)] = all.as_slice() {
-            return Ok(only.clone());
-        }
-        let base = url
-            .trim_end_matches('/')
-            .rsplit(['/', ':'])
-            .next()
-            .unwrap_or(url)
-            .trim_end_matches(".git");
-        all.into_iter()
-            .find(|(n, _)| n == base)
-            .map(|(_, p)| p)
-            .ok_or_else(|| {
-                format!(
-                    "the spec's GitOps repository `{url}` needs a scenario repository (`repositories: {{{base}: DIR}}`); the sim never pushes anywhere else"
-                )
-            })
+        self.world.repository_for(url)
     }
 
     /// The current traffic split per model.
     #[must_use]
     pub fn routes(&self) -> Vec<Route> {
-        self.state.models.routes().values().cloned().collect()
+        self.world.routes()
     }
 
-    /// The versions serving `model` now and their share of traffic
-    /// (backends without traffic left out).
+    /// The versions serving `model` now and their share of traffic.
     #[must_use]
     pub fn split(&self, model: &str) -> std::collections::BTreeMap<String, u32> {
-        self.routes()
-            .into_iter()
-            .filter(|r| r.model == model)
-            .flat_map(|r| r.backends)
-            .filter(|b| b.weight > 0)
-            .map(|b| (b.version, b.weight))
-            .collect()
+        self.world.split(model)
     }
 
     /// The time scale.
     #[must_use]
     pub fn time_scale(&self) -> f64 {
-        self.state.scale.0
+        self.world.time_scale()
     }
 
     /// `http://127.0.0.1:PORT` of the model servers (and `/metrics`).
     #[must_use]
     pub fn models_url(&self) -> String {
-        format!("http://{}", self.models_addr)
+        self.world.models_url()
     }
 
     /// `https://127.0.0.1:PORT`.
@@ -403,9 +342,6 @@ impl Drop for Sim {
     fn drop(&mut self) {
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());
-        }
-        if let Some(root) = &self.repos_root {
-            let _ = std::fs::remove_dir_all(root);
         }
     }
 }

@@ -50,6 +50,9 @@ pub struct RunArgs {
     /// (`rollwright sim` prints its attach file); the run can then be resumed.
     #[arg(long, value_name = "FILE", requires = "sim")]
     attach: Option<PathBuf>,
+    /// With `--sim`: which API server the simulated cluster runs on.
+    #[command(flatten)]
+    api: crate::sim_cmd::ApiServerArgs,
 }
 
 /// How to show and bound a run.
@@ -299,10 +302,17 @@ pub fn run(args: &RunArgs) -> CliResult {
     let rt = runtime()?;
     let run = new_run_id(&spec.metadata.name);
     // How the run reaches its cluster: decided here, once.
+    if !args.api.is_default() && (!args.sim || args.attach.is_some()) {
+        return Err(CliError::usage(
+            "--control-plane and --kube-bin choose the API server `run --sim` starts (not with --attach: that one is running)",
+        ));
+    }
     let reach = if args.sim {
+        let api = args.api.api_server()?;
         let attach = match &args.attach {
             Some(f) => crate::sim_run::attach(f, &rt),
             None => crate::sim_run::start(
+                &api,
                 args.scenario.as_deref(),
                 args.time_scale,
                 &spec,

@@ -339,6 +339,11 @@ fn server_of(kc: &Kubeconfig, context: &str) -> Result<Option<String>, String> {
         .and_then(|c| c.server.clone()))
 }
 
+/// The common name, before the identity, of the certificate a simulated
+/// kube-apiserver presents (`rollwright_sim::control_plane::SIM_CA_NAME`:
+/// `rollwright test` checks the two agree end to end).
+pub const SIM_CA_NAME: &str = "rollwright simulated control plane ";
+
 impl Attach {
     /// Reads an attach file.
     ///
@@ -402,22 +407,93 @@ impl Attach {
             context: Some(self.context.clone()),
             ..Default::default()
         };
-        let config = kube::Config::from_custom_kubeconfig(kc, &options)
+        let config = kube::Config::from_custom_kubeconfig(kc.clone(), &options)
             .await
             .map_err(|e| format!("the sim's kubeconfig: {e}"))?;
         let client = kube::Client::try_from(config).map_err(|e| e.to_string())?;
         let req = http::Request::get("/sim/identity")
             .body(Vec::new())
             .map_err(|e| e.to_string())?;
-        let got: Value = client
-            .request(req)
-            .await
-            .map_err(|e| format!("{server} is not a rollwright sim (GET /sim/identity: {e})"))?;
+        let got: Value = match client.request(req).await {
+            Ok(v) => v,
+            // A kube-apiserver the sim started serves no /sim path: its
+            // certificate is what names it.
+            Err(kube::Error::Api(s)) if s.code == 404 => {
+                return self.identify_by_certificate(&kc, &server, &client).await;
+            }
+            Err(e) => {
+                return Err(format!(
+                    "{server} is not a rollwright sim (GET /sim/identity: {e})"
+                ));
+            }
+        };
         if got["identity"].as_str() != Some(self.identity.as_str()) {
             return Err(format!(
                 "{server} is not the sim this attach file describes (its identity differs)"
             ));
         }
+        Ok(())
+    }
+
+    /// A simulated kube-apiserver proves itself by TLS: the kubeconfig
+    /// trusts exactly one certificate (no `insecure-skip-tls-verify`), that
+    /// certificate is named [`SIM_CA_NAME`] + this file's identity, and the
+    /// server answered a request verified against it. A real cluster's
+    /// certificate is not so named, and a certificate so named cannot
+    /// verify a real cluster's server.
+    async fn identify_by_certificate(
+        &self,
+        kc: &Kubeconfig,
+        server: &str,
+        client: &kube::Client,
+    ) -> Result<(), String> {
+        let not_it = |why: &str| format!("{server} is not the sim this attach file describes ({why})");
+        let cluster_name = kc
+            .contexts
+            .iter()
+            .find(|c| c.name == self.context)
+            .and_then(|c| c.context.as_ref())
+            .map(|c| c.cluster.clone())
+            .unwrap_or_default();
+        let cluster = kc
+            .clusters
+            .iter()
+            .find(|c| c.name == cluster_name)
+            .and_then(|c| c.cluster.as_ref())
+            .ok_or_else(|| not_it("its kubeconfig names no cluster"))?;
+        if cluster.insecure_skip_tls_verify == Some(true) {
+            return Err(not_it("its kubeconfig skips TLS verification"));
+        }
+        let pem = match (
+            &cluster.certificate_authority_data,
+            &cluster.certificate_authority,
+        ) {
+            (Some(data), _) => {
+                base64::Engine::decode(&base64::engine::general_purpose::STANDARD, data.trim())
+                    .map_err(|_| not_it("its certificate-authority-data is not base64"))?
+            }
+            (None, Some(file)) => std::fs::read(file).map_err(|e| not_it(&format!("{file}: {e}")))?,
+            (None, None) => return Err(not_it("its kubeconfig trusts no certificate of its own")),
+        };
+        let (_, pem) =
+            x509_parser::pem::parse_x509_pem(&pem).map_err(|_| not_it("its certificate is not PEM"))?;
+        let cert = pem
+            .parse_x509()
+            .map_err(|_| not_it("its certificate cannot be read"))?;
+        let name = cert
+            .subject()
+            .iter_common_name()
+            .next()
+            .and_then(|cn| cn.as_str().ok())
+            .unwrap_or_default();
+        if name.strip_prefix(SIM_CA_NAME) != Some(self.identity.as_str()) {
+            return Err(not_it("its certificate is not that sim's"));
+        }
+        // The server holds that certificate's key (TLS verified against it alone).
+        client
+            .apiserver_version()
+            .await
+            .map_err(|e| not_it(&format!("it does not answer with that certificate: {e}")))?;
         Ok(())
     }
 

@@ -93,14 +93,14 @@ fn an_error_rate_regression_judged_by_a_real_prometheus() {
         "models:\n  fraud:\n    versions:\n      \"8\":\n        phases:\n          - {after: 100s, error-rate: 60%}\n",
     );
     // The background traffic generator feeds the counters Prometheus scrapes.
-    w.sim().set_scenario(
+    w.world().set_scenario(
         &rollwright_sim::Scenario::from_yaml(
             "traffic: {rate: 200}\nmodels:\n  fraud:\n    versions:\n      \"8\":\n        phases:\n          - {after: 100s, error-rate: 60%}\n",
             "live",
         )
         .unwrap(),
     );
-    let models = w.sim().models_url().trim_start_matches("http://").to_owned();
+    let models = w.world().models_url().trim_start_matches("http://").to_owned();
     let prom = prometheus(&models);
     // `or vector(0)`: a version that never failed has no 5xx series at all.
     let query = "(sum(rate(sim_model_requests_total{model=\\\"{{model.name}}\\\",code=~\\\"5..\\\",${selector}}[4s])) or vector(0)) / sum(rate(sim_model_requests_total{model=\\\"{{model.name}}\\\",${selector}}[4s]))";

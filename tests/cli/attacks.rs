@@ -600,3 +600,102 @@ fn concurrent_runs_on_one_target_take_turns() {
     assert!(lease.starts_with("fraud-"), "{lease}");
     drop(guard);
 }
+
+/// A simulated kube-apiserver proves itself by its certificate's name. An
+/// attach file cannot pass a control plane off as the sim with a forged
+/// identity, a certificate of its own making (TLS then fails), or a
+/// kubeconfig that skips TLS verification; nothing changes in the cluster.
+#[test]
+fn a_forged_attach_cannot_pass_a_control_plane_off_as_the_sim() {
+    use base64::Engine as _;
+    let w = crate::k8s::istio_world_on(crate::k8s::Backend::KubeApiserver, "");
+    w.write(
+        "spec.yaml",
+        &ISTIO_SPEC.replace("version: \"8\"", "version: \"9\""),
+    );
+    w.write(
+        "fake-registry.yaml",
+        "{\"apiVersion\": \"rollwright.dev/v1alpha1\", \"kind\": \"ModelRegistry\", \"models\": [{\"name\": \"fraud\", \"versions\": [{\"version\": \"9\", \"aliases\": [\"production-approved\"], \"approvals\": [{\"who\": \"x\", \"at\": \"2026-01-01T00:00:00Z\"}], \"evals\": [{\"metric\": \"auc\", \"value\": 1}]}]}]}",
+    );
+    let kubeconfig = std::fs::read_to_string(w.path().join("kubeconfig")).unwrap();
+    let ca_data = kubeconfig
+        .split("certificate-authority-data: \"")
+        .nth(1)
+        .and_then(|r| r.split('"').next())
+        .unwrap()
+        .to_owned();
+    // A certificate named as a sim's, made by the attacker.
+    let status = std::process::Command::new("openssl")
+        .current_dir(w.path())
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-keyout",
+            "forged.key",
+            "-out",
+            "forged.crt",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=rollwright simulated control plane forged-identity",
+        ])
+        .stderr(std::process::Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success(), "openssl made a certificate");
+    let forged =
+        base64::engine::general_purpose::STANDARD.encode(std::fs::read(w.path().join("forged.crt")).unwrap());
+    let cases = [
+        (
+            "the control plane's own kubeconfig, another identity",
+            kubeconfig.clone(),
+            "not-this-cluster",
+            "is not the sim this attach file describes (its certificate is not that sim's)",
+        ),
+        (
+            "a certificate named as the sim's, not the server's",
+            kubeconfig.replace(&ca_data, &forged),
+            "forged-identity",
+            // TLS fails before anything is asked.
+            "is not a rollwright sim (GET /sim/identity",
+        ),
+        (
+            "TLS verification skipped",
+            kubeconfig.replace(
+                &format!("certificate-authority-data: \"{ca_data}\""),
+                "insecure-skip-tls-verify: true",
+            ),
+            "forged-identity",
+            "is not the sim this attach file describes (its kubeconfig skips TLS verification)",
+        ),
+    ];
+    for (case, kc, identity, why) in cases {
+        w.write("attack.kubeconfig", &kc);
+        let attach = serde_json::json!({
+            "kind": "rollwright.dev/sim-attach",
+            "kubeconfig": w.path().join("attack.kubeconfig"),
+            "context": "prod-east",
+            "identity": identity,
+            "endpoint": "http://127.0.0.1:1",
+            "registry": w.path().join("fake-registry.yaml"),
+            "time-scale": 100000.0,
+            "repositories": []
+        });
+        w.write("attach.json", &attach.to_string());
+        let out = w.rollwright(&["run", "spec.yaml", "--sim", "--attach", "attach.json"], &[]);
+        let text = format!("{}{}", stderr(&out), stdout(&out));
+        assert_eq!(out.status.code(), Some(2), "{case}:\n{text}");
+        assert!(text.contains(why), "{case}: wanted `{why}`:\n{text}");
+        assert_eq!(vs_weights(&w), "100 0", "{case}: the route moved");
+        assert_eq!(
+            w.deployments(),
+            "deployment.apps/fraud-stable\n",
+            "{case}: a canary exists"
+        );
+    }
+}

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use crate::k8s::{
-    CANARY_MANIFEST, ISTIO_SPEC, PROBE_METRICS, World, analysed_spec, journal_of, only_run_dir,
+    Backend, CANARY_MANIFEST, ISTIO_SPEC, PROBE_METRICS, World, analysed_spec, journal_of, only_run_dir,
 };
 use crate::stderr;
 
@@ -47,6 +47,10 @@ struct GitWorld {
 /// Application (or a Flux Kustomization) following it, and the istio spec
 /// pointed at it.
 fn git_world(controller: &str, extra_scenario: &str) -> GitWorld {
+    git_world_on(Backend::Embedded, controller, extra_scenario)
+}
+
+fn git_world_on(backend: Backend, controller: &str, extra_scenario: &str) -> GitWorld {
     let repos = tempfile::tempdir().unwrap();
     let bare = repos.path().join("gitops.git");
     git(
@@ -76,9 +80,12 @@ fn git_world(controller: &str, extra_scenario: &str) -> GitWorld {
             bare.display()
         )
     };
-    let w = World::new(&format!(
-        "time-scale: 20\nstartup: 4s\ntraffic: {{rate: 0}}\n{extra_scenario}objects:\n  - {{apiVersion: v1, kind: Namespace, metadata: {{name: ml}}}}\n  - {{apiVersion: v1, kind: ServiceAccount, metadata: {{name: fraud, namespace: ml}}}}\n{app}"
-    ));
+    let w = World::on(
+        backend,
+        &format!(
+            "time-scale: 20\nstartup: 4s\ntraffic: {{rate: 0}}\n{extra_scenario}objects:\n  - {{apiVersion: v1, kind: Namespace, metadata: {{name: ml}}}}\n  - {{apiVersion: v1, kind: ServiceAccount, metadata: {{name: fraud, namespace: ml}}}}\n{app}"
+        ),
+    );
     w.write("canary.yaml.hbs", CANARY_MANIFEST);
     w.write("spec.yaml", &gitops_spec(ISTIO_SPEC, &bare, controller));
     w.wait_split("fraud", &[("7", 100)]);
@@ -123,9 +130,9 @@ impl GitWorld {
     }
 }
 
-#[test]
-fn a_canary_is_promoted_through_commits_argo_cd_syncs() {
-    let g = git_world("argocd", "");
+on_both_backends! {
+fn a_canary_is_promoted_through_commits_argo_cd_syncs(backend) {
+    let g = git_world_on(backend, "argocd", "");
     let out = g.w.rollwright(&["run", "spec.yaml"], &[]);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     let subjects = g.subjects();
@@ -180,6 +187,7 @@ fn a_canary_is_promoted_through_commits_argo_cd_syncs() {
         "{journal}"
     );
     assert!(!journal.contains(r#""key":"objects""#), "{journal}");
+}
 }
 
 #[test]
@@ -360,9 +368,9 @@ fn killed_between_commit_and_push_then_resumed_commits_once() {
     assert_eq!(g.vs_weights(), "0 100");
 }
 
-#[test]
-fn flux_kustomization_follows_the_commits() {
-    let g = git_world("flux", "");
+on_both_backends! {
+fn flux_kustomization_follows_the_commits(backend) {
+    let g = git_world_on(backend, "flux", "");
     let out = g.w.rollwright(&["run", "spec.yaml"], &[]);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     let head = g.head();
@@ -378,10 +386,11 @@ fn flux_kustomization_follows_the_commits() {
     assert_eq!(ks, format!("main@sha1:{head}"));
     assert_eq!(g.vs_weights(), "0 100");
 }
+}
 
-#[test]
-fn a_crash_looping_canary_makes_the_application_degraded_and_is_reverted() {
-    let g = git_world("argocd", "pods:\n  - {image: \"fraud:8\", crash-loop: true}\n");
+on_both_backends! {
+fn a_crash_looping_canary_makes_the_application_degraded_and_is_reverted(backend) {
+    let g = git_world_on(backend, "argocd", "pods:\n  - {image: \"fraud:8\", crash-loop: true}\n");
     let out = g.w.rollwright(&["run", "spec.yaml"], &[]);
     assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
     let err = stderr(&out);
@@ -389,6 +398,7 @@ fn a_crash_looping_canary_makes_the_application_degraded_and_is_reverted() {
     assert!(err.contains("CrashLoopBackOff"), "{err}");
     assert_eq!(git(&g.bare, &["diff", &g.initial, "main"]), "");
     assert_eq!(g.w.deployments(), "deployment.apps/fraud-stable\n");
+}
 }
 
 #[test]
@@ -480,9 +490,9 @@ fn rbac_for_a_gitops_target_grants_reads_only() {
     );
 }
 
-#[test]
-fn a_sync_error_fails_the_step_with_argo_cds_message() {
-    let g = git_world("argocd", "");
+on_both_backends! {
+fn a_sync_error_fails_the_step_with_argo_cds_message(backend) {
+    let g = git_world_on(backend, "argocd", "");
     // The canary comes with a PodMonitor, a kind this cluster does not serve.
     g.w.write(
         "canary.yaml.hbs",
@@ -504,10 +514,11 @@ fn a_sync_error_fails_the_step_with_argo_cds_message() {
     assert_eq!(git(&g.bare, &["diff", &g.initial, "main"]), "", "reverted");
     assert_eq!(g.vs_weights(), "100 0");
 }
+}
 
-#[test]
-fn a_flux_health_check_failure_is_reverted() {
-    let g = git_world("flux", "pods:\n  - {image: \"fraud:8\", crash-loop: true}\n");
+on_both_backends! {
+fn a_flux_health_check_failure_is_reverted(backend) {
+    let g = git_world_on(backend, "flux", "pods:\n  - {image: \"fraud:8\", crash-loop: true}\n");
     let out = g.w.rollwright(&["run", "spec.yaml"], &[]);
     assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
     let err = stderr(&out);
@@ -520,6 +531,7 @@ fn a_flux_health_check_failure_is_reverted() {
         "deployment.apps/fraud-stable\n",
         "pruned by Flux after the revert"
     );
+}
 }
 
 /// A smart-HTTP remote behind basic auth (`tests/git_http.py` in front of

@@ -1,18 +1,19 @@
 //! The Kubernetes steps end to end: `rollwright run` (a separate process,
 //! through kube-rs) against a cluster; the cluster checked with kubectl.
 //!
-//! The cluster is the embedded one (the simulated world: model servers,
-//! router, faults), or — for the tests declared with [`on_both_backends`] —
-//! also a real control plane (etcd, kube-apiserver, controller-manager,
-//! scheduler and kwok from `scripts/setup-kube`), one per test, where the
-//! same test runs unchanged.
+//! The cluster is the embedded one, or — for the tests declared with
+//! [`on_both_backends`] — also a real control plane (etcd, kube-apiserver,
+//! controller-manager, scheduler and kwok from `scripts/setup-kube`), one
+//! per test, where the same test runs unchanged. Either way the simulated
+//! world (serving platforms, pods' lifecycle and faults, router, model
+//! servers) runs over the API server.
 
 use std::path::{Path, PathBuf};
 use std::process::Output;
 
 use assert_cmd::Command;
 use rollwright_sim::control_plane::ControlPlane;
-use rollwright_sim::{Scenario, Sim, SimOptions};
+use rollwright_sim::{Scenario, Sim, SimOptions, WorldOptions};
 
 use crate::{stderr, stdout};
 
@@ -26,8 +27,16 @@ pub enum Backend {
 }
 
 enum Cluster {
-    Embedded { sim: Sim, _rt: tokio::runtime::Runtime },
-    Kube { cp: ControlPlane, _slot: KubeSlot },
+    Embedded {
+        sim: Sim,
+        _rt: tokio::runtime::Runtime,
+    },
+    Kube {
+        world: rollwright_sim::World,
+        _rt: tokio::runtime::Runtime,
+        cp: ControlPlane,
+        _slot: KubeSlot,
+    },
 }
 
 /// At most two real control planes at once (each is five processes that
@@ -37,8 +46,18 @@ struct KubeSlot;
 static KUBE_SLOTS: (std::sync::Mutex<usize>, std::sync::Condvar) =
     (std::sync::Mutex::new(0), std::sync::Condvar::new());
 
+thread_local! {
+    static HOLDS_A_SLOT: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
 impl KubeSlot {
     fn take() -> KubeSlot {
+        // A test waiting for a second slot while holding one could wait forever.
+        assert!(
+            !HOLDS_A_SLOT.get(),
+            "a test holds one control plane at a time: drop the previous World first"
+        );
+        HOLDS_A_SLOT.set(true);
         let (m, cv) = &KUBE_SLOTS;
         let mut n = m.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         while *n >= 2 {
@@ -51,6 +70,7 @@ impl KubeSlot {
 
 impl Drop for KubeSlot {
     fn drop(&mut self) {
+        HOLDS_A_SLOT.set(false);
         let (m, cv) = &KUBE_SLOTS;
         *m.lock().unwrap_or_else(std::sync::PoisonError::into_inner) -= 1;
         cv.notify_one();
@@ -86,30 +106,44 @@ impl World {
         }
     }
 
-    /// The scenario's objects on a control plane of the test's own; the
-    /// rest of the scenario (models, faults, time scale) is the simulated
-    /// world's, which this backend does not have.
+    /// The scenario on a control plane of the test's own, with the
+    /// simulated world running over it.
     fn on_kube_apiserver(scenario: &str) -> World {
         let scenario = Scenario::from_yaml(scenario, "test scenario").unwrap();
         let slot = KubeSlot::take();
-        let cp = ControlPlane::start(&crate::kube::kube_bin()).unwrap_or_else(|e| panic!("{e}"));
+        let cp = ControlPlane::start_for_world(&crate::kube::kube_bin()).unwrap_or_else(|e| panic!("{e}"));
         let list = serde_json::json!({"apiVersion": "v1", "kind": "List", "items": scenario.objects});
         cp.kubectl(&["apply", "--server-side", "-f", "-"], Some(&list.to_string()))
             .unwrap_or_else(|e| panic!("the scenario's objects: {e}"));
-        for o in &scenario.objects {
-            if o["kind"] == "Deployment" {
-                let name = format!("deployment/{}", o["metadata"]["name"].as_str().unwrap());
-                let ns = o["metadata"]["namespace"].as_str().unwrap_or("default");
-                cp.kubectl(&["rollout", "status", &name, "-n", ns, "--timeout=60s"], None)
-                    .unwrap_or_else(|e| panic!("{name} never rolled out: {e}"));
-            }
-        }
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        let world = rt
+            .block_on(rollwright_sim::World::start(
+                &cp.kubeconfig_for("sim"),
+                WorldOptions {
+                    scenario,
+                    ..WorldOptions::default()
+                },
+            ))
+            .unwrap_or_else(|e| panic!("the simulated world: {e}"));
+        assert!(
+            rt.block_on(world.settled(std::time::Duration::from_secs(60))),
+            "the test world never settled"
+        );
         let dir = tempfile::tempdir().unwrap();
         cp.write_kubeconfig_for(&dir.path().join("kubeconfig"), "prod-east")
             .unwrap();
         std::fs::write(dir.path().join("registry.yaml"), REGISTRY).unwrap();
         World {
-            cluster: Cluster::Kube { cp, _slot: slot },
+            cluster: Cluster::Kube {
+                world,
+                _rt: rt,
+                cp,
+                _slot: slot,
+            },
             dir,
         }
     }
@@ -137,23 +171,22 @@ impl World {
         }
     }
 
-    /// The embedded cluster, for what only the simulated world has (model
-    /// servers, the router, faults, its users).
+    /// The simulated world (model servers, the router, faults), on either backend.
+    pub fn world(&self) -> &rollwright_sim::World {
+        match &self.cluster {
+            Cluster::Embedded { sim, .. } => sim.world(),
+            Cluster::Kube { world, .. } => world,
+        }
+    }
+
+    /// The embedded cluster, for what only it has (its users, API faults).
     ///
     /// # Panics
     /// On the kube-apiserver backend.
     pub fn sim(&self) -> &Sim {
         match &self.cluster {
             Cluster::Embedded { sim, .. } => sim,
-            Cluster::Kube { .. } => panic!("this test needs the simulated world (embedded backend)"),
-        }
-    }
-
-    /// The backend.
-    pub fn backend(&self) -> Backend {
-        match self.cluster {
-            Cluster::Embedded { .. } => Backend::Embedded,
-            Cluster::Kube { .. } => Backend::KubeApiserver,
+            Cluster::Kube { .. } => panic!("this test needs the embedded API server"),
         }
     }
 
@@ -231,17 +264,11 @@ impl World {
 
     /// `version → percent` of what the sim routes for `model`.
     fn split(&self, model: &str) -> Vec<(String, u32)> {
-        self.sim().split(model).into_iter().collect()
+        self.world().split(model).into_iter().collect()
     }
 
-    /// Waits until the simulated router serves `want` for `model`. On the
-    /// kube-apiserver backend there is no router yet (the simulated world
-    /// runs on the embedded cluster only): the routing objects' weights are
-    /// what the tests check there.
+    /// Waits until the simulated router serves `want` for `model`.
     pub fn wait_split(&self, model: &str, want: &[(&str, u32)]) {
-        if self.backend() == Backend::KubeApiserver {
-            return;
-        }
         let want: Vec<(String, u32)> = want.iter().map(|(v, w)| ((*v).to_owned(), *w)).collect();
         for _ in 0..100 {
             if self.split(model) == want {
@@ -326,9 +353,9 @@ fn deployment_and_istio_canary_promoted_to_100(backend) {
 }
 }
 
-#[test]
-fn a_crash_looping_canary_is_caught_and_rolled_back_with_stable_untouched() {
-    let w = istio_world("pods:\n  - {version: \"8\", crash-loop: true}\n");
+on_both_backends! {
+fn a_crash_looping_canary_is_caught_and_rolled_back_with_stable_untouched(backend) {
+    let w = istio_world_on(backend, "pods:\n  - {version: \"8\", crash-loop: true}\n");
     let out = w.rollwright(&["run", "spec.yaml"], &[]);
     assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
     let err = stderr(&out);
@@ -354,6 +381,7 @@ fn a_crash_looping_canary_is_caught_and_rolled_back_with_stable_untouched() {
     w.wait_split("fraud", &[("7", 100)]);
     let report = std::fs::read_to_string(only_run_dir(w.path()).join("report.md")).unwrap_or_default();
     assert!(report.contains("deleted (it did not exist before)"), "{report}");
+}
 }
 
 #[test]
@@ -498,9 +526,9 @@ pub fn kserve_spec() -> String {
         )
 }
 
-#[test]
-fn kserve_canary_promoted_to_100() {
-    let w = World::new(KSERVE_WORLD);
+on_both_backends! {
+fn kserve_canary_promoted_to_100(backend) {
+    let w = World::on(backend, KSERVE_WORLD);
     w.write("isvc.yaml.hbs", ISVC_MANIFEST);
     w.write("spec.yaml", &kserve_spec());
     w.wait_split("fraud", &[("7", 100)]);
@@ -520,6 +548,7 @@ fn kserve_canary_promoted_to_100() {
     );
     w.wait_split("fraud", &[("8", 100)]);
 }
+}
 
 pub fn only_run_dir(dir: &Path) -> PathBuf {
     let runs: Vec<PathBuf> = std::fs::read_dir(dir.join(".rollwright/runs"))
@@ -534,12 +563,12 @@ pub fn journal_of(dir: &Path) -> String {
     std::fs::read_to_string(only_run_dir(dir).join("journal.jsonl")).unwrap()
 }
 
+on_both_backends! {
 /// A failure at 50 % (a breached hold, here a test step that fails):
 /// traffic goes straight back to stable, the canary is removed, and the
 /// report says what was restored.
-#[test]
-fn a_failure_mid_ramp_rolls_traffic_back_first_then_removes_the_canary() {
-    let w = istio_world("");
+fn a_failure_mid_ramp_rolls_traffic_back_first_then_removes_the_canary(backend) {
+    let w = istio_world_on(backend, "");
     w.write(
         "spec.yaml",
         &ISTIO_SPEC.replace(
@@ -571,10 +600,11 @@ fn a_failure_mid_ramp_rolls_traffic_back_first_then_removes_the_canary() {
     let report = std::fs::read_to_string(only_run_dir(w.path()).join("report.md")).unwrap();
     assert!(report.contains("restored for `shift-50`"), "{report}");
 }
+}
 
-#[test]
-fn kserve_rollback_sends_everything_back_to_the_rolled_out_revision() {
-    let w = World::new(KSERVE_WORLD);
+on_both_backends! {
+fn kserve_rollback_sends_everything_back_to_the_rolled_out_revision(backend) {
+    let w = World::on(backend, KSERVE_WORLD);
     w.write("isvc.yaml.hbs", ISVC_MANIFEST);
     w.write(
         "spec.yaml",
@@ -594,10 +624,11 @@ fn kserve_rollback_sends_everything_back_to_the_rolled_out_revision() {
     assert_eq!(w.isvc_storage_uri(), "models:/fraud/7");
     w.wait_split("fraud", &[("7", 100)]);
 }
+}
 
-#[test]
-fn traffic_is_never_routed_to_a_canary_that_is_not_ready() {
-    let w = istio_world("pods:\n  - {version: \"8\", never-ready: true}\n");
+on_both_backends! {
+fn traffic_is_never_routed_to_a_canary_that_is_not_ready(backend) {
+    let w = istio_world_on(backend, "pods:\n  - {version: \"8\", never-ready: true}\n");
     // No wait-ready: shift-traffic itself must refuse.
     w.write(
         "spec.yaml",
@@ -616,6 +647,7 @@ fn traffic_is_never_routed_to_a_canary_that_is_not_ready() {
         "{err}"
     );
     assert_eq!(vs_weights(&w), "100 0");
+}
 }
 
 on_both_backends! {
@@ -722,7 +754,7 @@ pub fn analysed_spec(w: &World, hold: &str, metrics: &str) -> String {
             "serving: {platform: deployment, traffic: istio}",
             &format!(
                 "serving: {{platform: deployment, traffic: istio, endpoint: \"{}\"}}",
-                w.sim().models_url()
+                w.world().models_url()
             ),
         )
         .replace(
@@ -735,9 +767,9 @@ pub fn analysed_spec(w: &World, hold: &str, metrics: &str) -> String {
 
 pub const PROBE_METRICS: &str = "        failure-limit: 1\n        probe: {requests: 40}\n        metrics:\n          - {name: error-rate, provider: probe, query: error-rate, max-increase-over-stable: 0.05}\n          - {name: p99, provider: probe, query: latency-p99, max: 0.25}";
 
-#[test]
-fn a_healthy_canary_passes_its_analysed_hold() {
-    let w = istio_world(
+on_both_backends! {
+fn a_healthy_canary_passes_its_analysed_hold(backend) {
+    let w = istio_world_on(backend,
         "models:\n  fraud:\n    versions:\n      \"7\": {latency: {p50: 5ms, p99: 20ms}}\n      \"8\": {latency: {p50: 5ms, p99: 20ms}}\n",
     );
     // A generous latency limit: a loaded CI machine adds its own queueing.
@@ -754,11 +786,12 @@ fn a_healthy_canary_passes_its_analysed_hold() {
     );
     w.wait_split("fraud", &[("8", 100)]);
 }
+}
 
-#[test]
-fn an_error_rate_rising_mid_hold_fails_it_and_rolls_back() {
+on_both_backends! {
+fn an_error_rate_rising_mid_hold_fails_it_and_rolls_back(backend) {
     // Version 8 starts failing half of its requests 1 s after it first serves.
-    let w = istio_world(
+    let w = istio_world_on(backend,
         "models:\n  fraud:\n    versions:\n      \"8\":\n        phases:\n          - {after: 20s, error-rate: 50%}\n",
     );
     w.write("spec.yaml", &analysed_spec(&w, "30s", PROBE_METRICS));
@@ -772,11 +805,12 @@ fn an_error_rate_rising_mid_hold_fails_it_and_rolls_back() {
     assert_eq!(vs_weights(&w), "100 0");
     w.wait_split("fraud", &[("7", 100)]);
 }
+}
 
-#[test]
-fn a_latency_regression_fails_the_hold() {
+on_both_backends! {
+fn a_latency_regression_fails_the_hold(backend) {
     let w =
-        istio_world("models:\n  fraud:\n    versions:\n      \"8\": {latency: {p50: 400ms, p99: 600ms}}\n");
+        istio_world_on(backend, "models:\n  fraud:\n    versions:\n      \"8\": {latency: {p50: 400ms, p99: 600ms}}\n");
     w.write("spec.yaml", &analysed_spec(&w, "5s", PROBE_METRICS));
     let out = w.rollwright(&["run", "spec.yaml"], &[]);
     assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
@@ -787,10 +821,11 @@ fn a_latency_regression_fails_the_hold() {
     );
     assert!(stderr(&out).contains("> max 0.250"), "{}", stderr(&out));
 }
+}
 
-#[test]
-fn a_canary_that_errors_while_stable_has_none_is_a_breach_not_nan() {
-    let w = istio_world(
+on_both_backends! {
+fn a_canary_that_errors_while_stable_has_none_is_a_breach_not_nan(backend) {
+    let w = istio_world_on(backend,
         "models:\n  fraud:\n    versions:\n      \"7\": {error-rate: 0}\n      \"8\": {error-rate: 30%}\n",
     );
     w.write(
@@ -809,6 +844,7 @@ fn a_canary_that_errors_while_stable_has_none_is_a_breach_not_nan() {
         "{err}"
     );
     assert!(!err.contains("NaN"));
+}
 }
 
 #[test]
@@ -834,9 +870,9 @@ fn no_data_fails_by_default_and_can_be_ignored() {
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
 }
 
-#[test]
-fn canary_pods_crashing_during_the_hold_fail_it() {
-    let w = istio_world("");
+on_both_backends! {
+fn canary_pods_crashing_during_the_hold_fail_it(backend) {
+    let w = istio_world_on(backend, "");
     w.write(
         "spec.yaml",
         &analysed_spec(
@@ -864,7 +900,7 @@ fn canary_pods_crashing_during_the_hold_fail_it() {
         }
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
-    w.sim().set_scenario(
+    w.world().set_scenario(
         &Scenario::from_yaml(
             "traffic: {rate: 0}\npods:\n  - {version: \"8\", crash-loop: true}\n",
             "live",
@@ -881,10 +917,11 @@ fn canary_pods_crashing_during_the_hold_fail_it() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("analysis failed: restarts: canary"));
     assert_eq!(vs_weights(&w), "100 0");
 }
+}
 
-#[test]
-fn verify_inference_over_v1_and_v2_with_assertions_and_a_latency_budget() {
-    let w = istio_world(
+on_both_backends! {
+fn verify_inference_over_v1_and_v2_with_assertions_and_a_latency_budget(backend) {
+    let w = istio_world_on(backend,
         "models:\n  fraud:\n    versions:\n      \"8\": {output: 0.93, latency: {p50: 5ms, p99: 10ms}}\n      \"7\": {output: 0.2}\n",
     );
     let spec = |w: &World, verify: &str| {
@@ -906,7 +943,9 @@ fn verify_inference_over_v1_and_v2_with_assertions_and_a_latency_budget() {
     );
 
     // A failing assertion (v1), naming the path, the value and the expectation.
-    let w = istio_world("models:\n  fraud:\n    versions:\n      \"8\": {output: 0.5}\n");
+    // (One world at a time: a test holds at most one control plane.)
+    drop(w);
+    let w = istio_world_on(backend, "models:\n  fraud:\n    versions:\n      \"8\": {output: 0.5}\n");
     let spec2 = spec(
         &w,
         "{protocol: kserve-v1, expect: {json: [{path: \"$.predictions[0]\", equals: 0.9, tolerance: 0.05}]}}",
@@ -929,8 +968,9 @@ fn verify_inference_over_v1_and_v2_with_assertions_and_a_latency_budget() {
     );
 
     // A slow canary misses the latency budget.
+    drop(w);
     let w =
-        istio_world("models:\n  fraud:\n    versions:\n      \"8\": {latency: {p50: 300ms, p99: 300ms}}\n");
+        istio_world_on(backend, "models:\n  fraud:\n    versions:\n      \"8\": {latency: {p50: 300ms, p99: 300ms}}\n");
     w.write(
         "spec.yaml",
         &spec(&w, "{protocol: kserve-v1, requests: 3, expect: {latency: 100ms}}"),
@@ -939,15 +979,16 @@ fn verify_inference_over_v1_and_v2_with_assertions_and_a_latency_budget() {
     assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
     assert!(stderr(&out).contains("(budget 100ms)"), "{}", stderr(&out));
 }
+}
 
+on_both_backends! {
 /// A webhook URL kept in a Kubernetes Secret (`secretRef`) is read from the
 /// target namespace when the handler runs, used, and never written anywhere.
-#[test]
-fn secret_references_are_read_from_the_target_cluster() {
+fn secret_references_are_read_from_the_target_cluster(backend) {
     let (url, requests) = crate::run::webhook_server(vec![200]);
     use base64::Engine as _;
     let encoded = base64::engine::general_purpose::STANDARD.encode(&url);
-    let w = istio_world("pods:\n  - {version: \"8\", crash-loop: true}\n");
+    let w = istio_world_on(backend, "pods:\n  - {version: \"8\", crash-loop: true}\n");
     w.write(
         "secret.yaml",
         &format!("apiVersion: v1\nkind: Secret\nmetadata: {{name: oncall, namespace: ml}}\ndata: {{url: \"{encoded}\"}}\n"),
@@ -981,12 +1022,13 @@ fn secret_references_are_read_from_the_target_cluster() {
     }
     assert!(!stderr(&out).contains("T0KEN-IN-URL-12345"));
 }
+}
 
+on_both_backends! {
 /// A shadow phase ends with the mirror removed: on success (the first
 /// canary shift drops it, and the promoted route has none) and on rollback
 /// (the route goes back to what it was, without one).
-#[test]
-fn a_mirror_never_outlives_its_shadow_phase() {
+fn a_mirror_never_outlives_its_shadow_phase(backend) {
     let with_shadow = ISTIO_SPEC
         .replace(
             "  - id: shift-20\n    type: shift-traffic\n    needs: [ready]",
@@ -1005,14 +1047,15 @@ fn a_mirror_never_outlives_its_shadow_phase() {
         ])
     };
     // Success.
-    let w = istio_world("");
+    let w = istio_world_on(backend, "");
     w.write("spec.yaml", &with_shadow);
     let out = w.rollwright(&["run", "spec.yaml"], &[]);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     assert_eq!(mirror(&w), "", "the promoted route still mirrors");
     assert_eq!(vs_weights(&w), "0 100");
-    // Rollback while mirroring.
-    let w = istio_world("");
+    // Rollback while mirroring (one world at a time).
+    drop(w);
+    let w = istio_world_on(backend, "");
     w.write(
         "spec.yaml",
         &with_shadow.replace(
@@ -1024,6 +1067,7 @@ fn a_mirror_never_outlives_its_shadow_phase() {
     assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
     assert_eq!(mirror(&w), "", "the rolled-back route still mirrors");
     assert_eq!(vs_weights(&w), "100 0");
+}
 }
 
 /// The Role names every object the files name, lists every step that needs

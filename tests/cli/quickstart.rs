@@ -34,7 +34,7 @@ fn the_quickstart_promotes_then_rolls_back() {
     let out = run("specs/sim/fraud-healthy.yaml");
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     let err = stderr(&out);
-    assert!(err.contains("embedded cluster: https://127.0.0.1:"), "{err}");
+    assert!(err.contains("simulated cluster: https://127.0.0.1:"), "{err}");
     assert!(err.contains("watch it:  kubectl --kubeconfig "), "{err}");
     assert!(err.contains("promote: succeeded"), "{err}");
     let out = run("specs/sim/fraud-regression.yaml");
@@ -125,6 +125,95 @@ fn every_shipped_scenario_passes_with_junit_output() {
         "{xml}"
     );
     assert!(xml.contains(r#"<testcase name="killed-and-resumed""#));
+}
+
+/// The same scenarios on a real control plane with the simulated world over
+/// it; the one that needs API faults (the embedded API server's own) is
+/// skipped, and says why.
+#[test]
+fn every_shipped_scenario_passes_on_kube_apiserver() {
+    let dir = tempfile::tempdir().unwrap();
+    let junit = dir.path().join("junit.xml");
+    let bin = crate::kube::kube_bin();
+    let out = rollwright_in(
+        &root(),
+        &[
+            "test",
+            "specs/scenarios",
+            "--control-plane",
+            "kube-apiserver",
+            "--kube-bin",
+            &bin.to_string_lossy(),
+            "--junit",
+            &junit.to_string_lossy(),
+        ],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}\n{}", stdout(&out), stderr(&out));
+    assert!(
+        stdout(&out)
+            .trim_end()
+            .ends_with("19 passed, 0 failed, 1 skipped"),
+        "{}",
+        stdout(&out)
+    );
+    assert!(
+        stdout(&out).contains("SKIP api-server-flakiness (0.0s): the scenario's `api` faults are injected by the embedded API server only"),
+        "{}",
+        stdout(&out)
+    );
+    let xml = std::fs::read_to_string(&junit).unwrap();
+    assert!(
+        xml.contains(r#"<testsuite name="rollout scenarios" tests="20" skipped="1" errors="0" failures="0""#),
+        "{xml}"
+    );
+}
+
+/// `run --sim --control-plane kube-apiserver`: the quickstart on a real
+/// control plane, started and stopped by the run; the flag means nothing
+/// without `--sim`.
+#[test]
+fn run_sim_on_kube_apiserver() {
+    let dir = tempfile::tempdir().unwrap();
+    let bin = crate::kube::kube_bin();
+    let out = rollwright_in(
+        &root(),
+        &[
+            "run",
+            "specs/examples/kserve-canary.yaml",
+            "--sim",
+            "--scenario",
+            "specs/sim/fraud-healthy.yaml",
+            "--control-plane",
+            "kube-apiserver",
+            "--kube-bin",
+            &bin.to_string_lossy(),
+            "--state-dir",
+            &dir.path().to_string_lossy(),
+        ],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}\n{}", stdout(&out), stderr(&out));
+    assert!(
+        stderr(&out).contains("simulated cluster: https://127.0.0.1:"),
+        "{}",
+        stderr(&out)
+    );
+    let out = rollwright_in(
+        &root(),
+        &[
+            "run",
+            "specs/examples/kserve-canary.yaml",
+            "--control-plane",
+            "kube-apiserver",
+            "--state-dir",
+            &dir.path().to_string_lossy(),
+        ],
+    );
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("choose the API server `run --sim` starts"),
+        "{}",
+        stderr(&out)
+    );
 }
 
 #[test]

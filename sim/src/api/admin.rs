@@ -62,9 +62,4 @@ impl State {
             *f = faults;
         }
     }
-
-    /// The fault that applies to a pod with this image, if any.
-    pub fn pod_fault(&self, pod: &Value) -> Option<crate::faults::PodFault> {
-        self.faults.lock().ok()?.iter().find(|f| f.matches(pod)).cloned()
-    }
 }

@@ -317,5 +317,30 @@ fn invalid_spec(kind: &Kind, name: &str, obj: &Value) -> Option<Response> {
             ));
         }
     }
+    // A container without an image (a SeldonDeployment's graph node names
+    // its server by `implementation`, not by image: its controller fills it in).
+    let pod_spec = match kind.kind {
+        "Pod" => Some(&obj["spec"]),
+        "Deployment" | "ReplicaSet" => Some(&obj["spec"]["template"]["spec"]),
+        _ => None,
+    };
+    if let Some(spec) = pod_spec {
+        let field = if kind.kind == "Pod" {
+            "spec"
+        } else {
+            "spec.template.spec"
+        };
+        for (i, c) in spec["containers"].as_array().into_iter().flatten().enumerate() {
+            if c["image"].as_str().is_none_or(str::is_empty) {
+                return Some(invalid(
+                    kind,
+                    name,
+                    &format!("{field}.containers[{i}].image"),
+                    "FieldValueRequired",
+                    "Required value",
+                ));
+            }
+        }
+    }
     None
 }

@@ -39,7 +39,8 @@ pub struct State {
     pub identity: String,
     /// Further users: token → (username, groups). The admin token is `token`.
     users: Mutex<std::collections::HashMap<String, (String, Vec<String>)>>,
-    faults: Mutex<Vec<crate::faults::PodFault>>,
+    /// Shared with the simulated world's node agent.
+    pub(crate) faults: Arc<Mutex<Vec<crate::faults::PodFault>>>,
     api_faults: Mutex<Vec<ApiFault>>,
     store: Mutex<Store>,
     changes: tokio::sync::broadcast::Sender<Change>,
@@ -52,8 +53,6 @@ pub struct State {
     /// The model servers.
     pub models: Arc<Models>,
     scenario: Mutex<Scenario>,
-    /// The scenario's git repositories, by name.
-    repos: RwLock<std::collections::HashMap<String, std::path::PathBuf>>,
 }
 
 impl State {
@@ -63,7 +62,7 @@ impl State {
             identity: crate::random_hex(),
             users: Mutex::default(),
             token,
-            faults: Mutex::new(scenario.pods.clone()),
+            faults: Arc::new(Mutex::new(scenario.pods.clone())),
             api_faults: Mutex::new(scenario.api.clone()),
             store: Mutex::default(),
             changes: tokio::sync::broadcast::channel(HISTORY).0,
@@ -78,7 +77,6 @@ impl State {
                 scenario.traffic.rate,
             )),
             scenario: Mutex::new(scenario),
-            repos: RwLock::default(),
         };
         // The namespaces a fresh cluster has.
         for ns in ["default", "kube-system"] {
@@ -151,29 +149,6 @@ impl State {
             }
         }
         Ok(())
-    }
-
-    /// Registers the scenario's repositories (`sim://NAME`).
-    pub fn set_repositories(&self, repos: std::collections::HashMap<String, std::path::PathBuf>) {
-        if let Ok(mut r) = self.repos.write() {
-            *r = repos;
-        }
-    }
-
-    /// The path of the repository `sim://name`.
-    pub fn repository(&self, name: &str) -> Option<std::path::PathBuf> {
-        self.repos.read().ok()?.get(name).cloned()
-    }
-
-    /// Every repository, by name.
-    pub fn repositories(&self) -> Vec<(String, std::path::PathBuf)> {
-        let mut all: Vec<_> = self
-            .repos
-            .read()
-            .map(|r| r.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
-            .unwrap_or_default();
-        all.sort();
-        all
     }
 
     /// Every kind served now: the built-in ones and those CRDs define.

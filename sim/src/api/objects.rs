@@ -71,66 +71,6 @@ impl State {
             .find(|k| kinds::api_version(k) == api_version && k.kind == kind)
     }
 
-    /// Server-side applies an object, forced (the GitOps controller).
-    ///
-    /// # Errors
-    /// The kind is not served, or the API server refused it.
-    pub fn apply_object(&self, obj: Value, manager: &str) -> Result<(), String> {
-        let what = format!(
-            "{} {}",
-            obj["kind"].as_str().unwrap_or("?"),
-            obj["metadata"]["name"].as_str().unwrap_or("?")
-        );
-        let kind = self.kind_of(&obj).ok_or_else(|| {
-            format!(
-                "{what}: the server could not find the requested resource ({})",
-                obj["apiVersion"].as_str().unwrap_or("?")
-            )
-        })?;
-        let ns = obj["metadata"]["namespace"].as_str().map(str::to_owned);
-        if kind.namespaced {
-            let exists = self
-                .store
-                .lock()
-                .is_ok_and(|s| Self::namespace_exists(&s, ns.as_deref().unwrap_or_default()));
-            if !exists {
-                return Err(format!(
-                    "{what}: namespaces \"{}\" not found",
-                    ns.unwrap_or_default()
-                ));
-            }
-        }
-        let t = Target {
-            kind,
-            namespace: kind.namespaced.then(|| ns.unwrap_or_default()),
-            name: obj["metadata"]["name"].as_str().map(str::to_owned),
-            status: false,
-            scale: false,
-        };
-        let r = self.apply(&t, obj, manager, true);
-        if r.status().is_success() {
-            Ok(())
-        } else {
-            Err(format!("{what}: {}", r.status()))
-        }
-    }
-
-    /// Replaces an object's metadata and content, not its status (controllers).
-    pub fn update_object(&self, obj: Value) {
-        let Some(kind) = self.kind_of(&obj) else { return };
-        let t = Target {
-            kind,
-            namespace: obj["metadata"]["namespace"]
-                .as_str()
-                .filter(|_| kind.namespaced)
-                .map(str::to_owned),
-            name: obj["metadata"]["name"].as_str().map(str::to_owned),
-            status: false,
-            scale: false,
-        };
-        let _ = self.store_update(&t, obj, false);
-    }
-
     /// An object by apiVersion, kind, namespace and name (controllers).
     pub fn get_object(&self, api_version: &str, kind: &str, ns: &str, name: &str) -> Option<Value> {
         let k = self.kind_by(api_version, kind)?;
@@ -139,13 +79,6 @@ impl State {
             .objects
             .get(&key(k, k.namespaced.then_some(ns), name))
             .cloned()
-    }
-
-    /// Deletes an object by apiVersion, kind, namespace and name (controllers).
-    pub fn delete_object(&self, api_version: &str, kind: &str, ns: &str, name: &str) {
-        if let Some(k) = self.kind_by(api_version, kind) {
-            self.remove(k.group, k.plural, ns, name);
-        }
     }
 
     /// Writes an object's status (controllers).
