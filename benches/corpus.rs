@@ -212,3 +212,160 @@ pub fn write(dir: &Path, n: u64, seed: u64) -> std::io::Result<u64> {
     }
     Ok(invalid)
 }
+
+/// Spec `i` of a monorepo-shaped corpus: about 55 % on a shared strategy
+/// (`uses:` with `params` and `customize`), the rest with their own steps;
+/// every one renders one of the two shared manifest templates. `up` is the
+/// path from the spec's directory to the corpus root.
+pub fn monorepo_spec(seed: u64, i: u64, invalid_per_mille: u64, up: &str) -> Generated {
+    let mut r = Rng::new(seed ^ (i.wrapping_mul(0x9FB2_1C65_1E98_DF25)));
+    if r.below(100) >= 55 {
+        // Own steps: the flat generator, templates from the platform directory.
+        let g = spec(seed, i, invalid_per_mille);
+        return Generated {
+            // The platform's templates run 2 replicas.
+            text: g
+                .text
+                .replace("../manifests/", &format!("{up}platform/manifests/"))
+                .replace("min-replicas: 3", "min-replicas: 2")
+                .replace("min-replicas: 4", "min-replicas: 2"),
+            invalid: g.invalid,
+        };
+    }
+    let model = *r.pick(MODELS);
+    let team = *r.pick(TEAMS);
+    let prod = r.below(4) != 0;
+    let env = if prod { "production" } else { "staging" };
+    let kserve = r.below(2) == 0;
+    let version = 1 + r.below(40);
+    let mut s = String::with_capacity(2048);
+    let _ = writeln!(
+        s,
+        "# yaml-language-server: $schema={up}schemas/rollout.schema.json"
+    );
+    let _ = writeln!(
+        s,
+        "# {model} v{version} for the {team} team ({env}), on the platform's strategy."
+    );
+    let _ = writeln!(s, "apiVersion: rollwright.dev/v1alpha1\nkind: Rollout\nmetadata:");
+    let _ = writeln!(s, "  name: {model}-{i}\n  labels: {{team: {team}}}");
+    let (strategy, manifest) = if kserve {
+        ("kserve-canary", "kserve-isvc")
+    } else {
+        ("canary", "deployment-canary")
+    };
+    let _ = writeln!(s, "uses: {up}platform/strategies/{strategy}.yaml");
+    let mut weights: Vec<u64> = [5u64, 10, 20, 25, 50]
+        .iter()
+        .copied()
+        .filter(|_| r.below(2) == 0)
+        .collect();
+    if weights.is_empty() {
+        weights.push(20);
+    }
+    let _ = writeln!(
+        s,
+        "params:\n  manifest: {up}platform/manifests/{manifest}.yaml.hbs\n  weights: [{}]\n  hold: {}m\n  approvals: {}",
+        weights.iter().map(u64::to_string).collect::<Vec<_>>().join(", "),
+        5 + r.below(25),
+        1 + r.below(2)
+    );
+    if kserve {
+        let _ = writeln!(s, "  resource: {model}");
+    } else {
+        let _ = writeln!(s, "  interval: {}s", 30 + 10 * r.below(4));
+    }
+    let _ = writeln!(
+        s,
+        "model:\n  registry: mlflow\n  name: {model}\n  version: \"{version}\"\ntarget:\n  context: {}-{}\n  namespace: {team}\n  environment: {env}",
+        if prod { "prod" } else { "staging" },
+        r.pick(&["east", "west", "eu"])
+    );
+    let _ = writeln!(
+        s,
+        "serving:\n  platform: {}\n  traffic: {}\n  endpoint: http://{model}.{team}.svc.cluster.local:8080",
+        if kserve { "kserve" } else { "deployment" },
+        if kserve {
+            "kserve"
+        } else {
+            *r.pick(&["istio", "gateway-api", "smi"])
+        }
+    );
+    let _ = writeln!(
+        s,
+        "customize:\n  with:\n    gate:\n      approvals: {}\n      roles: [ml-lead]\n      evals:\n        auc: {{min: 0.9{}}}\n        latency-p99-ms: {{max: {}}}",
+        1 + r.below(2),
+        r.below(9),
+        50 + r.below(100)
+    );
+    if r.below(2) == 0 {
+        let _ = writeln!(
+            s,
+            "    smoke:\n      requests: {}\n      success-ratio: 0.95\n      expect: {{status: 200, latency: 500ms}}",
+            5 + r.below(20)
+        );
+    }
+    if r.below(3) == 0 {
+        let _ = writeln!(
+            s,
+            "  needs:\n    promote: [sign-off]\n  add:\n    - id: sign-off\n      type: approval\n      needs: [ramp]\n      with:\n        approvers: 1\n        from: [alice, bob]\n        expires: 4h\n        message: \"{model} {{{{model.version}}}} is at its last hold; approve to go to 100%.\""
+        );
+    }
+    let _ = writeln!(
+        s,
+        "on-failure:\n  - id: page\n    type: notify\n    with:\n      webhook: {{secretRef: {team}-oncall}}\n      message: {model} rollout rolled back"
+    );
+    let invalid = r.below(1000) < invalid_per_mille;
+    if invalid {
+        s = match r.below(4) {
+            0 => s.replacen("  hold: ", "  holdd: ", 1),
+            1 => s.replacen("  approvals: ", "  approvals: two # ", 1),
+            2 => s.replacen("    gate:\n", "    gaet:\n", 1),
+            _ => s.replacen("  weights: [", "  weights: 5 # [", 1),
+        };
+    }
+    Generated { text: s, invalid }
+}
+
+/// Writes a monorepo of `n` specs under `dir/teams/<team>/<group>/` with
+/// the platform's strategies and templates (the shipped ones) under
+/// `dir/platform/`; returns the invalid specs' paths.
+pub fn write_monorepo(dir: &Path, n: u64, seed: u64) -> std::io::Result<Vec<std::path::PathBuf>> {
+    std::fs::create_dir_all(dir.join(".git"))?;
+    std::fs::create_dir_all(dir.join("platform/strategies"))?;
+    std::fs::create_dir_all(dir.join("platform/manifests"))?;
+    for (name, text) in [
+        ("canary", include_str!("../specs/strategies/canary.yaml")),
+        (
+            "kserve-canary",
+            include_str!("../specs/strategies/kserve-canary.yaml"),
+        ),
+    ] {
+        std::fs::write(dir.join(format!("platform/strategies/{name}.yaml")), text)?;
+    }
+    for (name, text) in [
+        (
+            "kserve-isvc",
+            include_str!("../specs/manifests/kserve-isvc.yaml.hbs"),
+        ),
+        (
+            "deployment-canary",
+            include_str!("../specs/manifests/deployment-canary.yaml.hbs"),
+        ),
+    ] {
+        std::fs::write(dir.join(format!("platform/manifests/{name}.yaml.hbs")), text)?;
+    }
+    let mut invalid = Vec::new();
+    for i in 0..n {
+        let team = TEAMS[(i % TEAMS.len() as u64) as usize];
+        let sub = dir.join(format!("teams/{team}/group-{:02}", (i / 7) % 20));
+        std::fs::create_dir_all(&sub)?;
+        let g = monorepo_spec(seed, i, 50, "../../../");
+        let path = sub.join(format!("spec-{i:05}.yaml"));
+        if g.invalid {
+            invalid.push(path.clone());
+        }
+        std::fs::write(path, g.text)?;
+    }
+    Ok(invalid)
+}

@@ -36,6 +36,8 @@ pub struct Linter {
     policy: Option<Policy>,
     resolver: Option<Resolver>,
     root: Option<std::path::PathBuf>,
+    /// Strategies and templates read once for every spec this linter sees.
+    cache: expand::Cache,
 }
 
 /// The API server a cluster context points at, when it can be known
@@ -65,6 +67,7 @@ impl Linter {
             policy: None,
             resolver: None,
             root: None,
+            cache: expand::Cache::default(),
         })
     }
 
@@ -198,6 +201,7 @@ impl Linter {
             overrides,
             render_manifests: doc.value.get("kind").and_then(Value::as_str) == Some("Rollout"),
             root: self.root.as_deref(),
+            cache: Some(&self.cache),
         };
         let (exp, errors) = expand::expand(path, doc, &env);
         let exp = match exp {
@@ -251,6 +255,7 @@ impl Linter {
                 // A Strategy's manifest paths come from the Rollout's parameters.
                 render_manifests: doc.value.get("kind").and_then(Value::as_str) == Some("Rollout"),
                 root: self.root.as_deref(),
+                cache: Some(&self.cache),
             };
             let (expanded, errors) = expand::expand(path, doc, &env);
             diagnostics.extend(errors);
@@ -295,14 +300,15 @@ impl Linter {
         // expansion) or a template that failed (already reported).
         let (schema_diags, schema_errors) = self.schemas.check_value(&exp.value, exp, true);
         diagnostics.extend(schema_diags);
-        for (i, src) in exp.sources.iter().enumerate().skip(1) {
-            let (found, values) = validate::secrets(&src.doc);
-            secrets.extend(values);
-            for mut d in found {
+        for src in exp.sources.iter().skip(1) {
+            let scanned = self.cache.secrets(src);
+            let (found, values) = &*scanned;
+            secrets.extend(values.iter().cloned());
+            for d in found {
+                let mut d = d.clone();
                 d.file = Some(src.display.clone());
                 diagnostics.push(d);
             }
-            let _ = i;
         }
         let mut spec = self.typed(&exp.value, exp, &schema_errors, diagnostics);
         spec.manifests.clone_from(&exp.manifests);

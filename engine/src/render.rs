@@ -353,6 +353,8 @@ pub struct Manifest {
     pub text: String,
     /// The render with tokens (values masked).
     pub skeleton: String,
+    /// The skeleton's documents as parsed (the line each starts at, 0-based).
+    pub skeleton_docs: Vec<(u32, crate::yaml::Document)>,
 }
 
 /// Renders a manifest template twice and checks that no substituted value
@@ -418,6 +420,7 @@ pub fn render_manifest(t: &Template, data: &Value) -> Result<Manifest, Failure> 
             ),
         ));
     }
+    let mut skeleton_docs = Vec::with_capacity(a.len());
     for (d, ((_, ta), (_, tb))) in a.iter().zip(b.iter()).enumerate() {
         let Ok(da) = crate::yaml::load_str(ta, &limits) else {
             // The template itself is not YAML: the real render says where.
@@ -445,8 +448,13 @@ pub fn render_manifest(t: &Template, data: &Value) -> Result<Manifest, Failure> 
                 &format!("at `{}`", if ptr.is_empty() { "/" } else { &ptr }),
             ));
         }
+        skeleton_docs.push((a[d].0, da));
     }
-    Ok(Manifest { text, skeleton })
+    Ok(Manifest {
+        text,
+        skeleton,
+        skeleton_docs,
+    })
 }
 
 /// Compares the tokenized render `a` with the real one `b`; the pointer of

@@ -133,7 +133,24 @@ impl ControlPlane {
         ControlPlane::launch(bin, false)
     }
 
+    /// Free ports are picked by binding port 0 and letting go: another
+    /// process may take one before the component binds it. That start is
+    /// tried again (everything it started is stopped first), a few times.
     fn launch(bin: &Path, kwok_pods: bool) -> Result<ControlPlane, ControlPlaneError> {
+        let mut tries = 0;
+        loop {
+            match ControlPlane::launch_once(bin, kwok_pods) {
+                Err(ControlPlaneError::NotReady { detail, .. })
+                    if detail.contains("address already in use") && tries < 3 =>
+                {
+                    tries += 1;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    fn launch_once(bin: &Path, kwok_pods: bool) -> Result<ControlPlane, ControlPlaneError> {
         for b in BINARIES {
             let p = bin.join(b);
             if !p.is_file() {

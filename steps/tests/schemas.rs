@@ -158,6 +158,7 @@ fn shipped_specs_lint_clean_and_their_expansions_deserialize() {
             overrides: &[],
             render_manifests: false,
             root: None,
+            cache: None,
         };
         let (exp, errors) = rollwright_engine::expand::expand(&f, doc, &env);
         assert!(errors.is_empty(), "{}: {errors:?}", f.display());

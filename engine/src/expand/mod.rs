@@ -23,7 +23,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 
 use serde_json::{Map, Value, json};
 
@@ -39,8 +39,84 @@ pub struct Source {
     pub display: Arc<str>,
     /// The path on disk.
     pub path: PathBuf,
-    /// Its content.
-    pub doc: Document,
+    /// Its content (a strategy's is shared by every spec that uses it).
+    pub doc: Arc<Document>,
+    /// Its canonical path, for a strategy (what caches key on).
+    pub canonical: Option<PathBuf>,
+}
+
+/// How reading a strategy file failed.
+#[derive(Debug, Clone)]
+pub(crate) enum StrategyFailure {
+    /// It could not be read (the message).
+    Read(String),
+    /// It is not valid YAML (the diagnostics, not yet naming the file).
+    Parse(Vec<Diagnostic>),
+}
+
+/// A file's secret findings and the values they found.
+pub(crate) type SecretScan = Arc<(Vec<Diagnostic>, Vec<String>)>;
+
+/// A manifest template as read and compiled, or why it could not be read.
+type TemplateEntry = Result<Arc<Result<handlebars::template::Template, crate::render::Failure>>, String>;
+
+/// Strategy files and manifest templates, read and parsed (compiled) once
+/// per [`crate::Linter`] — one `lint`, `plan` or `run` — and shared by every
+/// spec that uses them, on every thread. Keyed by canonical path; bounded
+/// (past [`Cache::MAX`] entries a file is read each time, so memory stays
+/// flat whatever the repository holds).
+#[derive(Debug, Default)]
+pub struct Cache {
+    strategies: RwLock<HashMap<PathBuf, Result<Arc<Document>, StrategyFailure>>>,
+    templates: RwLock<HashMap<PathBuf, TemplateEntry>>,
+    /// The repository root of each spec directory.
+    roots: RwLock<HashMap<PathBuf, PathBuf>>,
+    /// A strategy's secret findings and values, by its canonical path.
+    secrets: RwLock<HashMap<PathBuf, SecretScan>>,
+}
+
+impl Cache {
+    /// The most files of each sort kept.
+    pub const MAX: usize = 4096;
+
+    fn get_or<V: Clone>(map: &RwLock<HashMap<PathBuf, V>>, key: &Path, make: impl FnOnce() -> V) -> V {
+        if let Some(v) = map.read().ok().and_then(|m| m.get(key).cloned()) {
+            return v;
+        }
+        let v = make();
+        if let Ok(mut m) = map.write()
+            && m.len() < Self::MAX
+        {
+            m.entry(key.to_path_buf()).or_insert_with(|| v.clone());
+        }
+        v
+    }
+
+    pub(crate) fn strategy(
+        &self,
+        canonical: &Path,
+        make: impl FnOnce() -> Result<Arc<Document>, StrategyFailure>,
+    ) -> Result<Arc<Document>, StrategyFailure> {
+        Self::get_or(&self.strategies, canonical, make)
+    }
+
+    pub(crate) fn template(&self, canonical: &Path, make: impl FnOnce() -> TemplateEntry) -> TemplateEntry {
+        Self::get_or(&self.templates, canonical, make)
+    }
+
+    /// [`crate::fsread::repository_root`] of a directory, found once.
+    pub(crate) fn repository_root(&self, dir: &Path) -> PathBuf {
+        Self::get_or(&self.roots, dir, || crate::fsread::repository_root(dir))
+    }
+
+    /// The secret scan of a strategy (a source other than the spec), once.
+    pub(crate) fn secrets(&self, src: &Source) -> SecretScan {
+        let scan = || Arc::new(crate::validate::secrets(&src.doc));
+        match &src.canonical {
+            Some(c) => Self::get_or(&self.secrets, c, scan),
+            None => scan(),
+        }
+    }
 }
 
 /// Where an expanded step came from.
@@ -143,6 +219,8 @@ pub struct Env<'a> {
     /// The directory every strategy and template must stay inside (default:
     /// the repository holding the spec — see [`crate::fsread::repository_root`]).
     pub root: Option<&'a Path>,
+    /// Strategies and templates already read (none: read each time).
+    pub cache: Option<&'a Cache>,
 }
 
 /// Whether a spec needs expanding at all: no `uses`, no group, no template
@@ -244,11 +322,14 @@ pub fn resolve_relative(file: &Path, rel: &str) -> PathBuf {
 pub fn expand(path: &Path, root: Document, env: &Env<'_>) -> (Option<Expanded>, Vec<Diagnostic>) {
     let repo = env.root.map_or_else(
         || {
-            crate::fsread::repository_root(
-                path.parent()
-                    .filter(|p| !p.as_os_str().is_empty())
-                    .unwrap_or(Path::new(".")),
-            )
+            let dir = path
+                .parent()
+                .filter(|p| !p.as_os_str().is_empty())
+                .unwrap_or(Path::new("."));
+            match env.cache {
+                Some(c) => c.repository_root(dir),
+                None => crate::fsread::repository_root(dir),
+            }
         },
         Path::to_path_buf,
     );
@@ -257,7 +338,8 @@ pub fn expand(path: &Path, root: Document, env: &Env<'_>) -> (Option<Expanded>, 
         sources: vec![Source {
             display: display_path(path).into(),
             path: path.to_path_buf(),
-            doc: root,
+            doc: Arc::new(root),
+            canonical: None,
         }],
         errors: Vec::new(),
         root: repo,
@@ -335,7 +417,7 @@ pub fn expand(path: &Path, root: Document, env: &Env<'_>) -> (Option<Expanded>, 
     // Manifest paths often come from parameters: with a parameter missing
     // or wrong, reading them would only repeat that error.
     if env.render_manifests && params_ok {
-        render_manifests(&mut expanded, &cx.root, env.registry, env.limits, &mut cx.errors);
+        render_manifests(&mut expanded, &cx.root, env, &mut cx.errors);
     }
     (Some(expanded), cx.errors)
 }
@@ -357,3 +439,37 @@ use params::resolve_params;
 use render::{lookup_template, render_manifests, render_values};
 use unroll::unroll;
 use uses::follow_uses;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// One read per file for every spec of a linter; a bounded map.
+    #[test]
+    fn the_cache_reads_a_file_once_and_stays_bounded() {
+        let cache = Cache::default();
+        let reads = std::cell::Cell::new(0);
+        let load = || {
+            reads.set(reads.get() + 1);
+            yaml::load_str("kind: Strategy\n", &Limits::default())
+                .map(Arc::new)
+                .map_err(StrategyFailure::Parse)
+        };
+        let a = cache.strategy(Path::new("/s/canary.yaml"), load).unwrap();
+        let b = cache.strategy(Path::new("/s/canary.yaml"), load).unwrap();
+        assert!(Arc::ptr_eq(&a, &b), "the same parsed document");
+        assert_eq!(reads.get(), 1);
+        // A failure is remembered too: a broken strategy is not re-read per spec.
+        let broken = || {
+            reads.set(reads.get() + 1);
+            Err(StrategyFailure::Read("gone".into()))
+        };
+        assert!(cache.strategy(Path::new("/s/broken.yaml"), broken).is_err());
+        assert!(cache.strategy(Path::new("/s/broken.yaml"), broken).is_err());
+        assert_eq!(reads.get(), 2);
+        for i in 0..Cache::MAX + 10 {
+            let _ = cache.template(&PathBuf::from(format!("/t/{i}.hbs")), || Err("x".into()));
+        }
+        assert_eq!(cache.templates.read().unwrap().len(), Cache::MAX);
+    }
+}

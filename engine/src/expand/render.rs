@@ -251,13 +251,8 @@ pub(super) fn bad_runtime_ref(exp: &Expanded, ptr: &str, path: &str, ctx: &Map<S
 /// template confined to the repository, read with the size cap, rendered
 /// within the budget, its values proven to be data, and its own text
 /// scanned for literal secrets like a spec.
-pub(super) fn render_manifests(
-    exp: &mut Expanded,
-    root: &Path,
-    registry: &Registry,
-    limits: &Limits,
-    errors: &mut Vec<Diagnostic>,
-) {
+pub(super) fn render_manifests(exp: &mut Expanded, root: &Path, env: &Env<'_>, errors: &mut Vec<Diagnostic>) {
+    let (registry, limits) = (env.registry, env.limits);
     let ctx = Value::Object(context(exp, None));
     let steps: Vec<(usize, String, String)> = exp
         .value
@@ -300,7 +295,16 @@ pub(super) fn render_manifests(
             );
             continue;
         }
-        let text = match crate::fsread::read_string(&path, limits.max_bytes as u64) {
+        let read = || {
+            crate::fsread::read_string(&path, limits.max_bytes as u64)
+                .map(|text| Arc::new(crate::render::compile(&text)))
+                .map_err(|e| e.to_string())
+        };
+        let compiled = match env.cache {
+            Some(cache) => cache.template(&super::uses::canonical(&path), read),
+            None => read(),
+        };
+        let compiled = match compiled {
             Ok(t) => t,
             Err(e) => {
                 refuse(
@@ -318,13 +322,17 @@ pub(super) fn render_manifests(
                 col: u32::try_from(col.unwrap_or(1)).unwrap_or(1),
             }),
         };
-        let rendered = crate::render::compile(&text).and_then(|t| crate::render::render_manifest(&t, &ctx));
+        let rendered = match compiled.as_ref() {
+            Ok(t) => crate::render::render_manifest(t, &ctx),
+            Err(e) => Err(e.clone()),
+        };
         match rendered {
             Ok(m) => {
                 // The template's own text (values masked) holds no secret.
-                for (offset, doc) in crate::yaml::split_documents(&m.skeleton) {
-                    if let Ok(d) = crate::yaml::load_str(&doc, limits) {
-                        for mut f in crate::validate::secrets(&d).0 {
+                for (offset, d) in &m.skeleton_docs {
+                    let offset = *offset;
+                    {
+                        for mut f in crate::validate::secrets(d).0 {
                             f.file = Some(shown.clone().into());
                             f.span.start.line += offset;
                             f.span.end.line += offset;

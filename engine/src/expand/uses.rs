@@ -45,9 +45,21 @@ pub(super) fn follow_uses(cx: &mut Ctx<'_>) -> bool {
                 Some("strategies and templates must live in the spec's repository (or under --root)".into());
             return false;
         }
-        let bytes = match crate::fsread::read(&path, cx.env.limits.max_bytes as u64) {
-            Ok(b) => b,
-            Err(e) => {
+        let limits = cx.env.limits;
+        let load = || {
+            let bytes = crate::fsread::read(&path, limits.max_bytes as u64)
+                .map_err(|e| StrategyFailure::Read(e.to_string()))?;
+            yaml::load_bytes(&bytes, limits)
+                .map(Arc::new)
+                .map_err(StrategyFailure::Parse)
+        };
+        let loaded = match cx.env.cache {
+            Some(cache) => cache.strategy(&canon, load),
+            None => load(),
+        };
+        let doc = match loaded {
+            Ok(d) => d,
+            Err(StrategyFailure::Read(e)) => {
                 let at = cx.at(cur, "/uses");
                 cx.error(
                     Code::UnknownStrategy,
@@ -57,10 +69,7 @@ pub(super) fn follow_uses(cx: &mut Ctx<'_>) -> bool {
                 .help = Some("`uses` is a path relative to the file that contains it".into());
                 return false;
             }
-        };
-        let doc = match yaml::load_bytes(&bytes, cx.env.limits) {
-            Ok(d) => d,
-            Err(diags) => {
+            Err(StrategyFailure::Parse(diags)) => {
                 let display: Arc<str> = display_path(&path).into();
                 for mut d in diags {
                     d.file = Some(display.clone());
@@ -78,11 +87,12 @@ pub(super) fn follow_uses(cx: &mut Ctx<'_>) -> bool {
             );
             return false;
         }
-        seen.push(canon);
+        seen.push(canon.clone());
         cx.sources.push(Source {
             display: display_path(&path).into(),
             path,
             doc,
+            canonical: Some(canon),
         });
     }
 }
