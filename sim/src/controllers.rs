@@ -18,21 +18,13 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
+use crate::{fnv, meta};
+
 use crate::api::State;
 
 /// The node the embedded cluster schedules every pod to.
 pub const NODE: &str = "sim-node-0";
 
-fn fnv(v: &Value) -> u32 {
-    let h = v.to_string().bytes().fold(0x811c_9dc5u32, |h, b| {
-        (h ^ u32::from(b)).wrapping_mul(0x0100_0193)
-    });
-    h & 0x7fff_ffff
-}
-
-fn meta<'a>(v: &'a Value, field: &str) -> &'a str {
-    v["metadata"][field].as_str().unwrap_or_default()
-}
 /// Runs the controllers until the sim stops.
 pub async fn run(state: Arc<State>, tick: Duration) {
     loop {

@@ -46,7 +46,9 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use crate::world::cluster::Cluster as State;
+use crate::meta;
+
+use crate::world::cluster::Cluster;
 
 /// What the controller remembers of an app between passes.
 #[derive(Debug, Default, Clone)]
@@ -59,7 +61,7 @@ struct Synced {
 }
 
 /// Runs until the sim stops.
-pub async fn run(state: Arc<State>, every: Duration) {
+pub async fn run(state: Arc<Cluster>, every: Duration) {
     let mut memory: HashMap<String, Synced> = HashMap::new();
     loop {
         let s = state.clone();
@@ -75,7 +77,7 @@ pub async fn run(state: Arc<State>, every: Duration) {
     }
 }
 
-fn reconcile(state: &State, memory: &mut HashMap<String, Synced>) {
+fn reconcile(state: &Cluster, memory: &mut HashMap<String, Synced>) {
     for app in state.snapshot("argoproj.io", "applications") {
         argo(state, &app, memory);
     }
@@ -86,10 +88,6 @@ fn reconcile(state: &State, memory: &mut HashMap<String, Synced>) {
     for k in state.snapshot("kustomize.toolkit.fluxcd.io", "kustomizations") {
         flux(state, &k, &repos, memory);
     }
-}
-
-fn meta<'a>(v: &'a Value, field: &str) -> &'a str {
-    v["metadata"][field].as_str().unwrap_or_default()
 }
 
 fn now() -> String {
@@ -115,7 +113,7 @@ fn output(cmd: &mut Command) -> Result<String, String> {
     }
 }
 
-fn local_path(state: &State, url: &str) -> PathBuf {
+fn local_path(state: &Cluster, url: &str) -> PathBuf {
     if let Some(name) = url.strip_prefix("sim://") {
         return state.repository(name).unwrap_or_else(|| PathBuf::from(url));
     }
@@ -165,7 +163,7 @@ pub fn create_repositories(
 }
 
 /// The commit a branch (or `HEAD`) of a local repository points at.
-fn resolve(state: &State, url: &str, revision: &str) -> Result<String, String> {
+fn resolve(state: &Cluster, url: &str, revision: &str) -> Result<String, String> {
     let rev = if revision.is_empty() || revision == "HEAD" {
         "HEAD".to_owned()
     } else {
@@ -186,7 +184,7 @@ const KUSTOMIZATION: [&str; 3] = ["kustomization.yaml", "kustomization.yml", "Ku
 /// The objects committed under `path` at `sha`: what its kustomization
 /// lists (`resources`: files and directories; `namespace`), else every
 /// YAML file below it.
-fn manifests(state: &State, url: &str, sha: &str, path: &str) -> Result<Vec<Value>, String> {
+fn manifests(state: &Cluster, url: &str, sha: &str, path: &str) -> Result<Vec<Value>, String> {
     let repo = &local_path(state, url);
     build(
         state,
@@ -228,7 +226,7 @@ fn objects_of(repo: &Path, sha: &str, f: &str) -> Result<Vec<Value>, String> {
     Ok(docs)
 }
 
-fn build(state: &State, repo: &Path, sha: &str, dir: &str, depth: u32) -> Result<Vec<Value>, String> {
+fn build(state: &Cluster, repo: &Path, sha: &str, dir: &str, depth: u32) -> Result<Vec<Value>, String> {
     if depth > 8 {
         return Err(format!("{dir}: kustomizations nest more than 8 deep"));
     }
@@ -291,7 +289,7 @@ fn key_of(o: &Value) -> ObjKey {
 /// app applied before and no longer has when `prune`; the error, if any,
 /// and what was left unpruned.
 fn apply_all(
-    state: &State,
+    state: &Cluster,
     objects: &mut [Value],
     namespace: &str,
     labels: &BTreeMap<&str, String>,
@@ -327,7 +325,7 @@ fn apply_all(
 
 /// Health of one live object: (status, message).
 /// `pods` is read from the store once per pass, on first need.
-fn health(state: &State, pods: &std::cell::OnceCell<Vec<Value>>, k: &ObjKey) -> (&'static str, String) {
+fn health(state: &Cluster, pods: &std::cell::OnceCell<Vec<Value>>, k: &ObjKey) -> (&'static str, String) {
     let Some(live) = state.get_object(&k.0, &k.1, &k.2, &k.3) else {
         return ("Missing", format!("{} {} does not exist", k.1, k.3));
     };
@@ -397,7 +395,7 @@ fn worst<'a>(all: impl Iterator<Item = &'a str>) -> &'a str {
 }
 
 fn set_status_if_changed(
-    state: &State,
+    state: &Cluster,
     group: &str,
     plural: &str,
     obj: &Value,
@@ -416,11 +414,11 @@ fn set_status_if_changed(
     state.set_status(group, plural, meta(obj, "namespace"), meta(obj, "name"), status);
 }
 
-fn publish_application(state: &State, app: &Value, status: Value) {
+fn publish_application(state: &Cluster, app: &Value, status: Value) {
     set_status_if_changed(state, "argoproj.io", "applications", app, status, "reconciledAt");
 }
 
-fn publish_kustomization(state: &State, k: &Value, status: Value) {
+fn publish_kustomization(state: &Cluster, k: &Value, status: Value) {
     set_status_if_changed(
         state,
         "kustomize.toolkit.fluxcd.io",
@@ -431,7 +429,7 @@ fn publish_kustomization(state: &State, k: &Value, status: Value) {
     );
 }
 
-fn argo(state: &State, app: &Value, memory: &mut HashMap<String, Synced>) {
+fn argo(state: &Cluster, app: &Value, memory: &mut HashMap<String, Synced>) {
     let (ns, name) = (meta(app, "namespace"), meta(app, "name"));
     let src = &app["spec"]["source"];
     let url = src["repoURL"].as_str().unwrap_or_default();
@@ -582,7 +580,7 @@ fn argo(state: &State, app: &Value, memory: &mut HashMap<String, Synced>) {
     publish_application(state, app, status);
 }
 
-fn git_repository(state: &State, repo: &Value) {
+fn git_repository(state: &Cluster, repo: &Value) {
     let url = repo["spec"]["url"].as_str().unwrap_or_default();
     let branch = repo["spec"]["ref"]["branch"].as_str().unwrap_or("master");
     let status = match resolve(state, url, branch) {
@@ -604,7 +602,7 @@ fn git_repository(state: &State, repo: &Value) {
     );
 }
 
-fn flux(state: &State, k: &Value, repos: &[Value], memory: &mut HashMap<String, Synced>) {
+fn flux(state: &Cluster, k: &Value, repos: &[Value], memory: &mut HashMap<String, Synced>) {
     let (ns, name) = (meta(k, "namespace"), meta(k, "name"));
     if k["spec"]["suspend"] == true {
         return; // a suspended Kustomization is not reconciled

@@ -366,6 +366,20 @@ fn tls_config() -> Result<(rustls::ServerConfig, String), SimError> {
     Ok((config, pem))
 }
 
+/// An object's `metadata.<field>` string (empty when absent).
+pub(crate) fn meta<'a>(v: &'a serde_json::Value, field: &str) -> &'a str {
+    v["metadata"][field].as_str().unwrap_or_default()
+}
+
+/// A short stable hash of a value (FNV-1a over its JSON, 31 bits): the
+/// names controllers derive from content (ReplicaSet, revision hashes).
+pub(crate) fn fnv(v: &serde_json::Value) -> u32 {
+    let h = v.to_string().bytes().fold(0x811c_9dc5u32, |h, b| {
+        (h ^ u32::from(b)).wrapping_mul(0x0100_0193)
+    });
+    h & 0x7fff_ffff
+}
+
 /// 32 hex digits from the kernel's random source (the clock, pid and a
 /// counter only if it cannot be read).
 pub(crate) fn random_hex() -> String {

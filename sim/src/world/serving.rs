@@ -13,22 +13,13 @@
 
 use serde_json::{Value, json};
 
+use crate::{fnv, meta};
+
 use super::cluster::Cluster;
 use crate::routing;
 
 fn now_rfc3339() -> String {
     humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string()
-}
-
-fn fnv(v: &Value) -> u32 {
-    let h = v.to_string().bytes().fold(0x811c_9dc5u32, |h, b| {
-        (h ^ u32::from(b)).wrapping_mul(0x0100_0193)
-    });
-    h & 0x7fff_ffff
-}
-
-fn meta<'a>(v: &'a Value, field: &str) -> &'a str {
-    v["metadata"][field].as_str().unwrap_or_default()
 }
 
 /// A condition, keeping its lastTransitionTime while its status holds.
