@@ -94,18 +94,20 @@ fn desired(cluster: &Cluster, pod: &Value, elapsed: Duration) -> Value {
         })
         .collect();
     let mut status = if old.is_object() { old.clone() } else { json!({}) };
+    let names: Vec<&str> = pod["spec"]["containers"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|c| c["name"].as_str())
+        .collect();
     let condition = |kind: &str, ok: bool| {
-        let st = if ok { "True" } else { "False" };
-        let since = old["conditions"]
-            .as_array()
-            .and_then(|cs| cs.iter().find(|c| c["type"] == kind && c["status"] == st))
-            .and_then(|c| c["lastTransitionTime"].as_str())
-            .map_or_else(now_rfc3339, str::to_owned);
-        let mut c = json!({"type": kind, "status": st, "lastTransitionTime": since});
-        if !ok {
-            c["reason"] = Value::from("ContainersNotReady");
-        }
-        c
+        super::serving::condition(
+            old,
+            kind,
+            ok,
+            "ContainersNotReady",
+            &format!("containers with unready status: [{}]", names.join(" ")),
+        )
     };
     let mut conditions: Vec<Value> = old["conditions"]
         .as_array()

@@ -23,7 +23,7 @@ fn now_rfc3339() -> String {
 }
 
 /// A condition, keeping its lastTransitionTime while its status holds.
-fn condition(old: &Value, kind: &str, ok: bool, reason: &str, message: &str) -> Value {
+pub(super) fn condition(old: &Value, kind: &str, ok: bool, reason: &str, message: &str) -> Value {
     let status = if ok { "True" } else { "False" };
     let since = old["conditions"]
         .as_array()
