@@ -25,11 +25,13 @@ fn now_rfc3339() -> String {
 }
 
 impl Kubelet {
-    /// One pass over every scheduled pod.
-    pub fn reconcile(&mut self, cluster: &Cluster) {
+    /// One pass over every scheduled pod: the status changes it wants,
+    /// `(namespace, name, status)`, not yet written (see [`Kubelet::write`]).
+    pub fn plan(&mut self, cluster: &Cluster) -> Vec<(String, String, Value)> {
         let pods = cluster.snapshot("", "pods");
         let now = Instant::now();
         let mut alive = std::collections::HashSet::new();
+        let mut changes = Vec::new();
         for pod in &pods {
             let uid = pod["metadata"]["uid"].as_str().unwrap_or_default().to_owned();
             if pod["metadata"]["deletionTimestamp"].is_string() || !pod["spec"]["nodeName"].is_string() {
@@ -41,10 +43,18 @@ impl Kubelet {
             if summary(&pod["status"]) != summary(&status) {
                 let ns = pod["metadata"]["namespace"].as_str().unwrap_or_default();
                 let name = pod["metadata"]["name"].as_str().unwrap_or_default();
-                cluster.set_status("", "pods", ns, name, status);
+                changes.push((ns.to_owned(), name.to_owned(), status));
             }
         }
         self.seen.retain(|uid, _| alive.contains(uid));
+        changes
+    }
+
+    /// Writes the planned statuses.
+    pub fn write(cluster: &Cluster, changes: Vec<(String, String, Value)>) {
+        for (ns, name, status) in changes {
+            cluster.set_status("", "pods", &ns, &name, status);
+        }
     }
 }
 

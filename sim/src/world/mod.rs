@@ -298,8 +298,19 @@ async fn run(cluster: Arc<Cluster>, tick: Duration) {
         kubelet = tokio::task::spawn_blocking(move || {
             serving::reconcile_inference_services(&c);
             serving::reconcile_seldon(&c);
-            kubelet.reconcile(&c);
-            c.live.models.set_routes(crate::routing::compute(&c.view()));
+            // The router learns of a pod's readiness before the API server
+            // does: a pod is never Ready there (and its Deployment
+            // available) while the router still answers 503 for it.
+            let changes = kubelet.plan(&c);
+            let mut view = c.view();
+            for (ns, name, status) in &changes {
+                let key = (String::new(), "pods".to_owned(), ns.clone(), name.clone());
+                if let Some(pod) = view.objects.get_mut(&key) {
+                    pod["status"] = status.clone();
+                }
+            }
+            c.live.models.set_routes(crate::routing::compute(&view));
+            kubelet::Kubelet::write(&c, changes);
             kubelet
         })
         .await
