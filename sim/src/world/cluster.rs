@@ -227,12 +227,10 @@ impl Cluster {
 
     fn cached(&self, group: &str, plural: &str, ns: &str, name: &str) -> Option<Value> {
         let (kind, store) = self.cache(group, plural)?;
-        let key = reflector::ObjectRef::new_with(name, resource_of(kind).api).within(ns);
-        let key = if kind.namespaced {
-            key
-        } else {
-            reflector::ObjectRef::new_with(name, resource_of(kind).api)
-        };
+        let mut key = reflector::ObjectRef::new_with(name, resource_of(kind).api);
+        if kind.namespaced {
+            key = key.within(ns);
+        }
         store.get(&key).map(|o| as_json(kind, &o))
     }
 
