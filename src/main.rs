@@ -20,6 +20,7 @@ mod plan_cmd;
 mod progress;
 mod rbac_cmd;
 mod render;
+mod report_html;
 mod run_cmd;
 mod schema_cmd;
 mod sim_cmd;

@@ -71,6 +71,9 @@ pub enum Record {
         step: String,
         /// Attempt number.
         attempt: u32,
+        /// Unix time in milliseconds (0 in journals of older versions).
+        #[serde(default, skip_serializing_if = "is_zero")]
+        at_ms: u64,
     },
     /// A step succeeded.
     StepSucceeded {
@@ -78,6 +81,9 @@ pub enum Record {
         step: String,
         /// Its outputs.
         outputs: Map<String, Value>,
+        /// Unix time in milliseconds.
+        #[serde(default, skip_serializing_if = "is_zero")]
+        at_ms: u64,
     },
     /// A step failed for good.
     StepFailed {
@@ -87,6 +93,9 @@ pub enum Record {
         error: String,
         /// With `continue-on-failure`.
         tolerated: bool,
+        /// Unix time in milliseconds.
+        #[serde(default, skip_serializing_if = "is_zero")]
+        at_ms: u64,
     },
     /// A step recorded what it needs to undo itself, before changing anything.
     Recorded {
@@ -96,6 +105,28 @@ pub enum Record {
         key: String,
         /// The value (secrets scrubbed).
         value: Value,
+        /// Unix time in milliseconds.
+        #[serde(default, skip_serializing_if = "is_zero")]
+        at_ms: u64,
+    },
+    /// What a step measured (display and report only: resume ignores it).
+    Observed {
+        /// Step id.
+        step: String,
+        /// Unix time in milliseconds.
+        at_ms: u64,
+        /// The measurement.
+        observation: crate::exec::Observation,
+    },
+    /// An on-failure handler ran.
+    Handled {
+        /// The handler's id.
+        handler: String,
+        /// Its error, if it failed (secrets scrubbed).
+        error: Option<String>,
+        /// Unix time in milliseconds.
+        #[serde(default, skip_serializing_if = "is_zero")]
+        at_ms: u64,
     },
     /// A compensation finished.
     Compensated {
@@ -103,6 +134,9 @@ pub enum Record {
         step: String,
         /// Its error, if it failed.
         error: Option<String>,
+        /// Unix time in milliseconds.
+        #[serde(default, skip_serializing_if = "is_zero")]
+        at_ms: u64,
     },
     /// The run ended.
     RunFinished {
@@ -471,14 +505,17 @@ pub fn record_of(e: &crate::exec::Event) -> Option<Record> {
             _ => Map::new(),
         }
     };
+    let at_ms = now_ms();
     Some(match e {
         Event::Started { step, attempt } => Record::StepStarted {
             step: step.clone(),
             attempt: *attempt,
+            at_ms,
         },
         Event::Succeeded { step, outputs: o } => Record::StepSucceeded {
             step: step.clone(),
             outputs: outputs(o),
+            at_ms,
         },
         Event::Failed {
             step,
@@ -488,6 +525,7 @@ pub fn record_of(e: &crate::exec::Event) -> Option<Record> {
             step: step.clone(),
             error: scrub(error),
             tolerated: *tolerated,
+            at_ms,
         },
         Event::Recorded { step, key, value } => Record::Recorded {
             step: step.clone(),
@@ -497,15 +535,25 @@ pub fn record_of(e: &crate::exec::Event) -> Option<Record> {
                 scrub_value(&mut v);
                 v
             },
+            at_ms,
         },
         Event::Compensated { step, error } => Record::Compensated {
             step: step.clone(),
             error: error.as_deref().map(scrub),
+            at_ms,
+        },
+        Event::Observed { step, observation } => Record::Observed {
+            step: step.clone(),
+            at_ms,
+            observation: observation.clone(),
+        },
+        Event::Handled { handler, error } => Record::Handled {
+            handler: handler.clone(),
+            error: error.as_deref().map(scrub),
+            at_ms,
         },
         Event::Finished { state } => Record::RunFinished {
-            at_ms: std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
+            at_ms,
             state: match state {
                 FinalState::Succeeded => "succeeded",
                 FinalState::RolledBack => "rolled-back",
@@ -513,10 +561,23 @@ pub fn record_of(e: &crate::exec::Event) -> Option<Record> {
             }
             .into(),
         },
-        Event::Waiting { .. } | Event::Retrying { .. } | Event::Cancelled { .. } | Event::Handled { .. } => {
+        Event::Waiting { .. } | Event::Retrying { .. } | Event::Cancelled { .. } => {
             return None;
         }
     })
+}
+
+/// Unix time in milliseconds.
+#[must_use]
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+#[allow(clippy::trivially_copy_pass_by_ref)]
+fn is_zero(v: &u64) -> bool {
+    *v == 0
 }
 
 /// A log line with every registered secret removed.
@@ -708,20 +769,23 @@ pub fn state(records: &[Record]) -> State {
             Record::StepStarted { step, .. } if !s.started.contains(step) && !step.ends_with(" (undo)") => {
                 s.started.push(step.clone());
             }
-            Record::Recorded { step, key, value } => s.recorded.push(crate::exec::Memo {
+            Record::Recorded { step, key, value, .. } => s.recorded.push(crate::exec::Memo {
                 step: step.clone(),
                 key: key.clone(),
                 value: value.clone(),
             }),
-            Record::StepSucceeded { step, outputs } if !s.completed.iter().any(|(id, _)| id == step) => {
+            Record::StepSucceeded { step, outputs, .. } if !s.completed.iter().any(|(id, _)| id == step) => {
                 s.completed.push((step.clone(), outputs.clone()));
             }
             Record::StepFailed {
                 step,
                 error,
                 tolerated,
+                ..
             } if !tolerated => s.failed.push((step.clone(), error.clone())),
-            Record::Compensated { step, error: None } => s.compensated.push(step.clone()),
+            Record::Compensated {
+                step, error: None, ..
+            } => s.compensated.push(step.clone()),
             Record::RunFinished { state, .. } => s.finished = Some(state.clone()),
             _ => {}
         }
@@ -815,6 +879,7 @@ mod tests {
         let ok = |s: &str| Record::StepSucceeded {
             step: s.into(),
             outputs: json!({"rev": 3}).as_object().unwrap().clone(),
+            at_ms: 0,
         };
         j.append(&started()).unwrap();
         j.append_all(&[
@@ -822,6 +887,7 @@ mod tests {
             Record::StepStarted {
                 step: "b".into(),
                 attempt: 1,
+                at_ms: 0,
             },
             ok("b"),
         ])
@@ -830,11 +896,13 @@ mod tests {
             step: "c".into(),
             error: "boom".into(),
             tolerated: false,
+            at_ms: 0,
         })
         .unwrap();
         j.append(&Record::Compensated {
             step: "b".into(),
             error: None,
+            at_ms: 0,
         })
         .unwrap();
         let recs = read(&p, &key()).unwrap();
@@ -872,6 +940,7 @@ mod tests {
         j.append(&Record::StepStarted {
             step: "a".into(),
             attempt: 1,
+            at_ms: 0,
         })
         .unwrap();
         assert_eq!(read(&p, &key()).unwrap().len(), 2);
@@ -888,6 +957,7 @@ mod tests {
             j.append(&Record::StepSucceeded {
                 step: s.into(),
                 outputs: Map::new(),
+                at_ms: 0,
             })
             .unwrap();
         }
@@ -979,6 +1049,7 @@ mod tests {
             gc.append(Record::StepStarted {
                 step: format!("s{i}"),
                 attempt: 1,
+                at_ms: 0,
             });
         }
         gc.flush().unwrap();
@@ -988,7 +1059,8 @@ mod tests {
             recs[500],
             Record::StepStarted {
                 step: "s499".into(),
-                attempt: 1
+                attempt: 1,
+                at_ms: 0,
             }
         );
         assert!(gc.error().is_none());

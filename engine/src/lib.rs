@@ -39,6 +39,7 @@ pub mod schema;
 pub mod secrets;
 pub mod spec;
 pub mod validate;
+pub mod words;
 pub mod yaml;
 
 pub use diag::{Code, Diagnostic, Severity};

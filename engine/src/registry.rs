@@ -9,7 +9,7 @@
 
 use std::time::Duration;
 
-use serde_json::Value;
+use serde_json::{Map, Value};
 
 use crate::diag::Code;
 
@@ -137,6 +137,11 @@ pub trait StepKind: Send + Sync + 'static {
     /// How long the step holds at least (a hold's `duration`).
     fn min_duration(&self, _with: &Value) -> Option<Duration> {
         None
+    }
+    /// What a finished step's outputs mean, in one line of words for the
+    /// report (no JSON). Default: the outputs as `key: value` pairs.
+    fn describe(&self, outputs: &Map<String, Value>) -> String {
+        crate::words::plain(outputs)
     }
     /// Keys of the outputs a run of this kind records, which later steps
     /// may reference as `{{steps.<id>.outputs.<key>}}`.

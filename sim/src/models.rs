@@ -115,7 +115,14 @@ pub struct Models {
     first_served: Mutex<HashMap<(String, String), Instant>>,
     peak_weight: Mutex<HashMap<(String, String), u32>>,
     rate: Mutex<f64>,
+    /// What webhooks received, newest last (at most [`HOOKS_KEPT`]).
+    hooks: Mutex<std::collections::VecDeque<Value>>,
 }
+
+/// Webhook deliveries the model servers keep.
+const HOOKS_KEPT: usize = 100;
+/// The largest webhook body kept.
+const HOOK_BYTES: usize = 64 * 1024;
 
 /// One answered request.
 #[derive(Debug, Clone)]
@@ -145,6 +152,7 @@ impl Models {
             first_served: Mutex::default(),
             peak_weight: Mutex::default(),
             rate: Mutex::new(rate),
+            hooks: Mutex::default(),
         }
     }
 
@@ -469,6 +477,29 @@ async fn serve(models: &Models, method: &Method, uri: &Uri, headers: &HeaderMap,
             models.metrics_text(),
         )
             .into_response(),
+        (&Method::POST, ["hooks", name]) => {
+            let body = if body.len() > HOOK_BYTES {
+                return json_reply(413, &[], &json!({"error": format!("at most {HOOK_BYTES} bytes")}));
+            } else {
+                serde_json::from_slice::<Value>(body)
+                    .unwrap_or_else(|_| Value::from(String::from_utf8_lossy(body).into_owned()))
+            };
+            if let Ok(mut h) = models.hooks.lock() {
+                if h.len() == HOOKS_KEPT {
+                    h.pop_front();
+                }
+                h.push_back(json!({"hook": name, "body": body}));
+            }
+            json_reply(200, &[], &json!({"received": true}))
+        }
+        (&Method::GET, ["hooks"]) => {
+            let all: Vec<Value> = models
+                .hooks
+                .lock()
+                .map(|h| h.iter().cloned().collect())
+                .unwrap_or_default();
+            json_reply(200, &[], &Value::from(all))
+        }
         (&Method::GET, ["routes"]) => {
             let routes: Vec<Route> = models.routes().values().cloned().collect();
             json_reply(200, &[], &serde_json::to_value(routes).unwrap_or_default())

@@ -83,6 +83,12 @@ pub struct Scenario {
     /// as `sim://NAME`.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub repositories: BTreeMap<String, String>,
+    /// Webhook receivers on the model servers (`POST /hooks/NAME`, listed
+    /// by `GET /hooks`), each with a Secret `NAMESPACE/SECRET` the sim
+    /// creates holding its URL under `url` — what a `notify` step's
+    /// `webhook: {secretRef: SECRET}` reads. `NAME: NAMESPACE/SECRET`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub webhooks: BTreeMap<String, String>,
     /// Not read by the sim: the model registry `rollwright run --sim` seeds
     /// (the file registry format, `{models: [...]}`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -178,9 +184,26 @@ impl Scenario {
             .or_else(|| too_many("model versions", versions, 1_000))
             .or_else(|| too_many("pod faults", self.pods.len(), 1_000))
             .or_else(|| too_many("API faults", self.api.len(), 1_000))
-            .or_else(|| too_many("repositories", self.repositories.len(), 20));
+            .or_else(|| too_many("repositories", self.repositories.len(), 20))
+            .or_else(|| too_many("webhooks", self.webhooks.len(), 20));
         if let Some(p) = problem {
             return Err(p);
+        }
+        for (name, at) in &self.webhooks {
+            let ok = |s: &str| {
+                !s.is_empty()
+                    && s.len() <= 253
+                    && s.chars()
+                        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.')
+            };
+            match at.split_once('/') {
+                Some((ns, secret)) if ok(ns) && ok(secret) && ok(name) => {}
+                _ => {
+                    return Err(format!(
+                        "webhooks.{name}: `{at}` is not NAMESPACE/SECRET (lower-case names; the hook's name too)"
+                    ));
+                }
+            }
         }
         for (i, o) in self.objects.iter().enumerate() {
             for ptr in [

@@ -2,14 +2,23 @@
 
 use super::*;
 
-/// Writes `report.md` and `report.json` into the run directory.
-pub(super) fn write_report(state_dir: &Path, run: &str, spec: &Spec, key: &Key) -> Result<(), String> {
+/// Writes `report.md`, `report.json` and `report.html` into the run directory; returns
+/// the Markdown report's path and the summary.
+pub(super) fn write_report(
+    state_dir: &Path,
+    run: &str,
+    spec: &Spec,
+    key: &Key,
+) -> Result<(PathBuf, String), String> {
     let dir = run_dir(state_dir, run);
     let records = journal::read(&dir.join("journal.jsonl"), key).map_err(|e| e.to_string())?;
     let report = rollwright_engine::report::build(spec, &records, &registry());
     std::fs::write(dir.join("report.md"), report.to_markdown()).map_err(|e| e.to_string())?;
     let json = serde_json::to_string_pretty(&report).map_err(|e| e.to_string())? + "\n";
-    std::fs::write(dir.join("report.json"), json).map_err(|e| e.to_string())
+    std::fs::write(dir.join("report.json"), json).map_err(|e| e.to_string())?;
+    std::fs::write(dir.join("report.html"), crate::report_html::render(&report))
+        .map_err(|e| e.to_string())?;
+    Ok((dir.join("report.md"), report.summary.text))
 }
 
 /// Report format.
@@ -19,6 +28,8 @@ pub enum ReportFormat {
     Md,
     /// JSON.
     Json,
+    /// One self-contained HTML page with charts over time.
+    Html,
 }
 
 #[derive(Args)]
@@ -43,6 +54,7 @@ pub fn report(args: &ReportArgs) -> CliResult {
     match args.format {
         ReportFormat::Md => print!("{}", report.to_markdown()),
         ReportFormat::Json => println!("{}", serde_json::to_string_pretty(&report).unwrap_or_default()),
+        ReportFormat::Html => print!("{}", crate::report_html::render(&report)),
     }
     Ok(exit::OK)
 }

@@ -2,6 +2,7 @@
 //! target's locks, the journal sink, signals, the outcome).
 
 use super::*;
+use std::collections::HashMap;
 
 #[derive(Args)]
 pub struct RunArgs {
@@ -80,8 +81,14 @@ pub(super) struct Launch<'a> {
 /// resume compensates) and the end are flushed at once; the answer says
 /// whether they are durable.
 pub(super) fn journal_sink(journal: Arc<GroupCommit>, progress: Arc<Progress>) -> Sink {
+    let observed = std::sync::Mutex::new(HashMap::<String, (u64, String)>::new());
     Arc::new(move |e: &Event| {
         progress.event(e);
+        if let Event::Observed { step, observation } = e
+            && !worth_journaling(&observed, step, observation)
+        {
+            return Ok(());
+        }
         let Some(r) = journal::record_of(e) else {
             return Ok(());
         };
@@ -94,6 +101,30 @@ pub(super) fn journal_sink(journal: Arc<GroupCommit>, progress: Arc<Progress>) -
         journal.append(r);
         if flush_now { journal.flush() } else { Ok(()) }
     })
+}
+
+/// Observations journaled in full per step; after that, only a change of
+/// verdict and every [`OBSERVED_EVERY`]th: a day-long hold keeps a bounded
+/// journal (and report).
+const OBSERVED_IN_FULL: u64 = 500;
+const OBSERVED_EVERY: u64 = 100;
+
+fn worth_journaling(
+    seen: &std::sync::Mutex<HashMap<String, (u64, String)>>,
+    step: &str,
+    o: &rollwright_engine::exec::Observation,
+) -> bool {
+    let Ok(mut seen) = seen.lock() else { return true };
+    let verdicts: String = o
+        .metrics
+        .iter()
+        .map(|m| format!("{}={};", m.verdict, m.breaches))
+        .collect();
+    let (n, last) = seen.entry(step.to_owned()).or_default();
+    *n += 1;
+    let changed = *last != verdicts;
+    *last = verdicts;
+    *n <= OBSERVED_IN_FULL || changed || n.is_multiple_of(OBSERVED_EVERY)
 }
 
 /// Resolves with the reason when the run must stop: `rollwright abort`
@@ -140,6 +171,40 @@ pub(super) fn stop_signal(
         });
         format!("interrupted by {why}")
     })
+}
+
+/// What the display shows of the plan.
+fn board(spec: &Spec, run: &str, reg: &rollwright_engine::registry::Registry) -> crate::progress::Board {
+    let plan = spec
+        .steps
+        .iter()
+        .map(|s| crate::progress::PlanStep {
+            id: s.id.clone(),
+            kind: s.kind.clone(),
+            changes: reg
+                .get(&s.kind)
+                .is_some_and(|k| matches!(k.role(), Role::Promote | Role::Restore)),
+        })
+        .collect();
+    let version = spec.model.as_ref().map(|m| {
+        if m.version.starts_with('v') {
+            m.version.clone()
+        } else {
+            format!("v{}", m.version)
+        }
+    });
+    let mut title = format!("rollout {run}");
+    if let Some(m) = &spec.model {
+        title.push_str(&format!(
+            " · {} {}",
+            m.name,
+            version.as_deref().unwrap_or_default()
+        ));
+    }
+    if let Some(t) = &spec.target {
+        title.push_str(&format!(" → {}/{}", t.context, t.namespace));
+    }
+    crate::progress::Board::new(title, plan, version)
 }
 
 pub(super) fn execute(l: Launch<'_>) -> CliResult {
@@ -190,7 +255,18 @@ pub(super) fn execute(l: Launch<'_>) -> CliResult {
         None => None,
     };
     let writer = Arc::new(GroupCommit::start(journal));
-    let progress = Arc::new(Progress::new(show.output));
+    let progress = Arc::new(Progress::new(show.output, board(spec, run, &reg)));
+    if progress.is_live() {
+        // Elapsed and remaining times move between events too.
+        let weak = Arc::downgrade(&progress);
+        std::thread::spawn(move || {
+            while let Some(p) = weak.upgrade() {
+                p.redraw();
+                drop(p);
+                std::thread::sleep(Duration::from_millis(250));
+            }
+        });
+    }
     let sink = journal_sink(writer.clone(), progress.clone());
     // A change counts only for steps that change the target.
     let changes = Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -254,11 +330,15 @@ pub(super) fn execute(l: Launch<'_>) -> CliResult {
         rt.block_on(l.release());
     }
     let flushed = writer.flush();
+    progress.finish();
     if let Some((step, error)) = &outcome.failure {
         progress.note(&format!("failed at `{step}`: {error}"));
     }
-    if let Err(e) = write_report(state_dir, run, spec, &key) {
-        progress.note(&format!("error: cannot write the report: {e}"));
+    match write_report(state_dir, run, spec, &key) {
+        Ok((path, summary)) => {
+            progress.note(&format!("\n{summary}\nreport: {}", path.display()));
+        }
+        Err(e) => progress.note(&format!("error: cannot write the report: {e}")),
     }
     for (step, e) in &outcome.left_over {
         progress.note(&format!("NOT ROLLED BACK: `{step}`: {e} — restore it by hand"));

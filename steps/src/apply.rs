@@ -74,6 +74,36 @@ pub const NAME: &str = "apply";
 pub struct Apply;
 
 impl StepKind for Apply {
+    fn describe(&self, o: &Map<String, Value>) -> String {
+        use rollwright_engine::words::scalar;
+        let generations: Vec<String> = o
+            .get("objects")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .filter_map(|a| {
+                a["generation"]
+                    .as_i64()
+                    .map(|g| format!("{} {} generation {g}", scalar(&a["kind"]), scalar(&a["name"])))
+            })
+            .collect();
+        let changed: Vec<String> = o
+            .get("changed")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .map(scalar)
+            .collect();
+        let mut out = if changed.is_empty() {
+            rollwright_engine::words::plain(o)
+        } else {
+            changed.join("; ")
+        };
+        if !generations.is_empty() {
+            out.push_str(&format!(" ({})", generations.join(", ")));
+        }
+        out
+    }
     fn name(&self) -> &'static str {
         NAME
     }
@@ -105,7 +135,7 @@ impl StepKind for Apply {
         Role::Promote
     }
     fn outputs(&self) -> &'static [&'static str] {
-        &["objects", "revision"]
+        &["objects", "revision", "changed", "previous-version"]
     }
     fn check(&self, with: &Value) -> Vec<Finding> {
         let mut out = Vec::new();
@@ -949,6 +979,109 @@ impl ApplyStep {
     }
 }
 
+/// At most this many changed fields are named per object.
+const CHANGED_PER_OBJECT: usize = 8;
+
+/// What applying `objects` changed against what was recorded before (`kind
+/// ns/name: field old → new`, or `created`), and the model version the
+/// objects served before, when a changed field names the new version where
+/// it named another one (`models:/m/6` → `models:/m/7`).
+fn changed(
+    objects: &[Value],
+    before: Option<&Value>,
+    model: Option<&(String, String)>,
+) -> (Vec<String>, Option<String>) {
+    let mut out = Vec::new();
+    let mut previous = None;
+    for (i, o) in objects.iter().enumerate() {
+        let name = format!(
+            "{} {}",
+            o["kind"].as_str().unwrap_or("object"),
+            o["metadata"]["name"].as_str().unwrap_or_default()
+        );
+        let old = before
+            .and_then(|b| b.get(i))
+            .map(|b| &b["object"])
+            .filter(|v| v.is_object());
+        let Some(old) = old else {
+            out.push(format!("{name}: created"));
+            continue;
+        };
+        let mut fields = Vec::new();
+        leaves(o, old, String::new(), &mut fields);
+        fields.retain(|(p, _, _)| !p.starts_with("metadata.") || p.starts_with("metadata.labels"));
+        for (path, from, to) in fields.iter().take(CHANGED_PER_OBJECT) {
+            if previous.is_none()
+                && from != "(none)"
+                && let Some((_, v)) = model
+            {
+                previous = replaced_version(from, to, v);
+            }
+            out.push(format!("{name}: {path} {from} → {to}"));
+        }
+        if fields.len() > CHANGED_PER_OBJECT {
+            out.push(format!(
+                "{name}: and {} more field(s)",
+                fields.len() - CHANGED_PER_OBJECT
+            ));
+        }
+        if fields.is_empty() {
+            out.push(format!("{name}: unchanged"));
+        }
+    }
+    (out, previous)
+}
+
+fn short(v: &Value) -> String {
+    let s = match v {
+        Value::Null => "(none)".to_owned(),
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    };
+    if s.chars().count() > 80 {
+        format!("{}…", s.chars().take(80).collect::<String>())
+    } else {
+        s
+    }
+}
+
+/// The leaves of `new` that differ in `old`, as `(dotted.path, old, new)`.
+fn leaves(new: &Value, old: &Value, path: String, out: &mut Vec<(String, String, String)>) {
+    let join = |k: &str| {
+        if path.is_empty() {
+            k.to_owned()
+        } else {
+            format!("{path}.{k}")
+        }
+    };
+    match new {
+        Value::Object(m) => {
+            for (k, v) in m {
+                if path.is_empty() && k == "status" {
+                    continue;
+                }
+                leaves(v, old.get(k).unwrap_or(&Value::Null), join(k), out);
+            }
+        }
+        Value::Array(a) if old.as_array().is_some_and(|o| o.len() == a.len()) => {
+            for (i, v) in a.iter().enumerate() {
+                leaves(v, &old[i], format!("{path}[{i}]"), out);
+            }
+        }
+        _ if new != old => out.push((path, short(old), short(new))),
+        _ => {}
+    }
+}
+
+/// `from` with the part where `to` says `version` (`models:/m/6` for
+/// `models:/m/7` and version 7): the version it replaced.
+fn replaced_version(from: &str, to: &str, version: &str) -> Option<String> {
+    let at = to.rfind(version)?;
+    let (prefix, suffix) = (&to[..at], &to[at + version.len()..]);
+    let middle = from.strip_prefix(prefix)?.strip_suffix(suffix)?;
+    (!middle.is_empty() && middle != version && middle.len() <= 64).then(|| middle.to_owned())
+}
+
 impl Step for ApplyStep {
     fn run<'a>(&'a self, cx: &'a StepContext) -> BoxFuture<'a, Result<Progress, StepError>> {
         Box::pin(async move {
@@ -996,6 +1129,11 @@ impl Step for ApplyStep {
                     .map_or(Value::Null, |a| a["resourceVersion"].clone()),
             );
             outputs.insert("objects".into(), Value::Array(applied));
+            let (changed, previous) = changed(&objects, cx.recalled("objects").as_ref(), self.model.as_ref());
+            outputs.insert("changed".into(), Value::from(changed));
+            if let Some(v) = previous {
+                outputs.insert("previous-version".into(), Value::from(v));
+            }
             Ok(Progress::Done { outputs })
         })
     }

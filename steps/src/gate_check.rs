@@ -8,6 +8,7 @@
 //! (`gate: true`, `version`, `digest`, `approvers`, `evals`), which the
 //! production guard of every mutating step checks before acting.
 
+use crate::model_registry::ApprovalRecord;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::SystemTime;
@@ -83,6 +84,60 @@ fn yes() -> bool {
 pub struct GateCheck;
 
 impl StepKind for GateCheck {
+    fn describe(&self, o: &serde_json::Map<String, Value>) -> String {
+        use rollwright_engine::words::scalar;
+        let mut out = format!(
+            "{} version {}",
+            o.get("model").map(scalar).unwrap_or_default(),
+            o.get("version").map(scalar).unwrap_or_default()
+        );
+        let artifact: Vec<String> = ["uri", "digest"]
+            .iter()
+            .filter_map(|k| o.get(*k).and_then(Value::as_str).map(str::to_owned))
+            .collect();
+        if !artifact.is_empty() {
+            out.push_str(&format!(" ({})", artifact.join(", digest ")));
+        }
+        let approvals: Vec<String> = o
+            .get("approvals")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .map(|a| {
+                let role = a["role"].as_str().map(|r| format!("{r}, ")).unwrap_or_default();
+                format!("{} ({role}{})", scalar(&a["who"]), scalar(&a["at"]))
+            })
+            .collect();
+        if !approvals.is_empty() {
+            out.push_str(&format!("; approved by {}", approvals.join(", ")));
+        }
+        let evals: Vec<String> = o
+            .get("evals")
+            .and_then(Value::as_object)
+            .into_iter()
+            .flatten()
+            .map(|(k, v)| {
+                let t = &o.get("eval-thresholds").unwrap_or(&Value::Null)[k];
+                let mut bound = Vec::new();
+                if let Some(min) = t["min"].as_f64() {
+                    bound.push(format!("min {min}"));
+                }
+                if let Some(max) = t["max"].as_f64() {
+                    bound.push(format!("max {max}"));
+                }
+                let bound = if bound.is_empty() {
+                    String::new()
+                } else {
+                    format!(" ({})", bound.join(", "))
+                };
+                format!("{k} {}{bound}", scalar(v))
+            })
+            .collect();
+        if !evals.is_empty() {
+            out.push_str(&format!("; evals {}", evals.join(", ")));
+        }
+        out
+    }
     fn name(&self) -> &'static str {
         "gate-check"
     }
@@ -105,7 +160,17 @@ impl StepKind for GateCheck {
         strengthen(with, min)
     }
     fn outputs(&self) -> &'static [&'static str] {
-        &["gate", "model", "version", "uri", "digest", "approvers", "evals"]
+        &[
+            "gate",
+            "model",
+            "version",
+            "uri",
+            "digest",
+            "approvers",
+            "approvals",
+            "evals",
+            "eval-thresholds",
+        ]
     }
     fn build(&self, with: &Value, cx: &BuildContext) -> Result<Arc<dyn Step>, BuildError> {
         let config: GateCheckConfig = serde_json::from_value(with.clone())?;
@@ -177,7 +242,7 @@ pub fn unmet(
     config: &GateCheckConfig,
     record: &VersionRecord,
     now: SystemTime,
-) -> (Vec<String>, Vec<String>) {
+) -> (Vec<String>, Vec<ApprovalRecord>) {
     let mut problems = Vec::new();
     if let Some(alias) = &config.alias
         && !record.aliases.contains(alias)
@@ -208,7 +273,7 @@ pub fn unmet(
             valid.push(a);
         }
     }
-    let approvers: Vec<String> = valid.iter().map(|a| a.who.clone()).collect();
+    let approvers: Vec<ApprovalRecord> = valid.iter().map(|a| (*a).clone()).collect();
     if (valid.len() as u64) < u64::from(config.approvals) {
         let expired = record.approvals.len()
             - record
@@ -298,7 +363,27 @@ impl Step for GateStep {
                 "digest".into(),
                 record.artifact.digest.clone().map_or(Value::Null, Value::from),
             );
-            outputs.insert("approvers".into(), Value::from(approvers));
+            outputs.insert(
+                "approvers".into(),
+                Value::from(approvers.iter().map(|a| a.who.clone()).collect::<Vec<_>>()),
+            );
+            // Who approved, as what and when: the report's evidence.
+            outputs.insert(
+                "approvals".into(),
+                Value::from(
+                    approvers
+                        .iter()
+                        .map(|a| serde_json::json!({"who": a.who, "role": a.role, "at": a.at}))
+                        .collect::<Vec<_>>(),
+                ),
+            );
+            let thresholds: serde_json::Map<String, Value> = self
+                .config
+                .evals
+                .iter()
+                .map(|(m, t)| (m.clone(), serde_json::json!({"min": t.min, "max": t.max})))
+                .collect();
+            outputs.insert("eval-thresholds".into(), Value::Object(thresholds));
             let evals: serde_json::Map<String, Value> = record
                 .evals
                 .iter()
@@ -588,7 +673,8 @@ mod tests {
             "evals": {"auc": {"min": 0.92}, "f1": {"min": 0.5}}
         }));
         let (problems, approvers) = unmet(&c, &record(), now);
-        assert_eq!(approvers, ["alice"], "distinct and unexpired");
+        let who: Vec<&str> = approvers.iter().map(|a| a.who.as_str()).collect();
+        assert_eq!(who, ["alice"], "distinct and unexpired");
         assert_eq!(
             problems,
             [

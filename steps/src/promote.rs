@@ -72,6 +72,13 @@ pub const NAME: &str = "promote";
 pub struct Promote;
 
 impl StepKind for Promote {
+    fn describe(&self, o: &serde_json::Map<String, Value>) -> String {
+        use rollwright_engine::words::scalar;
+        match (o.get("stable"), o.get("version")) {
+            (Some(s), Some(v)) => format!("{} is stable on version {}", scalar(s), scalar(v)),
+            _ => rollwright_engine::words::plain(o),
+        }
+    }
     fn name(&self) -> &'static str {
         NAME
     }

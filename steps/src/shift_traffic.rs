@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rollwright_engine::Code;
-use rollwright_engine::exec::{BoxFuture, Progress, Step, StepContext, StepError};
+use rollwright_engine::exec::{BoxFuture, Observation, Progress, Split, Step, StepContext, StepError};
 use rollwright_engine::registry::{Access, AccessContext, BuildContext, BuildError, Finding, Role, StepKind};
 use schemars::JsonSchema;
 use serde::Deserialize;
@@ -53,6 +53,17 @@ pub struct ShiftTrafficConfig {
 pub struct ShiftTraffic;
 
 impl StepKind for ShiftTraffic {
+    fn describe(&self, o: &Map<String, Value>) -> String {
+        use rollwright_engine::words::scalar;
+        match o.get("route") {
+            Some(r) => format!(
+                "canary at {} % on {}",
+                o.get("canary").map(scalar).unwrap_or_default(),
+                scalar(r)
+            ),
+            None => rollwright_engine::words::plain(o),
+        }
+    }
     fn name(&self) -> &'static str {
         "shift-traffic"
     }
@@ -186,12 +197,26 @@ impl ShiftTrafficStep {
             .await?;
         Ok(match progress {
             Progress::Done { mut outputs } => {
+                self.observe(cx, &r.to_string());
                 outputs.insert("canary".into(), json!(self.canary));
                 outputs.insert("route".into(), json!(r.to_string()));
                 Progress::Done { outputs }
             }
             wait => wait,
         })
+    }
+}
+
+impl ShiftTrafficStep {
+    /// The split is served: what the live view and the report show.
+    fn observe(&self, cx: &StepContext, route: &str) {
+        cx.observe(Observation {
+            split: Some(Split {
+                canary_percent: f64::from(self.canary),
+                route: route.to_owned(),
+            }),
+            ..Observation::default()
+        });
     }
 }
 
@@ -247,6 +272,7 @@ impl Step for ShiftTrafficStep {
                     reason: why,
                 });
             }
+            self.observe(cx, &r.to_string());
             let mut outputs = Map::new();
             outputs.insert("previous-split".into(), before);
             outputs.insert("canary".into(), json!(self.canary));

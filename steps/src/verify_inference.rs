@@ -117,6 +117,20 @@ fn one() -> u32 {
 pub struct VerifyInference;
 
 impl StepKind for VerifyInference {
+    fn describe(&self, o: &serde_json::Map<String, Value>) -> String {
+        use rollwright_engine::words::scalar;
+        let mut out = format!(
+            "{} requests passed",
+            o.get("passed").map(scalar).unwrap_or_default()
+        );
+        if let Some(p) = o.get("latency-p99").and_then(Value::as_f64) {
+            out.push_str(&format!(", p99 latency {:.0} ms", p * 1000.0));
+        }
+        if let Some(v) = o.get("answered-by") {
+            out.push_str(&format!(", answered by version {}", scalar(v)));
+        }
+        out
+    }
     fn name(&self) -> &'static str {
         "verify-inference"
     }

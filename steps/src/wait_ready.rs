@@ -37,6 +37,16 @@ fn two() -> u32 {
 pub struct WaitReady;
 
 impl StepKind for WaitReady {
+    fn describe(&self, o: &serde_json::Map<String, Value>) -> String {
+        let ready: Vec<String> = o
+            .get("ready")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .map(rollwright_engine::words::scalar)
+            .collect();
+        format!("ready: {}", ready.join(", "))
+    }
     fn name(&self) -> &'static str {
         "wait-ready"
     }

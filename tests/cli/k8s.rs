@@ -598,7 +598,7 @@ fn a_failure_mid_ramp_rolls_traffic_back_first_then_removes_the_canary(backend) 
             && restored[1].contains("Deployment ml/fraud-canary deleted")
     );
     let report = std::fs::read_to_string(only_run_dir(w.path()).join("report.md")).unwrap();
-    assert!(report.contains("restored for `shift-50`"), "{report}");
+    assert!(report.contains("restored and verified for `shift-50`"), "{report}");
 }
 }
 

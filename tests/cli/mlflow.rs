@@ -175,8 +175,8 @@ fn gates_against_a_real_mlflow_server() {
         .path();
     let report: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(report.join("report.json")).unwrap()).unwrap();
-    assert_eq!(report["verification"][0]["detail"]["digest"], "sha256:feed");
-    assert_eq!(report["verification"][0]["detail"]["evals"]["auc"], 0.95);
+    assert_eq!(report["verification"][0]["outputs"]["digest"], "sha256:feed");
+    assert_eq!(report["verification"][0]["outputs"]["evals"]["auc"], 0.95);
 
     // Each way of not being approved: rejected, nothing shipped.
     let cases: [Case; 4] = [

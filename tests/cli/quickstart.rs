@@ -332,3 +332,309 @@ fn every_shipped_example_has_a_scenario() {
         "examples without a promoting scenario: {missing:?}"
     );
 }
+
+/// The report's Markdown, with the run directory it was written to.
+fn report_of(state: &std::path::Path) -> (String, serde_json::Value) {
+    let run = std::fs::read_dir(state.join("runs"))
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let md = std::fs::read_to_string(run.join("report.md")).unwrap();
+    let json = serde_json::from_str(&std::fs::read_to_string(run.join("report.json")).unwrap()).unwrap();
+    (md, json)
+}
+
+/// What a person sees of the quickstart, not on a terminal: one line per
+/// state change (never per poll, no line twice), under 40 lines, the summary
+/// and the report's path at the end; the report in five sections, in words.
+#[test]
+fn the_quickstart_reads_at_a_glance_and_its_report_is_for_people() {
+    let state = tempfile::tempdir().unwrap();
+    let out = run_sim(
+        "specs/examples/kserve-canary.yaml",
+        "specs/sim/fraud-healthy.yaml",
+        state.path(),
+        &["--time-scale", "240"],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let err = stderr(&out);
+    let lines: Vec<&str> = err.lines().collect();
+    assert!(lines.len() < 40, "{} lines:\n{err}", lines.len());
+    assert!(!err.contains("(attempt 1)"), "a poll is not an attempt:\n{err}");
+    let mut seen = std::collections::HashSet::new();
+    for l in &lines {
+        let text = l.split_once("] ").map_or(*l, |(_, t)| t);
+        assert!(
+            seen.insert(text) || text.is_empty(),
+            "printed twice: {text}\n{err}"
+        );
+    }
+    for step in [
+        "gate",
+        "deploy",
+        "ready",
+        "smoke",
+        "ramp[5].shift",
+        "ramp[5].hold",
+        "promote",
+        "finalize",
+    ] {
+        assert_eq!(
+            lines
+                .iter()
+                .filter(|l| l.contains(&format!("✓ {step}: succeeded in ")))
+                .count(),
+            1,
+            "{step}:\n{err}"
+        );
+    }
+    assert!(
+        err.contains("✓ ramp[5].shift: succeeded in") && err.contains("— canary at 5 %"),
+        "{err}"
+    );
+    assert!(err.contains("▸ ramp[5].hold: evaluation 1: error-rate "), "{err}");
+    let tail: Vec<&str> = lines.iter().rev().take(2).copied().collect();
+    assert!(
+        tail[0].starts_with("report: ") && tail[0].ends_with("report.md"),
+        "{err}"
+    );
+    assert!(
+        tail[1]
+            .starts_with("fraud-detector version 7 was rolled out to prod-east/risk (simulated cluster) in "),
+        "{err}"
+    );
+    let (md, json) = report_of(state.path());
+    for section in [
+        "## Plan",
+        "## Changes",
+        "## Verification",
+        "## Rollback",
+        "## Summary",
+    ] {
+        assert!(md.contains(section), "{section}:\n{md}");
+    }
+    assert!(
+        md.contains("(simulated)") && md.contains("**simulated cluster**"),
+        "{md}"
+    );
+    assert!(
+        !md.contains("{\"") && !md.contains("`{"),
+        "raw JSON in the report:\n{md}"
+    );
+    assert!(
+        md.contains("approved by alice (ml-lead, "),
+        "approvers with roles and times:\n{md}"
+    );
+    assert!(md.contains("evals auc 0.95 (min 0.92)"), "{md}");
+    assert!(
+        md.contains("spec.predictor.model.storageUri models:/fraud-detector/6 → models:/fraud-detector/7"),
+        "what changed, as a short diff:\n{md}"
+    );
+    assert!(
+        md.contains("- **Ramp:** 5 % (hold 10m) → 20 % (hold 10m) → 50 % (hold 10m) → 100 %"),
+        "{md}"
+    );
+    assert!(
+        md.contains("| at | error-rate | p99-latency | verdict |"),
+        "a hold's evaluations:\n{md}"
+    );
+    assert!(md.contains("Not needed: nothing failed."), "{md}");
+    assert!(
+        md.contains("rollwright run ") && md.contains("--set model.version=6"),
+        "how to back out now:\n{md}"
+    );
+    assert!(
+        !md.contains("restored … restored") && !md.contains("`<run>`"),
+        "{md}"
+    );
+    assert_eq!(json["simulated"], true);
+    assert_eq!(json["plan"]["previous_version"], "6");
+    assert!(
+        json["verification"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|c| c["evaluations"].as_array().is_some_and(|e| e.len() > 5)),
+        "{json:#}"
+    );
+}
+
+/// A rolled-back run: the report names the trigger with its measured value
+/// and threshold, what was restored, and the failed notification; the
+/// JSON stream has one event per state change.
+#[test]
+fn a_rolled_back_quickstart_reports_its_trigger_and_streams_state_changes() {
+    let state = tempfile::tempdir().unwrap();
+    let out = run_sim(
+        "specs/examples/kserve-canary.yaml",
+        "specs/sim/fraud-regression.yaml",
+        state.path(),
+        &["--time-scale", "240", "--output", "json"],
+    );
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    let events: Vec<serde_json::Value> = stdout(&out)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect();
+    assert_eq!(events.last().unwrap()["event"], "finished");
+    assert_eq!(events.last().unwrap()["state"], "rolled-back");
+    let waits: Vec<String> = events
+        .iter()
+        .filter(|e| e["event"] == "waiting")
+        .map(|e| format!("{} {}", e["step"], e["reason"]))
+        .collect();
+    assert!(waits.len() < 12, "waits are state changes, not polls: {waits:#?}");
+    let breach = events
+        .iter()
+        .find(|e| e["event"] == "observed" && e["observation"]["metrics"][0]["verdict"] == "breach")
+        .expect("the breaching evaluation is an event");
+    assert_eq!(breach["step"], "ramp[5].hold");
+    assert!(
+        breach["observation"]["metrics"][0]["threshold"]
+            .as_str()
+            .unwrap()
+            .contains("<= 0.050")
+    );
+    let (md, json) = report_of(state.path());
+    assert!(md.contains("**Triggered** at "), "{md}");
+    assert!(md.contains("- error-rate: measured 0."), "{md}");
+    assert!(md.contains("breach 2/2") || md.contains("breach (2/2)"), "{md}");
+    assert!(md.contains("- rolled back `deploy`: done"), "{md}");
+    assert!(
+        !md.contains("rolled back `gate`") && !md.contains("rolled back `smoke`"),
+        "read-only steps are not rolled back:\n{md}"
+    );
+    assert!(
+        md.contains("- `page`: "),
+        "the on-failure handler is reported:\n{md}"
+    );
+    assert_eq!(json["summary"]["state"], "rolled-back");
+    let journal = std::fs::read_to_string(
+        std::fs::read_dir(state.path().join("runs"))
+            .unwrap()
+            .next()
+            .unwrap()
+            .unwrap()
+            .path()
+            .join("journal.jsonl"),
+    )
+    .unwrap();
+    assert!(
+        journal.contains(r#""record":"handled","handler":"page""#),
+        "handlers are journaled"
+    );
+    let started = journal
+        .matches(r#""record":"step-started","step":"ramp[5].hold""#)
+        .count();
+    assert_eq!(started, 1, "one start per attempt, not per poll");
+}
+
+/// `ROLLWRIGHT_CHROMIUM` (set by `scripts/test` from `scripts/setup-chromium`), else `chromium` on PATH.
+fn chromium() -> std::path::PathBuf {
+    std::env::var_os("ROLLWRIGHT_CHROMIUM")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| "chromium".into())
+}
+
+/// A screenshot of `page` in headless Chromium: the pixels that are not
+/// the page's white background, and the image's size.
+fn painted_pixels(page: &std::path::Path, shot: &std::path::Path) -> (usize, u32, u32) {
+    let profile = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(chromium())
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--hide-scrollbars",
+            "--window-size=1000,1400",
+        ])
+        .arg(format!("--user-data-dir={}", profile.path().display()))
+        .arg(format!("--screenshot={}", shot.display()))
+        .arg(format!("file://{}", page.display()))
+        .output()
+        .expect("headless chromium (scripts/setup-chromium installs it)");
+    assert!(
+        shot.exists(),
+        "no screenshot: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let decoder = png::Decoder::new(std::io::BufReader::new(std::fs::File::open(shot).unwrap()));
+    let mut reader = decoder.read_info().unwrap();
+    let mut buf = vec![0; reader.output_buffer_size().unwrap()];
+    let info = reader.next_frame(&mut buf).unwrap();
+    let channels = info.color_type.samples();
+    let painted = buf[..info.buffer_size()]
+        .chunks(channels)
+        .filter(|p| p.iter().take(3).any(|&c| c < 200))
+        .count();
+    (painted, info.width, info.height)
+}
+
+/// The HTML report of a rolled-back run: one self-contained file (no
+/// script, nothing fetched) with the traffic split and each metric over
+/// time against its threshold, the rollback marked; rendered in headless
+/// Chromium, whose screenshot has charts and text on it — and an error
+/// message with HTML in it stays text.
+#[test]
+fn the_html_report_renders_in_headless_chromium() {
+    let state = tempfile::tempdir().unwrap();
+    let out = run_sim(
+        "specs/examples/kserve-canary.yaml",
+        "specs/sim/fraud-regression.yaml",
+        state.path(),
+        &["--time-scale", "240"],
+    );
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    let run = std::fs::read_dir(state.path().join("runs"))
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap();
+    let id = run.file_name().to_string_lossy().into_owned();
+    let out = rollwright_in(
+        &root(),
+        &[
+            "report",
+            &id,
+            "--format",
+            "html",
+            "--state-dir",
+            &state.path().to_string_lossy(),
+        ],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let html = stdout(&out);
+    assert_eq!(
+        html,
+        std::fs::read_to_string(run.path().join("report.html")).unwrap()
+    );
+    assert!(html.starts_with("<!doctype html>"), "{html}");
+    for absent in ["<script", "src=\"http", "href=\"http", "<link"] {
+        assert!(!html.contains(absent), "self-contained: {absent}");
+    }
+    assert!(html.contains("Canary traffic share"), "{html}");
+    assert!(html.contains("ramp[5].hold — error-rate"), "{html}");
+    assert!(html.contains(r#"class="rollback""#), "the rollback is marked");
+    assert!(html.contains(r#"class="breach""#), "breaches are marked");
+    assert!(html.contains(r#"class="threshold""#), "thresholds are drawn");
+    assert!(html.contains("<h2>Rollback</h2>"), "{html}");
+    let page = state.path().join("report.html");
+    std::fs::write(&page, &html).unwrap();
+    let (painted, w, h) = painted_pixels(&page, &state.path().join("shot.png"));
+    let blank = state.path().join("blank.html");
+    std::fs::write(&blank, "<!doctype html><html><body></body></html>").unwrap();
+    let (empty, ..) = painted_pixels(&blank, &state.path().join("blank.png"));
+    assert_eq!((w, h), (1000, 1400));
+    assert!(empty < 100, "a blank page paints nothing ({empty})");
+    assert!(
+        painted > 20_000,
+        "the report paints charts and text ({painted} pixels)"
+    );
+}

@@ -368,9 +368,15 @@ fn every_run_writes_a_report_in_the_charter_format() {
             "## Summary"
         ]
     );
-    assert!(md.contains("Failed at `d`: `sh` exited with 3"), "{md}");
-    assert!(md.contains("- compensated `b`: ok"));
-    assert!(md.contains("- state: **rolled-back**"));
+    assert!(md.contains(" by `d`: `sh` exited with 3"), "{md}");
+    assert!(md.contains("**Triggered** at 20"), "{md}");
+    assert!(md.contains("- rolled back `b`: done"), "{md}");
+    assert!(
+        md.contains("The rollout of m version 1 to dev/ns was stopped and rolled back in "),
+        "{md}"
+    );
+    assert!(md.contains("It stopped at `d`: `sh` exited with 3."), "{md}");
+    assert!(!md.contains("{\""), "no raw JSON:\n{md}");
     let json = run_in(dir.path(), &["report", &run, "--format", "json"], &[]);
     let v: serde_json::Value = serde_json::from_str(&stdout(&json)).unwrap();
     assert_eq!(v["summary"]["state"], "rolled-back");
@@ -382,7 +388,12 @@ fn every_run_writes_a_report_in_the_charter_format() {
     run_env(dir.path(), &["run", "spec.yaml"], &crash_after(3));
     let md = run_in(dir.path(), &["report", &only_run(dir.path())], &[]);
     assert!(
-        stdout(&md).contains("- state: **interrupted**"),
+        stdout(&md).contains("was interrupted; `rollwright resume "),
+        "{}",
+        stdout(&md)
+    );
+    assert!(
+        stdout(&md).contains("| interrupted |") || stdout(&md).contains("| not run |"),
         "{}",
         stdout(&md)
     );
@@ -525,14 +536,20 @@ fn progress_as_json_events_and_live_on_a_terminal() {
     assert_eq!(events.last().unwrap()["state"], "succeeded");
     assert_eq!(events.iter().filter(|e| e["event"] == "succeeded").count(), 4);
 
-    // Under a pseudo-terminal the live display is used (and ends cleanly).
+    // Under a pseudo-terminal (40 columns: narrower than the lines) the
+    // live view is drawn in place; what the terminal shows at the end is
+    // each step once, nothing wrapped, and the summary.
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("spec.yaml"), SPEC).unwrap();
     let bin = assert_cmd::cargo::cargo_bin("rollwright");
     let out = std::process::Command::new("script")
         .current_dir(dir.path())
         .env_remove("NO_COLOR")
-        .args(["-qec", &format!("{} run spec.yaml", bin.display()), "/dev/null"])
+        .args([
+            "-qec",
+            &format!("stty cols 40 rows 40; {} run spec.yaml", bin.display()),
+            "/dev/null",
+        ])
         .output()
         .unwrap();
     assert_eq!(
@@ -541,9 +558,24 @@ fn progress_as_json_events_and_live_on_a_terminal() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let screen = String::from_utf8_lossy(&out.stdout);
-    assert!(screen.contains("✓ succeeded"), "{screen}");
-    assert!(screen.contains(": succeeded"));
+    let mut term = vt100::Parser::new(40, 40, 0);
+    term.process(&out.stdout);
+    let rows: Vec<String> = term
+        .screen()
+        .rows(0, 40)
+        .map(|r| r.trim_end().to_owned())
+        .collect();
+    let screen = rows.join("\n");
+    for step in ["a", "b", "c", "d"] {
+        let drawn = rows
+            .iter()
+            .filter(|r| r.starts_with(&format!("✓ {step} ")))
+            .count();
+        assert_eq!(drawn, 1, "`{step}` once on the screen:\n{screen}");
+    }
+    assert!(rows.iter().any(|r| r.starts_with("run succeeded")), "{screen}");
+    assert!(rows.iter().any(|r| r.starts_with("report: ")), "{screen}");
+    assert!(!screen.contains("(attempt"), "{screen}");
 }
 
 /// A real SIGKILL in the middle of a waiting step, then resume.
@@ -620,9 +652,14 @@ fn the_gate_reads_the_file_registry_and_lists_every_unmet_condition() {
     let v: serde_json::Value = serde_json::from_str(&stdout(&report)).unwrap();
     let gate = &v["verification"][0];
     assert_eq!(gate["id"], "gate");
-    assert_eq!(gate["detail"]["digest"], "sha256:0f1e");
-    assert_eq!(gate["detail"]["approvers"], serde_json::json!(["alice", "bob"]));
-    assert_eq!(gate["detail"]["evals"]["auc"], 0.94);
+    assert_eq!(gate["outputs"]["digest"], "sha256:0f1e");
+    assert_eq!(gate["outputs"]["approvers"], serde_json::json!(["alice", "bob"]));
+    assert_eq!(gate["outputs"]["evals"]["auc"], 0.94);
+    assert_eq!(gate["outputs"]["approvals"][0]["who"], "alice");
+    assert!(
+        gate["what"].as_str().unwrap().contains("approved by alice ("),
+        "{gate}"
+    );
 
     // Not approved: rejected at once (no retry), every problem listed, nothing changed.
     let dir = tempfile::tempdir().unwrap();
@@ -648,9 +685,16 @@ fn the_gate_reads_the_file_registry_and_lists_every_unmet_condition() {
         "{err}"
     );
     assert_eq!(
-        err.matches("gate: started").count(),
+        err.matches("✗ gate: failed: gate closed").count(),
         1,
         "a rejection is never retried: {err}"
+    );
+    assert!(!err.contains("↻ gate"), "a rejection is never retried: {err}");
+    assert!(
+        err.contains(
+            "fraud-detector version 7 to prod-east/risk was refused at `gate` before anything changed."
+        ),
+        "{err}"
     );
     assert!(effects(dir.path()).is_empty());
 

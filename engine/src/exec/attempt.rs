@@ -59,11 +59,17 @@ pub(super) async fn drive(
     let waiting_for: std::sync::Mutex<Option<String>> = std::sync::Mutex::new(None);
     let body = async {
         let mut attempt = 1u32;
+        // A call after a wait continues the same attempt: only a new attempt
+        // is an event (and a journal record), never a poll.
+        let mut polling = false;
         loop {
-            let _ = sink(&Event::Started {
-                step: id.clone(),
-                attempt,
-            });
+            if !polling {
+                let _ = sink(&Event::Started {
+                    step: id.clone(),
+                    attempt,
+                });
+            }
+            polling = false;
             let cx = StepContext {
                 step_id: id.clone(),
                 attempt,
@@ -94,6 +100,7 @@ pub(super) async fn drive(
                         reason,
                     });
                     sleep(after).await;
+                    polling = true;
                     // Progress was made: the retry budget counts consecutive
                     // failures, so a long wait survives occasional 503s.
                     attempt = 1;

@@ -15,6 +15,62 @@ use super::{Event, Sink};
 /// A boxed, sendable future (steps are trait objects).
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
+/// What a step measured while it ran: judged metrics, a traffic split. The
+/// executor passes it on (display, journal, report) and decides nothing by
+/// it; what a step concludes from it is its `Progress` or `StepError`.
+#[derive(Debug, Clone, PartialEq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct Observation {
+    /// Metrics judged against their thresholds.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub metrics: Vec<Measurement>,
+    /// The traffic split the step verified.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub split: Option<Split>,
+    /// How far a timed step is: (elapsed, total) in milliseconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub elapsed_ms: Option<(u64, u64)>,
+}
+
+/// One metric's value against its threshold at one evaluation.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct Measurement {
+    /// The metric's name in the spec.
+    pub name: String,
+    /// The canary's value, if there was one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<f64>,
+    /// The baseline it was compared with (the stable version's value).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub baseline: Option<f64>,
+    /// The threshold, as a person reads it (`<= 0.05`, `<= stable + 0.005`).
+    pub threshold: String,
+    /// The highest value that passed at this evaluation (the tightest of
+    /// `max` and stable + `max-increase-over-stable`), for charts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upper: Option<f64>,
+    /// The lowest value that passed (`min`), for charts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lower: Option<f64>,
+    /// `pass`, `breach`, `no-data` or `inconclusive`.
+    pub verdict: String,
+    /// Breaches counted towards the limit so far.
+    pub breaches: u32,
+    /// Breaches that fail the step.
+    pub limit: u32,
+}
+
+/// A traffic split: what share the canary gets.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct Split {
+    /// The canary's share, in percent.
+    pub canary_percent: f64,
+    /// The object that routes it.
+    pub route: String,
+}
+
 /// What a run of a step achieved.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Progress {
@@ -173,6 +229,17 @@ impl StepContext {
             r.push(memo);
         }
         Ok(())
+    }
+
+    /// Reports what the step measured (display, journal, report). Best
+    /// effort: an observation that cannot be journaled changes nothing.
+    pub fn observe(&self, observation: Observation) {
+        if let Some(sink) = &self.sink {
+            let _ = sink(&Event::Observed {
+                step: self.step_id.clone(),
+                observation,
+            });
+        }
     }
 
     /// The owner's latest record under `key`.

@@ -11,7 +11,7 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 
 use super::attempt::{Jitter, Shared, drive};
-use super::{BoxFuture, Limits, Memo, Outputs, Step};
+use super::{BoxFuture, Limits, Memo, Observation, Outputs, Step};
 
 /// A step of the plan, ready to execute.
 pub struct Node {
@@ -99,6 +99,9 @@ pub enum Event {
     Compensated { step: String, error: Option<String> },
     /// An on-failure handler ran.
     Handled { handler: String, error: Option<String> },
+    /// What a step measured (an analysis, a traffic split), for the
+    /// display, the journal and the report; it decides nothing.
+    Observed { step: String, observation: Observation },
     /// The end.
     Finished { state: FinalState },
 }

@@ -125,6 +125,24 @@ impl World {
             .await
             .map_err(SimError::Seed)?;
         let cluster = Arc::new(cluster);
+        // Each webhook's URL, in the Secret a `notify` step reads.
+        for (name, at) in &options.scenario.webhooks {
+            let Some((ns, secret)) = at.split_once('/') else {
+                continue;
+            };
+            let url = format!("http://{models_addr}/hooks/{name}");
+            let obj = serde_json::json!({
+                "apiVersion": "v1", "kind": "Secret",
+                "metadata": {"namespace": ns, "name": secret, "labels": {"rollwright.dev/sim-webhook": name}},
+                "type": "Opaque",
+                "data": {"url": base64::Engine::encode(&base64::engine::general_purpose::STANDARD, url)},
+            });
+            let c = cluster.clone();
+            tokio::task::spawn_blocking(move || c.apply_object(obj, "rollwright-sim"))
+                .await
+                .map_err(|e| SimError::Seed(e.to_string()))?
+                .map_err(|e| SimError::Seed(format!("webhook {name}: the Secret {at}: {e}")))?;
+        }
         let tick = Duration::from_millis(100);
         tasks.push(tokio::spawn(run(cluster.clone(), tick)));
         tasks.push(tokio::spawn(crate::gitops::run(

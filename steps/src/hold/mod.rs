@@ -6,7 +6,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rollwright_engine::Code;
 use rollwright_engine::duration::Display;
-use rollwright_engine::exec::{BoxFuture, Progress, Step, StepContext, StepError};
+use rollwright_engine::exec::{BoxFuture, Measurement, Observation, Progress, Step, StepContext, StepError};
 use rollwright_engine::registry::{Access, AccessContext, BuildContext, BuildError, Finding, Role, StepKind};
 use schemars::JsonSchema;
 use serde::Deserialize;
@@ -250,6 +250,12 @@ fn one() -> u32 {
 pub struct Hold;
 
 impl StepKind for Hold {
+    fn describe(&self, o: &Map<String, Value>) -> String {
+        match o.get("evaluations").and_then(Value::as_u64) {
+            Some(n) => format!("{n} evaluations, every metric within its threshold"),
+            None => "held for its duration".into(),
+        }
+    }
     fn name(&self) -> &'static str {
         "hold"
     }
@@ -542,6 +548,30 @@ fn baseline_ceiling(m: &Metric) -> Option<f64> {
     })
 }
 
+/// A metric's thresholds as a person reads them (`<= 0.05, <= stable + 0.005`).
+fn threshold_text(m: &Metric) -> String {
+    let mut parts = Vec::new();
+    if let Some(max) = m.max {
+        parts.push(format!("<= {}", show(max)));
+    }
+    if let Some(min) = m.min {
+        parts.push(format!(">= {}", show(min)));
+    }
+    if let Some(inc) = m.max_increase_over_stable {
+        parts.push(format!("<= stable + {}", show(inc)));
+    }
+    parts.join(", ")
+}
+
+fn verdict_name(v: &Verdict) -> &'static str {
+    match v {
+        Verdict::Pass(_) => "pass",
+        Verdict::Breach(_) => "breach",
+        Verdict::NoData(_) => "no-data",
+        Verdict::Inconclusive(_) => "inconclusive",
+    }
+}
+
 /// Judges one metric's sample against its thresholds.
 fn judge(m: &Metric, s: Sample, min_samples: u32) -> Verdict {
     let Some(value) = s.canary else {
@@ -603,14 +633,14 @@ fn judge(m: &Metric, s: Sample, min_samples: u32) -> Verdict {
 
 impl HoldStep {
     /// One evaluation (number `round`) of every metric.
-    async fn evaluate(&self, a: &Analysis, round: u32) -> Vec<(String, Verdict)> {
+    async fn evaluate(&self, a: &Analysis, round: u32) -> Vec<(String, Verdict, Sample)> {
         let mut out = Vec::new();
         for m in &a.metrics {
             let sample = match self.sources.get(m.provider.as_str()) {
                 Some(source) => source.sample(m, round).await,
                 None => Sample::default(),
             };
-            out.push((m.name.clone(), judge(m, sample, a.min_samples)));
+            out.push((m.name.clone(), judge(m, sample, a.min_samples), sample));
         }
         out
     }
@@ -658,7 +688,15 @@ impl Step for HoldStep {
                 st.inconclusive = false;
                 let on_no_data = a.on_no_data;
                 let total = a.count == Count::Total;
-                for (name, v) in &verdicts {
+                let mut observed = Observation {
+                    elapsed_ms: Some((
+                        now.saturating_sub(started).min(ms(self.duration)),
+                        ms(self.duration),
+                    )),
+                    ..Observation::default()
+                };
+                let mut failed = None;
+                for ((name, v, sample), m) in verdicts.iter().zip(&a.metrics) {
                     let breach = match v {
                         Verdict::Breach(_) => true,
                         Verdict::Inconclusive(_) => {
@@ -696,7 +734,24 @@ impl Step for HoldStep {
                         *t += 1;
                     }
                     let count = if total { *t } else { consecutive };
-                    if breach && count >= a.failure_limit {
+                    observed.metrics.push(Measurement {
+                        name: name.clone(),
+                        value: sample.canary,
+                        baseline: m.max_increase_over_stable.and(sample.stable),
+                        threshold: threshold_text(m),
+                        upper: [
+                            m.max,
+                            m.max_increase_over_stable.zip(sample.stable).map(|(i, s)| s + i),
+                        ]
+                        .into_iter()
+                        .flatten()
+                        .reduce(f64::min),
+                        lower: m.min,
+                        verdict: verdict_name(v).into(),
+                        breaches: count,
+                        limit: a.failure_limit,
+                    });
+                    if breach && count >= a.failure_limit && failed.is_none() {
                         let how = if a.failure_limit == 1 {
                             String::new()
                         } else if total {
@@ -704,8 +759,12 @@ impl Step for HoldStep {
                         } else {
                             format!(" ({count} consecutive breaches, limit {})", a.failure_limit)
                         };
-                        return Err(StepError::rejected(format!("analysis failed: {text}{how}")));
+                        failed = Some(format!("analysis failed: {text}{how}"));
                     }
+                }
+                cx.observe(observed);
+                if let Some(why) = failed {
+                    return Err(StepError::rejected(why));
                 }
                 if st.inconclusive {
                     st.settle = SETTLE;
