@@ -137,6 +137,7 @@ pub struct Board {
     split: Option<f64>,
     canary: Option<String>,
     finished: Option<FinalState>,
+    resumed: Vec<String>,
 }
 
 /// Whether an event is a state change worth a line (and a JSON event).
@@ -189,6 +190,19 @@ impl Board {
             canary,
             ..Board::default()
         }
+    }
+
+    /// Steps a resumed run completed before it was interrupted (they do
+    /// not run again, so no event will say so).
+    #[must_use]
+    pub fn resumed(mut self, done: &[String]) -> Self {
+        for id in done {
+            let v = self.view(id);
+            v.state = State::Succeeded;
+            v.reason = "before the interruption".into();
+        }
+        self.resumed = done.to_vec();
+        self
     }
 
     fn changes(&self, id: &str) -> bool {
@@ -460,6 +474,8 @@ impl Board {
                 }
             } else if let Some(s) = v.observation.as_ref().and_then(|o| o.split.as_ref()) {
                 line.push_str(&format!(": canary at {} %", s.canary_percent));
+            } else if state == State::Succeeded && v.took.is_none() && !v.reason.is_empty() {
+                line.push_str(&format!(" {}", v.reason));
             }
             lines.push(line);
             if (state.active() || matches!(state, State::Failed))
@@ -521,6 +537,16 @@ impl Progress {
             }
             Output::Text => Mode::Lines,
         };
+        if !board.resumed.is_empty() && !matches!(mode, Mode::Live(_)) {
+            let line = format!(
+                "↺ resumed: {} done before the interruption",
+                board.resumed.join(", ")
+            );
+            match mode {
+                Mode::Json => println!("{}", json!({"event": "resumed", "done": board.resumed, "t": 0.0})),
+                _ => eprintln!("[{:>7.1}s] {}", 0.0, scrub_line(&line)),
+            }
+        }
         let p = Progress {
             mode,
             board: Mutex::new(board),

@@ -306,6 +306,11 @@ pub fn build(spec: &Spec, records: &[Record], registry: &Registry) -> Report {
             Value::String(e) => e.clone(),
             _ => String::new(),
         };
+        let what = if what.is_empty() && result == "succeeded" {
+            "done".to_owned()
+        } else {
+            what
+        };
         StepLine {
             id: s.id.clone(),
             kind: s.kind.clone(),
@@ -575,11 +580,23 @@ impl Report {
                 self.run
             ),
         };
+        let plural = |n: usize, one: &str, many: &str| format!("{n} {}", if n == 1 { one } else { many });
+        let mut with = Vec::new();
+        if !self.plan.gate.is_empty() {
+            with.push(plural(self.plan.gate.len(), "gate passed", "gates passed"));
+        }
+        if holds > 0 {
+            with.push(plural(holds, "analysis evaluation", "analysis evaluations"));
+        }
         let second = format!(
-            "{} of {} steps succeeded, with {} gate(s) passed and {holds} analysis evaluation(s).",
+            "{} of {} steps succeeded{}.",
             self.summary.succeeded,
             self.summary.planned,
-            self.plan.gate.len()
+            if with.is_empty() {
+                String::new()
+            } else {
+                format!(", with {}", with.join(" and "))
+            }
         );
         let third = match (&self.rollback.failure, &self.rollback.back_out) {
             (Some((step, why)), _) => {

@@ -20,6 +20,7 @@ pub fn plain(outputs: &Map<String, Value>) -> String {
                 }
             }
             Value::Object(_) | Value::Null => {}
+            Value::String(t) if t.trim().is_empty() => {}
             Value::Array(a) => {
                 let items: Vec<String> = a.iter().map(scalar).collect();
                 out.push(format!("{prefix}: {}", items.join(", ")));

@@ -255,7 +255,8 @@ pub(super) fn execute(l: Launch<'_>) -> CliResult {
         None => None,
     };
     let writer = Arc::new(GroupCommit::start(journal));
-    let progress = Arc::new(Progress::new(show.output, board(spec, run, &reg)));
+    let done: Vec<String> = resume.completed.iter().map(|(id, _)| id.clone()).collect();
+    let progress = Arc::new(Progress::new(show.output, board(spec, run, &reg).resumed(&done)));
     if progress.is_live() {
         // Elapsed and remaining times move between events too.
         let weak = Arc::downgrade(&progress);

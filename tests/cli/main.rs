@@ -38,6 +38,7 @@ mod quickstart;
 mod run;
 mod schema;
 mod sim;
+mod view;
 
 use std::path::{Path, PathBuf};
 use std::process::Output;

@@ -507,8 +507,18 @@ fn a_rolled_back_quickstart_reports_its_trigger_and_streams_state_changes() {
         "read-only steps are not rolled back:\n{md}"
     );
     assert!(
-        md.contains("- `page`: "),
-        "the on-failure handler is reported:\n{md}"
+        md.contains("- `page`: done"),
+        "the on-failure handler is reported, and its webhook exists in the scenario:\n{md}"
+    );
+    let handled = events
+        .iter()
+        .find(|e| e["event"] == "handled")
+        .expect("the handler ran");
+    assert_eq!(handled["error"], serde_json::Value::Null, "{handled}");
+    assert!(
+        !stderr(&out).to_lowercase().contains("error:"),
+        "no error line in the regression demo: {}",
+        stderr(&out)
     );
     assert_eq!(json["summary"]["state"], "rolled-back");
     let journal = std::fs::read_to_string(
