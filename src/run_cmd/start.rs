@@ -81,7 +81,7 @@ pub(super) struct Launch<'a> {
 /// resume compensates) and the end are flushed at once; the answer says
 /// whether they are durable.
 pub(super) fn journal_sink(journal: Arc<GroupCommit>, progress: Arc<Progress>) -> Sink {
-    let observed = std::sync::Mutex::new(HashMap::<String, (u64, String)>::new());
+    let observed = std::sync::Mutex::new(HashMap::<String, Observed>::new());
     Arc::new(move |e: &Event| {
         progress.event(e);
         if let Event::Observed { step, observation } = e
@@ -103,14 +103,23 @@ pub(super) fn journal_sink(journal: Arc<GroupCommit>, progress: Arc<Progress>) -
     })
 }
 
-/// Observations journaled in full per step; after that, only a change of
-/// verdict and every [`OBSERVED_EVERY`]th: a day-long hold keeps a bounded
-/// journal (and report).
+/// Observations journaled per step: the first [`OBSERVED_IN_FULL`] in full;
+/// after that each change of verdict (at most [`OBSERVED_CHANGES`] more)
+/// and every [`OBSERVED_EVERY`]th — a day-long hold with a verdict that
+/// flips at every evaluation still keeps a bounded journal (and report).
 const OBSERVED_IN_FULL: u64 = 500;
+const OBSERVED_CHANGES: u64 = 1_000;
 const OBSERVED_EVERY: u64 = 100;
 
+#[derive(Default)]
+struct Observed {
+    seen: u64,
+    changes: u64,
+    last: String,
+}
+
 fn worth_journaling(
-    seen: &std::sync::Mutex<HashMap<String, (u64, String)>>,
+    seen: &std::sync::Mutex<HashMap<String, Observed>>,
     step: &str,
     o: &rollwright_engine::exec::Observation,
 ) -> bool {
@@ -120,11 +129,18 @@ fn worth_journaling(
         .iter()
         .map(|m| format!("{}={};", m.verdict, m.breaches))
         .collect();
-    let (n, last) = seen.entry(step.to_owned()).or_default();
-    *n += 1;
-    let changed = *last != verdicts;
-    *last = verdicts;
-    *n <= OBSERVED_IN_FULL || changed || n.is_multiple_of(OBSERVED_EVERY)
+    let s = seen.entry(step.to_owned()).or_default();
+    s.seen += 1;
+    let changed = s.last != verdicts;
+    s.last = verdicts;
+    if s.seen <= OBSERVED_IN_FULL || s.seen.is_multiple_of(OBSERVED_EVERY) {
+        return true;
+    }
+    if changed && s.changes < OBSERVED_CHANGES {
+        s.changes += 1;
+        return true;
+    }
+    false
 }
 
 /// Resolves with the reason when the run must stop: `rollwright abort`
@@ -464,4 +480,40 @@ pub fn run(args: &RunArgs) -> CliResult {
         },
         rt,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rollwright_engine::exec::{Measurement, Observation};
+
+    #[test]
+    fn a_day_long_hold_whose_verdict_flips_every_time_keeps_a_bounded_journal() {
+        let seen = std::sync::Mutex::new(HashMap::new());
+        let obs = |verdict: &str| Observation {
+            metrics: vec![Measurement {
+                name: "e".into(),
+                value: Some(0.0),
+                baseline: None,
+                threshold: "<= 1".into(),
+                upper: Some(1.0),
+                lower: None,
+                verdict: verdict.into(),
+                breaches: 0,
+                limit: 100_000,
+            }],
+            ..Observation::default()
+        };
+        let kept = (0..86_400)
+            .filter(|i| {
+                worth_journaling(
+                    &seen,
+                    "hold",
+                    &obs(if i % 2 == 0 { "pass" } else { "inconclusive" }),
+                )
+            })
+            .count();
+        assert!(kept <= 500 + 1_000 + 864, "{kept}");
+        assert!(kept >= 500, "{kept}");
+    }
 }

@@ -1068,9 +1068,23 @@ fn leaves(new: &Value, old: &Value, path: String, out: &mut Vec<(String, String,
                 leaves(v, &old[i], format!("{path}[{i}]"), out);
             }
         }
+        _ if new != old && hidden_field(&path) => out.push((path, "(not shown)".into(), "(changed)".into())),
         _ if new != old => out.push((path, short(old), short(new))),
         _ => {}
     }
+}
+
+/// A field whose value a report must not show: container environment
+/// values, arguments and commands (they may hold credentials, however bad a
+/// practice), and any field named like a credential (the policy's rule for
+/// environment names).
+fn hidden_field(path: &str) -> bool {
+    path.contains(".env[")
+        || path.contains(".args[")
+        || path.contains(".command[")
+        || path
+            .split('.')
+            .any(|seg| sensitive(seg.split('[').next().unwrap_or(seg)))
 }
 
 /// `from` with the part where `to` says `version` (`models:/m/6` for
@@ -1164,5 +1178,34 @@ impl Step for ApplyStep {
             )
             .await
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::changed;
+
+    #[test]
+    fn what_changed_is_said_in_words_and_never_shows_an_environment_value() {
+        let before = serde_json::json!([{"object": {
+            "kind": "Deployment", "metadata": {"name": "d"},
+            "spec": {"template": {"spec": {"containers": [{"image": "m:6", "env": [{"name": "API_KEY", "value": "sk-old"}], "args": ["--token=abc"]}]}}}
+        }}]);
+        let after = [serde_json::json!({
+            "kind": "Deployment", "metadata": {"name": "d"},
+            "spec": {"template": {"spec": {"containers": [{"image": "m:7", "env": [{"name": "API_KEY", "value": "sk-new"}], "args": ["--token=xyz"]}]}}}
+        })];
+        let (changed_fields, previous) = changed(&after, Some(&before), Some(&("m".into(), "7".into())));
+        let text = changed_fields.join("\n");
+        assert!(
+            text.contains("Deployment d: spec.template.spec.containers[0].image m:6 → m:7"),
+            "{text}"
+        );
+        assert_eq!(previous.as_deref(), Some("6"));
+        for leaked in ["sk-old", "sk-new", "abc", "xyz"] {
+            assert!(!text.contains(leaked), "{leaked}: {text}");
+        }
+        let (created, _) = changed(&after, None, None);
+        assert_eq!(created, ["Deployment d: created"]);
     }
 }
