@@ -79,6 +79,8 @@ pub struct PlanSection {
     pub previous_version: Option<String>,
     /// Every step in plan order with its result.
     pub steps: Vec<StepLine>,
+    /// The plan's timing budget (what `rollwright plan` shows), when known.
+    pub budget: Option<crate::plan::Budget>,
 }
 
 /// One change to the target.
@@ -437,6 +439,7 @@ pub fn build(spec: &Spec, records: &[Record], registry: &Registry) -> Report {
             rollback_target,
             previous_version,
             steps,
+            budget: None,
         },
         changes,
         verification,
@@ -676,6 +679,35 @@ impl Report {
                 s,
                 "- **Rollback target:** {v}{}",
                 self.plan.rollback_target.join("; ")
+            );
+        }
+        if let Some(b) = &self.plan.budget {
+            let show = |d: std::time::Duration| crate::duration::Display(d).to_string();
+            let full = b.to_full_promotion.map_or_else(
+                || "no step sends 100 %".to_owned(),
+                |d| format!("100 % at the earliest after {}", show(d)),
+            );
+            let react = match (b.detection, b.rollback, b.reaction) {
+                (None, ..) => "no analysis detects a regression".to_owned(),
+                (Some(d), Some(r), Some(t)) => format!(
+                    "a regression is detected within {} and rolled back within {} (reaction {}{})",
+                    show(d),
+                    show(r),
+                    show(t),
+                    b.worst_hold
+                        .as_ref()
+                        .map(|h| format!(", worst during `{h}`"))
+                        .unwrap_or_default()
+                ),
+                (Some(d), ..) => format!(
+                    "a regression is detected within {}; its rollback is unbounded",
+                    show(d)
+                ),
+            };
+            let _ = writeln!(
+                s,
+                "- **Timing budget:** {full}, the whole run at least {}; {react}",
+                show(b.to_completion)
             );
         }
         let _ = writeln!(

@@ -516,6 +516,7 @@ impl Reopened {
         state_dir: &Path,
         output: Output,
         resume: Resume,
+        budget: rollwright_engine::plan::Budget,
     ) -> CliResult {
         execute(Launch {
             spec,
@@ -530,6 +531,7 @@ impl Reopened {
                 deadline: None,
             },
             rt: self.rt,
+            budget,
         })
     }
 }

@@ -9,10 +9,12 @@ pub(super) fn write_report(
     run: &str,
     spec: &Spec,
     key: &Key,
+    budget: Option<rollwright_engine::plan::Budget>,
 ) -> Result<(PathBuf, String), String> {
     let dir = run_dir(state_dir, run);
     let records = journal::read(&dir.join("journal.jsonl"), key).map_err(|e| e.to_string())?;
-    let report = rollwright_engine::report::build(spec, &records, &registry());
+    let mut report = rollwright_engine::report::build(spec, &records, &registry());
+    report.plan.budget = budget;
     std::fs::write(dir.join("report.md"), report.to_markdown()).map_err(|e| e.to_string())?;
     let json = serde_json::to_string_pretty(&report).map_err(|e| e.to_string())? + "\n";
     std::fs::write(dir.join("report.json"), json).map_err(|e| e.to_string())?;
@@ -49,8 +51,9 @@ pub struct ReportArgs {
 /// exists for interrupted runs too.
 pub fn report(args: &ReportArgs) -> CliResult {
     let o = open_run(&args.state_dir, &args.run)?;
-    let (_, _, _, spec) = respec(&o)?;
-    let report = rollwright_engine::report::build(&spec, &o.records, &registry());
+    let (_, _, exp, spec) = respec(&o)?;
+    let mut report = rollwright_engine::report::build(&spec, &o.records, &registry());
+    report.plan.budget = Some(rollwright_engine::plan::build(&exp, &spec, &registry()).budget);
     match args.format {
         ReportFormat::Md => print!("{}", report.to_markdown()),
         ReportFormat::Json => println!("{}", serde_json::to_string_pretty(&report).unwrap_or_default()),

@@ -49,5 +49,12 @@ pub fn resume(args: &ResumeArgs) -> CliResult {
         started: state.started,
         recorded: state.recorded,
     };
-    reopened.execute(&o, &spec, &args.state_dir, args.output, resume)
+    reopened.execute(
+        &o,
+        &spec,
+        &args.state_dir,
+        args.output,
+        resume,
+        rollwright_engine::plan::build(&exp, &spec, &registry()).budget,
+    )
 }

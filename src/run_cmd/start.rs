@@ -74,6 +74,8 @@ pub(super) struct Launch<'a> {
     pub(super) resume: Resume,
     pub(super) show: Show,
     pub(super) rt: tokio::runtime::Runtime,
+    /// The plan's timing budget, for the report.
+    pub(super) budget: rollwright_engine::plan::Budget,
 }
 
 /// Journals events (group commit) and shows progress. A record a step must
@@ -234,6 +236,7 @@ pub(super) fn execute(l: Launch<'_>) -> CliResult {
         resume,
         show,
         rt,
+        budget,
     } = l;
     let run = header.run.as_str();
     let reg = registry();
@@ -351,7 +354,7 @@ pub(super) fn execute(l: Launch<'_>) -> CliResult {
     if let Some((step, error)) = &outcome.failure {
         progress.note(&format!("failed at `{step}`: {error}"));
     }
-    match write_report(state_dir, run, spec, &key) {
+    match write_report(state_dir, run, spec, &key, Some(budget)) {
         Ok((path, summary)) => {
             progress.note(&format!("\n{summary}\nreport: {}", path.display()));
         }
@@ -479,6 +482,7 @@ pub fn run(args: &RunArgs) -> CliResult {
             deadline: args.deadline,
         },
         rt,
+        budget: rollwright_engine::plan::build(&exp, &spec, &registry()).budget,
     })
 }
 
