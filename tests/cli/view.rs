@@ -206,3 +206,53 @@ fn what_a_promoted_a_rolled_back_and_a_resumed_run_show() {
     case("resumed", &user, true, &mut failures);
     assert!(failures.is_empty(), "{}", failures.join("\n\n"));
 }
+
+/// The terminal is resized while the live view runs (40 columns, then
+/// 120): the view is redrawn at the new width — the title no longer cut —
+/// and no step's row is left behind twice.
+#[test]
+fn the_live_view_follows_a_resized_terminal() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = SEQ.replace(
+        "with: {command: [sh, -c, \"exit ${FAIL_VERIFY:-0}\"]}",
+        "with: {command: [sh, -c, \"sleep 2\"]}",
+    );
+    std::fs::write(dir.path().join("spec.yaml"), spec).unwrap();
+    let bin = assert_cmd::cargo::cargo_bin("rollwright");
+    let out = Command::new("script")
+        .current_dir(dir.path())
+        .env_remove("NO_COLOR")
+        .args([
+            "-qec",
+            &format!(
+                "stty cols 40 rows 30; (sleep 1; stty cols 120 </dev/tty) & {} run spec.yaml; wait",
+                bin.display()
+            ),
+            "/dev/null",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut term = vt100::Parser::new(30, 120, 0);
+    term.process(&out.stdout);
+    let screen = term.screen();
+    let rows: Vec<String> = screen.rows(0, 120).map(|r| r.trim_end().to_owned()).collect();
+    let text = rows.join("\n");
+    for step in ["deploy", "shift", "verify"] {
+        let n = rows
+            .iter()
+            .filter(|r| r.starts_with(&format!("✓ {step} ")))
+            .count();
+        assert_eq!(n, 1, "`{step}` once:\n{text}");
+    }
+    let title = rows.iter().find(|r| r.starts_with("rollout seq-")).expect(&text);
+    assert!(
+        title.ends_with("m v2 → dev/ns"),
+        "drawn at the new width: {title}\n{text}"
+    );
+}
