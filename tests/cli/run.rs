@@ -541,30 +541,9 @@ fn progress_as_json_events_and_live_on_a_terminal() {
     // each step once, nothing wrapped, and the summary.
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("spec.yaml"), SPEC).unwrap();
-    let bin = assert_cmd::cargo::cargo_bin("rollwright");
-    let out = std::process::Command::new("script")
-        .current_dir(dir.path())
-        .env_remove("NO_COLOR")
-        .args([
-            "-qec",
-            &format!("stty cols 40 rows 40; {} run spec.yaml", bin.display()),
-            "/dev/null",
-        ])
-        .output()
-        .unwrap();
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let mut term = vt100::Parser::new(40, 40, 0);
-    term.process(&out.stdout);
-    let rows: Vec<String> = term
-        .screen()
-        .rows(0, 40)
-        .map(|r| r.trim_end().to_owned())
-        .collect();
+    let (code, shown) = crate::view::pty(dir.path(), "rollwright run spec.yaml", 40, 40, &[]);
+    assert_eq!(code, Some(0));
+    let rows: Vec<String> = shown.into_iter().map(|(r, _)| r.trim_end().to_owned()).collect();
     let screen = rows.join("\n");
     for step in ["a", "b", "c", "d"] {
         let drawn = rows

@@ -68,30 +68,51 @@ fn rollwright(dir: &Path, args: &[&str], env: &[(&str, String)]) -> std::process
     cmd.output().unwrap()
 }
 
-/// The screen of an 80×30 terminal (80 columns: also what a program
-/// assumes when it cannot read the size, so a slow `stty` changes nothing) after `rollwright ARGS` ran in it.
-fn terminal(dir: &Path, args: &str, env: &[(&str, String)]) -> String {
+/// Runs `sh -c "stty cols COLS rows ROWS; SCRIPT"` in a pseudo-terminal
+/// (`script`), where `rollwright` in SCRIPT is this build; returns its exit
+/// code and what a COLS×ROWS terminal shows at the end, row by row (with
+/// whether the terminal wrapped the row).
+pub fn pty(
+    dir: &Path,
+    script: &str,
+    cols: u16,
+    rows: u16,
+    env: &[(&str, String)],
+) -> (Option<i32>, Vec<(String, bool)>) {
     let bin = assert_cmd::cargo::cargo_bin("rollwright");
+    let script = script.replace("rollwright ", &format!("{} ", bin.display()));
     let mut cmd = Command::new("script");
     cmd.current_dir(dir).env_remove("NO_COLOR").args([
         "-qec",
-        &format!("stty cols 80 rows 30; {} {args}", bin.display()),
+        &format!("stty cols {cols} rows {rows}; {script}"),
         "/dev/null",
     ]);
     for (k, v) in env {
         cmd.env(k, v);
     }
     let out = cmd.output().unwrap();
-    let mut term = vt100::Parser::new(30, 80, 0);
+    let mut term = vt100::Parser::new(rows, cols, 0);
     term.process(&out.stdout);
-    // A line the terminal wrapped is one line again (its length depends
-    // on the durations and paths normalised below); a row padded with
-    // spaces to the edge, as the live view draws its rows, is not wrapped.
     let screen = term.screen();
+    let shown = screen
+        .rows(0, cols)
+        .enumerate()
+        .map(|(i, r)| (r, screen.row_wrapped(u16::try_from(i).unwrap())))
+        .collect();
+    (out.status.code(), shown)
+}
+
+/// The screen of an 80×30 terminal (80 columns: also what a program
+/// assumes when it cannot read the size, so a slow `stty` changes nothing)
+/// after `rollwright ARGS` ran in it. A line the terminal wrapped is one
+/// line again (its length depends on the durations and paths normalised
+/// later); a row padded with spaces to the edge, as the live view draws
+/// its rows, is not wrapped.
+fn terminal(dir: &Path, args: &str, env: &[(&str, String)]) -> String {
+    let (_, rows) = pty(dir, &format!("rollwright {args}"), 80, 30, env);
     let mut text = String::new();
-    for (i, row) in screen.rows(0, 80).enumerate() {
-        let i = u16::try_from(i).unwrap();
-        let joined = screen.row_wrapped(i) && row.trim_end().chars().count() >= 79;
+    for (row, wrapped) in rows {
+        let joined = wrapped && row.trim_end().chars().count() >= 79;
         text.push_str(if joined { &row } else { row.trim_end() });
         if !joined {
             text.push('\n');
@@ -218,30 +239,15 @@ fn the_live_view_follows_a_resized_terminal() {
         "with: {command: [sh, -c, \"sleep 2\"]}",
     );
     std::fs::write(dir.path().join("spec.yaml"), spec).unwrap();
-    let bin = assert_cmd::cargo::cargo_bin("rollwright");
-    let out = Command::new("script")
-        .current_dir(dir.path())
-        .env_remove("NO_COLOR")
-        .args([
-            "-qec",
-            &format!(
-                "stty cols 40 rows 30; (sleep 1; stty cols 120 </dev/tty) & {} run spec.yaml; wait",
-                bin.display()
-            ),
-            "/dev/null",
-        ])
-        .output()
-        .unwrap();
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let (code, shown) = pty(
+        dir.path(),
+        "(sleep 1; stty cols 120 </dev/tty) & rollwright run spec.yaml; wait",
+        120,
+        30,
+        &[],
     );
-    let mut term = vt100::Parser::new(30, 120, 0);
-    term.process(&out.stdout);
-    let screen = term.screen();
-    let rows: Vec<String> = screen.rows(0, 120).map(|r| r.trim_end().to_owned()).collect();
+    assert_eq!(code, Some(0));
+    let rows: Vec<String> = shown.into_iter().map(|(r, _)| r.trim_end().to_owned()).collect();
     let text = rows.join("\n");
     for step in ["deploy", "shift", "verify"] {
         let n = rows
