@@ -49,9 +49,14 @@ impl Human {
         texts.insert(None, String::from_utf8_lossy(bytes).into_owned());
         for d in diags {
             for f in std::iter::once(d.file.as_deref()).chain(d.related.iter().map(|r| r.file.as_deref())) {
-                texts.entry(f).or_insert_with(|| {
-                    f.and_then(|f| std::fs::read_to_string(f).ok())
-                        .unwrap_or_default()
+                texts.entry(f).or_insert_with(|| match f {
+                    // A `--set` override: its key is its text.
+                    Some(f) if f.starts_with(rollwright_engine::diag::SET_FILE_PREFIX) => {
+                        f[rollwright_engine::diag::SET_FILE_PREFIX.len()..].to_owned()
+                    }
+                    f => f
+                        .and_then(|f| std::fs::read_to_string(f).ok())
+                        .unwrap_or_default(),
                 });
             }
         }

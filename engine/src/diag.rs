@@ -28,6 +28,10 @@ impl fmt::Display for Pos {
     }
 }
 
+/// The file name of a diagnostic about a `--set` override: this prefix and
+/// the override's key, which is also its text (line 1).
+pub const SET_FILE_PREFIX: &str = "--set ";
+
 /// A range `[start, end)` in a source file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default, Hash)]
 pub struct Span {

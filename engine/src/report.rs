@@ -390,9 +390,20 @@ pub fn build(spec: &Spec, records: &[Record], registry: &Registry) -> Report {
         })
         .collect();
     if rollback.failure.is_none() && state == "succeeded" {
-        rollback.back_out = Some(match (&previous_version, &spec.model) {
-            (Some(v), Some(_)) => format!("rollwright run {spec_path} --set model.version={v}"),
-            _ => format!("rollwright run {spec_path} --set model.version=<the previous version>"),
+        let previous = previous_version.as_deref().unwrap_or("<the previous version>");
+        // `--set` overrides parameters only: when a parameter carries the
+        // version, one command backs out; otherwise the spec names it.
+        let param = spec.model.as_ref().and_then(|m| {
+            spec.params
+                .iter()
+                .find(|(_, v)| v.as_str() == Some(m.version.as_str()))
+                .map(|(k, _)| k.clone())
+        });
+        rollback.back_out = Some(match param {
+            Some(k) => format!("rollwright run {spec_path} --set {k}={previous}"),
+            None => format!(
+                "set `model.version: \"{previous}\"` in {spec_path}, then `rollwright run {spec_path}`"
+            ),
         });
     }
     let gate: Vec<String> = steps
@@ -610,7 +621,8 @@ impl Report {
                 };
                 format!("It stopped at `{step}`: {why}.")
             }
-            (None, Some(cmd)) => format!("To back out: `{cmd}`."),
+            (None, Some(how)) if how.starts_with("rollwright ") => format!("To back out: `{how}`."),
+            (None, Some(how)) => format!("To back out: {how}."),
             (None, None) => "Nothing was rolled back.".to_owned(),
         };
         format!("{first} {second} {third}")
@@ -771,8 +783,12 @@ impl Report {
                         self.plan.rollback_target.join("; ")
                     );
                 }
-                if let Some(cmd) = &self.rollback.back_out {
-                    let _ = writeln!(s, "\nTo back out now:\n\n```\n{cmd}\n```");
+                if let Some(how) = &self.rollback.back_out {
+                    if how.starts_with("rollwright ") {
+                        let _ = writeln!(s, "\nTo back out now: `{how}`.");
+                    } else {
+                        let _ = writeln!(s, "\nTo back out now: {how}.");
+                    }
                 }
             }
             Some((step, why)) => {

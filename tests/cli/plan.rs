@@ -166,6 +166,13 @@ fn bad_overrides_and_bad_specs() {
         "{}",
         stderr(&out)
     );
+    // The snippet is the override's key (never its value), underlined.
+    assert!(
+        stderr(&out).contains(" --> --set weightz:1:1\n  |\n1 | weightz\n  | ^^^^^^^"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(!stderr(&out).contains("[1]"), "{}", stderr(&out));
     assert!(stdout(&out).is_empty());
     let out = rollwright(&["plan", "--set", "weights", "specs/examples/kserve-canary.yaml"]);
     assert_eq!(out.status.code(), Some(2));

@@ -442,7 +442,7 @@ fn the_quickstart_reads_at_a_glance_and_its_report_is_for_people() {
     );
     assert!(md.contains("Not needed: nothing failed."), "{md}");
     assert!(
-        md.contains("rollwright run ") && md.contains("--set model.version=6"),
+        md.contains("To back out now: set `model.version: \"6\"` in ") && !md.contains("--set model.version"),
         "how to back out now:\n{md}"
     );
     assert!(

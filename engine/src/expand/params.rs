@@ -97,13 +97,24 @@ pub(super) fn resolve_params(cx: &mut Ctx<'_>) -> Map<String, Value> {
         g
     };
     let uses_chain = cx.sources.len() > 1;
+    const SET_PREFIX: &str = crate::diag::SET_FILE_PREFIX;
     for (name, v, ptr) in given {
         let where_ = |cx: &Ctx<'_>, key: bool| match &ptr {
             Some(p) if key => cx.key_at(0, p),
             Some(p) => cx.at(0, p),
+            // The override itself is the "file": `--set KEY` (the value is
+            // not echoed: it may be a credential), the key underlined.
             None => Loc {
-                file: Some("--set".into()),
-                span: Span::point(crate::diag::Pos { line: 1, col: 1 }),
+                file: Some(format!("{SET_PREFIX}{name}").into()),
+                span: Span {
+                    start: crate::diag::Pos { line: 1, col: 1 },
+                    end: crate::diag::Pos {
+                        line: 1,
+                        col: u32::try_from(name.chars().count())
+                            .unwrap_or(u32::MAX)
+                            .saturating_add(1),
+                    },
+                },
             },
         };
         match decls.get(&name) {
