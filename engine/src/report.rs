@@ -399,10 +399,13 @@ pub fn build(spec: &Spec, records: &[Record], registry: &Registry) -> Report {
                 .find(|(_, v)| v.as_str() == Some(m.version.as_str()))
                 .map(|(k, _)| k.clone())
         });
-        rollback.back_out = Some(match param {
-            Some(k) => format!("rollwright run {spec_path} --set {k}={previous}"),
-            None => format!(
-                "set `model.version: \"{previous}\"` in {spec_path}, then `rollwright run {spec_path}`"
+        rollback.back_out = Some(match (param, &previous_version) {
+            (Some(k), _) => format!("rollwright run {spec_path} --set {k}={previous}"),
+            (None, Some(v)) => {
+                format!("set `model.version: \"{v}\"` in {spec_path}, then `rollwright run {spec_path}`")
+            }
+            (None, None) => format!(
+                "set `model.version` in {spec_path} to the version that served before, then `rollwright run {spec_path}`"
             ),
         });
     }
