@@ -21,6 +21,7 @@ mod progress;
 mod rbac_cmd;
 mod render;
 mod report_html;
+mod rolloutrun;
 mod run_cmd;
 mod schema_cmd;
 mod sim_cmd;

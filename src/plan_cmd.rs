@@ -25,6 +25,9 @@ pub enum Format {
     Dot,
     /// Mermaid flowchart (for docs and pull requests).
     Mermaid,
+    /// The `RolloutRun` object (YAML) the in-cluster controller runs: the
+    /// fully expanded plan, for GitOps (commit it; Argo CD or Flux applies it).
+    Rolloutrun,
 }
 
 #[derive(Args)]
@@ -77,6 +80,9 @@ pub fn run(args: &PlanArgs) -> CliResult {
     let path = args.spec.to_string_lossy().into_owned();
     let color = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
     let human = render::Human::new(color);
+    if args.format == Format::Rolloutrun {
+        return rolloutrun(&linter, args, &bytes, &overrides, &human);
+    }
     let (plan, warnings) = match linter.plan(&args.spec, &bytes, &overrides) {
         Ok(p) => p,
         Err(diags) => {
@@ -96,8 +102,46 @@ pub fn run(args: &PlanArgs) -> CliResult {
             .unwrap_or_default(),
         Format::Dot => dot(&plan),
         Format::Mermaid => mermaid(&plan),
+        Format::Rolloutrun => unreachable!("handled above"),
     };
     if std::io::stdout().lock().write_all(text.as_bytes()).is_err() {
+        return Err(CliError::usage("cannot write the plan to stdout"));
+    }
+    Ok(exit::OK)
+}
+
+/// `--format rolloutrun`: the RolloutRun of the plan, in the spec's
+/// target namespace.
+fn rolloutrun(
+    linter: &rollwright_engine::lint::Linter,
+    args: &PlanArgs,
+    bytes: &[u8],
+    overrides: &[(String, Value)],
+    human: &render::Human,
+) -> CliResult {
+    let path = args.spec.to_string_lossy().into_owned();
+    let (exp, spec, warnings) = match linter.prepare(&args.spec, bytes, overrides) {
+        Ok(p) => p,
+        Err(diags) => {
+            eprint!("{}", human.render_file(&path, bytes, &diags));
+            return Err(CliError::findings(format!(
+                "`{path}` has errors; nothing to plan"
+            )));
+        }
+    };
+    if !warnings.is_empty() {
+        eprint!("{}", human.render_file(&path, bytes, &warnings));
+    }
+    let Some(target) = &spec.target else {
+        return Err(CliError::usage(format!(
+            "`{path}` has no `target`: a RolloutRun lives in its target namespace"
+        )));
+    };
+    let plan = rollwright_engine::plan::build(&exp, &spec, &crate::run_cmd::registry());
+    let run = crate::rolloutrun::of(&plan, &exp, &target.namespace);
+    let yaml = serde_saphyr::to_string(&run)
+        .map_err(|e| CliError::usage(format!("cannot write the RolloutRun: {e}")))?;
+    if std::io::stdout().lock().write_all(yaml.as_bytes()).is_err() {
         return Err(CliError::usage("cannot write the plan to stdout"));
     }
     Ok(exit::OK)

@@ -1,4 +1,4 @@
-//! `rollwright schema [--step TYPE]`.
+//! `rollwright schema [--step TYPE | --common | --crd]`.
 
 use crate::error::{CliError, CliResult};
 use std::io::Write;
@@ -16,11 +16,17 @@ pub struct SchemaArgs {
     /// Print the shared definitions (`common.schema.json`).
     #[arg(long, conflicts_with = "step")]
     common: bool,
+    /// Print the CustomResourceDefinition of `RolloutRun` (YAML), which
+    /// `plan --format rolloutrun` objects need installed.
+    #[arg(long, conflicts_with_all = ["step", "common"])]
+    crd: bool,
 }
 
 pub fn run(args: &SchemaArgs) -> CliResult {
     let registry = rollwright_steps::registry();
-    let text = if args.common {
+    let text = if args.crd {
+        crate::rolloutrun::crd_yaml()
+    } else if args.common {
         schema::COMMON.to_owned()
     } else if let Some(t) = &args.step {
         match registry.get(t) {

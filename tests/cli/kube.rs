@@ -476,3 +476,93 @@ fn normalise(s: &str) -> String {
     }
     out
 }
+
+/// A `RolloutRun` from `rollwright plan --format rolloutrun` on the real API
+/// server: the CRD (`rollwright schema --crd`, generated from the types) is
+/// accepted as structural, the object is created as printed, `kubectl get`
+/// shows its model and version, its plan is refused any change (the CRD's
+/// CEL rule, enforced by kube-apiserver), and its intent may change.
+#[test]
+fn a_rolloutrun_from_plan_is_accepted_and_its_plan_is_immutable() {
+    let w = KubeWorld::new("rr");
+    let crd = w.rollwright("admin.kubeconfig", &["schema", "--crd"]);
+    assert_eq!(crd.status.code(), Some(0), "{}", stderr(&crd));
+    let crd = String::from_utf8_lossy(&crd.stdout).into_owned();
+    assert_eq!(
+        crd,
+        std::fs::read_to_string(crate::root().join("crds/rolloutrun.yaml")).unwrap()
+    );
+    control_plane()
+        .kubectl(&["apply", "--server-side", "-f", "-"], Some(&crd))
+        .unwrap();
+    control_plane()
+        .kubectl(
+            &[
+                "wait",
+                "--for=condition=Established",
+                "crd/rolloutruns.rollwright.dev",
+                "--timeout=30s",
+            ],
+            None,
+        )
+        .unwrap();
+    // The quickstart's plan, moved to this test's namespace.
+    let out = crate::rollwright_in(
+        &crate::root(),
+        &[
+            "plan",
+            "specs/examples/kserve-canary.yaml",
+            "--format",
+            "rolloutrun",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let yaml =
+        String::from_utf8_lossy(&out.stdout).replace("namespace: risk", &format!("namespace: {}", w.ns));
+    assert!(
+        yaml.starts_with("apiVersion: rollwright.dev/v1alpha1\nkind: RolloutRun\n"),
+        "{yaml}"
+    );
+    let created = w
+        .try_kubectl(&["create", "-f", "-", "-o", "name"], Some(&yaml))
+        .unwrap();
+    let name = created.trim().to_owned();
+    assert!(
+        name.starts_with("rolloutrun.rollwright.dev/fraud-detector-"),
+        "{name}"
+    );
+    let table = w.kubectl(&["get", "rr"]);
+    assert!(
+        table.contains("fraud-detector") && table.contains("   7  "),
+        "{table}"
+    );
+    // The same plan again is the same object.
+    let again = w.try_kubectl(&["create", "-f", "-"], Some(&yaml)).unwrap_err();
+    assert!(again.contains("AlreadyExists"), "{again}");
+    // The plan cannot change; the intent can.
+    let refused = w
+        .try_kubectl(
+            &[
+                "patch",
+                &name,
+                "--type=merge",
+                "-p",
+                r#"{"spec":{"plan":{"digest":"sha256:forged"}}}"#,
+            ],
+            None,
+        )
+        .unwrap_err();
+    assert!(
+        refused.contains("the plan of a RolloutRun is immutable"),
+        "{refused}"
+    );
+    w.kubectl(&[
+        "patch",
+        &name,
+        "--type=merge",
+        "-p",
+        r#"{"spec":{"intent":{"abort":{"by":"admin","reason":"test"}}}}"#,
+    ]);
+    let intent = w.kubectl(&["get", &name, "-o", "jsonpath={.spec.intent.abort.by}"]);
+    assert_eq!(intent, "admin");
+}
