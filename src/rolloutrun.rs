@@ -250,6 +250,17 @@ pub fn crd_yaml() -> String {
     )
 }
 
+/// The admission policy that authenticates approvals and aborts
+/// (`crds/approvals-policy.yaml`, shipped as written).
+pub const APPROVALS_POLICY: &str = include_str!("../crds/approvals-policy.yaml");
+
+/// What RolloutRuns need installed: the CRD, then the admission policy
+/// (one YAML stream).
+#[must_use]
+pub fn install_yaml() -> String {
+    format!("{}---\n{APPROVALS_POLICY}", crd_yaml())
+}
+
 /// The RolloutRun of a plan, named after the Rollout and the digest (the
 /// same plan gives the same object: applying it twice is one run).
 #[must_use]

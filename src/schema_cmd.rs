@@ -16,8 +16,9 @@ pub struct SchemaArgs {
     /// Print the shared definitions (`common.schema.json`).
     #[arg(long, conflicts_with = "step")]
     common: bool,
-    /// Print the CustomResourceDefinition of `RolloutRun` (YAML), which
-    /// `plan --format rolloutrun` objects need installed.
+    /// Print what `plan --format rolloutrun` objects need installed (YAML):
+    /// the `RolloutRun` CustomResourceDefinition and the admission policy
+    /// that authenticates approvals.
     #[arg(long, conflicts_with_all = ["step", "common"])]
     crd: bool,
 }
@@ -25,7 +26,7 @@ pub struct SchemaArgs {
 pub fn run(args: &SchemaArgs) -> CliResult {
     let registry = rollwright_steps::registry();
     let text = if args.crd {
-        crate::rolloutrun::crd_yaml()
+        crate::rolloutrun::install_yaml()
     } else if args.common {
         schema::COMMON.to_owned()
     } else if let Some(t) = &args.step {

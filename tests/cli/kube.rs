@@ -490,7 +490,11 @@ fn a_rolloutrun_from_plan_is_accepted_and_its_plan_is_immutable() {
     let crd = String::from_utf8_lossy(&crd.stdout).into_owned();
     assert_eq!(
         crd,
-        std::fs::read_to_string(crate::root().join("crds/rolloutrun.yaml")).unwrap()
+        format!(
+            "{}---\n{}",
+            std::fs::read_to_string(crate::root().join("crds/rolloutrun.yaml")).unwrap(),
+            std::fs::read_to_string(crate::root().join("crds/approvals-policy.yaml")).unwrap()
+        )
     );
     control_plane()
         .kubectl(&["apply", "--server-side", "-f", "-"], Some(&crd))
@@ -565,4 +569,95 @@ fn a_rolloutrun_from_plan_is_accepted_and_its_plan_is_immutable() {
     ]);
     let intent = w.kubectl(&["get", &name, "-o", "jsonpath={.spec.intent.abort.by}"]);
     assert_eq!(intent, "admin");
+
+    // Approvals are authenticated by the API server (the admission policy
+    // installed with the CRD): alice and bob may patch the run's intent.
+    let cp = control_plane();
+    let role = format!(
+        r#"{{"apiVersion":"rbac.authorization.k8s.io/v1","kind":"Role","metadata":{{"name":"approvers","namespace":"{ns}"}},"rules":[{{"apiGroups":["rollwright.dev"],"resources":["rolloutruns"],"verbs":["get","patch","update"]}}]}}
+{{"apiVersion":"rbac.authorization.k8s.io/v1","kind":"RoleBinding","metadata":{{"name":"approvers","namespace":"{ns}"}},"roleRef":{{"apiGroup":"rbac.authorization.k8s.io","kind":"Role","name":"approvers"}},"subjects":[{{"kind":"User","name":"alice"}},{{"kind":"User","name":"bob"}}]}}"#,
+        ns = w.ns
+    );
+    cp.kubectl(&["apply", "-f", "-"], Some(&role)).unwrap();
+    for who in ["alice", "bob"] {
+        w.write(
+            &format!("{who}.kubeconfig"),
+            &cp.kubeconfig_for_user("prod-east", who),
+        );
+    }
+    let as_user = |who: &str, patch: &str| {
+        let kc = w.path().join(format!("{who}.kubeconfig"));
+        let kc = kc.to_string_lossy();
+        w.try_kubectl(
+            &["--kubeconfig", &kc, "patch", &name, "--type=json", "-p", patch],
+            None,
+        )
+    };
+    let add = |step: &str, by: &str| {
+        format!(
+            r#"[{{"op":"add","path":"/spec/intent/approvals","value":[{{"step":"{step}","by":"{by}"}}]}}]"#
+        )
+    };
+    // The API server loads a new policy within moments: wait for it with
+    // a server-side dry run (admission runs for those too, nothing is kept).
+    let kc = w.path().join("bob.kubeconfig");
+    let kc = kc.to_string_lossy().into_owned();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while w
+        .try_kubectl(
+            &[
+                "--kubeconfig",
+                &kc,
+                "patch",
+                &name,
+                "--dry-run=server",
+                "--type=json",
+                "-p",
+                &add("sign-off", "alice"),
+            ],
+            None,
+        )
+        .is_ok()
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the admission policy is never enforced"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    // Bob cannot approve in alice's name.
+    let forged = as_user("bob", &add("sign-off", "alice")).unwrap_err();
+    assert!(
+        forged.contains("an approval must be made by the user who sends it (bob)"),
+        "{forged}"
+    );
+    // Alice approves as herself.
+    as_user("alice", &add("sign-off", "alice")).unwrap();
+    // Bob adds his own next to hers; he cannot rewrite hers.
+    as_user(
+        "bob",
+        r#"[{"op":"add","path":"/spec/intent/approvals/-","value":{"step":"sign-off","by":"bob"}}]"#,
+    )
+    .unwrap();
+    let rewritten = as_user(
+        "bob",
+        r#"[{"op":"replace","path":"/spec/intent/approvals/0/step","value":"other-step"}]"#,
+    )
+    .unwrap_err();
+    assert!(
+        rewritten.contains("an approval must be made by the user who sends it (bob)"),
+        "{rewritten}"
+    );
+    // Nor abort in alice's name.
+    let abort = as_user(
+        "bob",
+        r#"[{"op":"replace","path":"/spec/intent/abort","value":{"by":"alice","reason":"x"}}]"#,
+    )
+    .unwrap_err();
+    assert!(
+        abort.contains("an abort must be made by the user who sends it (bob)"),
+        "{abort}"
+    );
+    let by = w.kubectl(&["get", &name, "-o", "jsonpath={.spec.intent.approvals[*].by}"]);
+    assert_eq!(by, "alice bob");
 }
