@@ -355,6 +355,10 @@ pub struct Manifest {
     pub skeleton: String,
     /// The skeleton's documents as parsed (the line each starts at, 0-based).
     pub skeleton_docs: Vec<(u32, crate::yaml::Document)>,
+    /// The real render's documents as parsed (the line each starts at),
+    /// when every one of them was: what steps read instead of parsing the
+    /// text again.
+    pub docs: Option<Vec<(u32, crate::yaml::Document)>>,
 }
 
 /// Renders a manifest template twice and checks that no substituted value
@@ -421,9 +425,11 @@ pub fn render_manifest(t: &Template, data: &Value) -> Result<Manifest, Failure> 
         ));
     }
     let mut skeleton_docs = Vec::with_capacity(a.len());
+    let mut docs = Some(Vec::with_capacity(b.len()));
     for (d, ((_, ta), (_, tb))) in a.iter().zip(b.iter()).enumerate() {
         let Ok(da) = crate::yaml::load_str(ta, &limits) else {
             // The template itself is not YAML: the real render says where.
+            docs = None;
             continue;
         };
         let db = match crate::yaml::load_str(tb, &limits) {
@@ -449,11 +455,15 @@ pub fn render_manifest(t: &Template, data: &Value) -> Result<Manifest, Failure> 
             ));
         }
         skeleton_docs.push((a[d].0, da));
+        if let Some(docs) = docs.as_mut() {
+            docs.push((b[d].0, db));
+        }
     }
     Ok(Manifest {
         text,
         skeleton,
         skeleton_docs,
+        docs,
     })
 }
 

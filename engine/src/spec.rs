@@ -352,6 +352,9 @@ pub struct Manifest {
     pub path: String,
     /// The rendered text.
     pub text: String,
+    /// Its documents as parsed when it was rendered (the line each starts
+    /// at, 0-based): parsed once, read by every step that needs them.
+    pub docs: Option<std::sync::Arc<Vec<(u32, crate::yaml::Document)>>>,
 }
 
 impl Spec {

@@ -24,7 +24,7 @@ pub fn applied(cx: &AccessContext) -> Vec<(String, String, String)> {
 pub fn applied_by(cx: &AccessContext, id: &str, with: &Value) -> Vec<(String, String, String)> {
     let mut out = Vec::new();
     for m in cx.build.manifests.iter().filter(|m| m.step == id) {
-        out.extend(crate::apply::manifest_objects(&m.path, &m.text).unwrap_or_default());
+        out.extend(crate::apply::manifest_objects(m).unwrap_or_default());
     }
     for o in with
         .get("manifests")

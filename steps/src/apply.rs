@@ -224,7 +224,7 @@ fn placed(c: &ApplyConfig, cx: &BuildContext) -> Result<Vec<Placed>, String> {
             .iter()
             .find(|m| m.step == cx.step)
             .ok_or_else(|| format!("the manifest template of `{}` was not rendered", cx.step))?;
-        objects.extend(parse_manifests(&m.path, &m.text)?);
+        objects.extend(rendered(m)?);
     }
     for (i, o) in c.manifests.iter().enumerate() {
         objects.push(Placed {
@@ -248,8 +248,8 @@ fn placed(c: &ApplyConfig, cx: &BuildContext) -> Result<Vec<Placed>, String> {
 ///
 /// # Errors
 /// The manifest does not parse (located).
-pub fn manifest_objects(path: &str, text: &str) -> Result<Vec<(String, String, String)>, String> {
-    Ok(parse_manifests(path, text)?
+pub fn manifest_objects(m: &rollwright_engine::spec::Manifest) -> Result<Vec<(String, String, String)>, String> {
+    Ok(rendered(m)?
         .into_iter()
         .map(|p| {
             let s = |v: &Value| v.as_str().unwrap_or_default().to_owned();
@@ -382,22 +382,48 @@ impl Rules {
     }
 }
 
+/// The objects of a rendered manifest: its documents as parsed when it was
+/// rendered, else its text parsed now.
+fn rendered(m: &rollwright_engine::spec::Manifest) -> Result<Vec<Placed>, String> {
+    match &m.docs {
+        Some(docs) => manifest_docs(&m.path, docs.iter().map(|(first, d)| Ok((*first, d.clone())))),
+        None => parse_manifests(&m.path, &m.text),
+    }
+}
+
 /// The objects of a rendered manifest (documents separated by `---`).
 fn parse_manifests(path: &str, text: &str) -> Result<Vec<Placed>, String> {
+    manifest_docs(
+        path,
+        rollwright_engine::yaml::split_documents(text)
+            .into_iter()
+            .map(|(first, chunk)| {
+                rollwright_engine::yaml::load_str(&chunk, &rollwright_engine::Limits::default())
+                    .map(|doc| (first, doc))
+                    .map_err(|d| {
+                        let first_diag = d.first().map_or_else(String::new, |d| {
+                            format!(
+                                "{}:{}: {}",
+                                d.span.start.line + first,
+                                d.span.start.col,
+                                d.message
+                            )
+                        });
+                        format!("rendered manifest {path}:{first_diag}")
+                    })
+            }),
+    )
+}
+
+/// The objects of a rendered manifest's documents (each with the line it
+/// starts at), checked.
+fn manifest_docs(
+    path: &str,
+    docs: impl Iterator<Item = Result<(u32, rollwright_engine::yaml::Document), String>>,
+) -> Result<Vec<Placed>, String> {
     let mut out = Vec::new();
-    let flush = |chunk: &str, first: u32, out: &mut Vec<Placed>| -> Result<(), String> {
-        let doc =
-            rollwright_engine::yaml::load_str(chunk, &rollwright_engine::Limits::default()).map_err(|d| {
-                let first_diag = d.first().map_or_else(String::new, |d| {
-                    format!(
-                        "{}:{}: {}",
-                        d.span.start.line + first,
-                        d.span.start.col,
-                        d.message
-                    )
-                });
-                format!("rendered manifest {path}:{first_diag}")
-            })?;
+    for doc in docs {
+        let (first, doc) = doc?;
         match &doc.value {
             Value::Object(_) => {
                 let object = doc.value.clone();
@@ -418,10 +444,6 @@ fn parse_manifests(path: &str, text: &str) -> Result<Vec<Placed>, String> {
             }
             _ => return Err(format!("rendered manifest {path}: a document is not an object")),
         }
-        Ok(())
-    };
-    for (first, chunk) in rollwright_engine::yaml::split_documents(text) {
-        flush(&chunk, first, &mut out)?;
     }
     for p in &out {
         for f in ["apiVersion", "kind"] {

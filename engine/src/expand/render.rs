@@ -349,6 +349,7 @@ pub(super) fn render_manifests(exp: &mut Expanded, root: &Path, env: &Env<'_>, e
                     step: id,
                     path: shown,
                     text: m.text,
+                    docs: m.docs.map(std::sync::Arc::new),
                 });
             }
             Err(e) => {
