@@ -248,7 +248,9 @@ fn placed(c: &ApplyConfig, cx: &BuildContext) -> Result<Vec<Placed>, String> {
 ///
 /// # Errors
 /// The manifest does not parse (located).
-pub fn manifest_objects(m: &rollwright_engine::spec::Manifest) -> Result<Vec<(String, String, String)>, String> {
+pub fn manifest_objects(
+    m: &rollwright_engine::spec::Manifest,
+) -> Result<Vec<(String, String, String)>, String> {
     Ok(rendered(m)?
         .into_iter()
         .map(|p| {
