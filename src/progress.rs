@@ -159,24 +159,16 @@ fn elapsed(d: Duration) -> String {
     }
 }
 
-fn num(v: f64) -> String {
-    if v != 0.0 && v.abs() < 0.01 {
-        format!("{v:.4}")
-    } else {
-        format!("{v:.3}")
-    }
-}
-
 /// One metric as a line: `error-rate 0.000 (stable 0.000) <= stable + 0.005 pass, 0/1 breaches`.
 fn measured(m: &rollwright_engine::exec::Measurement) -> String {
-    let value = m.value.map_or_else(|| "no data".to_owned(), num);
-    let base = m
-        .baseline
-        .map(|b| format!(" (stable {})", num(b)))
-        .unwrap_or_default();
     format!(
-        "{} {value}{base} {} {}, {}/{} breaches",
-        m.name, m.threshold, m.verdict, m.breaches, m.limit
+        "{} {} {} {}, {}/{} breaches",
+        m.name,
+        m.value_text(),
+        m.threshold,
+        m.verdict,
+        m.breaches,
+        m.limit
     )
 }
 
@@ -224,23 +216,20 @@ impl Board {
                     return Say::Nothing;
                 }
                 let v = self.view(step);
+                v.state = State::Running;
+                // A retry continues the step: its clock and its line go on.
                 if *attempt == 1 {
-                    v.state = State::Running;
                     v.since = Some(now);
                     v.start_pending = true;
-                } else {
-                    v.state = State::Running;
                 }
                 Say::Nothing
             }
             Event::Waiting { step, reason, .. } => {
-                let observing = {
-                    let v = self.view(step);
-                    v.state = State::Waiting;
-                    v.reason.clone_from(reason);
-                    v.observation.as_ref().is_some_and(|o| !o.metrics.is_empty())
-                };
                 let v = self.view(step);
+                v.state = State::Waiting;
+                v.reason.clone_from(reason);
+                // A step that reports evaluations is followed by them.
+                let observing = v.observation.as_ref().is_some_and(|o| !o.metrics.is_empty());
                 let sh = shape(reason);
                 if observing || sh == v.shape {
                     return Say::Nothing;

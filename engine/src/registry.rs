@@ -27,6 +27,15 @@ pub enum Role {
     Observe,
 }
 
+impl Role {
+    /// Whether steps of this role change the target (and so have something
+    /// to roll back).
+    #[must_use]
+    pub fn changes_target(self) -> bool {
+        matches!(self, Role::Promote | Role::Restore)
+    }
+}
+
 /// How a step is drawn in the plan's graphs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Shape {

@@ -187,7 +187,7 @@ pub fn build(spec: &Spec, records: &[Record], registry: &Registry) -> Report {
             .iter()
             .find(|s| s.id == id)
             .and_then(|s| registry.get(&s.kind))
-            .is_some_and(|k| matches!(k.role(), Role::Promote | Role::Restore))
+            .is_some_and(|k| k.role().changes_target())
     };
     for r in records {
         match r {
@@ -497,47 +497,17 @@ pub fn utc(ms: u64) -> String {
     if ms == 0 {
         return "—".into();
     }
-    let secs = ms / 1000;
-    let days = i64::try_from(secs / 86_400).unwrap_or(0);
-    let rem = secs % 86_400;
-    // Civil from days (Howard Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!(
-        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02} UTC",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
+    let at = std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms);
+    // `2026-12-07T15:34:36Z` → `2026-12-07 15:34:36 UTC`
+    humantime::format_rfc3339_seconds(at)
+        .to_string()
+        .replacen('T', " ", 1)
+        .replace('Z', " UTC")
 }
 
 /// Text safe in a Markdown table cell.
 fn cell(s: &str) -> String {
     s.replace('|', "\\|").replace('\n', " ")
-}
-
-fn num(v: f64) -> String {
-    if v != 0.0 && v.abs() < 0.01 {
-        format!("{v:.4}")
-    } else {
-        format!("{v:.3}")
-    }
-}
-
-fn measured(m: &Measurement) -> String {
-    let v = m.value.map_or_else(|| "no data".to_owned(), num);
-    let base = m
-        .baseline
-        .map(|b| format!(" (stable {})", num(b)))
-        .unwrap_or_default();
-    format!("{v}{base}")
 }
 
 impl Report {
@@ -806,7 +776,7 @@ impl Report {
                         s,
                         "- {}: measured {} against {} ({} {}/{})",
                         m.name,
-                        measured(m),
+                        m.value_text(),
                         m.threshold,
                         m.verdict,
                         m.breaches,
@@ -867,7 +837,7 @@ impl Report {
             }
             let _ = write!(s, "  | {} | ", self.elapsed(e.at_ms));
             for m in &e.metrics {
-                let _ = write!(s, "{} vs {} | ", measured(m), cell(&m.threshold));
+                let _ = write!(s, "{} vs {} | ", m.value_text(), cell(&m.threshold));
             }
             let bad: Vec<String> = e
                 .metrics

@@ -640,7 +640,7 @@ fn check_gitops(cx: &Context<'_>, out: &mut Vec<Diagnostic>) {
         let Some(k) = cx.registry.get(c.kind) else {
             continue;
         };
-        if !matches!(k.role(), Role::Promote | Role::Restore) {
+        if !k.role().changes_target() {
             continue;
         }
         out.push(

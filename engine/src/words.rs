@@ -49,3 +49,14 @@ pub fn scalar(v: &Value) -> String {
         other => other.to_string(),
     }
 }
+
+/// A measured number as people read it: three decimals, four below 0.01
+/// (so that a 0.5 % error rate is not shown as 0.005 next to 0.000).
+#[must_use]
+pub fn number(v: f64) -> String {
+    if v != 0.0 && v.abs() < 0.01 {
+        format!("{v:.4}")
+    } else {
+        format!("{v:.3}")
+    }
+}

@@ -78,7 +78,7 @@ pub fn abort(args: &AbortArgs) -> CliResult {
                 &args.state_dir,
                 args.output,
                 resume,
-                rollwright_engine::plan::build(&exp, &spec, &registry()).budget,
+                budget(&exp, &spec),
             )
         }
     }

@@ -30,7 +30,7 @@ use rollwright_engine::exec::{self, Event, FinalState, Options, Resume, Sink};
 use rollwright_engine::expand::Expanded;
 use rollwright_engine::journal::{self, GroupCommit, Journal, Key, Record, TargetLock};
 use rollwright_engine::policy::{MinGate, Policy, Reached};
-use rollwright_engine::registry::{BuildContext, Registry, Role};
+use rollwright_engine::registry::{BuildContext, Registry};
 use rollwright_engine::spec::{Environment, Spec};
 use rollwright_engine::{Limits as LoadLimits, Linter};
 use rollwright_steps::reach::Reach;
@@ -57,6 +57,11 @@ pub use status::{StatusArgs, status};
 
 pub(super) fn parse_duration(s: &str) -> Result<Duration, String> {
     rollwright_engine::duration::parse(s).map_err(|e| e.to_string())
+}
+
+/// The plan's timing budget, for the report.
+pub(super) fn budget(exp: &Expanded, spec: &Spec) -> rollwright_engine::plan::Budget {
+    rollwright_engine::plan::build(exp, spec, &registry()).budget
 }
 
 pub(crate) fn registry() -> Registry {

@@ -53,7 +53,7 @@ pub fn report(args: &ReportArgs) -> CliResult {
     let o = open_run(&args.state_dir, &args.run)?;
     let (_, _, exp, spec) = respec(&o)?;
     let mut report = rollwright_engine::report::build(&spec, &o.records, &registry());
-    report.plan.budget = Some(rollwright_engine::plan::build(&exp, &spec, &registry()).budget);
+    report.plan.budget = Some(budget(&exp, &spec));
     match args.format {
         ReportFormat::Md => print!("{}", report.to_markdown()),
         ReportFormat::Json => println!("{}", serde_json::to_string_pretty(&report).unwrap_or_default()),

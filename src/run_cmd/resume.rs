@@ -55,6 +55,6 @@ pub fn resume(args: &ResumeArgs) -> CliResult {
         &args.state_dir,
         args.output,
         resume,
-        rollwright_engine::plan::build(&exp, &spec, &registry()).budget,
+        budget(&exp, &spec),
     )
 }

@@ -192,16 +192,14 @@ pub(super) fn stop_signal(
 }
 
 /// What the display shows of the plan.
-fn board(spec: &Spec, run: &str, reg: &rollwright_engine::registry::Registry) -> crate::progress::Board {
+fn board(spec: &Spec, run: &str, mutating: &[String]) -> crate::progress::Board {
     let plan = spec
         .steps
         .iter()
         .map(|s| crate::progress::PlanStep {
             id: s.id.clone(),
             kind: s.kind.clone(),
-            changes: reg
-                .get(&s.kind)
-                .is_some_and(|k| matches!(k.role(), Role::Promote | Role::Restore)),
+            changes: mutating.contains(&s.id),
         })
         .collect();
     let version = spec.model.as_ref().map(|m| {
@@ -274,8 +272,23 @@ pub(super) fn execute(l: Launch<'_>) -> CliResult {
         None => None,
     };
     let writer = Arc::new(GroupCommit::start(journal));
+    // The steps that change the target: only they count as a change, and
+    // only they are shown as rolled back.
+    let mutating: Vec<String> = spec
+        .steps
+        .iter()
+        .filter(|s| reg.get(&s.kind).is_some_and(|k| k.role().changes_target()))
+        .map(|s| s.id.clone())
+        .collect();
+    // A resumed run that had recorded a change before has changed the target.
+    let changes = Arc::new(std::sync::atomic::AtomicBool::new(
+        resume.recorded.iter().any(|m| mutating.contains(&m.step)),
+    ));
     let done: Vec<String> = resume.completed.iter().map(|(id, _)| id.clone()).collect();
-    let progress = Arc::new(Progress::new(show.output, board(spec, run, &reg).resumed(&done)));
+    let progress = Arc::new(Progress::new(
+        show.output,
+        board(spec, run, &mutating).resumed(&done),
+    ));
     if progress.is_live() {
         // Elapsed and remaining times move between events too.
         let weak = Arc::downgrade(&progress);
@@ -288,17 +301,6 @@ pub(super) fn execute(l: Launch<'_>) -> CliResult {
         });
     }
     let sink = journal_sink(writer.clone(), progress.clone());
-    // A change counts only for steps that change the target.
-    let changes = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let mutating: Vec<String> = spec
-        .steps
-        .iter()
-        .filter(|s| {
-            reg.get(&s.kind)
-                .is_some_and(|k| matches!(k.role(), Role::Promote | Role::Restore))
-        })
-        .map(|s| s.id.clone())
-        .collect();
     let seen = changes.clone();
     let inner = sink.clone();
     let sink: Sink = Arc::new(move |e: &Event| {
@@ -309,16 +311,6 @@ pub(super) fn execute(l: Launch<'_>) -> CliResult {
         }
         inner(e)
     });
-    if resume.recorded.iter().any(|m| {
-        spec.steps.iter().any(|s| {
-            s.id == m.step
-                && reg
-                    .get(&s.kind)
-                    .is_some_and(|k| matches!(k.role(), Role::Promote | Role::Restore))
-        })
-    }) {
-        changes.store(true, std::sync::atomic::Ordering::SeqCst);
-    }
     // Signal handlers are installed when the executor first polls this.
     let stop = stop_signal(
         run_dir(state_dir, run).join("abort"),
@@ -482,7 +474,7 @@ pub fn run(args: &RunArgs) -> CliResult {
             deadline: args.deadline,
         },
         rt,
-        budget: rollwright_engine::plan::build(&exp, &spec, &registry()).budget,
+        budget: budget(&exp, &spec),
     })
 }
 

@@ -61,6 +61,21 @@ pub struct Measurement {
     pub limit: u32,
 }
 
+impl Measurement {
+    /// The value as people read it, with the baseline it was compared
+    /// with: `0.250 (stable 0.000)`, or `no data`.
+    #[must_use]
+    pub fn value_text(&self) -> String {
+        let v = self
+            .value
+            .map_or_else(|| "no data".to_owned(), crate::words::number);
+        match self.baseline {
+            Some(b) => format!("{v} (stable {})", crate::words::number(b)),
+            None => v,
+        }
+    }
+}
+
 /// A traffic split: what share the canary gets.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "kebab-case")]

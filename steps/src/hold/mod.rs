@@ -8,6 +8,7 @@ use rollwright_engine::Code;
 use rollwright_engine::duration::Display;
 use rollwright_engine::exec::{BoxFuture, Measurement, Observation, Progress, Step, StepContext, StepError};
 use rollwright_engine::registry::{Access, AccessContext, BuildContext, BuildError, Finding, Role, StepKind};
+use rollwright_engine::words::number;
 use schemars::JsonSchema;
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
@@ -530,14 +531,6 @@ fn ms(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
-fn show(v: f64) -> String {
-    if v != 0.0 && v.abs() < 0.01 {
-        format!("{v:.4}")
-    } else {
-        format!("{v:.3}")
-    }
-}
-
 /// Above what a stable value makes a comparison with it meaningless:
 /// `stable-max`, else `max`, else — for a probe's error rate — one request
 /// in two failing.
@@ -552,13 +545,13 @@ fn baseline_ceiling(m: &Metric) -> Option<f64> {
 fn threshold_text(m: &Metric) -> String {
     let mut parts = Vec::new();
     if let Some(max) = m.max {
-        parts.push(format!("<= {}", show(max)));
+        parts.push(format!("<= {}", number(max)));
     }
     if let Some(min) = m.min {
-        parts.push(format!(">= {}", show(min)));
+        parts.push(format!(">= {}", number(min)));
     }
     if let Some(inc) = m.max_increase_over_stable {
-        parts.push(format!("<= stable + {}", show(inc)));
+        parts.push(format!("<= stable + {}", number(inc)));
     }
     parts.join(", ")
 }
@@ -586,12 +579,22 @@ fn judge(m: &Metric, s: Sample, min_samples: u32) -> Verdict {
     if let Some(max) = m.max
         && value > max
     {
-        return Verdict::Breach(format!("{}: canary {} > max {}", m.name, show(value), show(max)));
+        return Verdict::Breach(format!(
+            "{}: canary {} > max {}",
+            m.name,
+            number(value),
+            number(max)
+        ));
     }
     if let Some(min) = m.min
         && value < min
     {
-        return Verdict::Breach(format!("{}: canary {} < min {}", m.name, show(value), show(min)));
+        return Verdict::Breach(format!(
+            "{}: canary {} < min {}",
+            m.name,
+            number(value),
+            number(min)
+        ));
     }
     if let Some(inc) = m.max_increase_over_stable {
         // A difference, never a ratio: a canary failing while stable has no
@@ -608,27 +611,27 @@ fn judge(m: &Metric, s: Sample, min_samples: u32) -> Verdict {
             return Verdict::Inconclusive(format!(
                 "{}: stable {} is above {} itself: an unhealthy baseline, no comparison",
                 m.name,
-                show(stable),
-                show(ceiling)
+                number(stable),
+                number(ceiling)
             ));
         }
         if value - stable > inc + 1e-12 {
             return Verdict::Breach(format!(
                 "{}: canary {} > stable {} + {} (max-increase-over-stable)",
                 m.name,
-                show(value),
-                show(stable),
-                show(inc)
+                number(value),
+                number(stable),
+                number(inc)
             ));
         }
         return Verdict::Pass(format!(
             "{}: canary {} vs stable {}",
             m.name,
-            show(value),
-            show(stable)
+            number(value),
+            number(stable)
         ));
     }
-    Verdict::Pass(format!("{}: {}", m.name, show(value)))
+    Verdict::Pass(format!("{}: {}", m.name, number(value)))
 }
 
 impl HoldStep {
