@@ -299,19 +299,19 @@ fn scaffold(args: InitArgs, a: &mut Asker<'_>) -> Result<Vec<PathBuf>, String> {
         args.platform,
         "serving platform",
         Some("kserve"),
-        &["kserve", "deployment", "seldon"],
+        rollwright_steps::target::PLATFORMS,
     )?;
-    let default_traffic = match platform.as_str() {
-        "kserve" => "kserve",
-        "seldon" => "seldon",
-        _ => "istio",
-    };
-    let traffic = a.ask(
-        args.traffic,
-        "traffic router",
-        Some(default_traffic),
-        &["istio", "gateway-api", "kserve", "smi", "nginx", "seldon"],
-    )?;
+    // A platform whose own object splits traffic routes itself; a
+    // Deployment needs a router in front (Istio by default).
+    let providers = rollwright_steps::traffic::names();
+    let default_traffic = providers
+        .iter()
+        .copied()
+        .find(|p| {
+            rollwright_steps::traffic::provider(p).and_then(|p| p.platform()) == Some(platform.as_str())
+        })
+        .unwrap_or("istio");
+    let traffic = a.ask(args.traffic, "traffic router", Some(default_traffic), &providers)?;
     let default_endpoint = format!("http://{model}.{namespace}.svc.cluster.local");
     let endpoint = a.ask(
         args.endpoint,

@@ -588,7 +588,18 @@ pub fn scrub_line(s: &str) -> String {
 
 enum Msg {
     Record(Box<Record>),
-    Flush(std::sync::mpsc::Sender<Result<(), String>>),
+    Flush(std::sync::mpsc::Sender<Result<(), CommitError>>),
+}
+
+/// Why queued records are not durable.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum CommitError {
+    /// A write failed; nothing after it was written.
+    #[error(transparent)]
+    Write(std::sync::Arc<JournalError>),
+    /// The writer thread is gone.
+    #[error("the journal writer stopped")]
+    Stopped,
 }
 
 /// Group commit: records are queued without blocking the executor and a
@@ -600,7 +611,7 @@ enum Msg {
 pub struct GroupCommit {
     tx: Option<std::sync::mpsc::Sender<Msg>>,
     writer: Option<std::thread::JoinHandle<()>>,
-    error: std::sync::Arc<std::sync::Mutex<Option<String>>>,
+    error: std::sync::Arc<std::sync::Mutex<Option<CommitError>>>,
 }
 
 impl std::fmt::Debug for GroupCommit {
@@ -614,7 +625,7 @@ impl GroupCommit {
     #[must_use]
     pub fn start(mut journal: Journal) -> Self {
         let (tx, rx) = std::sync::mpsc::channel::<Msg>();
-        let error = std::sync::Arc::new(std::sync::Mutex::new(None::<String>));
+        let error = std::sync::Arc::new(std::sync::Mutex::new(None::<CommitError>));
         let err = error.clone();
         let writer = std::thread::spawn(move || {
             while let Ok(first) = rx.recv() {
@@ -639,7 +650,7 @@ impl GroupCommit {
                     && let Err(e) = journal.append_all(&records)
                     && let Ok(mut slot) = err.lock()
                 {
-                    slot.get_or_insert_with(|| e.to_string());
+                    slot.get_or_insert_with(|| CommitError::Write(std::sync::Arc::new(e)));
                 }
                 let status = err.lock().ok().and_then(|s| s.clone()).map_or(Ok(()), Err);
                 for a in acks {
@@ -665,18 +676,17 @@ impl GroupCommit {
     ///
     /// # Errors
     /// The first write error, if any happened.
-    pub fn flush(&self) -> Result<(), String> {
+    pub fn flush(&self) -> Result<(), CommitError> {
         let (ack, done) = std::sync::mpsc::channel();
         if let Some(tx) = &self.tx {
-            tx.send(Msg::Flush(ack))
-                .map_err(|_| "journal writer stopped".to_owned())?;
+            tx.send(Msg::Flush(ack)).map_err(|_| CommitError::Stopped)?;
         }
-        done.recv().map_err(|_| "journal writer stopped".to_owned())?
+        done.recv().map_err(|_| CommitError::Stopped)?
     }
 
     /// The first write error, if any.
     #[must_use]
-    pub fn error(&self) -> Option<String> {
+    pub fn error(&self) -> Option<CommitError> {
         self.error.lock().ok().and_then(|e| e.clone())
     }
 }

@@ -210,25 +210,48 @@ pub fn scrub_value(v: &mut Value) {
     }
 }
 
+/// Why a secret reference cannot be resolved. Never holds the value.
+#[derive(Debug, thiserror::Error)]
+pub enum SecretError {
+    /// `env: VAR` names a variable that is not set.
+    #[error("environment variable `{0}` is not set")]
+    EnvUnset(String),
+    /// `file: PATH` cannot be read.
+    #[error("cannot read secret file `{path}`: {source}")]
+    File {
+        /// The file, as resolved.
+        path: std::path::PathBuf,
+        /// Why.
+        source: crate::fsread::ReadError,
+    },
+    /// `secretRef: NAME` outside a step that reads it from the cluster.
+    #[error(
+        "Kubernetes Secret `{0}` is read by the step that uses it, from the target cluster; here it cannot be: use `env` or `file`"
+    )]
+    InCluster(String),
+    /// Not a reference at all.
+    #[error("not a secret reference: expected `secretRef`, `env` or `file`")]
+    NotAReference,
+}
+
 /// Resolves a reference. `base` is where relative `file` paths start.
 ///
 /// # Errors
 /// What is missing, never the value.
-pub fn resolve(reference: &Value, base: &Path) -> Result<Secret, String> {
+pub fn resolve(reference: &Value, base: &Path) -> Result<Secret, SecretError> {
     let get = |k: &str| reference.get(k).and_then(Value::as_str);
     let value = if let Some(var) = get("env") {
-        std::env::var(var).map_err(|_| format!("environment variable `{var}` is not set"))?
+        std::env::var(var).map_err(|_| SecretError::EnvUnset(var.to_owned()))?
     } else if let Some(file) = get("file") {
         let path = base.join(file);
-        crate::fsread::read_string(&path, 64 * 1024)
-            .map(|s| s.trim_end_matches(['\n', '\r']).to_owned())
-            .map_err(|e| format!("cannot read secret file `{}`: {e}", path.display()))?
+        match crate::fsread::read_string(&path, 64 * 1024) {
+            Ok(s) => s.trim_end_matches(['\n', '\r']).to_owned(),
+            Err(source) => return Err(SecretError::File { path, source }),
+        }
     } else if let Some(name) = get("secretRef") {
-        return Err(format!(
-            "Kubernetes Secret `{name}` is read by the step that uses it, from the target cluster; here it cannot be: use `env` or `file`"
-        ));
+        return Err(SecretError::InCluster(name.to_owned()));
     } else {
-        return Err("not a secret reference: expected `secretRef`, `env` or `file`".into());
+        return Err(SecretError::NotAReference);
     };
     register(&value);
     Ok(Secret(value))
@@ -336,10 +359,14 @@ mod tests {
         scrub_value(&mut v);
         assert_eq!(v, json!({"a": ["[redacted]"]}));
         let e = resolve(&json!({"env": "ROLLWRIGHT_SURELY_UNSET_VAR"}), dir.path()).unwrap_err();
-        assert_eq!(e, "environment variable `ROLLWRIGHT_SURELY_UNSET_VAR` is not set");
+        assert_eq!(
+            e.to_string(),
+            "environment variable `ROLLWRIGHT_SURELY_UNSET_VAR` is not set"
+        );
         assert!(
             resolve(&json!({"secretRef": "hook"}), dir.path())
                 .unwrap_err()
+                .to_string()
                 .contains("`env` or `file`")
         );
     }

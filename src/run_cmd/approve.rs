@@ -131,6 +131,9 @@ pub fn approve(args: &ApproveArgs) -> CliResult {
             println!("recorded: {shown} approves `{}` of run {}", step.id, args.run);
             Ok(exit::OK)
         }
+        Err(e @ rollwright_steps::approval::ApprovalError::Io { .. }) => {
+            Err(CliError::state("the approval could not be recorded").because(e))
+        }
         Err(e) => Err(CliError::usage(e.to_string())),
     }
 }

@@ -101,7 +101,11 @@ pub(super) fn journal_sink(journal: Arc<GroupCommit>, progress: Arc<Progress>) -
                 | Record::StepFailed { tolerated: false, .. }
         );
         journal.append(r);
-        if flush_now { journal.flush() } else { Ok(()) }
+        if flush_now {
+            journal.flush().map_err(|e| e.to_string())
+        } else {
+            Ok(())
+        }
     })
 }
 

@@ -190,33 +190,68 @@ pub struct Approver<'a> {
     pub key: &'a rollwright_engine::journal::Key,
 }
 
+/// Why an approval is not recorded.
+#[derive(Debug, thiserror::Error)]
+pub enum ApprovalError {
+    /// The step's `with` is not an approval's.
+    #[error("the step's approval settings: {0}")]
+    Config(#[from] serde_json::Error),
+    /// The approver has no name.
+    #[error("the approver's name is empty")]
+    NoName,
+    /// The run's own starter cannot approve it.
+    #[error("{0} started this run and cannot approve it; ask someone else")]
+    Starter(String),
+    /// The approver is not on the step's `from` list.
+    #[error("{who} may not approve `{step}`; allowed: {allowed}")]
+    NotAllowed {
+        /// Who tried.
+        who: String,
+        /// The approval step.
+        step: String,
+        /// Who may.
+        allowed: String,
+    },
+    /// The record cannot be written.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file or directory.
+        path: PathBuf,
+        /// What the system said.
+        source: std::io::Error,
+    },
+}
+
 /// Checks and records an approval (what `rollwright approve` does).
 ///
 /// # Errors
 /// Who may not approve, or an I/O error.
-pub fn record(a: &Approver<'_>) -> Result<(), String> {
+pub fn record(a: &Approver<'_>) -> Result<(), ApprovalError> {
     let (run_dir, step, started_by) = (a.run_dir, a.step, a.started_by);
     let (who, trust, server) = match &a.identity {
         Identity::Cluster { who, server } => (who.as_str(), "cluster", server.as_str()),
         Identity::Local(who) => (who.as_str(), "local", ""),
     };
-    let c: ApprovalConfig = serde_json::from_value(a.with.clone()).map_err(|e| e.to_string())?;
+    let c: ApprovalConfig = serde_json::from_value(a.with.clone())?;
     if who.trim().is_empty() {
-        return Err("the approver's name is empty".into());
+        return Err(ApprovalError::NoName);
     }
     if who == started_by {
-        return Err(format!(
-            "{who} started this run and cannot approve it; ask someone else"
-        ));
+        return Err(ApprovalError::Starter(who.to_owned()));
     }
     if !c.from.is_empty() && !c.from.iter().any(|f| f == who) {
-        return Err(format!(
-            "{who} may not approve `{step}`; allowed: {}",
-            c.from.join(", ")
-        ));
+        return Err(ApprovalError::NotAllowed {
+            who: who.to_owned(),
+            step: step.to_owned(),
+            allowed: c.from.join(", "),
+        });
     }
     let d = dir(run_dir, step);
-    std::fs::create_dir_all(&d).map_err(|e| format!("{}: {e}", d.display()))?;
+    let io = |path: &Path| {
+        let path = path.to_owned();
+        move |source| ApprovalError::Io { path, source }
+    };
+    std::fs::create_dir_all(&d).map_err(io(&d))?;
     let mut rec = Recorded {
         who: who.to_owned(),
         at_ms: now_ms(),
@@ -239,9 +274,8 @@ pub fn record(a: &Approver<'_>) -> Result<(), String> {
     let tmp = d.join(format!(".{safe}.tmp"));
     let path = d.join(format!("{safe}.json"));
     // Written whole, then renamed: a reader never sees half a record.
-    std::fs::write(&tmp, serde_json::to_vec(&rec).unwrap_or_default())
-        .map_err(|e| format!("{}: {e}", tmp.display()))?;
-    std::fs::rename(&tmp, &path).map_err(|e| format!("{}: {e}", path.display()))
+    std::fs::write(&tmp, serde_json::to_vec(&rec).unwrap_or_default()).map_err(io(&tmp))?;
+    std::fs::rename(&tmp, &path).map_err(io(&path))
 }
 
 fn now_ms() -> u64 {

@@ -488,7 +488,8 @@ pub async fn resolve_secret(
     base: &std::path::Path,
 ) -> Result<rollwright_engine::secrets::Secret, StepError> {
     let Some(name) = reference.get("secretRef").and_then(Value::as_str) else {
-        return rollwright_engine::secrets::resolve(reference, base).map_err(StepError::failed);
+        return rollwright_engine::secrets::resolve(reference, base)
+            .map_err(|e| StepError::failed(e.to_string()));
     };
     let cluster = cluster.ok_or_else(|| {
         StepError::failed(format!(

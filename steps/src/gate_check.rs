@@ -183,7 +183,8 @@ impl StepKind for GateCheck {
             _ if sim_registry.is_some() => Box::new(FileRegistry::at(sim_registry.unwrap_or_default())),
             "file" => Box::new(FileRegistry::locate(&cx.spec_dir)),
             "mlflow" => Box::new(
-                MlflowRegistry::from_env(with.get("token"), &cx.spec_dir).map_err(BuildError::Unavailable)?,
+                MlflowRegistry::from_env(with.get("token"), &cx.spec_dir)
+                    .map_err(|e| BuildError::Unavailable(e.to_string()))?,
             ),
             other => return Err(BuildError::Config(format!("unknown model registry `{other}`"))),
         };

@@ -123,7 +123,7 @@ impl Endpoint {
         protocol: Protocol,
         path: Option<&str>,
         body: Option<&Value>,
-    ) -> Result<(String, Value), String> {
+    ) -> Result<(String, Value), PathRefused> {
         let (default_path, default_body) = match protocol {
             Protocol::KserveV1 => (
                 format!("/v1/models/{}:predict", self.model),
@@ -139,7 +139,7 @@ impl Endpoint {
         confined_path(path)?;
         let url = format!("{}{path}", self.base);
         let (Ok(base), Ok(joined)) = (reqwest::Url::parse(&self.base), reqwest::Url::parse(&url)) else {
-            return Err(format!("`{path}` does not make a URL with `serving.endpoint`"));
+            return Err(PathRefused::NoUrl(path.to_owned()));
         };
         let same_origin = base.scheme() == joined.scheme()
             && base.host_str() == joined.host_str()
@@ -148,9 +148,7 @@ impl Endpoint {
             && joined.password().is_none()
             && joined.path().starts_with(base.path().trim_end_matches('/'));
         if !same_origin {
-            return Err(format!(
-                "`{path}` would send the request outside `serving.endpoint`"
-            ));
+            return Err(PathRefused::Outside(path.to_owned()));
         }
         Ok((url, body.cloned().unwrap_or(default_body)))
     }
@@ -279,7 +277,25 @@ impl Endpoint {
     }
 }
 
-/// A reqwest error without its URL (which may carry credentials).
+/// A request path a probe or smoke test may not take.
+#[derive(Debug, thiserror::Error)]
+pub enum PathRefused {
+    /// It could leave the endpoint it is joined to.
+    #[error("path `{path}` {why}: probes only call `serving.endpoint`")]
+    Leaves {
+        /// The path as written.
+        path: String,
+        /// What in it is refused.
+        why: &'static str,
+    },
+    /// Joined to the endpoint it makes no URL.
+    #[error("`{0}` does not make a URL with `serving.endpoint`")]
+    NoUrl(String),
+    /// Joined to the endpoint it names another origin or path.
+    #[error("`{0}` would send the request outside `serving.endpoint`")]
+    Outside(String),
+}
+
 /// Checks that a request path stays under the endpoint it is joined to: it
 /// starts with `/`, and holds no `..` or `.` segment, no `//`, no `@`, no
 /// backslash, no encoded dot or slash, no control characters. (Probes are
@@ -288,11 +304,12 @@ impl Endpoint {
 ///
 /// # Errors
 /// Why it is refused.
-pub fn confined_path(path: &str) -> Result<(), String> {
-    let bad = |why: &str| {
-        Err(format!(
-            "path `{path}` {why}: probes only call `serving.endpoint`"
-        ))
+pub fn confined_path(path: &str) -> Result<(), PathRefused> {
+    let bad = |why: &'static str| {
+        Err(PathRefused::Leaves {
+            path: path.to_owned(),
+            why,
+        })
     };
     if !path.starts_with('/') {
         return bad("must start with `/`");

@@ -201,12 +201,39 @@ impl FileRegistry {
     }
 }
 
+/// A time in a registry record that is not RFC 3339.
+#[derive(Debug, thiserror::Error)]
+#[error("`{text}` is not an RFC 3339 time: {source}")]
+pub struct TimeError {
+    /// The text as found.
+    pub text: String,
+    /// What the parser said.
+    pub source: humantime::TimestampError,
+}
+
+/// Why the MLflow registry cannot be used by this run.
+#[derive(Debug, thiserror::Error)]
+pub enum MlflowSetupError {
+    /// `MLFLOW_TRACKING_URI` is not set.
+    #[error("the mlflow registry needs MLFLOW_TRACKING_URI (e.g. http://127.0.0.1:5000)")]
+    NoTrackingUri,
+    /// The token's reference cannot be resolved.
+    #[error("the mlflow token: {0}")]
+    Token(#[from] rollwright_engine::secrets::SecretError),
+    /// The HTTP client cannot be built.
+    #[error("cannot build the HTTP client: {0}")]
+    Client(#[from] reqwest::Error),
+}
+
 /// Parses an RFC 3339 time.
 ///
 /// # Errors
 /// When it is not one.
-pub fn parse_time(s: &str) -> Result<SystemTime, String> {
-    humantime::parse_rfc3339_weak(s).map_err(|e| format!("`{s}` is not an RFC 3339 time: {e}"))
+pub fn parse_time(s: &str) -> Result<SystemTime, TimeError> {
+    humantime::parse_rfc3339_weak(s).map_err(|source| TimeError {
+        text: s.to_owned(),
+        source,
+    })
 }
 
 /// The MLflow REST backend.
@@ -223,10 +250,8 @@ impl MlflowRegistry {
     /// # Errors
     /// When the tracking URI is not set, the token cannot be resolved, or
     /// the client cannot be built.
-    pub fn from_env(token: Option<&Value>, base_dir: &Path) -> Result<Self, String> {
-        let base = std::env::var("MLFLOW_TRACKING_URI").map_err(|_| {
-            "the mlflow registry needs MLFLOW_TRACKING_URI (e.g. http://127.0.0.1:5000)".to_owned()
-        })?;
+    pub fn from_env(token: Option<&Value>, base_dir: &Path) -> Result<Self, MlflowSetupError> {
+        let base = std::env::var("MLFLOW_TRACKING_URI").map_err(|_| MlflowSetupError::NoTrackingUri)?;
         let token = match (token, std::env::var_os("MLFLOW_TRACKING_TOKEN")) {
             (Some(r), _) => Some(rollwright_engine::secrets::resolve(r, base_dir)?),
             (None, Some(_)) => Some(rollwright_engine::secrets::resolve(
@@ -238,8 +263,7 @@ impl MlflowRegistry {
         let _ = rustls::crypto::ring::default_provider().install_default();
         let client = reqwest::Client::builder()
             .timeout(std::time::Duration::from_secs(15))
-            .build()
-            .map_err(|e| format!("cannot build the HTTP client: {e}"))?;
+            .build()?;
         Ok(MlflowRegistry {
             base: base.trim_end_matches('/').to_owned(),
             token,

@@ -170,12 +170,12 @@ impl StepKind for Promote {
         };
         match Router::of(cx, c.provider.as_deref()) {
             Ok(_) => Vec::new(),
-            Err(e) => vec![Finding::new("/provider", Code::InvalidStepConfig, e)],
+            Err(e) => vec![Finding::new("/provider", Code::InvalidStepConfig, e.to_string())],
         }
     }
     fn build(&self, with: &Value, cx: &BuildContext) -> Result<Arc<dyn Step>, BuildError> {
         let c: PromoteConfig = serde_json::from_value(with.clone())?;
-        let router = Router::of(cx, c.provider.as_deref()).map_err(BuildError::Config)?;
+        let router = Router::of(cx, c.provider.as_deref()).map_err(|e| BuildError::Config(e.to_string()))?;
         let cluster = Cluster::of(cx)?;
         let stable = c.stable.as_deref().map(|s| {
             let (kind, name) = s.split_once('/').unwrap_or(("Deployment", s));

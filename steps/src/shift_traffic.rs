@@ -138,7 +138,7 @@ impl StepKind for ShiftTraffic {
 /// The router of a shift, or why it cannot be made (with the pointer in
 /// `with` to blame): the one check `lint` and `run` share.
 fn route_of(c: &ShiftTrafficConfig, cx: &BuildContext) -> Result<Router, (&'static str, String)> {
-    let router = Router::of(cx, c.provider.as_deref()).map_err(|e| ("/provider", e))?;
+    let router = Router::of(cx, c.provider.as_deref()).map_err(|e| ("/provider", e.to_string()))?;
     if c.mirror > 0 && !router.provider.mirrors() {
         return Err((
             "/mirror",

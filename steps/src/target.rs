@@ -15,7 +15,7 @@ use serde::Deserialize;
 #[schemars(title = "serving")]
 pub struct Serving {
     /// Serving platform.
-    #[schemars(extend("enum" = ["kserve", "deployment", "seldon"]))]
+    #[schemars(schema_with = "platform")]
     pub platform: String,
     /// Traffic router used by shift-traffic.
     #[serde(default)]
@@ -52,6 +52,15 @@ pub struct Serving {
     /// `x-sim-exclude-version: <model.version>`).
     #[serde(default, rename = "stable-headers")]
     pub stable_headers: Option<BTreeMap<String, String>>,
+}
+
+/// The serving platforms the steps know: KServe's InferenceService, a
+/// Kubernetes Deployment behind a router, Seldon's SeldonDeployment.
+pub const PLATFORMS: &[&str] = &["kserve", "deployment", "seldon"];
+
+/// `serving.platform`: one of [`PLATFORMS`].
+fn platform(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({"type": "string", "enum": PLATFORMS})
 }
 
 /// `serving.traffic`: a traffic provider, or `none`.

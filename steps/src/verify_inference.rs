@@ -163,7 +163,7 @@ impl StepKind for VerifyInference {
         if let Some(path) = &c.path
             && let Err(e) = crate::inference::confined_path(path)
         {
-            out.push(Finding::new("/path", Code::InvalidStepConfig, e));
+            out.push(Finding::new("/path", Code::InvalidStepConfig, e.to_string()));
         }
         if c.success_ratio.is_some() && c.requests == 1 {
             out.push(Finding::new(
@@ -314,7 +314,7 @@ impl Step for VerifyStep {
                     self.config.path.as_deref(),
                     self.config.request.as_ref(),
                 )
-                .map_err(StepError::failed)?;
+                .map_err(|e| StepError::failed(e.to_string()))?;
             let n = self.config.requests.max(1);
             let mut passed = 0u32;
             let mut failures: Vec<String> = Vec::new();

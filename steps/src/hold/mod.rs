@@ -338,7 +338,11 @@ impl StepKind for Hold {
         if let Some(path) = a.probe.as_ref().and_then(|p| p.path.as_deref())
             && let Err(e) = crate::inference::confined_path(path)
         {
-            out.push(Finding::new("/analysis/probe/path", Code::InvalidStepConfig, e));
+            out.push(Finding::new(
+                "/analysis/probe/path",
+                Code::InvalidStepConfig,
+                e.to_string(),
+            ));
         }
         let interval = dur(&a.interval);
         if interval.is_zero() {

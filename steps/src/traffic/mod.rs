@@ -230,12 +230,26 @@ pub struct Router {
     pub namespace: String,
 }
 
+/// Why a run has no router.
+#[derive(Debug, thiserror::Error)]
+pub enum RouterError {
+    /// Neither the step nor `serving` names a provider.
+    #[error("shift-traffic needs a provider: set `serving.traffic` (or `provider`)")]
+    NoProvider,
+    /// This build has no provider of that name (or it is `none`).
+    #[error("traffic provider `{0}` cannot shift traffic")]
+    Unknown(String),
+    /// Nothing names the routing object.
+    #[error("shift-traffic needs `serving.route` or a `model` to name the routing object")]
+    NoRoute,
+}
+
 impl Router {
     /// The router of a run (`provider` overrides `serving.traffic`).
     ///
     /// # Errors
     /// No provider, or `none`.
-    pub fn of(cx: &BuildContext, provider: Option<&str>) -> Result<Router, String> {
+    pub fn of(cx: &BuildContext, provider: Option<&str>) -> Result<Router, RouterError> {
         let serving = crate::target::serving(cx);
         let serving = serving.as_ref();
         let name = provider
@@ -250,13 +264,12 @@ impl Router {
                         .map(|p| p.name().to_owned())
                 })
             })
-            .ok_or("shift-traffic needs a provider: set `serving.traffic` (or `provider`)")?;
-        let provider =
-            self::provider(&name).ok_or_else(|| format!("traffic provider `{name}` cannot shift traffic"))?;
+            .ok_or(RouterError::NoProvider)?;
+        let provider = self::provider(&name).ok_or(RouterError::Unknown(name))?;
         let route = serving
             .and_then(|s| s.route.clone())
             .or_else(|| cx.model.as_ref().map(|m| m.1.clone()))
-            .ok_or("shift-traffic needs `serving.route` or a `model` to name the routing object")?;
+            .ok_or(RouterError::NoRoute)?;
         let (stable, canary) = provider.default_backends(&route);
         let namespace = cx
             .target
