@@ -13,6 +13,8 @@ use clap::{Parser, Subcommand, ValueEnum};
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+mod cluster_cmd;
+mod controller;
 mod error;
 mod init_cmd;
 mod lint;
@@ -94,6 +96,13 @@ enum Command {
     Test(test_cmd::TestArgs),
     /// Scaffold a Rollout on a shipped strategy (asks on a terminal for what flags leave open).
     Init(Box<init_cmd::InitArgs>),
+    /// Submit a rollout to the in-cluster controller: lint, expand, create its RolloutRun.
+    Submit(cluster_cmd::SubmitArgs),
+    /// Show a RolloutRun as a tree of steps (`--watch` follows it to its end).
+    Get(cluster_cmd::GetArgs),
+    /// Run RolloutRuns in the cluster (highly available: replicas elect a leader);
+    /// `controller manifests` prints what installs it.
+    Controller(controller::ControllerArgs),
 }
 
 /// When to colour human output.
@@ -130,6 +139,9 @@ fn main() -> ExitCode {
         Command::Rbac(args) => rbac_cmd::run(&args),
         Command::Test(args) => test_cmd::run(&args),
         Command::Init(args) => init_cmd::run(*args),
+        Command::Submit(args) => cluster_cmd::submit(&args),
+        Command::Get(args) => cluster_cmd::get(&args),
+        Command::Controller(args) => controller::controller(&args),
     };
     ExitCode::from(error::finish(result))
 }

@@ -49,6 +49,12 @@ pub struct PlanArgs {
     /// spec's own directory).
     #[arg(long, value_name = "DIR")]
     root: Option<PathBuf>,
+    /// With `--format rolloutrun`: who will create the object (e.g. the
+    /// GitOps controller's service account,
+    /// `system:serviceaccount:argocd:argocd-application-controller`); the
+    /// API server refuses a create by anyone else.
+    #[arg(long, value_name = "USER")]
+    submitter: Option<String>,
 }
 
 pub fn parse_set(s: &str) -> Result<(String, Value), String> {
@@ -138,7 +144,12 @@ fn rolloutrun(
         )));
     };
     let plan = rollwright_engine::plan::build(&exp, &spec, &crate::run_cmd::registry());
-    let run = crate::rolloutrun::of(&plan, &exp, &target.namespace);
+    let run = crate::rolloutrun::of(
+        &plan,
+        &exp,
+        &target.namespace,
+        args.submitter.as_deref().unwrap_or_default(),
+    );
     let yaml = serde_saphyr::to_string(&run)
         .map_err(|e| CliError::usage(format!("cannot write the RolloutRun: {e}")))?;
     if std::io::stdout().lock().write_all(yaml.as_bytes()).is_err() {

@@ -108,7 +108,7 @@ impl Grants {
     }
 }
 
-fn plural(kind: &str) -> String {
+pub(crate) fn plural(kind: &str) -> String {
     let k = kind.to_ascii_lowercase();
     if k.ends_with("ss") || k.ends_with('x') {
         format!("{k}es")

@@ -50,7 +50,12 @@ pub struct RolloutRunSpec {
 pub struct RunPlan {
     /// The Rollout's `metadata.name`.
     pub name: String,
-    /// SHA-256 of the expanded spec (what a run's journal records).
+    /// Who creates the RolloutRun: the admission policy refuses a create by
+    /// anyone else, and the controller refuses their approvals (no one
+    /// approves their own rollout).
+    #[serde(default)]
+    pub submitter: String,
+    /// SHA-256 of the expanded spec, keys in sorted order (`digest::canonical`).
     pub digest: String,
     /// The files that made it: the spec, then the strategies it uses.
     pub sources: Vec<String>,
@@ -237,6 +242,24 @@ fn any_object(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
 pub fn crd_yaml() -> String {
     use kube::CustomResourceExt;
     let mut crd = serde_json::to_value(RolloutRun::crd()).unwrap_or_default();
+    // Kubernetes knows `int32` and `int64`, not schemars' `uint32` (kubectl
+    // warns on each apply): an unsigned field keeps its `minimum: 0`.
+    fn known_formats(v: &mut Value) {
+        match v {
+            Value::Object(m) => {
+                if m.get("format")
+                    .and_then(Value::as_str)
+                    .is_some_and(|f| f.starts_with("uint"))
+                {
+                    m.remove("format");
+                }
+                m.values_mut().for_each(known_formats);
+            }
+            Value::Array(a) => a.iter_mut().for_each(known_formats),
+            _ => {}
+        }
+    }
+    known_formats(&mut crd);
     for version in crd["spec"]["versions"].as_array_mut().into_iter().flatten() {
         let plan = &mut version["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"]["plan"];
         plan["x-kubernetes-validations"] = serde_json::json!([{
@@ -268,8 +291,9 @@ pub fn of(
     plan: &rollwright_engine::plan::Plan,
     exp: &rollwright_engine::expand::Expanded,
     namespace: &str,
+    submitter: &str,
 ) -> RolloutRun {
-    let digest = rollwright_engine::journal::digest(&exp.value);
+    let digest = rollwright_engine::digest::canonical(&exp.value);
     let short: String = digest.trim_start_matches("sha256:").chars().take(10).collect();
     let model = plan.model.as_object().map(|m| PlanModel {
         name: m
@@ -293,6 +317,7 @@ pub fn of(
         RolloutRunSpec {
             plan: RunPlan {
                 name: plan.name.clone(),
+                submitter: submitter.to_owned(),
                 digest,
                 sources: plan.sources.clone(),
                 model,

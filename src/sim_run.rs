@@ -135,14 +135,19 @@ pub fn reach_of(attach: &Attach, file: Option<&Path>, spec: &Spec) -> Result<Rea
             r.display()
         );
     }
+    Ok(attached_reach(attach, file, repo))
+}
+
+/// The reach of a run on `attach`'s sim, with the sim's API server for the
+/// record (the policy never calls it production by URL).
+pub fn attached_reach(attach: &Attach, file: Option<&Path>, repo: Option<PathBuf>) -> Reach {
     let mut reach = attach.reach(file, repo);
-    // The sim's API server, for the record (the policy never calls it production by URL).
     reach.server = reach.kubeconfig().ok().flatten().and_then(|kc| {
         kc.clusters
             .first()
             .and_then(|c| c.cluster.as_ref()?.server.clone())
     });
-    Ok(reach)
+    reach
 }
 
 /// Reads an attach file and proves its API server is that sim.

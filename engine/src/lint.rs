@@ -219,6 +219,95 @@ impl Linter {
         Ok((exp, spec, lint.diagnostics))
     }
 
+    /// The checks of [`Self::prepare`] on a plan that is already expanded
+    /// (what a RolloutRun carries, and the in-cluster controller runs): the
+    /// flat spec as `value`, the manifests as rendered `(step, template,
+    /// text)`. Schema, semantic rules, the policy, secrets and the checks
+    /// of each rendered manifest are the same code as lint's; nothing is
+    /// read from a file. `label` names the plan in diagnostics.
+    ///
+    /// # Errors
+    /// Every diagnostic when the plan has errors, or when it is not fully
+    /// expanded (a `uses`, `params` or template left, or a value expansion
+    /// would still change).
+    pub fn prepare_planned(
+        &self,
+        label: &Path,
+        value: &Value,
+        manifests: &[(String, String, String)],
+    ) -> Result<(Expanded, Spec, Vec<Diagnostic>), Vec<Diagnostic>> {
+        let text = serde_json::to_string_pretty(value).unwrap_or_default();
+        let doc = yaml::load_bytes(text.as_bytes(), &self.limits)?;
+        let not_flat = |why: &str| {
+            vec![Diagnostic::new(
+                Code::Schema,
+                crate::diag::Loc {
+                    file: None,
+                    span: crate::diag::Span::point(crate::diag::Pos { line: 1, col: 1 }),
+                },
+                format!(
+                    "the plan is not fully expanded ({why}): make it with `rollwright plan --format rolloutrun`"
+                ),
+            )]
+        };
+        for key in ["uses", "params", "customize"] {
+            if doc.value.get(key).is_some() {
+                return Err(not_flat(&format!("it has `{key}`")));
+            }
+        }
+        let (mut diagnostics, mut secrets) = validate::secrets(&doc);
+        let env = Env {
+            registry: &self.registry,
+            limits: &self.limits,
+            overrides: &[],
+            render_manifests: false,
+            root: Some(Path::new("/nonexistent")),
+            cache: None,
+        };
+        let (exp, errors) = expand::expand(label, doc, &env);
+        diagnostics.extend(errors);
+        let Some(mut exp) = exp else {
+            return Err(diagnostics);
+        };
+        if exp.value != *value {
+            return Err(not_flat("expanding it again changes it"));
+        }
+        for (step, template, text) in manifests {
+            let docs = crate::render::parse_rendered(text, &self.limits);
+            if docs.is_none() {
+                diagnostics.push(Diagnostic::new(
+                    Code::Template,
+                    exp.locate(""),
+                    format!("the manifest rendered for step `{step}` ({template}) is not YAML"),
+                ));
+            }
+            exp.manifests.push(crate::spec::Manifest {
+                step: step.clone(),
+                path: template.clone(),
+                text: text.clone(),
+                docs: docs.map(std::sync::Arc::new),
+            });
+        }
+        self.check_expanded(&exp, &mut diagnostics, &mut secrets);
+        if !secrets.is_empty() {
+            for d in &mut diagnostics {
+                scrub(d, &secrets);
+            }
+        }
+        if diagnostics.iter().any(|d| d.severity == crate::Severity::Error) {
+            return Err(diagnostics);
+        }
+        let mut spec = Spec::deserialize(&exp.value).map_err(|e| {
+            vec![Diagnostic::new(
+                Code::Schema,
+                exp.locate(""),
+                format!("the expanded spec does not fit the model: {e}"),
+            )]
+        })?;
+        spec.manifests.clone_from(&exp.manifests);
+        Ok((exp, spec, diagnostics))
+    }
+
     /// As [`Self::lint`], with `--set` parameter overrides.
     #[must_use]
     pub fn lint_with(

@@ -467,6 +467,17 @@ pub fn render_manifest(t: &Template, data: &Value) -> Result<Manifest, Failure> 
     })
 }
 
+/// The documents of a manifest already rendered (each with the line it
+/// starts at, 0-based), as [`render_manifest`] parses them; `None` when one
+/// is not YAML.
+#[must_use]
+pub fn parse_rendered(text: &str, limits: &crate::yaml::Limits) -> Option<Vec<(u32, crate::yaml::Document)>> {
+    crate::yaml::split_documents(text)
+        .into_iter()
+        .map(|(line, t)| crate::yaml::load_str(&t, limits).ok().map(|d| (line, d)))
+        .collect()
+}
+
 /// Compares the tokenized render `a` with the real one `b`; the pointer of
 /// the first difference.
 fn same_shape(a: &Value, b: &Value, ptr: &str, detok: &dyn Fn(&str) -> String) -> Result<(), String> {

@@ -16,11 +16,33 @@ pub struct AbortArgs {
     /// Progress: live lines on a terminal (plain otherwise), or JSON events on stdout.
     #[arg(long, value_enum, default_value_t = Output::Text)]
     output: Output,
+    /// Abort a RolloutRun the in-cluster controller runs, in this namespace
+    /// (RUN_ID is its name); the API server says who you are.
+    #[arg(short = 'n', long, value_name = "NS", conflicts_with_all = ["who", "state_dir"])]
+    namespace: Option<String>,
+    /// With `-n`: why (shown in the run's status and Events).
+    #[arg(long, value_name = "TEXT", default_value = "", requires = "namespace")]
+    reason: String,
+    /// With `-n`: your kubeconfig (default: $KUBECONFIG, else ~/.kube/config).
+    #[arg(long, value_name = "FILE", requires = "namespace")]
+    kubeconfig: Option<PathBuf>,
+    /// With `-n`: your context (default: the kubeconfig's current one).
+    #[arg(long, value_name = "NAME", requires = "namespace")]
+    context: Option<String>,
 }
 
 /// Aborts a run: a running process notices within a fraction of a second
 /// and compensates; an interrupted run is compensated here and now.
 pub fn abort(args: &AbortArgs) -> CliResult {
+    if let Some(ns) = &args.namespace {
+        return crate::cluster_cmd::abort(
+            &args.run,
+            ns,
+            &args.reason,
+            args.kubeconfig.as_deref(),
+            args.context.as_deref(),
+        );
+    }
     let o = open_run(&args.state_dir, &args.run)?;
     let state = journal::state(&o.records);
     if let Some(done) = &state.finished {

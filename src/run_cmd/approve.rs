@@ -25,9 +25,22 @@ pub struct ApproveArgs {
     /// Where runs and locks are kept.
     #[arg(long, value_name = "DIR", default_value = ".rollwright")]
     state_dir: PathBuf,
+    /// Approve a RolloutRun the in-cluster controller runs, in this namespace
+    /// (RUN_ID is its name).
+    #[arg(short = 'n', long, value_name = "NS", conflicts_with_all = ["who", "state_dir"])]
+    namespace: Option<String>,
 }
 
 pub fn approve(args: &ApproveArgs) -> CliResult {
+    if let Some(ns) = &args.namespace {
+        return crate::cluster_cmd::approve(
+            &args.run,
+            &args.step,
+            ns,
+            args.kubeconfig.as_deref(),
+            args.context.as_deref(),
+        );
+    }
     let o = open_run(&args.state_dir, &args.run)?;
     let (_, _, _, spec) = respec(&o)?;
     let reg = registry();

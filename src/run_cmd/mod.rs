@@ -52,10 +52,11 @@ use report::write_report;
 pub use report::{ReportArgs, report};
 pub use resume::{ResumeArgs, resume};
 use start::{Launch, Show, execute};
+pub(crate) use start::{Observed, worth_journaling};
 pub use start::{RunArgs, run};
 pub use status::{StatusArgs, status};
 
-pub(super) fn parse_duration(s: &str) -> Result<Duration, String> {
+pub(crate) fn parse_duration(s: &str) -> Result<Duration, String> {
     rollwright_engine::duration::parse(s).map_err(|e| e.to_string())
 }
 
@@ -200,7 +201,7 @@ pub(super) fn run_dir(state_dir: &Path, run: &str) -> PathBuf {
     state_dir.join("runs").join(run)
 }
 
-pub(super) fn absolute(p: &Path) -> PathBuf {
+pub(crate) fn absolute(p: &Path) -> PathBuf {
     std::fs::canonicalize(p)
         .or_else(|_| std::path::absolute(p))
         .unwrap_or_else(|_| p.to_path_buf())
@@ -210,18 +211,48 @@ pub(super) fn absolute(p: &Path) -> PathBuf {
 /// reaches: the spec's rules checked again for that cluster (a spec calling
 /// a production cluster `staging` is refused), production when the spec or
 /// the policy says so, and the policy's minimum gate.
-pub(super) struct Effective {
-    pub(super) production: bool,
-    pub(super) min_gate: Option<MinGate>,
+pub(crate) struct Effective {
+    pub(crate) production: bool,
+    pub(crate) min_gate: Option<MinGate>,
 }
 
-pub(super) fn effective(
+/// Why a run may not deploy to the cluster it reaches.
+pub(crate) enum Unfit {
+    /// The spec breaks the policy there (located findings).
+    Findings {
+        server: String,
+        diagnostics: Vec<rollwright_engine::Diagnostic>,
+    },
+    /// `--context` other than the spec's on a production run.
+    Context(String),
+}
+
+impl Unfit {
+    /// For people, in one text (the controller's status; the CLI renders
+    /// findings against the spec file instead).
+    pub(crate) fn message(&self) -> String {
+        match self {
+            Unfit::Findings { server, diagnostics } => format!(
+                "on the cluster this run reaches ({server}) the plan breaks the policy: {}",
+                diagnostics
+                    .iter()
+                    .map(|d| d.message.clone())
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            ),
+            Unfit::Context(m) => m.clone(),
+        }
+    }
+}
+
+/// Decides [`Effective`] (see [`effective`]), without printing.
+pub(crate) fn decide(
     linter: &Linter,
     exp: &Expanded,
     spec: &Spec,
     reach: &Reach,
     context_flag: Option<&str>,
-) -> CliResult<Effective> {
+) -> Result<Effective, Unfit> {
     let Some(target) = &spec.target else {
         return Ok(Effective {
             production: false,
@@ -242,20 +273,10 @@ pub(super) fn effective(
         .filter(|d| d.severity == rollwright_engine::Severity::Error)
         .collect();
     if !errors.is_empty() {
-        let path = exp
-            .sources
-            .first()
-            .map_or_else(String::new, |s| s.display.to_string());
-        let bytes = rollwright_engine::fsread::read(Path::new(&path), rollwright_engine::fsread::DEFAULT_MAX)
-            .unwrap_or_default();
-        eprint!(
-            "{}",
-            render::Human::new(false).render_file(&path, &bytes, &errors)
-        );
-        return Err(CliError::findings(format!(
-            "on the cluster this run reaches ({}), `{path}` breaks the policy; nothing was run",
-            reached.server.as_deref().unwrap_or(&reached.context)
-        )));
+        return Err(Unfit::Findings {
+            server: reached.server.clone().unwrap_or(reached.context.clone()),
+            diagnostics: errors,
+        });
     }
     let derived = linter.policy().and_then(|p| p.derive(spec, Some(&reached)));
     let environment = derived.as_ref().map_or(target.environment, |d| d.environment);
@@ -264,7 +285,7 @@ pub(super) fn effective(
         && c != target.context
         && production
     {
-        return Err(CliError::findings(format!(
+        return Err(Unfit::Context(format!(
             "the run is production{} and the spec's context is `{}`: refusing to use `{c}` (--context)",
             derived
                 .as_ref()
@@ -286,20 +307,49 @@ pub(super) fn effective(
     Ok(Effective { production, min_gate })
 }
 
+pub(super) fn effective(
+    linter: &Linter,
+    exp: &Expanded,
+    spec: &Spec,
+    reach: &Reach,
+    context_flag: Option<&str>,
+) -> CliResult<Effective> {
+    match decide(linter, exp, spec, reach, context_flag) {
+        Ok(e) => Ok(e),
+        Err(Unfit::Context(m)) => Err(CliError::findings(m)),
+        Err(Unfit::Findings { server, diagnostics }) => {
+            let path = exp
+                .sources
+                .first()
+                .map_or_else(String::new, |s| s.display.to_string());
+            let bytes =
+                rollwright_engine::fsread::read(Path::new(&path), rollwright_engine::fsread::DEFAULT_MAX)
+                    .unwrap_or_default();
+            eprint!(
+                "{}",
+                render::Human::new(false).render_file(&path, &bytes, &diagnostics)
+            );
+            Err(CliError::findings(format!(
+                "on the cluster this run reaches ({server}), `{path}` breaks the policy; nothing was run"
+            )))
+        }
+    }
+}
+
 /// Everything about a run that its journal header records.
-pub(super) struct Header {
-    pub(super) run: String,
-    pub(super) digest: String,
-    pub(super) spec: PathBuf,
-    pub(super) overrides: Vec<(String, Value)>,
-    pub(super) started_by: String,
-    pub(super) policy: Option<PathBuf>,
-    pub(super) reach: Reach,
-    pub(super) root: Option<PathBuf>,
+pub(crate) struct Header {
+    pub(crate) run: String,
+    pub(crate) digest: String,
+    pub(crate) spec: PathBuf,
+    pub(crate) overrides: Vec<(String, Value)>,
+    pub(crate) started_by: String,
+    pub(crate) policy: Option<PathBuf>,
+    pub(crate) reach: Reach,
+    pub(crate) root: Option<PathBuf>,
 }
 
 impl Header {
-    fn record(&self, policy: Option<&Policy>) -> Record {
+    pub(crate) fn record(&self, policy: Option<&Policy>) -> Record {
         Record::RunStarted {
             run: self.run.clone(),
             digest: self.digest.clone(),
@@ -316,7 +366,7 @@ impl Header {
         }
     }
 
-    fn of(records: &[Record]) -> Option<Header> {
+    pub(crate) fn of(records: &[Record]) -> Option<Header> {
         let Some(Record::RunStarted {
             run,
             digest,
@@ -345,7 +395,7 @@ impl Header {
 }
 
 /// What step builders of a run see.
-pub(super) fn build_context(
+pub(crate) fn build_context(
     spec: &Spec,
     run_dir: PathBuf,
     h: &Header,
@@ -503,6 +553,32 @@ pub(super) fn reopen(o: &Opened, linter: &Linter, exp: &Expanded, spec: &Spec) -
         runnable,
         journal,
     })
+}
+
+/// What is left of a run its journal describes: the completed steps kept
+/// (those a failure does not make run again), the plan rewired so that
+/// nothing completed is released twice.
+pub(crate) fn resume_of(
+    state: journal::State,
+    spec: &Spec,
+    runnable: &mut rollwright_steps::runnable::Runnable,
+) -> Resume {
+    let failed = state.failed.into_iter().next();
+    let ids: Vec<String> = state.completed.iter().map(|(id, _)| id.clone()).collect();
+    let reg = registry();
+    let kept = rollwright_steps::runnable::kept_on_resume(spec, &reg, &ids, failed.is_some());
+    rollwright_steps::runnable::rewire_for_resume(&mut runnable.steps, spec, &reg, &kept);
+    Resume {
+        completed: state
+            .completed
+            .into_iter()
+            .filter(|(id, _)| kept.contains(id))
+            .collect(),
+        compensated: state.compensated,
+        failed,
+        started: state.started,
+        recorded: state.recorded,
+    }
 }
 
 /// A run reopened by resume or abort.

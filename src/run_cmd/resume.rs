@@ -33,22 +33,7 @@ pub fn resume(args: &ResumeArgs) -> CliResult {
         args.run,
         state.completed.len()
     );
-    let failed = state.failed.into_iter().next();
-    let ids: Vec<String> = state.completed.iter().map(|(id, _)| id.clone()).collect();
-    let reg = registry();
-    let kept = rollwright_steps::runnable::kept_on_resume(&spec, &reg, &ids, failed.is_some());
-    rollwright_steps::runnable::rewire_for_resume(&mut reopened.runnable.steps, &spec, &reg, &kept);
-    let resume = Resume {
-        completed: state
-            .completed
-            .into_iter()
-            .filter(|(id, _)| kept.contains(id))
-            .collect(),
-        compensated: state.compensated,
-        failed,
-        started: state.started,
-        recorded: state.recorded,
-    };
+    let resume = resume_of(state, &spec, &mut reopened.runnable);
     reopened.execute(
         &o,
         &spec,

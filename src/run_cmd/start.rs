@@ -118,13 +118,13 @@ const OBSERVED_CHANGES: u64 = 1_000;
 const OBSERVED_EVERY: u64 = 100;
 
 #[derive(Default)]
-struct Observed {
+pub(crate) struct Observed {
     seen: u64,
     changes: u64,
     last: String,
 }
 
-fn worth_journaling(
+pub(crate) fn worth_journaling(
     seen: &std::sync::Mutex<HashMap<String, Observed>>,
     step: &str,
     o: &rollwright_engine::exec::Observation,

@@ -198,6 +198,18 @@ impl World {
         }
     }
 
+    /// A kubeconfig for the cluster, context `context`, as `user` (one of
+    /// the control plane's users without rights until granted).
+    ///
+    /// # Panics
+    /// On the embedded backend.
+    pub fn kubeconfig_for_user(&self, context: &str, user: &str) -> String {
+        match &self.cluster {
+            Cluster::Kube { cp, .. } => cp.kubeconfig_for_user(context, user),
+            Cluster::Embedded { .. } => panic!("this test needs kube-apiserver's users"),
+        }
+    }
+
     /// The API server's URL.
     pub fn url(&self) -> String {
         match &self.cluster {

@@ -518,6 +518,8 @@ fn a_rolloutrun_from_plan_is_accepted_and_its_plan_is_immutable() {
             "specs/examples/kserve-canary.yaml",
             "--format",
             "rolloutrun",
+            "--submitter",
+            "admin",
         ],
     );
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
@@ -660,4 +662,22 @@ fn a_rolloutrun_from_plan_is_accepted_and_its_plan_is_immutable() {
     );
     let by = w.kubectl(&["get", &name, "-o", "jsonpath={.spec.intent.approvals[*].by}"]);
     assert_eq!(by, "alice bob");
+    // Nobody creates a run in another's name: the submitter (whose
+    // approvals the controller refuses) is who created it.
+    let role = format!(
+        r#"{{"apiVersion":"rbac.authorization.k8s.io/v1","kind":"Role","metadata":{{"name":"submitters","namespace":"{ns}"}},"rules":[{{"apiGroups":["rollwright.dev"],"resources":["rolloutruns"],"verbs":["create"]}}]}}
+{{"apiVersion":"rbac.authorization.k8s.io/v1","kind":"RoleBinding","metadata":{{"name":"submitters","namespace":"{ns}"}},"roleRef":{{"apiGroup":"rbac.authorization.k8s.io","kind":"Role","name":"submitters"}},"subjects":[{{"kind":"User","name":"bob"}}]}}"#,
+        ns = w.ns
+    );
+    cp.kubectl(&["apply", "-f", "-"], Some(&role)).unwrap();
+    let as_alice = yaml
+        .replace("submitter: admin", "submitter: alice")
+        .replace("name: fraud-detector-", "name: other-");
+    let forged = w
+        .try_kubectl(&["--kubeconfig", &kc, "create", "-f", "-"], Some(&as_alice))
+        .unwrap_err();
+    assert!(
+        forged.contains("spec.plan.submitter must be the user who creates the RolloutRun (bob)"),
+        "{forged}"
+    );
 }

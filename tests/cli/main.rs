@@ -24,6 +24,7 @@ macro_rules! on_both_backends {
 
 mod analysis;
 mod attacks;
+mod controller;
 mod crash;
 mod fixtures;
 mod gitops;
