@@ -668,7 +668,9 @@ fn bring_up(
             "--cidr=10.244.0.0/16".into(),
         ],
     )?;
-    let node = "apiVersion: v1\nkind: Node\nmetadata:\n  name: kwok-node-0\n  annotations:\n    kwok.x-k8s.io/node: fake\n    node.alpha.kubernetes.io/ttl: \"0\"\n  labels:\n    kubernetes.io/hostname: kwok-node-0\n    kubernetes.io/os: linux\n    kubernetes.io/arch: amd64\n    type: kwok\nstatus:\n  allocatable: {cpu: \"64\", memory: 256Gi, pods: \"1000\"}\n  capacity: {cpu: \"64\", memory: 256Gi, pods: \"1000\"}\n";
+    // Room for every scenario: fifty models of a few 1-CPU replicas each
+    // must fit (a real cluster would have many nodes).
+    let node = "apiVersion: v1\nkind: Node\nmetadata:\n  name: kwok-node-0\n  annotations:\n    kwok.x-k8s.io/node: fake\n    node.alpha.kubernetes.io/ttl: \"0\"\n  labels:\n    kubernetes.io/hostname: kwok-node-0\n    kubernetes.io/os: linux\n    kubernetes.io/arch: amd64\n    type: kwok\nstatus:\n  allocatable: {cpu: \"2000\", memory: 8Ti, pods: \"5000\"}\n  capacity: {cpu: \"2000\", memory: 8Ti, pods: \"5000\"}\n";
     kubectl(bin, &admin_kc, &["apply", "-f", "-"], Some(node)).map_err(|e| ControlPlaneError::NotReady {
         component: "node".into(),
         detail: e,

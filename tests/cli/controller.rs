@@ -256,13 +256,18 @@ fn step_state(w: &World, name: &str, step: &str) -> String {
 
 /// The run's journal as the cluster holds it (every chunk, in order).
 fn cluster_journal(w: &World) -> String {
+    journal_in(w, "ml")
+}
+
+/// The journal of the one run in `ns`.
+fn journal_in(w: &World, ns: &str) -> String {
     let names = kubectl_in(
         w,
         &[
             "get",
             "configmap",
             "-n",
-            "ml",
+            ns,
             "-l",
             "rollwright.dev/journal-of",
             "-o",
@@ -278,7 +283,7 @@ fn cluster_journal(w: &World) -> String {
         .map(|n| {
             kubectl_in(
                 w,
-                &["get", n, "-n", "ml", "-o", "jsonpath={.data.journal\\.jsonl}"],
+                &["get", n, "-n", ns, "-o", "jsonpath={.data.journal\\.jsonl}"],
                 "",
             )
             .unwrap()
@@ -569,4 +574,187 @@ fn forged_rolloutruns_are_refused_and_change_nothing() {
     }
     assert_eq!(w.isvc_storage_uri(), "models:/fraud/7");
     assert_eq!(canary_percent(&w), "");
+}
+
+/// Fifty runs on fifty targets at once; both replicas killed while they
+/// hold; one replica started again resumes every run to its end, each
+/// exactly once, with bounded memory.
+#[test]
+fn fifty_runs_survive_both_replicas_killed_and_a_restart() {
+    let n: usize = std::env::var("CONTROLLER_RUNS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(50);
+    #[allow(non_snake_case)]
+    let N = n;
+    let mut scenario = String::from("time-scale: 20\nstartup: 4s\ntraffic: {rate: 0}\nobjects:\n");
+    for i in 0..N {
+        scenario.push_str(&format!(
+            r#"  - {{apiVersion: v1, kind: Namespace, metadata: {{name: ml-{i}}}}}
+  - apiVersion: serving.kserve.io/v1beta1
+    kind: InferenceService
+    metadata: {{name: fraud, namespace: ml-{i}}}
+    spec:
+      predictor:
+        serviceAccountName: fraud
+        minReplicas: 2
+        model:
+          modelFormat: {{name: sklearn}}
+          storageUri: models:/fraud/7
+          resources: {{requests: {{cpu: "1", memory: 2Gi}}, limits: {{cpu: "2", memory: 4Gi}}}}
+"#
+        ));
+    }
+    let w = World::on(Backend::KubeApiserver, &scenario);
+    w.write("isvc.yaml.hbs", ISVC_MANIFEST);
+    let crd = w.rollwright(&["schema", "--crd"], &[]);
+    kubectl_in(
+        &w,
+        &["apply", "--server-side", "-f", "-"],
+        &String::from_utf8_lossy(&crd.stdout),
+    )
+    .unwrap();
+    kubectl_in(
+        &w,
+        &[
+            "wait",
+            "--for=condition=Established",
+            "crd/rolloutruns.rollwright.dev",
+            "--timeout=30s",
+        ],
+        "",
+    )
+    .unwrap();
+    let (mut a, mut b) = replicas(&w);
+    let mut names = Vec::new();
+    for i in 0..N {
+        let file = format!("spec-{i}.yaml");
+        w.write(
+            &file,
+            &spec(false).replace("namespace: ml,", &format!("namespace: ml-{i},")),
+        );
+        let out = w.rollwright(&["submit", &file], &[]);
+        assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+        let name = crate::stdout(&out)
+            .split_whitespace()
+            .next()
+            .and_then(|s| s.strip_prefix("rolloutrun/"))
+            .unwrap()
+            .to_owned();
+        names.push((format!("ml-{i}"), name));
+    }
+    let state = |ns: &str, name: &str, step: &str| {
+        kubectl_in(
+            &w,
+            &[
+                "get",
+                "rolloutrun",
+                name,
+                "-n",
+                ns,
+                "-o",
+                &format!("jsonpath={{.status.steps[?(@.id==\"{step}\")].state}}"),
+            ],
+            "",
+        )
+        .unwrap_or_default()
+    };
+    let t0 = Instant::now();
+    loop {
+        let states: Vec<String> = names
+            .iter()
+            .map(|(ns, n)| {
+                kubectl_in(
+                    &w,
+                    &[
+                        "get",
+                        "rolloutrun",
+                        n,
+                        "-n",
+                        ns,
+                        "-o",
+                        "jsonpath={.status.steps[*].state}",
+                    ],
+                    "",
+                )
+                .unwrap_or_default()
+            })
+            .collect();
+        let holding = names
+            .iter()
+            .filter(|(ns, n)| {
+                matches!(
+                    state(ns, n, "hold-20").as_str(),
+                    "Running" | "Waiting" | "Succeeded"
+                )
+            })
+            .count();
+        if holding >= N * 4 / 5 {
+            eprintln!(
+                "{holding} of {N} runs at or past hold-20 after {:?}",
+                t0.elapsed()
+            );
+            break;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(240),
+            "{holding} of {N} hold: {states:#?}\n{}",
+            a.log()
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let rss = |r: &Replica| {
+        std::fs::read_to_string(format!("/proc/{}/status", r.child.id()))
+            .unwrap_or_default()
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix("VmHWM:")
+                    .map(|v| v.trim().trim_end_matches(" kB").parse::<u64>().unwrap_or(0))
+            })
+            .unwrap_or(0)
+    };
+    let peak_kib = rss(&a).max(rss(&b));
+    a.signal(libc::SIGKILL);
+    b.signal(libc::SIGKILL);
+    assert!(a.exited_within(Duration::from_secs(5)).is_some());
+    assert!(b.exited_within(Duration::from_secs(5)).is_some());
+    let c = Replica::start(&w, "ctl-c");
+    for (ns, name) in &names {
+        wait_for(&format!("{ns}/{name} ends"), Duration::from_secs(300), || {
+            let phase = kubectl_in(
+                &w,
+                &[
+                    "get",
+                    "rolloutrun",
+                    name,
+                    "-n",
+                    ns,
+                    "-o",
+                    "jsonpath={.status.phase}",
+                ],
+                "",
+            )
+            .unwrap_or_default();
+            assert!(
+                !matches!(phase.as_str(), "RolledBack" | "RollbackFailed" | "Refused"),
+                "{ns}/{name}: {phase}: {}",
+                c.log()
+            );
+            phase == "Succeeded"
+        });
+        let pct = w.kubectl(&[
+            "get",
+            "isvc",
+            "fraud",
+            "-n",
+            ns,
+            "-o",
+            "jsonpath={.spec.predictor.canaryTrafficPercent}",
+        ]);
+        assert_eq!(pct, "100", "{ns}");
+        exactly_once(&journal_in(&w, ns));
+    }
+    let peak_kib = peak_kib.max(rss(&c));
+    eprintln!("controller peak RSS with {N} runs: {} MiB", peak_kib / 1024);
+    assert!(peak_kib < 400 * 1024, "{peak_kib} KiB");
 }

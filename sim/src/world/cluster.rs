@@ -74,6 +74,9 @@ pub(crate) struct Live {
     pub repos: Arc<RwLock<HashMap<String, std::path::PathBuf>>>,
 }
 
+/// `(plural, namespace, name)`.
+type ObjectKey = (String, String, String);
+
 /// The cluster as the world sees it.
 pub(crate) struct Cluster {
     client: kube::Client,
@@ -81,6 +84,12 @@ pub(crate) struct Cluster {
     caches: Vec<(&'static Kind, reflector::Store<DynamicObject>)>,
     /// Kinds found by discovery, by (apiVersion, kind); `None`: not served.
     discovered: Mutex<HashMap<(String, String), Option<Resource>>>,
+    /// What [`Cluster::ensure`] last wrote to each object (spec and
+    /// labels) and the resourceVersion the API server answered: while the
+    /// object is still at that version and the wish is the same, nothing
+    /// is sent (the server's defaults make the cached spec differ from
+    /// the wish, which would otherwise re-send every object every pass).
+    sent: Mutex<HashMap<ObjectKey, (Value, String)>>,
     pub live: Live,
 }
 
@@ -134,6 +143,7 @@ impl Cluster {
                 rt: tokio::runtime::Handle::current(),
                 caches,
                 discovered: Mutex::default(),
+                sent: Mutex::default(),
                 live,
             },
             tasks,
@@ -252,18 +262,36 @@ impl Cluster {
                 if cur.get("spec") != obj.get("spec")
                     || cur["metadata"]["labels"] != obj["metadata"]["labels"] =>
             {
+                let key = (plural.to_owned(), ns.to_owned(), name.to_owned());
+                let wish = serde_json::json!({"spec": obj.get("spec"), "labels": obj["metadata"]["labels"]});
+                let at = cur["metadata"]["resourceVersion"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned();
+                let unchanged = self
+                    .sent
+                    .lock()
+                    .ok()
+                    .and_then(|m| m.get(&key).cloned())
+                    .is_some_and(|(w, v)| w == wish && v == at);
+                if unchanged {
+                    return;
+                }
                 let mut next = cur;
                 next["spec"] = obj["spec"].clone();
                 next["metadata"]["labels"] = obj["metadata"]["labels"].clone();
                 let Ok(o) = serde_json::from_value::<DynamicObject>(next) else {
                     return;
                 };
-                self.call(
-                    "replace",
-                    plural,
-                    name,
-                    api.replace(name, &PostParams::default(), &o),
-                );
+                match self.rt.block_on(api.replace(name, &PostParams::default(), &o)) {
+                    Ok(done) => {
+                        if let (Ok(mut m), Some(v)) = (self.sent.lock(), done.metadata.resource_version) {
+                            m.insert(key, (wish, v));
+                        }
+                    }
+                    Err(kube::Error::Api(s)) if s.code == 409 || s.code == 404 => {}
+                    Err(e) => tracing::warn!("sim world: cannot replace {plural}/{name}: {}", message(&e)),
+                }
             }
             Some(_) => {}
         }
