@@ -117,6 +117,9 @@ impl Mirror {
             return Err(PushError::NotLeading);
         }
         let from = self.pushed.load(Ordering::SeqCst);
+        if std::fs::metadata(&self.path).map_err(PushError::Local)?.len() <= from {
+            return Ok(());
+        }
         let mut f = std::fs::File::open(&self.path).map_err(PushError::Local)?;
         f.seek(std::io::SeekFrom::Start(from)).map_err(PushError::Local)?;
         let mut bytes = Vec::new();

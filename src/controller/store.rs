@@ -17,8 +17,10 @@ use k8s_openapi::api::core::v1::ConfigMap;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use kube::api::{Api, ListParams, PostParams};
 
-/// Bytes per chunk (a ConfigMap holds at most 1 MiB).
-pub const CHUNK: usize = 512 * 1024;
+/// Bytes per chunk (a ConfigMap holds at most 1 MiB; every append sends
+/// the whole live chunk again, so smaller chunks cost fewer bytes per
+/// record).
+pub const CHUNK: usize = 128 * 1024;
 /// Annotation: the epoch of the leader that wrote a chunk last.
 pub const EPOCH: &str = "rollwright.dev/leader-epoch";
 /// Label: the RolloutRun a chunk belongs to (its uid: a RolloutRun
