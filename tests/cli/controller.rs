@@ -330,14 +330,28 @@ fn canary_percent(w: &World) -> String {
     ])
 }
 
+/// Two replicas; the leader killed (SIGKILL) while a hold runs, then the
+/// next leader killed as soon as the 50 % shift's record is in the
+/// cluster's journal (the shift's patch under way or just done): a third
+/// replica finishes the run; no change is made twice, the split ends at
+/// 100 % on the new version.
 #[test]
-fn a_canary_survives_its_leader_killed_mid_hold() {
+fn a_canary_survives_its_leaders_killed_mid_hold_and_mid_shift() {
     let w = world(false);
-    let (mut a, _b) = replicas(&w);
+    let (mut a, mut b) = replicas(&w);
     let name = submit(&w);
     wait_for("hold-20 runs", Duration::from_secs(60), || holding(&w, &name));
     a.signal(libc::SIGKILL);
     assert!(a.exited_within(Duration::from_secs(5)).is_some());
+    let _c = Replica::start(&w, "ctl-c");
+    wait_for("ctl-b takes over", Duration::from_secs(30), || {
+        rr(&w, &name, "{.status.holder.identity}") == "ctl-b"
+    });
+    wait_for("the 50 % shift is journaled", Duration::from_secs(60), || {
+        cluster_journal(&w).contains(r#""record":"recorded","step":"shift-50""#)
+    });
+    b.signal(libc::SIGKILL);
+    assert!(b.exited_within(Duration::from_secs(5)).is_some());
     let out = w.rollwright(&["get", &name, "-n", "ml", "--watch"], &[]);
     assert_eq!(
         out.status.code(),
@@ -347,8 +361,8 @@ fn a_canary_survives_its_leader_killed_mid_hold() {
         stderr(&out)
     );
     assert_eq!(rr(&w, &name, "{.status.phase}"), "Succeeded");
-    assert_eq!(rr(&w, &name, "{.status.holder.identity}"), "ctl-b");
-    assert_eq!(rr(&w, &name, "{.status.holder.epoch}"), "2");
+    assert_eq!(rr(&w, &name, "{.status.holder.identity}"), "ctl-c");
+    assert_eq!(rr(&w, &name, "{.status.holder.epoch}"), "3");
     assert_eq!(canary_percent(&w), "100");
     w.wait_split("fraud", &[("8", 100)]);
     exactly_once(&cluster_journal(&w));
@@ -359,9 +373,10 @@ fn a_canary_survives_its_leader_killed_mid_hold() {
     )
     .unwrap();
     assert!(events.contains("resumed by ctl-b (epoch 2)"), "{events}");
+    assert!(events.contains("resumed by ctl-c (epoch 3)"), "{events}");
     // What the tree shows.
     let shown = crate::stdout(&out);
-    assert!(shown.contains("controller: ctl-b (epoch 2)"), "{shown}");
+    assert!(shown.contains("controller: ctl-c (epoch 3)"), "{shown}");
     assert!(shown.contains("✔ promote"), "{shown}");
 }
 
