@@ -140,6 +140,23 @@ impl Leadership {
         }
     }
 
+    /// Whether the Lease says this replica no longer leads in `epoch` (held
+    /// by another, or taken again since). A newer epoch found stamped on a
+    /// journal chunk or a status is believed only when the Lease agrees:
+    /// anyone who may write ConfigMaps or a status could stamp one, only
+    /// the replicas may write the Lease. Unreadable: deposed (stop rather
+    /// than risk two writers).
+    pub async fn deposed(&self, epoch: i64) -> bool {
+        match self.api.get(LEASE_NAME).await {
+            Ok(lease) => {
+                let spec = lease.spec.unwrap_or_default();
+                spec.holder_identity.as_deref() != Some(self.identity.as_str())
+                    || i64::from(spec.lease_transitions.unwrap_or(0)) != epoch
+            }
+            Err(_) => true,
+        }
+    }
+
     /// Renews the Lease every fifth of its duration; returns (the replica
     /// must stop) when it is lost: taken by another replica, or not renewed
     /// within its duration.

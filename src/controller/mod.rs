@@ -135,6 +135,15 @@ impl Ctl {
         self.epoch.load(Ordering::SeqCst)
     }
 
+    /// The check a write that finds a newer epoch makes before believing it.
+    fn fence(&self) -> store::Deposed {
+        let l = self.leadership.clone();
+        Arc::new(move |epoch| {
+            let l = l.clone();
+            Box::pin(async move { l.deposed(epoch).await })
+        })
+    }
+
     /// This replica must stop: another one leads.
     fn depose(&self, why: String) {
         tracing::error!("deposed: {why}");
@@ -481,14 +490,30 @@ mod tests {
                 block_owner_deletion: None,
             };
             let cms: Api<ConfigMap> = Api::namespaced(client.clone(), "default");
-            let (mut old, text) = store::ClusterJournal::open(cms.clone(), "fenced", owner.clone(), 1)
-                .await
-                .unwrap();
+            // What the leader Lease answers: the older epoch was deposed…
+            let lease_says_deposed: store::Deposed = Arc::new(|_| Box::pin(async { true }));
+            // …or this epoch still leads (a newer stamp is then forged).
+            let lease_says_leading: store::Deposed = Arc::new(|_| Box::pin(async { false }));
+            let (mut old, text) = store::ClusterJournal::open(
+                cms.clone(),
+                "fenced",
+                owner.clone(),
+                1,
+                lease_says_deposed.clone(),
+            )
+            .await
+            .unwrap();
             assert_eq!(text, "");
             old.append("a\n").await.unwrap();
-            let (mut new, text) = store::ClusterJournal::open(cms.clone(), "fenced", owner.clone(), 2)
-                .await
-                .unwrap();
+            let (mut new, text) = store::ClusterJournal::open(
+                cms.clone(),
+                "fenced",
+                owner.clone(),
+                2,
+                lease_says_deposed.clone(),
+            )
+            .await
+            .unwrap();
             assert_eq!(text, "a\n");
             let late = old.append("late\n").await;
             assert!(matches!(late, Err(store::PushError::Deposed(2))), "{late:?}");
@@ -498,16 +523,69 @@ mod tests {
             assert!(matches!(late, Err(store::PushError::Deposed(2))), "{late:?}");
             new.append("b\n").await.unwrap();
             // An older epoch cannot even open it.
-            let stale = store::ClusterJournal::open(cms.clone(), "fenced", owner.clone(), 1).await;
+            let stale = store::ClusterJournal::open(
+                cms.clone(),
+                "fenced",
+                owner.clone(),
+                1,
+                lease_says_deposed.clone(),
+            )
+            .await;
             assert!(
                 matches!(stale, Err(store::PushError::Deposed(2))),
                 "{:?}",
                 stale.err()
             );
-            let (_, text) = store::ClusterJournal::open(cms, "fenced", owner, 3)
+            let (_third, text) = store::ClusterJournal::open(
+                cms.clone(),
+                "fenced",
+                owner.clone(),
+                3,
+                lease_says_deposed.clone(),
+            )
+            .await
+            .unwrap();
+            assert_eq!(text, "a\nb\n");
+            // A stamp of a newer epoch the Lease does not confirm (anyone who
+            // may write ConfigMaps could forge one) does not stop the leader.
+            let chunk = kube::ResourceExt::name_any(
+                &cms.list(&Default::default())
+                    .await
+                    .unwrap()
+                    .items
+                    .into_iter()
+                    .find(|c| {
+                        c.metadata
+                            .labels
+                            .as_ref()
+                            .is_some_and(|l| l.contains_key(store::OF))
+                    })
+                    .unwrap(),
+            );
+            cms.patch(
+                &chunk,
+                &kube::api::PatchParams::default(),
+                &kube::api::Patch::Merge(
+                    serde_json::json!({"metadata": {"annotations": {store::EPOCH: "99"}}}),
+                ),
+            )
+            .await
+            .unwrap();
+            let mut forged_then_leading = store::ClusterJournal::open(
+                cms.clone(),
+                "fenced",
+                owner.clone(),
+                3,
+                lease_says_leading.clone(),
+            )
+            .await
+            .unwrap()
+            .0;
+            forged_then_leading.append("c\n").await.unwrap();
+            let (_, text) = store::ClusterJournal::open(cms, "fenced", owner, 4, lease_says_deposed.clone())
                 .await
                 .unwrap();
-            assert_eq!(text, "a\nb\n");
+            assert_eq!(text, "a\nb\nc\n");
 
             // The status: epoch 2 writes; epoch 1, with the version it saw before, is refused.
             let seen = rr.metadata.resource_version.clone().unwrap();
@@ -520,14 +598,25 @@ mod tests {
                 ..Default::default()
             };
             let mut v2 = seen.clone();
-            status::write(&runs, "fenced", &status(2), 2, &mut v2)
+            status::write(&runs, "fenced", &status(2), 2, &mut v2, &lease_says_deposed)
                 .await
                 .unwrap();
-            let mut v1 = seen;
-            let late = status::write(&runs, "fenced", &status(1), 1, &mut v1).await;
+            let mut v1 = seen.clone();
+            let late = status::write(&runs, "fenced", &status(1), 1, &mut v1, &lease_says_deposed).await;
             assert!(matches!(late, Err(status::WriteError::Deposed(2))), "{late:?}");
             let now = runs.get_status("fenced").await.unwrap();
             assert_eq!(now.status.unwrap().holder.unwrap().epoch, 2);
+            // A forged holder of epoch 99 in the status, which the Lease does
+            // not confirm: the leader of epoch 3 writes over it.
+            let mut v3 = seen;
+            status::write(&runs, "fenced", &status(99), 99, &mut v3, &lease_says_deposed)
+                .await
+                .unwrap();
+            status::write(&runs, "fenced", &status(3), 3, &mut v3, &lease_says_leading)
+                .await
+                .unwrap();
+            let now = runs.get_status("fenced").await.unwrap();
+            assert_eq!(now.status.unwrap().holder.unwrap().epoch, 3);
         });
     }
 }

@@ -170,7 +170,10 @@ pub async fn drive(ctl: Arc<Ctl>, rr: Arc<RolloutRun>, intent: watch::Receiver<I
             let book = Book::new(&[], holder, generation);
             book.phase("Refused", "Refused", &why);
             if let Some(st) = book.take() {
-                report(&ctl, status::write(&api, &name, &st, epoch, &mut version).await);
+                report(
+                    &ctl,
+                    status::write(&api, &name, &st, epoch, &mut version, &ctl.fence()).await,
+                );
             }
             ctl.metrics.phase(None, "Refused");
             said(Said {
@@ -220,7 +223,7 @@ pub async fn drive(ctl: Arc<Ctl>, rr: Arc<RolloutRun>, intent: watch::Receiver<I
         block_owner_deletion: None,
     };
     let cms: Api<ConfigMap> = Api::namespaced(ctl.client.clone(), &ns);
-    let (cj, text) = match ClusterJournal::open(cms, &name, owner, epoch).await {
+    let (cj, text) = match ClusterJournal::open(cms, &name, owner, epoch, ctl.fence()).await {
         Ok(x) => x,
         Err(PushError::Deposed(e)) => {
             return ctl.depose(format!("run {ns}/{name}: a leader of epoch {e} holds it"));
@@ -289,7 +292,10 @@ pub async fn drive(ctl: Arc<Ctl>, rr: Arc<RolloutRun>, intent: watch::Receiver<I
         );
         book.phase(phase, "Finished", &format!("the run ended: {phase}"));
         if let Some(st) = book.take() {
-            report(&ctl, status::write(&api, &name, &st, epoch, &mut version).await);
+            report(
+                &ctl,
+                status::write(&api, &name, &st, epoch, &mut version, &ctl.fence()).await,
+            );
         }
         return;
     }
@@ -324,7 +330,7 @@ pub async fn drive(ctl: Arc<Ctl>, rr: Arc<RolloutRun>, intent: watch::Receiver<I
         );
     }
     if let Some(st) = book.take()
-        && let Err(e) = status::write(&api, &name, &st, epoch, &mut version).await
+        && let Err(e) = status::write(&api, &name, &st, epoch, &mut version, &ctl.fence()).await
     {
         return report(&ctl, Err(e));
     }
@@ -363,7 +369,10 @@ pub async fn drive(ctl: Arc<Ctl>, rr: Arc<RolloutRun>, intent: watch::Receiver<I
                     &format!("waiting: the target is held by {who}"),
                 );
                 if let Some(st) = book.take() {
-                    report(&ctl, status::write(&api, &name, &st, epoch, &mut version).await);
+                    report(
+                        &ctl,
+                        status::write(&api, &name, &st, epoch, &mut version, &ctl.fence()).await,
+                    );
                 }
                 tokio::time::sleep(Duration::from_secs(5)).await;
             }
@@ -402,7 +411,10 @@ pub async fn drive(ctl: Arc<Ctl>, rr: Arc<RolloutRun>, intent: watch::Receiver<I
                 tick.tick().await;
                 n += 1;
                 if let Some(st) = book.take() {
-                    report(&ctl, status::write(&api, &name, &st, epoch, &mut version).await);
+                    report(
+                        &ctl,
+                        status::write(&api, &name, &st, epoch, &mut version, &ctl.fence()).await,
+                    );
                 }
                 if n.is_multiple_of(4)
                     && let Err(e) = mirror.push().await
@@ -467,7 +479,10 @@ pub async fn drive(ctl: Arc<Ctl>, rr: Arc<RolloutRun>, intent: watch::Receiver<I
     };
     book.phase(phase, phase, &message);
     if let Some(st) = book.take() {
-        report(&ctl, status::write(&api, &name, &st, epoch, &mut version).await);
+        report(
+            &ctl,
+            status::write(&api, &name, &st, epoch, &mut version, &ctl.fence()).await,
+        );
     }
     ctl.metrics.phase(Some("Running"), phase);
     lease.release().await;

@@ -316,13 +316,15 @@ pub enum WriteError {
 
 /// Writes `status` (merge patch with a resourceVersion precondition); on a
 /// conflict reads the object again and writes over it unless a newer
-/// leader holds it. `version` is the last resourceVersion seen.
+/// leader holds it (a newer epoch in the status that the leader Lease
+/// confirms). `version` is the last resourceVersion seen.
 pub async fn write(
     api: &Api<RolloutRun>,
     name: &str,
     status: &RolloutRunStatus,
     epoch: i64,
     version: &mut String,
+    deposed: &super::store::Deposed,
 ) -> Result<(), WriteError> {
     for _ in 0..5 {
         let body = json!({"metadata": {"resourceVersion": version}, "status": status});
@@ -341,7 +343,7 @@ pub async fn write(
                     .as_ref()
                     .and_then(|s| s.holder.as_ref())
                     .map_or(0, |h| h.epoch);
-                if theirs > epoch {
+                if theirs > epoch && deposed(epoch).await {
                     return Err(WriteError::Deposed(theirs));
                 }
                 *version = now.metadata.resource_version.unwrap_or_default();

@@ -12,6 +12,7 @@
 //! leader cannot start a chunk either.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::ConfigMap;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
@@ -46,6 +47,10 @@ pub enum PushError {
     Local(std::io::Error),
 }
 
+/// Asks the leader Lease whether a replica leading in the given epoch has
+/// been deposed (see [`super::leader::Leadership::deposed`]).
+pub type Deposed = Arc<dyn Fn(i64) -> rollwright_engine::exec::BoxFuture<'static, bool> + Send + Sync>;
+
 /// The live (last) chunk of a run's journal.
 pub struct ClusterJournal {
     api: Api<ConfigMap>,
@@ -57,6 +62,7 @@ pub struct ClusterJournal {
     index: usize,
     data: String,
     version: String,
+    deposed: Deposed,
 }
 
 fn chunk_name(run: &str, index: usize) -> String {
@@ -80,6 +86,7 @@ impl ClusterJournal {
         run: &str,
         owner: OwnerReference,
         epoch: i64,
+        deposed: Deposed,
     ) -> Result<(ClusterJournal, String), PushError> {
         let uid = owner.uid.clone();
         let list = api
@@ -110,12 +117,13 @@ impl ClusterJournal {
             index: 0,
             data: String::new(),
             version: String::new(),
+            deposed,
         };
         match chunks.pop() {
             None => j.create(0, String::new()).await?,
             Some((index, cm)) => {
                 let theirs = epoch_of(&cm);
-                if theirs > epoch {
+                if theirs > epoch && (j.deposed)(epoch).await {
                     return Err(PushError::Deposed(theirs));
                 }
                 j.index = index;
@@ -179,11 +187,12 @@ impl ClusterJournal {
             Err(kube::Error::Api(s)) if s.code == 409 => {
                 let now = self.api.get(&chunk_name(&self.run, self.index)).await?;
                 let theirs = epoch_of(&now);
-                if theirs > self.epoch {
+                if theirs > self.epoch && (self.deposed)(self.epoch).await {
                     return Err(PushError::Deposed(theirs));
                 }
-                // Changed by someone of our own epoch or older (a person?):
-                // only our text counts; write it again over their version.
+                // Changed by someone else than a newer leader (an older
+                // one, a person, a forged stamp the Lease disowns): only
+                // our text counts; write it again over their version.
                 self.version = now.metadata.resource_version.unwrap_or_default();
                 let obj = self.object(self.index, data.clone(), Some(self.version.clone()));
                 let cm = self
