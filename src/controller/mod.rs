@@ -171,23 +171,50 @@ async fn reconcile(rr: Arc<RolloutRun>, ctl: Arc<Ctl>) -> Result<Action, Reconci
     let t = Instant::now();
     ctl.health.beat();
     let key = format!("{}/{}", rr.namespace().unwrap_or_default(), rr.name_any());
-    let result = {
+    // A RolloutRun deleted while it runs is aborted (rolled back) first;
+    // its finalizer keeps it, and its journal, until then.
+    let deleting = rr.metadata.deletion_timestamp.is_some();
+    let mut intent = rr.spec.intent.clone();
+    if deleting && intent.abort.is_none() {
+        intent.abort = Some(crate::rolloutrun::AbortIntent {
+            by: "(deletion)".into(),
+            reason: "the RolloutRun was deleted".into(),
+        });
+    }
+    enum Next {
+        Running,
+        Release,
+        Ended,
+        Started,
+    }
+    let next = {
         let mut runs = ctl
             .runs
             .lock()
             .map_err(|_| ReconcileError("runs lock poisoned".into()))?;
         runs.retain(|_, r| !r.task.is_finished());
         if let Some(r) = runs.get(&key) {
-            r.intent.send_replace(rr.spec.intent.clone());
-            Ok(Action::requeue(Duration::from_secs(30)))
+            r.intent.send_replace(intent);
+            Next::Running
+        } else if deleting {
+            Next::Release
         } else if run::terminal(&rr) {
-            Ok(Action::await_change())
+            Next::Ended
         } else {
-            let (tx, rx) = tokio::sync::watch::channel(rr.spec.intent.clone());
+            let (tx, rx) = tokio::sync::watch::channel(intent);
             let task = tokio::spawn(run::drive(ctl.clone(), rr.clone(), rx));
-            runs.insert(key, Running { intent: tx, task });
-            Ok(Action::requeue(Duration::from_secs(10)))
+            runs.insert(key.clone(), Running { intent: tx, task });
+            Next::Started
         }
+    };
+    let result = match next {
+        Next::Running => Ok(Action::requeue(Duration::from_secs(30))),
+        Next::Started => Ok(Action::requeue(Duration::from_secs(10))),
+        Next::Ended => Ok(Action::await_change()),
+        Next::Release => run::finalizer(&ctl, &rr, false)
+            .await
+            .map(|()| Action::await_change())
+            .map_err(|e| ReconcileError(format!("releasing {key}: {e}"))),
     };
     if let Ok(runs) = ctl.runs.lock() {
         ctl.metrics.active(runs.len());

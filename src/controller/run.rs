@@ -189,6 +189,10 @@ pub async fn drive(ctl: Arc<Ctl>, rr: Arc<RolloutRun>, intent: watch::Receiver<I
         Ok(p) => p,
         Err(why) => return refuse(why).await,
     };
+    if let Err(e) = finalizer(&ctl, &rr, true).await {
+        tracing::warn!("RolloutRun {ns}/{name}: cannot add its finalizer ({e}); trying again later");
+        return;
+    }
     let plan = &rr.spec.plan;
     let dir = ctl.state_dir.join("runs").join(format!("{ns}.{name}"));
     let files = ctl.files.clone().unwrap_or_else(|| dir.clone());
@@ -486,6 +490,16 @@ pub async fn drive(ctl: Arc<Ctl>, rr: Arc<RolloutRun>, intent: watch::Receiver<I
     }
     ctl.metrics.phase(Some("Running"), phase);
     lease.release().await;
+    if api
+        .get_opt(&name)
+        .await
+        .ok()
+        .flatten()
+        .is_some_and(|o| o.metadata.deletion_timestamp.is_some())
+        && let Err(e) = finalizer(&ctl, &rr, false).await
+    {
+        tracing::warn!("RolloutRun {ns}/{name}: cannot release its finalizer: {e}");
+    }
     drop(said_tx);
     let _ = tokio::time::timeout(Duration::from_secs(5), events).await;
 }
@@ -638,6 +652,45 @@ fn approvals(
             }
         }
     })
+}
+
+/// The finalizer that keeps a running RolloutRun (and its journal) until
+/// its rollback is done.
+pub const FINALIZER: &str = "rollwright.dev/rollback";
+
+/// Adds (`hold`) or removes the finalizer, conditional on the version read.
+pub async fn finalizer(ctl: &Ctl, rr: &RolloutRun, hold: bool) -> Result<(), kube::Error> {
+    let api: Api<RolloutRun> = Api::namespaced(ctl.client.clone(), &rr.namespace().unwrap_or_default());
+    for _ in 0..5 {
+        let Some(now) = api.get_opt(&rr.name_any()).await? else {
+            return Ok(());
+        };
+        let mut list = now.metadata.finalizers.clone().unwrap_or_default();
+        let has = list.iter().any(|f| f == FINALIZER);
+        if has == hold {
+            return Ok(());
+        }
+        if hold {
+            list.push(FINALIZER.into());
+        } else {
+            list.retain(|f| f != FINALIZER);
+        }
+        let patch = serde_json::json!({"metadata": {"finalizers": list, "resourceVersion": now.metadata.resource_version}});
+        match api
+            .patch(
+                &rr.name_any(),
+                &kube::api::PatchParams::default(),
+                &kube::api::Patch::Merge(&patch),
+            )
+            .await
+        {
+            Ok(_) => return Ok(()),
+            Err(kube::Error::Api(s)) if s.code == 409 => {}
+            Err(kube::Error::Api(s)) if s.code == 404 => return Ok(()),
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
 }
 
 /// Whether a phase is final.
