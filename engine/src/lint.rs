@@ -208,14 +208,7 @@ impl Linter {
             Some(e) if errors.is_empty() => e,
             _ => return Err(errors),
         };
-        let mut spec = Spec::deserialize(&exp.value).map_err(|e| {
-            vec![Diagnostic::new(
-                Code::Schema,
-                exp.locate(""),
-                format!("the expanded spec does not fit the model: {e}"),
-            )]
-        })?;
-        spec.manifests.clone_from(&exp.manifests);
+        let spec = typed_expansion(&exp)?;
         Ok((exp, spec, lint.diagnostics))
     }
 
@@ -297,14 +290,7 @@ impl Linter {
         if diagnostics.iter().any(|d| d.severity == crate::Severity::Error) {
             return Err(diagnostics);
         }
-        let mut spec = Spec::deserialize(&exp.value).map_err(|e| {
-            vec![Diagnostic::new(
-                Code::Schema,
-                exp.locate(""),
-                format!("the expanded spec does not fit the model: {e}"),
-            )]
-        })?;
-        spec.manifests.clone_from(&exp.manifests);
+        let spec = typed_expansion(&exp)?;
         Ok((exp, spec, diagnostics))
     }
 
@@ -467,6 +453,19 @@ impl Linter {
             Err(_) => Spec::lenient(value),
         }
     }
+}
+
+/// The typed model of an expansion, with its rendered manifests.
+fn typed_expansion(exp: &Expanded) -> Result<Spec, Vec<Diagnostic>> {
+    let mut spec = Spec::deserialize(&exp.value).map_err(|e| {
+        vec![Diagnostic::new(
+            Code::Schema,
+            exp.locate(""),
+            format!("the expanded spec does not fit the model: {e}"),
+        )]
+    })?;
+    spec.manifests.clone_from(&exp.manifests);
+    Ok(spec)
 }
 
 /// Without expansion there is nothing to render, but a manifest template

@@ -28,7 +28,7 @@ use kube::api::Api;
 use kube::runtime::events::{Event as KubeEvent, EventType};
 use kube::{Resource as _, ResourceExt as _};
 use rollwright_engine::exec::{self, BoxFuture, Event, Options, Resume, Sink};
-use rollwright_engine::journal::{self, GroupCommit, Journal, Record};
+use rollwright_engine::journal::{self, GroupCommit, Journal};
 use rollwright_engine::spec::Spec;
 use tokio::sync::watch;
 
@@ -553,20 +553,9 @@ fn sink(
             Event::Failed { step, .. } => timing(step, "failed"),
             _ => {}
         }
-        if let Event::Observed { step, observation } = e
-            && !run_cmd::worth_journaling(&observed, step, observation)
-        {
-            return Ok(());
-        }
-        let Some(r) = journal::record_of(e) else {
+        let Some((r, flush_now)) = run_cmd::journal_entry(&observed, e) else {
             return Ok(());
         };
-        let flush_now = matches!(
-            r,
-            Record::RunFinished { .. }
-                | Record::Recorded { .. }
-                | Record::StepFailed { tolerated: false, .. }
-        );
         writer.append(r);
         if flush_now {
             writer.flush().map_err(|e| e.to_string())?;

@@ -52,7 +52,7 @@ use report::write_report;
 pub use report::{ReportArgs, report};
 pub use resume::{ResumeArgs, resume};
 use start::{Launch, Show, execute};
-pub(crate) use start::{Observed, worth_journaling};
+pub(crate) use start::{Observed, journal_entry};
 pub use start::{RunArgs, run};
 pub use status::{StatusArgs, status};
 

@@ -86,20 +86,9 @@ pub(super) fn journal_sink(journal: Arc<GroupCommit>, progress: Arc<Progress>) -
     let observed = std::sync::Mutex::new(HashMap::<String, Observed>::new());
     Arc::new(move |e: &Event| {
         progress.event(e);
-        if let Event::Observed { step, observation } = e
-            && !worth_journaling(&observed, step, observation)
-        {
-            return Ok(());
-        }
-        let Some(r) = journal::record_of(e) else {
+        let Some((r, flush_now)) = journal_entry(&observed, e) else {
             return Ok(());
         };
-        let flush_now = matches!(
-            r,
-            Record::RunFinished { .. }
-                | Record::Recorded { .. }
-                | Record::StepFailed { tolerated: false, .. }
-        );
         journal.append(r);
         if flush_now {
             journal.flush().map_err(|e| e.to_string())
@@ -107,6 +96,27 @@ pub(super) fn journal_sink(journal: Arc<GroupCommit>, progress: Arc<Progress>) -
             Ok(())
         }
     })
+}
+
+/// What an event puts in the journal (observations thinned, see
+/// [`worth_journaling`]), and whether it must be durable before the run
+/// goes on: a record a step needs before it changes anything, a failure
+/// (so that a resume compensates) and the end.
+pub(crate) fn journal_entry(
+    observed: &std::sync::Mutex<HashMap<String, Observed>>,
+    e: &Event,
+) -> Option<(Record, bool)> {
+    if let Event::Observed { step, observation } = e
+        && !worth_journaling(observed, step, observation)
+    {
+        return None;
+    }
+    let r = journal::record_of(e)?;
+    let durable = matches!(
+        r,
+        Record::RunFinished { .. } | Record::Recorded { .. } | Record::StepFailed { tolerated: false, .. }
+    );
+    Some((r, durable))
 }
 
 /// Observations journaled per step: the first [`OBSERVED_IN_FULL`] in full;
@@ -124,7 +134,7 @@ pub(crate) struct Observed {
     last: String,
 }
 
-pub(crate) fn worth_journaling(
+fn worth_journaling(
     seen: &std::sync::Mutex<HashMap<String, Observed>>,
     step: &str,
     o: &rollwright_engine::exec::Observation,

@@ -76,16 +76,22 @@ fn world(sign_off: bool) -> World {
     let w = World::on(Backend::KubeApiserver, KSERVE_WORLD);
     w.write("isvc.yaml.hbs", ISVC_MANIFEST);
     w.write("spec.yaml", &spec(sign_off));
+    install_crd(&w);
+    w
+}
+
+/// `rollwright schema --crd` applied: the CRD and its admission policy.
+fn install_crd(w: &World) {
     let crd = w.rollwright(&["schema", "--crd"], &[]);
     assert_eq!(crd.status.code(), Some(0), "{}", stderr(&crd));
     kubectl_in(
-        &w,
+        w,
         &["apply", "--server-side", "-f", "-"],
         &String::from_utf8_lossy(&crd.stdout),
     )
     .unwrap();
     kubectl_in(
-        &w,
+        w,
         &[
             "wait",
             "--for=condition=Established",
@@ -95,7 +101,6 @@ fn world(sign_off: bool) -> World {
         "",
     )
     .unwrap();
-    w
 }
 
 fn kubectl_in(w: &World, args: &[&str], stdin: &str) -> Result<String, String> {
@@ -625,24 +630,7 @@ fn many_runs_survive_both_replicas_killed_and_a_restart() {
     }
     let w = World::on(Backend::KubeApiserver, &scenario);
     w.write("isvc.yaml.hbs", ISVC_MANIFEST);
-    let crd = w.rollwright(&["schema", "--crd"], &[]);
-    kubectl_in(
-        &w,
-        &["apply", "--server-side", "-f", "-"],
-        &String::from_utf8_lossy(&crd.stdout),
-    )
-    .unwrap();
-    kubectl_in(
-        &w,
-        &[
-            "wait",
-            "--for=condition=Established",
-            "crd/rolloutruns.rollwright.dev",
-            "--timeout=30s",
-        ],
-        "",
-    )
-    .unwrap();
+    install_crd(&w);
     let (mut a, mut b) = replicas(&w);
     let mut names = Vec::new();
     for i in 0..N {
