@@ -393,8 +393,17 @@ fn main() {
         (first + every).as_secs_f64()
     );
     let _ = killed;
-    println!(
-        "new leader with {runs} runs: RSS {} MiB",
-        b.proc_field("status", "VmRSS:") / 1024
-    );
+    std::thread::sleep(Duration::from_secs(5));
+    let mut b = b;
+    match b.child.try_wait() {
+        Ok(None) => println!(
+            "new leader with {runs} runs: RSS {} MiB",
+            b.proc_field("status", "VmRSS:") / 1024
+        ),
+        other => {
+            let log = std::fs::read_to_string(&b.log).unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(5).collect();
+            panic!("the new leader exited ({other:?}): {tail:#?}");
+        }
+    }
 }

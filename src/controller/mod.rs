@@ -128,6 +128,9 @@ pub struct Ctl {
     health: Arc<serve::Health>,
     recorder: Recorder,
     deposed: tokio::sync::watch::Sender<Option<String>>,
+    /// Runs getting ready at once (checks, journal, status, target Lease):
+    /// a new leader taking over many runs does it a few at a time.
+    starting: tokio::sync::Semaphore,
 }
 
 impl Ctl {
@@ -358,17 +361,18 @@ pub fn controller(args: &ControllerArgs) -> CliResult {
     }
     let me = identity.clone();
     let why = rt.block_on(async move {
-        let client = rollwright_steps::cluster::Cluster::at(reach.clone(), &lease_ns)
-            .map_err(CliError::usage)?
-            .client()
-            .await
-            .map_err(|e| CliError::usage(e.to_string()))?;
+        let cluster = rollwright_steps::cluster::Cluster::at(reach.clone(), &lease_ns).map_err(CliError::usage)?;
+        let client = cluster.client().await.map_err(|e| CliError::usage(e.to_string()))?;
+        // The Lease is renewed over connections of its own: a takeover of
+        // a thousand runs must not make the new leader's renewal wait (and
+        // the leader lose its Lease under the load it took on).
+        let election = cluster.own_client().await.map_err(|e| CliError::usage(e.to_string()))?;
         let key = shared_key(&client, &lease_ns).await.map_err(CliError::state)?;
         let metrics = Arc::new(serve::Metrics::new());
         let health = Arc::new(serve::Health::default());
         health.beat();
         tokio::spawn(serve::serve(listener, metrics.clone(), health.clone()));
-        let leadership = leader::Leadership::new(Api::namespaced(client.clone(), &lease_ns), &identity, o.lease_duration);
+        let leadership = leader::Leadership::new(Api::namespaced(election, &lease_ns), &identity, o.lease_duration);
         let (deposed, mut deposed_rx) = tokio::sync::watch::channel(None);
         let ctl = Arc::new(Ctl {
             recorder: Recorder::new(
@@ -392,6 +396,7 @@ pub fn controller(args: &ControllerArgs) -> CliResult {
             metrics: metrics.clone(),
             health: health.clone(),
             deposed,
+            starting: tokio::sync::Semaphore::new(16),
         });
         health.ready();
         tracing::info!("{identity}: waiting to lead (Lease {lease_ns}/{})", leader::LEASE_NAME);

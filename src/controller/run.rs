@@ -137,6 +137,9 @@ impl Mirror {
 
 /// Drives `rr` to its end (or until this replica is deposed).
 pub async fn drive(ctl: Arc<Ctl>, rr: Arc<RolloutRun>, intent: watch::Receiver<Intent>) {
+    let Ok(getting_ready) = ctl.starting.acquire().await else {
+        return;
+    };
     let name = rr.name_any();
     let ns = rr.namespace().unwrap_or_default();
     let api: Api<RolloutRun> = Api::namespaced(ctl.client.clone(), &ns);
@@ -350,6 +353,9 @@ pub async fn drive(ctl: Arc<Ctl>, rr: Arc<RolloutRun>, intent: watch::Receiver<I
         action: "Run".into(),
     })
     .await;
+    // Ready; waiting for the target (if another run holds it) must not
+    // hold up the others.
+    drop(getting_ready);
     // One run per target, as for `rollwright run`.
     let target_ns = p
         .spec

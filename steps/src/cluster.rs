@@ -83,8 +83,11 @@ pub struct Cluster {
     pub context: String,
     /// The target namespace.
     pub namespace: String,
-    client: tokio::sync::OnceCell<Client>,
-    kinds: Mutex<HashMap<(String, String), (ApiResource, bool)>>,
+    /// The client and the kinds discovered: one per reach, shared by its
+    /// namespaces (a controller running a thousand targets keeps one
+    /// connection pool, not a thousand).
+    client: Arc<tokio::sync::OnceCell<Client>>,
+    kinds: Arc<Mutex<Kinds>>,
 }
 
 impl std::fmt::Debug for Cluster {
@@ -95,6 +98,9 @@ impl std::fmt::Debug for Cluster {
 
 /// A run's clusters, shared by its steps (one client per reach and namespace).
 static CLUSTERS: Mutex<Vec<Arc<Cluster>>> = Mutex::new(Vec::new());
+
+/// `(apiVersion, kind)` → the API resource and whether it is namespaced.
+type Kinds = HashMap<(String, String), (ApiResource, bool)>;
 
 impl Cluster {
     /// The cluster a run targets, as its [`crate::reach::Reach`] says: the
@@ -124,13 +130,17 @@ impl Cluster {
         if let Some(c) = all.iter().find(|c| c.reach == reach && c.namespace == namespace) {
             return Ok(c.clone());
         }
+        let (client, kinds) = all
+            .iter()
+            .find(|c| c.reach == reach)
+            .map_or_else(Default::default, |c| (c.client.clone(), c.kinds.clone()));
         let c = Arc::new(Cluster {
             context: reach.context.clone(),
             allowed: Mutex::default(),
             reach,
             namespace: namespace.to_owned(),
-            client: tokio::sync::OnceCell::new(),
-            kinds: Mutex::default(),
+            client,
+            kinds,
         });
         all.push(c.clone());
         Ok(c)
@@ -184,47 +194,52 @@ impl Cluster {
     /// # Errors
     /// No usable kubeconfig, or the context is not in it.
     pub async fn client(&self) -> Result<Client, StepError> {
-        self.client
-            .get_or_try_init(|| async {
-                let mut config = match self
-                    .reach
-                    .kubeconfig()
-                    .map_err(|e| StepError::failed(e.to_string()))?
-                {
-                    Some(kc) => {
-                        if !kc.contexts.iter().any(|c| c.name == self.context) {
-                            return Err(StepError::failed(format!(
-                                "the kubeconfig has no context `{}` (it has: {})",
-                                self.context,
-                                kc.contexts
-                                    .iter()
-                                    .map(|c| c.name.as_str())
-                                    .collect::<Vec<_>>()
-                                    .join(", ")
-                            )));
-                        }
-                        let options = KubeConfigOptions {
-                            context: Some(self.context.clone()),
-                            ..KubeConfigOptions::default()
-                        };
-                        Config::from_custom_kubeconfig(kc, &options).await.map_err(|e| {
-                            StepError::failed(format!("kubeconfig context `{}`: {e}", self.context))
-                        })?
-                    }
-                    None if self.reach.in_cluster => Config::incluster().map_err(|e| {
-                        StepError::failed(format!("not in a cluster (the run started in-cluster): {e}"))
-                    })?,
-                    None => {
-                        return Err(StepError::failed(
-                            "no kubeconfig (--kubeconfig, $KUBECONFIG, ~/.kube/config) and not in a cluster",
-                        ));
-                    }
+        self.client.get_or_try_init(|| self.own_client()).await.cloned()
+    }
+
+    /// A client of its own (its own connections), for what must not wait
+    /// behind the shared client's requests — a controller's leader Lease
+    /// renewal.
+    ///
+    /// # Errors
+    /// No usable kubeconfig, or the context is not in it.
+    pub async fn own_client(&self) -> Result<Client, StepError> {
+        let mut config = match self
+            .reach
+            .kubeconfig()
+            .map_err(|e| StepError::failed(e.to_string()))?
+        {
+            Some(kc) => {
+                if !kc.contexts.iter().any(|c| c.name == self.context) {
+                    return Err(StepError::failed(format!(
+                        "the kubeconfig has no context `{}` (it has: {})",
+                        self.context,
+                        kc.contexts
+                            .iter()
+                            .map(|c| c.name.as_str())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    )));
+                }
+                let options = KubeConfigOptions {
+                    context: Some(self.context.clone()),
+                    ..KubeConfigOptions::default()
                 };
-                config.default_retry = false;
-                Client::try_from(config).map_err(|e| StepError::failed(format!("cannot make a client: {e}")))
-            })
-            .await
-            .cloned()
+                Config::from_custom_kubeconfig(kc, &options)
+                    .await
+                    .map_err(|e| StepError::failed(format!("kubeconfig context `{}`: {e}", self.context)))?
+            }
+            None if self.reach.in_cluster => Config::incluster().map_err(|e| {
+                StepError::failed(format!("not in a cluster (the run started in-cluster): {e}"))
+            })?,
+            None => {
+                return Err(StepError::failed(
+                    "no kubeconfig (--kubeconfig, $KUBECONFIG, ~/.kube/config) and not in a cluster",
+                ));
+            }
+        };
+        config.default_retry = false;
+        Client::try_from(config).map_err(|e| StepError::failed(format!("cannot make a client: {e}")))
     }
 
     /// Who the client is to the API server (`SelfSubjectReview`): the
