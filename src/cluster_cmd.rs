@@ -174,6 +174,7 @@ fn code_of(phase: &str) -> Option<CliResult> {
         "RolledBack" => Some(Ok(exit::ROLLED_BACK)),
         "RollbackFailed" => Some(Ok(exit::ROLLBACK_FAILED)),
         "Refused" => Some(Err(CliError::refused(String::new()))),
+        "Stopped" => Some(Err(CliError::state(String::new()))),
         _ => None,
     }
 }

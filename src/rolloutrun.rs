@@ -130,7 +130,9 @@ pub struct ApprovalIntent {
 #[derive(Clone, Debug, Default, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct RolloutRunStatus {
-    /// `Pending`, `Running`, `Succeeded`, `RolledBack`, `RollbackFailed`.
+    /// `Running`, `Succeeded`, `RolledBack`, `RollbackFailed`, `Refused`
+    /// (nothing changed), `Stopped` (a run whose journal cannot be trusted:
+    /// a person must look).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub phase: Option<String>,
     /// The generation the status describes.

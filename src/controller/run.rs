@@ -159,7 +159,10 @@ pub async fn drive(ctl: Arc<Ctl>, rr: Arc<RolloutRun>, intent: watch::Receiver<I
         }
     };
     let first_version = version.clone();
-    let refuse = |why: String| {
+    // Refused (`Refused`: nothing was changed), or stopped for a person
+    // to look at (`Stopped`: a run that had started, whose journal cannot
+    // be trusted).
+    let halt = |phase: &'static str, why: String| {
         let api = api.clone();
         let name = name.clone();
         let holder = holder.clone();
@@ -169,25 +172,26 @@ pub async fn drive(ctl: Arc<Ctl>, rr: Arc<RolloutRun>, intent: watch::Receiver<I
         let said = said.clone();
         let ns = ns.clone();
         async move {
-            tracing::warn!("RolloutRun {ns}/{name} refused: {why}");
+            tracing::warn!("RolloutRun {ns}/{name}: {phase}: {why}");
             let book = Book::new(&[], holder, generation);
-            book.phase("Refused", "Refused", &why);
+            book.phase(phase, phase, &why);
             if let Some(st) = book.take() {
                 report(
                     &ctl,
                     status::write(&api, &name, &st, epoch, &mut version, &ctl.fence()).await,
                 );
             }
-            ctl.metrics.phase(None, "Refused");
+            ctl.metrics.phase(None, phase);
             said(Said {
                 warning: true,
-                reason: "Refused",
+                reason: phase,
                 note: why,
                 action: "Run".into(),
             })
             .await;
         }
     };
+    let refuse = |why: String| halt("Refused", why);
     let p = match prepare(&ctl, &rr) {
         Ok(p) => p,
         Err(why) => return refuse(why).await,
@@ -241,7 +245,14 @@ pub async fn drive(ctl: Arc<Ctl>, rr: Arc<RolloutRun>, intent: watch::Receiver<I
         }
     };
     let path = dir.join("journal.jsonl");
-    let fail = |e: String| refuse(format!("the run's journal: {e}"));
+    // A journal that had records belongs to a run that may have changed
+    // the target: stopped for a person, never called refused.
+    let fail = |e: String| {
+        halt(
+            if text.is_empty() { "Refused" } else { "Stopped" },
+            format!("the run's journal: {e}"),
+        )
+    };
     // The local copy is the cluster's, nothing else (a file left by an
     // earlier term of this replica is replaced).
     let copied = std::fs::create_dir_all(&dir).and_then(|()| match std::fs::remove_file(&path) {
@@ -250,7 +261,12 @@ pub async fn drive(ctl: Arc<Ctl>, rr: Arc<RolloutRun>, intent: watch::Receiver<I
         _ => std::fs::write(&path, &text),
     });
     if let Err(e) = copied {
-        return fail(format!("{}: {e}", path.display())).await;
+        // This replica's scratch space, not the run: try again later.
+        tracing::warn!(
+            "RolloutRun {ns}/{name}: {}: {e}; trying again later",
+            path.display()
+        );
+        return;
     }
     let policy = ctl.policy.as_ref();
     let (journal, records) = if text.is_empty() {
@@ -365,7 +381,10 @@ pub async fn drive(ctl: Arc<Ctl>, rr: Arc<RolloutRun>, intent: watch::Receiver<I
         .unwrap_or_default();
     let cluster = match rollwright_steps::cluster::Cluster::at(ctl.reach.clone(), &target_ns) {
         Ok(c) => c,
-        Err(e) => return refuse(e).await,
+        Err(e) => {
+            tracing::warn!("RolloutRun {ns}/{name}: {e}; trying again later");
+            return;
+        }
     };
     let lease = loop {
         match rollwright_steps::lease::TargetLease::acquire(cluster.clone(), &format!("rolloutrun/{name}"))
@@ -386,8 +405,13 @@ pub async fn drive(ctl: Arc<Ctl>, rr: Arc<RolloutRun>, intent: watch::Receiver<I
                 }
                 tokio::time::sleep(Duration::from_secs(5)).await;
             }
-            Err(rollwright_steps::lease::LeaseError::Api(e)) => {
+            Err(rollwright_steps::lease::LeaseError::Api(e)) if !resumed => {
                 return refuse(format!("cannot take the target's Lease: {e}")).await;
+            }
+            Err(rollwright_steps::lease::LeaseError::Api(e)) => {
+                // A run under way is never called refused: try again later.
+                tracing::warn!("RolloutRun {ns}/{name}: the target's Lease: {e}; trying again later");
+                return;
             }
         }
     };

@@ -12,7 +12,7 @@ use serde_json::json;
 use crate::rolloutrun::{Condition, Holder, MetricStatus, RolloutRun, RolloutRunStatus, StepStatus};
 
 /// Phases after which nothing runs again.
-pub const TERMINAL: &[&str] = &["Succeeded", "RolledBack", "RollbackFailed", "Refused"];
+pub const TERMINAL: &[&str] = &["Succeeded", "RolledBack", "RollbackFailed", "Refused", "Stopped"];
 
 /// The longest message kept (the CRD's maxLength).
 const MESSAGE: usize = 1000;

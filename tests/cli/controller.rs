@@ -348,10 +348,12 @@ fn a_canary_survives_its_leaders_killed_mid_hold_and_mid_shift() {
     wait_for("hold-20 runs", Duration::from_secs(60), || holding(&w, &name));
     a.signal(libc::SIGKILL);
     assert!(a.exited_within(Duration::from_secs(5)).is_some());
-    let _c = Replica::start(&w, "ctl-c");
     wait_for("ctl-b takes over", Duration::from_secs(30), || {
         rr(&w, &name, "{.status.holder.identity}") == "ctl-b"
     });
+    // Only now a third replica (started earlier, it could have won the
+    // Lease instead of ctl-b).
+    let _c = Replica::start(&w, "ctl-c");
     wait_for("the 50 % shift is journaled", Duration::from_secs(60), || {
         cluster_journal(&w).contains(r#""record":"recorded","step":"shift-50""#)
     });
@@ -802,4 +804,74 @@ fn a_rolloutrun_deleted_mid_ramp_is_rolled_back_before_it_goes() {
     .unwrap();
     assert!(events.contains("step deploy rolled back"), "{events}");
     assert!(events.contains("the run ended: RolledBack"), "{events}");
+}
+
+/// The journal in the cluster edited while no replica runs the run (by
+/// anyone who may write ConfigMaps in the namespace): the next leader
+/// finds its integrity chain broken and stops the run for a person —
+/// it neither goes on nor "rolls back" from records it cannot trust.
+#[test]
+fn a_journal_edited_in_the_cluster_stops_the_run_for_a_person() {
+    let w = world(false);
+    let (mut a, mut b) = replicas(&w);
+    let name = submit(&w);
+    wait_for("hold-20 runs", Duration::from_secs(60), || holding(&w, &name));
+    a.signal(libc::SIGKILL);
+    b.signal(libc::SIGKILL);
+    assert!(a.exited_within(Duration::from_secs(5)).is_some());
+    assert!(b.exited_within(Duration::from_secs(5)).is_some());
+    // Forge: the 20 % shift's record claims another object.
+    let chunk = kubectl_in(
+        &w,
+        &[
+            "get",
+            "configmap",
+            "-n",
+            "ml",
+            "-l",
+            "rollwright.dev/journal-of",
+            "-o",
+            "name",
+        ],
+        "",
+    )
+    .unwrap();
+    let chunk = chunk.lines().next().unwrap().to_owned();
+    let text = kubectl_in(
+        &w,
+        &[
+            "get",
+            &chunk,
+            "-n",
+            "ml",
+            "-o",
+            "jsonpath={.data.journal\\.jsonl}",
+        ],
+        "",
+    )
+    .unwrap();
+    assert!(text.contains(r#""step":"shift-20""#), "{text}");
+    let forged = text.replacen(r#""name":"fraud""#, r#""name":"payments""#, 1);
+    assert_ne!(forged, text);
+    let patch = serde_json::json!({"data": {"journal.jsonl": forged}}).to_string();
+    kubectl_in(
+        &w,
+        &["patch", &chunk, "-n", "ml", "--type=merge", "-p", &patch],
+        "",
+    )
+    .unwrap();
+    let _c = Replica::start(&w, "ctl-c");
+    let out = w.rollwright(&["get", &name, "-n", "ml", "--watch"], &[]);
+    assert_eq!(
+        out.status.code(),
+        Some(6),
+        "{}\n{}",
+        crate::stdout(&out),
+        stderr(&out)
+    );
+    assert_eq!(rr(&w, &name, "{.status.phase}"), "Stopped");
+    let why = rr(&w, &name, "{.status.conditions[*].message}");
+    assert!(why.contains("the run's journal"), "{why}");
+    // Nothing was done on the forged record's word.
+    assert_eq!(canary_percent(&w), "20");
 }
