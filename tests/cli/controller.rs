@@ -598,18 +598,15 @@ fn forged_rolloutruns_are_refused_and_change_nothing() {
     assert_eq!(canary_percent(&w), "");
 }
 
-/// Many runs on as many targets at once (20 here; `CONTROLLER_RUNS=50`
-/// for the fifty, which the simulated world on two cores serves
-/// only sometimes: under that load a canary revision can turn unready at
-/// promotion, which the run rightly refuses); both replicas killed while
-/// they hold; one replica started again resumes every run to its end, each
-/// exactly once, with bounded memory.
+/// Fifty runs on fifty targets at once (`CONTROLLER_RUNS` to change it);
+/// both replicas killed while they hold; one replica started again resumes
+/// every run to its end, each exactly once, with bounded memory.
 #[test]
 fn many_runs_survive_both_replicas_killed_and_a_restart() {
     let n: usize = std::env::var("CONTROLLER_RUNS")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(20);
+        .unwrap_or(50);
     #[allow(non_snake_case)]
     let N = n;
     let mut scenario = String::from("time-scale: 20\nstartup: 4s\ntraffic: {rate: 0}\nobjects:\n");
