@@ -46,7 +46,13 @@ fn needs() -> BTreeMap<(String, String), Vec<&'static str>> {
         }
     };
     // RolloutRuns, their status, their journal and their Events.
-    add("rollwright.dev/v1alpha1", "RolloutRun", &["get", "list", "watch"]);
+    // `patch`: the finalizer that keeps a running RolloutRun until its
+    // rollback is done.
+    add(
+        "rollwright.dev/v1alpha1",
+        "RolloutRun",
+        &["get", "list", "watch", "patch"],
+    );
     add(
         "rollwright.dev/v1alpha1",
         "RolloutRun/status",

@@ -872,3 +872,73 @@ fn a_journal_edited_in_the_cluster_stops_the_run_for_a_person() {
     // Nothing was done on the forged record's word.
     assert_eq!(canary_percent(&w), "20");
 }
+
+/// What `rollwright controller manifests` prints is accepted by
+/// kube-apiserver as it is: the CRD and policy, the namespace, the
+/// ServiceAccount, the roles and bindings, the Deployment and the PDB.
+#[test]
+fn the_controller_manifests_apply_on_kube_apiserver() {
+    let w = World::on(
+        Backend::KubeApiserver,
+        "objects:\n  - {apiVersion: v1, kind: Namespace, metadata: {name: ml}}\n",
+    );
+    let out = w.rollwright(&["controller", "manifests", "--image", "rollwright:test"], &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let yaml = crate::stdout(&out);
+    let applied = kubectl_in(&w, &["apply", "--server-side", "-f", "-"], &yaml).unwrap();
+    for want in [
+        "customresourcedefinition.apiextensions.k8s.io/rolloutruns.rollwright.dev",
+        "validatingadmissionpolicy.admissionregistration.k8s.io/rolloutrun-approvals.rollwright.dev",
+        "namespace/rollwright-system",
+        "serviceaccount/rollwright-controller",
+        "clusterrole.rbac.authorization.k8s.io/rollwright-controller",
+        "clusterrolebinding.rbac.authorization.k8s.io/rollwright-controller",
+        "role.rbac.authorization.k8s.io/rollwright-controller-self",
+        "deployment.apps/rollwright-controller",
+        "poddisruptionbudget.policy/rollwright-controller",
+    ] {
+        assert!(applied.contains(want), "{want}: {applied}");
+    }
+    let replicas = kubectl_in(
+        &w,
+        &[
+            "get",
+            "deployment",
+            "rollwright-controller",
+            "-n",
+            "rollwright-system",
+            "-o",
+            "jsonpath={.spec.replicas}",
+        ],
+        "",
+    )
+    .unwrap();
+    assert_eq!(replicas, "2");
+    // The ClusterRole lets the controller do what it does, and no more:
+    // RolloutRuns but not their deletion, no Secrets anywhere.
+    // `kubectl auth can-i` answers on stdout, and exits 1 for "no".
+    let can = |verb: &str, what: &str| {
+        let out = Command::new("kubectl")
+            .arg("--kubeconfig")
+            .arg(w.path().join("kubeconfig"))
+            .args([
+                "auth",
+                "can-i",
+                verb,
+                what,
+                "-A",
+                "--as",
+                "system:serviceaccount:rollwright-system:rollwright-controller",
+            ])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    };
+    assert_eq!(can("watch", "rolloutruns.rollwright.dev"), "yes");
+    assert_eq!(can("patch", "rolloutruns.rollwright.dev/status"), "yes");
+    assert_eq!(can("patch", "rolloutruns.rollwright.dev"), "yes");
+    assert_eq!(can("update", "configmaps"), "yes");
+    assert_eq!(can("patch", "inferenceservices.serving.kserve.io"), "yes");
+    assert_eq!(can("delete", "rolloutruns.rollwright.dev"), "no");
+    assert_eq!(can("get", "secrets"), "no");
+}
