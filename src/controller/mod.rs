@@ -273,20 +273,23 @@ fn reach_of(o: &Options, rt: &tokio::runtime::Runtime) -> CliResult<Reach> {
         let a = crate::sim_run::attach(f, rt).map_err(CliError::usage)?;
         return Ok(crate::sim_run::attached_reach(&a, Some(f), None));
     }
-    let context = match &o.context {
-        Some(c) => c.clone(),
+    real_reach(o.kubeconfig.as_deref(), o.context.as_deref())
+}
+
+/// A kubeconfig's context (default: its current one; none: in-cluster).
+fn real_reach(kubeconfig: Option<&Path>, context: Option<&str>) -> CliResult<Reach> {
+    let context = match context {
+        Some(c) => c.to_owned(),
         None => {
-            let kc = match &o.kubeconfig {
+            let kc = match kubeconfig {
                 Some(p) => kube::config::Kubeconfig::read_from(p).ok(),
                 None => kube::config::Kubeconfig::read().ok(),
             };
-            match kc.and_then(|k| k.current_context) {
-                Some(c) => c,
-                None => "in-cluster".into(),
-            }
+            kc.and_then(|k| k.current_context)
+                .unwrap_or_else(|| "in-cluster".into())
         }
     };
-    Reach::real(o.kubeconfig.as_deref(), &context).map_err(|e| CliError::usage(e.to_string()))
+    Reach::real(kubeconfig, &context).map_err(|e| CliError::usage(e.to_string()))
 }
 
 /// The controllers' shared journal key: a Secret in the Lease's namespace,
@@ -434,18 +437,7 @@ pub fn client_for(
     context: Option<&str>,
     namespace: &str,
 ) -> CliResult<(Reach, Arc<rollwright_steps::cluster::Cluster>)> {
-    let context = match context {
-        Some(c) => c.to_owned(),
-        None => {
-            let kc = match kubeconfig {
-                Some(p) => kube::config::Kubeconfig::read_from(p).ok(),
-                None => kube::config::Kubeconfig::read().ok(),
-            };
-            kc.and_then(|k| k.current_context)
-                .unwrap_or_else(|| "in-cluster".into())
-        }
-    };
-    let reach = Reach::real(kubeconfig, &context).map_err(|e| CliError::usage(e.to_string()))?;
+    let reach = real_reach(kubeconfig, context)?;
     let cluster =
         rollwright_steps::cluster::Cluster::at(reach.clone(), namespace).map_err(CliError::usage)?;
     Ok((reach, cluster))

@@ -299,6 +299,14 @@ pub async fn drive(ctl: Arc<Ctl>, rr: Arc<RolloutRun>, intent: watch::Receiver<I
     let state = journal::state(&records);
     let ids: Vec<String> = p.spec.steps.iter().map(|s| s.id.clone()).collect();
     let book = Arc::new(Book::new(&ids, holder.clone(), rr.metadata.generation));
+    // What a previous leader finished (nothing, for a new run).
+    book.done(
+        &state
+            .completed
+            .iter()
+            .map(|(id, _)| id.clone())
+            .collect::<Vec<_>>(),
+    );
     if let Some(done) = &state.finished {
         // Ended under a previous leader, before it wrote the status.
         let phase = match done.as_str() {
@@ -306,13 +314,6 @@ pub async fn drive(ctl: Arc<Ctl>, rr: Arc<RolloutRun>, intent: watch::Receiver<I
             "rolled-back" => "RolledBack",
             _ => "RollbackFailed",
         };
-        book.done(
-            &state
-                .completed
-                .iter()
-                .map(|(id, _)| id.clone())
-                .collect::<Vec<_>>(),
-        );
         book.phase(phase, "Finished", &format!("the run ended: {phase}"));
         if let Some(st) = book.take() {
             report(
@@ -324,13 +325,6 @@ pub async fn drive(ctl: Arc<Ctl>, rr: Arc<RolloutRun>, intent: watch::Receiver<I
     }
     let resumed = records.len() > 1;
     let resume = if resumed {
-        book.done(
-            &state
-                .completed
-                .iter()
-                .map(|(id, _)| id.clone())
-                .collect::<Vec<_>>(),
-        );
         run_cmd::resume_of(state, &p.spec, &mut runnable)
     } else {
         Resume::default()
